@@ -1,0 +1,5 @@
+"""`python -m aiwg` is the `aiwg` command."""
+
+from aiwg.cli import main
+
+main()

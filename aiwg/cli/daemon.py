@@ -1,0 +1,433 @@
+# tests: tests/e2e/test_lifecycle.py, tests/test_cli.py
+"""`aiwg daemon …`: start, stop, restart, status, ping, reload, logs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from aiwg import instance
+from aiwg.cli.render import (
+    Context,
+    duration,
+    emit_json,
+    fail,
+    json_option,
+    kv_lines,
+    project_option,
+)
+from aiwg.client import DaemonClient
+from aiwg.errors import (
+    EXIT_FAILURE,
+    EXIT_NOT_CONFIGURED,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    EXIT_STATUS_NOT_RUNNING,
+    EXIT_STATUS_UNKNOWN,
+    AiwgError,
+    ConfigError,
+    DaemonNotRunning,
+)
+from aiwg.paths import ProjectPaths
+
+pass_context = click.make_pass_decorator(Context, ensure=True)
+
+
+@click.group()
+def daemon() -> None:
+    """Start, stop and inspect the project's daemon."""
+
+
+# -- start -------------------------------------------------------------------
+
+
+@daemon.command()
+@click.option("--config", "-c", "config", metavar="FILE", help="Configuration file (default .aiwg/daemon.json).")
+@click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground and log to stdout (containers, systemd Type=exec).")
+@project_option
+@json_option
+@pass_context
+def start(ctx: Context, config: str | None, foreground: bool) -> None:
+    """Start the daemon for the project; returns once it answers on its socket."""
+    paths = ctx.paths
+    if not paths.root.is_dir():
+        fail(f"--project {paths.root}: not a directory", EXIT_FAILURE)
+    running = _running_pid(paths)
+    if running is not None:
+        _report_already_running(ctx, paths, running)
+        return
+    from aiwg.configfile import load_config
+
+    try:
+        loaded = load_config(paths, config)
+    except ConfigError as exc:
+        fail(f"cannot start: {exc}", EXIT_NOT_CONFIGURED)
+        return
+    for warning in loaded.warnings:
+        click.echo(f"aiwg: warning: {loaded.source}: {warning}", err=True)
+
+    from aiwg.daemon import launcher
+
+    if foreground:
+        try:
+            code = launcher.run(paths, config, foreground=True, on_report=lambda ok, m: 0)
+        except AiwgError as exc:
+            if exc.__class__.__name__ == "AlreadyRunning":
+                _report_already_running(ctx, paths, _running_pid(paths) or 0)
+                return
+            fail(f"failed to start: {exc}", EXIT_FAILURE)
+            return
+        except Exception as exc:
+            fail(f"failed to start: {exc}", EXIT_FAILURE)
+            return
+        sys.exit(code)
+
+    def on_report(ok: bool, message: str) -> int:
+        # Runs in the original process, whose stdout twistd has redirected.
+        out = sys.__stdout__ or sys.stdout
+        err = sys.__stderr__ or sys.stderr
+        if not ok:
+            if message.startswith("AlreadyRunning"):
+                pid = _running_pid(paths, wait=2.0) or 0
+                return _print_already_running(ctx, paths, pid, out)
+            err.write(f"aiwg: failed to start the daemon for {paths.root}: {message}\n")
+            if paths.log_file.exists():
+                err.write(f"aiwg: see {paths.log_file}\n")
+            err.flush()
+            return EXIT_FAILURE
+        try:
+            with DaemonClient(paths.root, socket_path=paths.bind_socket(), timeout=5) as c:
+                pong = c.call("ping")
+        except AiwgError as exc:
+            err.write(f"aiwg: the daemon started but does not answer: {exc}\n")
+            err.flush()
+            return EXIT_FAILURE
+        info = {"started": True, "pid": pong.get("pid"), "socket": str(paths.bind_socket()),
+                "log": str(paths.log_file), "project": str(paths.root)}
+        if ctx.as_json:
+            import json
+
+            out.write(json.dumps(info, indent=2) + "\n")
+        else:
+            out.write(
+                f"aiwg daemon started (pid {info['pid']})\n"
+                f"  socket: {info['socket']}\n  log:    {info['log']}\n"
+            )
+        out.flush()
+        return EXIT_OK
+
+    launcher.run(paths, config, foreground=False, on_report=on_report)
+    # Only the daemon process gets here, after it has stopped.
+    sys.exit(0)
+
+
+def _report_already_running(ctx: Context, paths: ProjectPaths, pid: int) -> None:
+    _print_already_running(ctx, paths, pid, sys.stdout)
+
+
+def _print_already_running(ctx: Context, paths: ProjectPaths, pid: int, out: Any) -> int:
+    if ctx.as_json:
+        import json
+
+        out.write(json.dumps({"started": False, "already_running": True, "pid": pid}) + "\n")
+    else:
+        out.write(f"aiwg daemon already running (pid {pid}) for {paths.root}\n")
+    out.flush()
+    return EXIT_OK
+
+
+def _running_pid(paths: ProjectPaths, wait: float = 0.0) -> int | None:
+    """The pid holding the project's lock; with `wait`, give a starting daemon
+    time to write its pid."""
+    deadline = time.monotonic() + wait
+    while True:
+        pid = instance.holder(paths)
+        if pid is None or pid > 0 or time.monotonic() >= deadline:
+            return pid
+        time.sleep(0.05)
+
+
+# -- stop --------------------------------------------------------------------
+
+
+@daemon.command()
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for the graceful stop (running tasks get "
+    "daemon.shutdown_grace_seconds, 15 by default, before they are killed).",
+)
+@project_option
+@json_option
+@pass_context
+def stop(ctx: Context, timeout: float) -> None:
+    """Stop the daemon gracefully (SIGTERM) and wait until it has exited."""
+    paths = ctx.paths
+    pid = _running_pid(paths, wait=1.0)
+    if pid is None:
+        if os.environ.get("AIWG_DAEMON_SOCKET"):
+            _stop_remote(ctx, paths, timeout)
+            return
+        _say(ctx, {"stopped": False, "running": False}, f"aiwg daemon is not running for {paths.root}")
+        return
+    if pid <= 0:
+        fail("the daemon holds its lock but has not recorded its pid; try again", EXIT_FAILURE)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    if not ctx.as_json:
+        click.echo(f"stopping aiwg daemon (pid {pid})…", err=True)
+    deadline = time.monotonic() + timeout
+    while instance.holder(paths) is not None:
+        if time.monotonic() >= deadline:
+            fail(
+                f"the daemon (pid {pid}) is still stopping after {timeout:g}s; it was not killed. "
+                "Wait, or run `aiwg daemon stop` again with a longer --timeout",
+                EXIT_FAILURE,
+            )
+        time.sleep(0.05)
+    _say(ctx, {"stopped": True, "pid": pid}, f"aiwg daemon stopped (pid {pid})")
+
+
+def _stop_remote(ctx: Context, paths: ProjectPaths, timeout: float) -> None:
+    """No local lock holder, but $AIWG_DAEMON_SOCKET names a socket: ask over it."""
+    try:
+        with DaemonClient(paths.root, timeout=5) as client:
+            result = client.call("daemon.stop")
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    client.call("ping")
+                except AiwgError:
+                    break
+                time.sleep(0.05)
+    except DaemonNotRunning:
+        _say(ctx, {"stopped": False, "running": False}, "aiwg daemon is not running")
+        return
+    _say(ctx, {"stopped": True, "pid": result.get("pid")}, f"aiwg daemon stopped (pid {result.get('pid')})")
+
+
+@daemon.command()
+@click.option("--config", "-c", "config", metavar="FILE", help="Configuration file for the new daemon.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True, help="Seconds to wait for the stop.")
+@project_option
+@json_option
+@click.pass_context
+def restart(click_ctx: click.Context, config: str | None, timeout: float) -> None:
+    """Stop the daemon (if running), then start it."""
+    click_ctx.invoke(stop, timeout=timeout)
+    click_ctx.invoke(start, config=config, foreground=False)
+
+
+# -- status / ping / reload -------------------------------------------------------
+
+
+@daemon.command()
+@project_option
+@json_option
+@pass_context
+def status(ctx: Context) -> None:
+    """Pid, uptime, health and subsystems. Exit 0 running, 3 not running, 4 unresponsive."""
+    paths = ctx.paths
+    try:
+        with DaemonClient(paths.root, timeout=10) as client:
+            result = client.call("daemon.status")
+    except DaemonNotRunning:
+        result = None
+    except AiwgError as exc:
+        pid = instance.holder(paths)
+        _say(
+            ctx,
+            {"running": True, "responding": False, "pid": pid, "error": str(exc)},
+            f"aiwg daemon (pid {pid}) is running but not answering: {exc}",
+        )
+        sys.exit(EXIT_STATUS_UNKNOWN)
+    if result is None:
+        _not_running_status(ctx, paths)
+        return
+    if ctx.as_json:
+        emit_json({"running": True, **result})
+        return
+    click.echo(f"aiwg daemon: running (pid {result['pid']})")
+    rows = [
+        ("project", result.get("project")),
+        ("uptime", f"{duration(result['uptime_seconds'])} (since {result['started_at']})"),
+        ("health", result["health"]),
+        ("socket", result.get("socket")),
+        ("clients", result.get("clients")),
+        ("config", f"{result['config']['path']} ({result['config']['hash']})"),
+    ]
+    click.echo(kv_lines(rows))
+    for issue in result.get("health_issues", []):
+        click.echo(f"    ! {issue}")
+    click.echo("  subsystems:")
+    for name, info in result.get("subsystems", {}).items():
+        click.echo(f"    {name:<13} {_summary(info)}")
+
+
+def _summary(info: Any) -> str:
+    if not isinstance(info, dict):
+        return str(info)
+    if info.get("enabled") is False and len(info) == 1:
+        return "disabled"
+    return ", ".join(f"{k}={v}" for k, v in info.items() if not isinstance(v, (dict, list)))
+
+
+def _not_running_status(ctx: Context, paths: ProjectPaths) -> None:
+    pid = instance.holder(paths)
+    if pid is not None:
+        _say(
+            ctx,
+            {"running": True, "responding": False, "pid": pid},
+            f"aiwg daemon (pid {pid}) holds the lock but its socket {paths.client_socket()} "
+            "does not answer",
+        )
+        sys.exit(EXIT_STATUS_UNKNOWN)
+    stale = instance.read_pid_file(paths)
+    note = ""
+    if stale is not None:
+        note = f" (stale pid file {paths.pid_file} names pid {stale}; the next start replaces it)"
+    _say(
+        ctx,
+        {"running": False, "project": str(paths.root), "stale_pid": stale},
+        f"aiwg daemon: not running for {paths.root}{note}",
+    )
+    sys.exit(EXIT_STATUS_NOT_RUNNING)
+
+
+@daemon.command()
+@click.option("--timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True, help="Seconds to wait for the reply.")
+@project_option
+@json_option
+@pass_context
+def ping(ctx: Context, timeout: float) -> None:
+    """Quick health check: exit 0 if the daemon answers, 7 if none is running."""
+    started = time.perf_counter()
+    with DaemonClient(ctx.paths.root, timeout=timeout) as client:
+        result = client.call("ping")
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if ctx.as_json:
+        emit_json({**result, "rtt_ms": round(elapsed_ms, 3)})
+    else:
+        click.echo(f"pong from pid {result.get('pid')} in {elapsed_ms:.1f} ms")
+
+
+@daemon.command()
+@project_option
+@json_option
+@pass_context
+def reload(ctx: Context) -> None:
+    """Re-read the configuration (as SIGHUP does); an invalid one is refused."""
+    with DaemonClient(ctx.paths.root) as client:
+        result = client.call("daemon.reload")
+    if ctx.as_json:
+        emit_json(result)
+        return
+    changed = ", ".join(result.get("changed", [])) or "nothing changed"
+    click.echo(f"configuration reloaded: {changed}")
+    for warning in result.get("warnings", []):
+        click.echo(f"aiwg: warning: {warning}", err=True)
+
+
+# -- logs --------------------------------------------------------------------
+
+
+@daemon.command()
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines (survives rotation).")
+@click.option("--lines", "-n", type=click.IntRange(min=0), default=50, show_default=True, help="Lines to show first.")
+@project_option
+@json_option
+@pass_context
+def logs(ctx: Context, follow: bool, lines: int) -> None:
+    """Show the daemon log (.aiwg/daemon/daemon.log)."""
+    path = ctx.paths.log_file
+    if not path.exists() and not follow:
+        fail(f"no log file at {path} (has the daemon run here? in the foreground it logs to stdout)", EXIT_NOT_RUNNING)
+    for line in _tail(path, lines):
+        _print_log_line(ctx, line)
+    if follow:
+        try:
+            _follow(ctx, path)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+
+def _print_log_line(ctx: Context, line: str) -> None:
+    if ctx.as_json:
+        import json
+
+        click.echo(json.dumps({"line": line}))
+    else:
+        click.echo(line)
+
+
+def _tail(path: Path, count: int) -> list[str]:
+    if count == 0:
+        return []
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            end = handle.tell()
+            block = 8192
+            data = b""
+            position = end
+            while position > 0 and data.count(b"\n") <= count:
+                step = min(block, position)
+                position -= step
+                handle.seek(position)
+                data = handle.read(step) + data
+    except FileNotFoundError:
+        return []
+    text = data.decode("utf-8", "replace").splitlines()
+    return text[-count:]
+
+
+def _follow(ctx: Context, path: Path) -> None:
+    handle = None
+    inode = None
+    while True:
+        if handle is None:
+            try:
+                handle = open(path, "rb")
+                inode = os.fstat(handle.fileno()).st_ino
+                handle.seek(0, os.SEEK_END)
+            except FileNotFoundError:
+                time.sleep(0.25)
+                continue
+        chunk = handle.readline()
+        if chunk:
+            _print_log_line(ctx, chunk.decode("utf-8", "replace").rstrip("\n"))
+            continue
+        try:
+            rotated = os.stat(path).st_ino != inode
+        except FileNotFoundError:
+            rotated = True
+        if rotated:
+            rest = handle.read()
+            for line in rest.decode("utf-8", "replace").splitlines():
+                _print_log_line(ctx, line)
+            handle.close()
+            handle = None
+            try:
+                handle = open(path, "rb")
+                inode = os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                handle = None
+            continue
+        time.sleep(0.2)
+
+
+def _say(ctx: Context, data: dict[str, Any], text: str) -> None:
+    if ctx.as_json:
+        emit_json(data)
+    else:
+        click.echo(text)

@@ -1,0 +1,86 @@
+# tests: tests/test_cli.py
+"""Output for people (short lines, tables) and for scripts (--json), and exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import click
+
+from aiwg.paths import ProjectPaths
+
+
+@dataclass
+class Context:
+    project: str | None
+    as_json: bool = False
+
+    @property
+    def paths(self) -> ProjectPaths:
+        return ProjectPaths.for_project(self.project)
+
+
+def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--json` on every command (as well as on `aiwg` itself)."""
+
+    def set_json(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.ensure_object(Context).as_json = True
+
+    return click.option(
+        "--json",
+        "as_json_flag",
+        is_flag=True,
+        expose_value=False,
+        callback=set_json,
+        help="Machine-readable JSON output.",
+    )(func)
+
+
+def project_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--project DIR` after the subcommand too (`aiwg daemon start --project DIR`)."""
+
+    def set_project(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value:
+            ctx.ensure_object(Context).project = value
+
+    return click.option(
+        "--project",
+        "project_flag",
+        metavar="DIR",
+        expose_value=False,
+        callback=set_project,
+        is_eager=True,
+        help="Project root (default: the current directory).",
+    )(func)
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"aiwg: {message}", err=True)
+    sys.exit(code)
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{days}d"] if days else []
+    if hours or days:
+        parts.append(f"{hours}h")
+    if minutes or hours or days:
+        parts.append(f"{minutes}m")
+    parts.append(f"{secs}s")
+    return " ".join(parts)
+
+
+def kv_lines(rows: list[tuple[str, Any]], indent: int = 2) -> str:
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"{' ' * indent}{k + ':':<{width + 1}} {v}" for k, v in rows)

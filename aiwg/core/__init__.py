@@ -1,0 +1,1 @@
+"""Pure logic: no Twisted, no I/O, no clock reads. Time is passed in as `now`."""

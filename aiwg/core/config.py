@@ -1,0 +1,315 @@
+# tests: tests/core/test_config.py
+"""Configuration: the shipped JSON Schema, its defaults, and validation into a frozen Config.
+
+The schema is the single source of truth: defaults come from its `default`
+keywords, the documentation from its `description`s, and every error message
+from the constraints of the key that failed, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Iterator, Mapping
+
+from attrs import frozen
+
+from aiwg.errors import ConfigError
+
+SCHEMA_RESOURCE = "daemon.schema.json"
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    """The JSON Schema for daemon.json, as shipped in the package."""
+    text = resources.files("aiwg.core").joinpath(SCHEMA_RESOURCE).read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+@frozen
+class LogSettings:
+    max_size_mb: float
+    max_files: int
+    level: str
+    format: str
+
+    @property
+    def max_bytes(self) -> int:
+        return max(1, int(self.max_size_mb * 1024 * 1024))
+
+
+@frozen
+class IpcSettings:
+    max_line_bytes: int
+
+
+@frozen
+class DaemonSettings:
+    heartbeat_interval_seconds: float
+    max_parallel_actions: int
+    action_timeout_minutes: float
+    shutdown_grace_seconds: float
+    log: LogSettings
+    ipc: IpcSettings
+
+
+@frozen
+class Config:
+    """A validated configuration with every default filled in."""
+
+    daemon: DaemonSettings
+    data: Mapping[str, Any]
+    source: str
+    digest: str
+    warnings: tuple[str, ...] = ()
+
+    def section(self, name: str) -> Any:
+        """A section of the configuration (with defaults), e.g. `watch`."""
+        return copy.deepcopy(self.data[name])
+
+    def changed_sections(self, other: "Config") -> list[str]:
+        """Top-level keys whose values differ from `other`, dotted one level down."""
+        changed: list[str] = []
+        for key in sorted(set(self.data) | set(other.data)):
+            mine, theirs = self.data.get(key), other.data.get(key)
+            if mine == theirs:
+                continue
+            if isinstance(mine, dict) and isinstance(theirs, dict):
+                for sub in sorted(set(mine) | set(theirs)):
+                    if mine.get(sub) != theirs.get(sub):
+                        changed.append(f"{key}.{sub}")
+            else:
+                changed.append(key)
+        return changed
+
+
+def defaults() -> dict[str, Any]:
+    """The configuration a project gets with no daemon.json at all."""
+    filled = _fill_defaults(schema(), {})
+    assert isinstance(filled, dict)
+    return filled
+
+
+def parse_config_text(text: str, source: str) -> Config:
+    """Parse and validate daemon.json text; ConfigError names each problem."""
+    try:
+        document = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            source, [f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"]
+        ) from None
+    return validate(document, source)
+
+
+def validate(document: Any, source: str) -> Config:
+    """Validate a decoded daemon.json document and fill in defaults."""
+    from jsonschema import Draft202012Validator  # costly import; only the daemon pays it
+
+    if not isinstance(document, dict):
+        raise ConfigError(source, [f"(top level): must be an object, got {_show(document)}"])
+    problems: list[str] = []
+    warnings: list[str] = []
+    validator = Draft202012Validator(schema())
+    for error in validator.iter_errors(document):
+        for kind, message in _explain(error):
+            (warnings if kind == "warning" else problems).append(message)
+    problems.extend(_semantic_problems(document))
+    if problems:
+        raise ConfigError(source, sorted(set(problems), key=problems.index))
+    data = _fill_defaults(schema(), _strip_unknown(schema(), document))
+    assert isinstance(data, dict)
+    return Config(
+        daemon=_daemon_settings(data["daemon"]),
+        data=data,
+        source=source,
+        digest=digest(data),
+        warnings=tuple(warnings),
+    )
+
+
+def digest(data: Mapping[str, Any]) -> str:
+    """A short stable hash of a configuration, reported in state.json."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def describe(subschema: Mapping[str, Any]) -> str:
+    """What a key must be, in words: 'an integer ≥ 1', 'one of "info", "debug"'."""
+    if "enum" in subschema:
+        return "one of " + ", ".join(json.dumps(v) for v in subschema["enum"])
+    if "const" in subschema:
+        return json.dumps(subschema["const"])
+    if "anyOf" in subschema:
+        return " or ".join(describe(s) for s in subschema["anyOf"])
+    kind = subschema.get("type")
+    words = {
+        "integer": "an integer",
+        "number": "a number",
+        "string": "a string",
+        "boolean": "true or false",
+        "object": "an object",
+        "array": "a list",
+        "null": "null",
+    }
+    text = words.get(kind, "a value") if isinstance(kind, str) else "a value"
+    if kind == "array" and isinstance(subschema.get("items"), Mapping):
+        item = describe(subschema["items"])
+        text = f"a list of {_plural(item)}"
+    if kind == "string" and subschema.get("minLength"):
+        text = "a non-empty string"
+    bounds = []
+    if "minimum" in subschema:
+        bounds.append(f"≥ {_num(subschema['minimum'])}")
+    if "exclusiveMinimum" in subschema:
+        bounds.append(f"> {_num(subschema['exclusiveMinimum'])}")
+    if "maximum" in subschema:
+        bounds.append(f"≤ {_num(subschema['maximum'])}")
+    if "exclusiveMaximum" in subschema:
+        bounds.append(f"< {_num(subschema['exclusiveMaximum'])}")
+    if bounds:
+        text += " " + " and ".join(bounds)
+    return text
+
+
+def key_path(parts: Iterator[Any] | list[Any]) -> str:
+    """`daemon.log.max_files`, `rules[2].trigger` from a jsonschema path."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _explain(error: Any) -> Iterator[tuple[str, str]]:
+    path = list(error.absolute_path)
+    where = key_path(path)
+    validator = error.validator
+    if validator == "additionalProperties":
+        known = list(error.schema.get("properties", {}))
+        for extra in sorted(set(error.instance) - set(known)):
+            suggestion = difflib.get_close_matches(extra, known, n=1)
+            hint = f" (did you mean '{suggestion[0]}'?)" if suggestion else ""
+            yield "warning", f"{key_path(path + [extra])}: unknown key, ignored{hint}"
+        return
+    if validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        yield "error", f"{key_path(path + [missing])}: required"
+        return
+    if validator in ("if", "then", "allOf"):
+        return
+    subschema = _schema_at(path) or error.schema
+    yield "error", f"{where}: must be {describe(subschema)}, got {_show(error.instance)}"
+
+
+def _schema_at(path: list[Any]) -> Mapping[str, Any] | None:
+    """The declared subschema for a document path (the whole key, not one keyword)."""
+    node: Mapping[str, Any] = schema()
+    for part in path:
+        if isinstance(part, int):
+            items = node.get("items")
+            if not isinstance(items, Mapping):
+                return None
+            node = items
+        else:
+            props = node.get("properties", {})
+            if part not in props:
+                return None
+            node = props[part]
+    return node
+
+
+def _semantic_problems(document: Mapping[str, Any]) -> list[str]:
+    """What the schema cannot say: unique names and ids."""
+    problems: list[str] = []
+    schedule = document.get("schedule")
+    jobs = schedule.get("jobs") if isinstance(schedule, Mapping) else None
+    seen: dict[str, int] = {}
+    for index, job in enumerate(jobs if isinstance(jobs, list) else []):
+        if not isinstance(job, Mapping):
+            continue
+        name = job.get("name", job.get("id"))
+        if name is None:
+            problems.append(f"schedule.jobs[{index}].name: required")
+        elif isinstance(name, str):
+            if name in seen:
+                problems.append(
+                    f"schedule.jobs[{index}].name: '{name}' is already used by "
+                    f"schedule.jobs[{seen[name]}]"
+                )
+            seen.setdefault(name, index)
+    rules = document.get("rules")
+    ids: dict[str, int] = {}
+    for index, rule in enumerate(rules if isinstance(rules, list) else []):
+        if isinstance(rule, Mapping) and isinstance(rule.get("id"), str):
+            rule_id = rule["id"]
+            if rule_id in ids:
+                problems.append(
+                    f"rules[{index}].id: '{rule_id}' is already used by rules[{ids[rule_id]}]"
+                )
+            ids.setdefault(rule_id, index)
+    return problems
+
+
+def _strip_unknown(node: Mapping[str, Any], value: Any) -> Any:
+    if isinstance(value, dict) and "properties" in node:
+        props = node["properties"]
+        if node.get("additionalProperties") is False:
+            return {k: _strip_unknown(props[k], v) for k, v in value.items() if k in props}
+        return {k: _strip_unknown(props.get(k, {}), v) for k, v in value.items()}
+    return value
+
+
+def _fill_defaults(node: Mapping[str, Any], value: Any) -> Any:
+    if isinstance(value, dict) and "properties" in node:
+        filled = dict(value)
+        for key, sub in node["properties"].items():
+            if key in filled:
+                filled[key] = _fill_defaults(sub, filled[key])
+            elif "default" in sub:
+                filled[key] = _fill_defaults(sub, copy.deepcopy(sub["default"]))
+        return filled
+    return value
+
+
+def _daemon_settings(section: Mapping[str, Any]) -> DaemonSettings:
+    log = section["log"]
+    return DaemonSettings(
+        heartbeat_interval_seconds=float(section["heartbeat_interval_seconds"]),
+        max_parallel_actions=int(section["max_parallel_actions"]),
+        action_timeout_minutes=float(section["action_timeout_minutes"]),
+        shutdown_grace_seconds=float(section["shutdown_grace_seconds"]),
+        log=LogSettings(
+            max_size_mb=float(log["max_size_mb"]),
+            max_files=int(log["max_files"]),
+            level=str(log["level"]),
+            format=str(log["format"]),
+        ),
+        ipc=IpcSettings(max_line_bytes=int(section["ipc"]["max_line_bytes"])),
+    )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f"'{value}'"
+    return json.dumps(value)
+
+
+def _num(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def _plural(text: str) -> str:
+    for article in ("an ", "a "):
+        if text.startswith(article):
+            text = text[len(article):]
+            return text.replace("integer", "integers", 1).replace("string", "strings", 1).replace(
+                "number", "numbers", 1
+            ).replace("object", "objects", 1)
+    return text

@@ -1,0 +1,1 @@
+"""The daemon: Twisted services and protocols, each thin over aiwg.core."""

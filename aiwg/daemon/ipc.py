@@ -1,0 +1,350 @@
+# tests: tests/daemon/test_ipc_protocol.py, tests/e2e/test_jsonrpc_socket.py
+"""JSON-RPC 2.0 over newline-delimited JSON on the daemon's Unix socket.
+
+The protocol is spec-exact where txjsonrpc-ng's stock protocol is not:
+notifications are never answered (not even with errors), batches follow §6
+(an empty batch is one error, a batch of notifications gets nothing), ids are
+echoed with their type, invalid ids and params are -32600, internal errors are
+logged with an incident id and never leak a traceback, and a line longer than
+the configured limit gets an error before the connection is closed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.endpoints import UNIXServerEndpoint
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+
+from aiwg.daemon.rpc import CallContext, MethodTable
+from aiwg.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, RpcError
+
+#: A subscriber whose unsent notifications exceed this is disconnected, so a
+#: stuck client cannot make the daemon buffer without bound.
+MAX_PENDING_OUTPUT = 8 * 1024 * 1024
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _error(code: int, message: str, req_id: Any, data: Any = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "error": error, "id": req_id}
+
+
+def _valid_id(value: Any) -> bool:
+    return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
+
+
+class JsonRpcProtocol(LineReceiver):
+    """One client connection."""
+
+    delimiter = b"\n"
+    log = Logger()
+
+    def __init__(self, factory: "IpcFactory") -> None:
+        self.factory = factory
+        self.MAX_LENGTH = factory.max_line_bytes
+        self.context = CallContext(connection=self)
+        self.subscriptions: list[Any] = []
+        self.connected_at = 0.0
+
+    # -- connection --------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.factory.connections.add(self)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.connections.discard(self)
+        for subscription in self.subscriptions:
+            subscription.cancel()
+        self.subscriptions = []
+
+    # -- framing -----------------------------------------------------------
+
+    def lineReceived(self, line: bytes) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line.strip():
+            return
+        try:
+            message = json.loads(line)
+        except (ValueError, UnicodeDecodeError):
+            self._send(_error(PARSE_ERROR, "Parse error", None))
+            return
+        if isinstance(message, list):
+            self._handle_batch(message)
+            return
+        reply = self._handle(message)
+        if isinstance(reply, Deferred):
+            reply.addCallback(self._send_if_any)
+        elif reply is not None:
+            self._send(reply)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._send(
+            _error(
+                INVALID_REQUEST,
+                f"Invalid Request: message exceeds {self.MAX_LENGTH} bytes; closing connection",
+                None,
+            )
+        )
+        self.transport.loseConnection()
+
+    # -- requests ----------------------------------------------------------
+
+    def _handle_batch(self, batch: list[Any]) -> None:
+        if not batch:
+            self._send(_error(INVALID_REQUEST, "Invalid Request: empty batch", None))
+            return
+        replies = [self._handle(item) for item in batch]
+        if any(isinstance(r, Deferred) for r in replies):
+            waiting = [r if isinstance(r, Deferred) else _fired(r) for r in replies]
+            gatherResults(waiting).addCallback(self._send_batch)
+        else:
+            self._send_batch(replies)
+
+    def _send_batch(self, replies: list[Any]) -> None:
+        answered = [r for r in replies if r is not None]
+        if answered:
+            self._send(answered)
+
+    def _handle(self, message: Any) -> Any:
+        """The reply to one request object: a dict, None (notification), or a Deferred."""
+        if not isinstance(message, dict):
+            return _error(INVALID_REQUEST, "Invalid Request: expected an object", None)
+        is_notification = "id" not in message
+        req_id = message.get("id")
+        if not _valid_id(req_id):
+            return _error(
+                INVALID_REQUEST, "Invalid Request: id must be a string, a number or null", None
+            )
+        if message.get("jsonrpc") != "2.0":
+            return _error(INVALID_REQUEST, "Invalid Request: missing jsonrpc 2.0", req_id)
+        name = message.get("method")
+        if not isinstance(name, str):
+            return _error(INVALID_REQUEST, "Invalid Request: missing method", req_id)
+        params = message.get("params")
+        if "params" in message and not isinstance(params, (dict, list)):
+            return _error(
+                INVALID_REQUEST, "Invalid Request: params must be an object or an array", req_id
+            )
+        try:
+            result = self.factory.methods.call(name, params, self.context)
+        except Exception as exc:
+            return None if is_notification else self._failure_reply(exc, name, req_id)
+        if isinstance(result, Deferred):
+            if is_notification:
+                result.addErrback(self._log_notification_failure, name)
+                return result.addCallback(lambda _: None)
+            return result.addCallbacks(
+                lambda value: {"jsonrpc": "2.0", "result": value, "id": req_id},
+                lambda failure: self._failure_reply(failure.value, name, req_id, failure),
+            )
+        if is_notification:
+            return None
+        return {"jsonrpc": "2.0", "result": result, "id": req_id}
+
+    def _failure_reply(
+        self, exc: BaseException, name: str, req_id: Any, failure: Any = None
+    ) -> dict[str, Any]:
+        if isinstance(exc, RpcError):
+            return _error(exc.code, exc.message, req_id, exc.data)
+        incident = secrets.token_hex(4)
+        if failure is not None:
+            self.log.failure(
+                "internal error {incident} in {method}", failure, incident=incident, method=name
+            )
+        else:
+            self.log.failure("internal error {incident} in {method}", incident=incident, method=name)
+        return _error(
+            INTERNAL_ERROR,
+            f"Internal error (incident {incident}; see the daemon log)",
+            req_id,
+        )
+
+    def _log_notification_failure(self, failure: Any, name: str) -> None:
+        if not failure.check(RpcError):
+            self.log.failure("notification {method} failed", failure, method=name)
+
+    # -- output ------------------------------------------------------------
+
+    def _send_if_any(self, reply: Any) -> None:
+        if reply is not None:
+            self._send(reply)
+
+    def _send(self, reply: Any) -> None:
+        try:
+            data = _dumps(reply).encode("utf-8") + b"\n"
+        except (TypeError, ValueError):
+            req_id = reply.get("id") if isinstance(reply, dict) else None
+            self.log.failure("unserialisable reply for id {id!r}", id=req_id)
+            data = _dumps(_error(INTERNAL_ERROR, "Internal error: result not serialisable", req_id))
+            data = data.encode("utf-8") + b"\n"
+        self.write_now(data)
+
+    def write_now(self, data: bytes) -> None:
+        """Write at once when nothing is queued: Twisted would otherwise wait for
+        the next reactor turn to send a reply the client is waiting for."""
+        transport = self.transport
+        if transport is None or getattr(transport, "disconnected", False):
+            return
+        sock = getattr(transport, "socket", None)
+        if (
+            sock is not None
+            and not transport.dataBuffer
+            and not transport._tempDataBuffer
+            and not transport.disconnecting
+            and transport.producer is None
+        ):
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return  # the connection is gone; connectionLost follows
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
+
+    def notify(self, method_name: str, params: Any) -> None:
+        """A server-to-client notification (no id), e.g. a subscribed event."""
+        transport = self.transport
+        if transport is None or transport.disconnecting:
+            return
+        pending = len(getattr(transport, "dataBuffer", b"")) + getattr(
+            transport, "_tempDataLen", 0
+        )
+        if pending > MAX_PENDING_OUTPUT:
+            self.log.warn(
+                "dropping a subscriber that stopped reading ({pending} bytes unsent)",
+                pending=pending,
+            )
+            for subscription in self.subscriptions:
+                subscription.cancel()
+            self.subscriptions = []
+            transport.abortConnection()
+            return
+        self.write_now(
+            _dumps({"jsonrpc": "2.0", "method": method_name, "params": params}).encode() + b"\n"
+        )
+
+
+def _fired(value: Any) -> Deferred:
+    d: Deferred = Deferred()
+    d.callback(value)
+    return d
+
+
+class IpcFactory(ServerFactory):
+    noisy = False
+
+    def __init__(self, methods: MethodTable, max_line_bytes: int) -> None:
+        self.methods = methods
+        self.max_line_bytes = max_line_bytes
+        self.connections: set[JsonRpcProtocol] = set()
+
+    def buildProtocol(self, addr: Any) -> JsonRpcProtocol:
+        return JsonRpcProtocol(self)
+
+    def set_max_line_bytes(self, value: int) -> None:
+        self.max_line_bytes = value
+        for connection in self.connections:
+            connection.MAX_LENGTH = value
+
+
+class IpcServer(StreamServerEndpointService):
+    """The listening socket: bound synchronously at start, so that when
+    `aiwg daemon start` returns, `ping` already answers."""
+
+    name = "ipc"
+    log = Logger()
+    _raiseSynchronously = True
+
+    def __init__(
+        self, *, reactor: Any, socket_path: Path, pointer_file: Path | None, factory: IpcFactory
+    ) -> None:
+        self.socket_path = socket_path
+        self._pointer_file = pointer_file
+        endpoint = UNIXServerEndpoint(reactor, str(socket_path), backlog=128, mode=0o600)
+        super().__init__(endpoint, factory)
+
+    @property
+    def clients(self) -> int:
+        return len(self.factory.connections)
+
+    def privilegedStartService(self) -> None:
+        directory = self.socket_path.parent
+        _private_dir(directory)
+        # We hold the project lock, so any file here is a dead daemon's socket.
+        try:
+            if stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
+                os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
+        super().privilegedStartService()
+        if self._pointer_file is not None:
+            self._pointer_file.write_text(f"{self.socket_path}\n")
+        self.log.info("listening on {path}", path=str(self.socket_path))
+
+    def abort_start(self) -> None:
+        """A later service failed to start: close the socket now, not on a reactor turn."""
+        port = self._waitingForPort.result if self._waitingForPort is not None else None
+        if port is not None and getattr(port, "socket", None) is not None:
+            port.stopReading()
+            port.socket.close()
+            port.connected = False
+        for path in (self.socket_path, self._pointer_file):
+            if path is not None:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+    def check_config(self, config: Any) -> list[str]:
+        return []
+
+    def apply_config(self, config: Any) -> None:
+        self.factory.set_max_line_bytes(config.daemon.ipc.max_line_bytes)
+
+    def status(self) -> dict[str, Any]:
+        return {"clients": self.clients, "socket": str(self.socket_path)}
+
+    def stopService(self) -> Deferred:
+        d = super().stopService()
+
+        def close_clients(passthrough: Any) -> Any:
+            for connection in list(self.factory.connections):
+                connection.transport.loseConnection()
+            if self._pointer_file is not None:
+                try:
+                    self._pointer_file.unlink()
+                except FileNotFoundError:
+                    pass
+            return passthrough
+
+        return d.addBoth(close_clients)
+
+
+def _private_dir(directory: Path) -> None:
+    """Make sure the socket's directory exists, is ours and is 0700."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = os.stat(directory)
+    if info.st_uid != os.getuid():
+        raise RuntimeError(
+            f"socket directory {directory} belongs to uid {info.st_uid}, not to us; "
+            "refusing to listen there"
+        )
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(directory, 0o700)

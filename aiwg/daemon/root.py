@@ -1,0 +1,356 @@
+# tests: tests/daemon/test_root.py, tests/e2e/test_lifecycle.py
+"""DaemonService: the root of the service tree.
+
+It starts children in order, and if one fails it undoes what the others did
+(pid file, socket) before the error reaches twistd's status pipe, so a failed
+start leaves nothing behind. It stops them one at a time in reverse order —
+intake first, then the workers drain, then IPC, then the final state write,
+then the lock — logging any child that fails instead of swallowing it. It fans
+a reload out as check-then-apply: every child must accept the new
+configuration before any child applies it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger, globalLogPublisher
+
+from aiwg import __version__, instance
+from aiwg.configfile import load_config
+from aiwg.core.config import Config
+from aiwg.daemon.bus import EventBus
+from aiwg.daemon.logs import RotatingFileObserver, iso_utc, stream_observer
+from aiwg.errors import CONFIG_INVALID, ConfigError, RpcError
+from aiwg.paths import ProjectPaths
+
+#: Below this much free space under .aiwg/ the daemon reports itself degraded.
+LOW_DISK_BYTES = 100 * 1024 * 1024
+
+
+class DaemonService(MultiService):
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        reactor: Any,
+        paths: ProjectPaths,
+        config: Config,
+        explicit_config: str | None,
+        bus: EventBus,
+        socket_path: Path,
+        log_to_stdout: bool = False,
+    ) -> None:
+        MultiService.__init__(self)
+        self._reactor = reactor
+        self.paths = paths
+        self.config = config
+        self._explicit_config = explicit_config
+        self.bus = bus
+        self.socket_path = socket_path
+        self._log_to_stdout = log_to_stdout
+        self._observer: Any = None
+        self._privileged: list[Service] = []
+        self._stopping: Deferred | None = None
+        self._old_sighup: Any = None
+        self.pid = os.getpid()
+        self.started_at: float | None = None
+        self.phase = "starting"
+        self.restart_count = 0
+        self.reloads = 0
+
+    # -- clock -------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._reactor.seconds()
+
+    def uptime(self) -> float:
+        if self.started_at is None:
+            return 0.0
+        return max(0.0, self.now() - self.started_at)
+
+    # -- start -------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        self.pid = os.getpid()  # twistd may have forked since we were built
+        instance.ensure_dirs(self.paths)
+        self._attach_logging()
+        self.log.info(
+            "aiwg daemon {version} starting for {project} (pid {pid})",
+            version=__version__,
+            project=str(self.paths.root),
+            pid=self.pid,
+        )
+        for warning in self.config.warnings:
+            self.log.warn("config {source}: {warning}", source=self.config.source, warning=warning)
+        Service.privilegedStartService(self)
+        try:
+            for child in self:
+                child.privilegedStartService()
+                self._privileged.append(child)
+        except BaseException as exc:
+            self.log.error("start failed: {error}", error=str(exc))
+            self._abort_start()
+            raise
+
+    def startService(self) -> None:
+        self.restart_count = self._previous_restart_count()
+        self.started_at = self.now()
+        Service.startService(self)
+        try:
+            for child in self:
+                child.startService()
+        except BaseException as exc:
+            self.log.error("start failed: {error}", error=str(exc))
+            self._abort_start()
+            raise
+        self._install_sighup()
+        self.phase = "running"
+        self.bus.publish("daemon:started", {"pid": self.pid, "socket": str(self.socket_path)})
+        self.log.info(
+            "daemon started (pid {pid}), listening on {socket}",
+            pid=self.pid,
+            socket=str(self.socket_path),
+        )
+
+    def _abort_start(self) -> None:
+        """Undo a partial start synchronously: the reactor will never run."""
+        for child in reversed(self._privileged):
+            abort = getattr(child, "abort_start", None)
+            try:
+                if abort is not None:
+                    abort()
+            except Exception:
+                self.log.failure("cleaning up {name} after a failed start", name=child.name)
+        self._privileged = []
+        self.phase = "failed"
+        self._detach_logging()
+
+    def _previous_restart_count(self) -> int:
+        import json
+
+        try:
+            previous = json.loads(self.paths.state_file.read_text())
+            return int(previous.get("restart_count", 0)) + 1
+        except (OSError, ValueError, TypeError, AttributeError):
+            return 0
+
+    # -- stop --------------------------------------------------------------
+
+    def stopService(self) -> Deferred:
+        if self._stopping is None:
+            self._stopping = Deferred.fromCoroutine(self._stop())
+        return self._stopping
+
+    async def _stop(self) -> None:
+        self.phase = "stopping"
+        self.log.info("stopping (pid {pid})", pid=self.pid)
+        self.bus.publish("daemon:stopping", {"pid": self.pid})
+        self._restore_sighup()
+        Service.stopService(self)
+        for child in reversed(list(self)):
+            if child.name == "heartbeat":
+                self.phase = "stopped"  # the heartbeat's final write says so
+            try:
+                await maybeDeferred(child.stopService)
+            except Exception:
+                self.log.failure("stopping {name} failed", name=child.name)
+        self.phase = "stopped"
+        self.bus.close()
+        self.log.info("daemon stopped")
+        self._detach_logging()
+
+    def request_stop(self, reason: str) -> dict[str, Any]:
+        """Stop after this reply has been written."""
+        self.log.info("stop requested: {reason}", reason=reason)
+        self._reactor.callLater(0, self._reactor.stop)
+        return {"stopping": True, "pid": self.pid}
+
+    # -- reload ------------------------------------------------------------
+
+    def _install_sighup(self) -> None:
+        def on_sighup(signum: int, frame: Any) -> None:
+            self._reactor.callFromThread(self._reload_from_signal)
+
+        try:
+            self._old_sighup = signal.signal(signal.SIGHUP, on_sighup)
+        except ValueError:  # not the main thread (tests)
+            self._old_sighup = None
+
+    def _restore_sighup(self) -> None:
+        if self._old_sighup is not None:
+            try:
+                signal.signal(signal.SIGHUP, self._old_sighup)
+            except ValueError:
+                pass
+            self._old_sighup = None
+
+    def _reload_from_signal(self) -> None:
+        self.log.info("SIGHUP received: reloading configuration")
+        try:
+            self.reload()
+        except RpcError:
+            pass  # already logged with its reasons
+
+    def reload(self) -> dict[str, Any]:
+        """Validate the configuration file, then apply it; an invalid one changes nothing."""
+        try:
+            new = load_config(self.paths, self._explicit_config)
+            problems = [p for child in self for p in _call(child, "check_config", new, [])]
+            if problems:
+                raise ConfigError(new.source, problems)
+        except ConfigError as exc:
+            self.log.error("reload refused, keeping the running configuration: {reason}", reason=str(exc))
+            self.bus.publish("daemon:reload_failed", {"problems": exc.problems})
+            raise RpcError(CONFIG_INVALID, str(exc), {"problems": exc.problems}) from None
+        changed = new.changed_sections(self.config)
+        self.config = new
+        for warning in new.warnings:
+            self.log.warn("config {source}: {warning}", source=new.source, warning=warning)
+        if self._observer is not None and hasattr(self._observer, "apply"):
+            self._observer.apply(new.daemon.log)
+        for child in self:
+            _call(child, "apply_config", new, None)
+        self.reloads += 1
+        self.log.info(
+            "configuration reloaded from {source}; changed: {changed}",
+            source=new.source,
+            changed=", ".join(changed) or "nothing",
+        )
+        self.bus.publish("daemon:reloaded", {"changed": changed, "config_hash": new.digest})
+        return {
+            "reloaded": True,
+            "changed": changed,
+            "warnings": list(new.warnings),
+            "config_hash": new.digest,
+        }
+
+    # -- logging -----------------------------------------------------------
+
+    def _attach_logging(self) -> None:
+        if self._observer is not None:
+            return
+        settings = self.config.daemon.log
+        if self._log_to_stdout:
+            stream = sys.__stdout__ if sys.__stdout__ is not None else sys.stdout
+            self._observer = stream_observer(stream, settings)
+        else:
+            self._observer = RotatingFileObserver(self.paths.log_file, settings)
+        globalLogPublisher.addObserver(self._observer)
+
+    def _detach_logging(self) -> None:
+        if self._observer is None:
+            return
+        globalLogPublisher.removeObserver(self._observer)
+        if hasattr(self._observer, "close"):
+            self._observer.close()
+        self._observer = None
+
+    # -- status ------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        issues: list[str] = []
+        for child in self:
+            issues.extend(_call(child, "health_issues", None, []))
+        try:
+            free = shutil.disk_usage(self.paths.daemon_dir).free
+            if free < LOW_DISK_BYTES:
+                issues.append(
+                    f"low disk space: {free // (1024 * 1024)} MiB free under {self.paths.daemon_dir}"
+                )
+        except OSError as exc:
+            issues.append(f"cannot check disk space under {self.paths.daemon_dir}: {exc}")
+        return {
+            "status": "degraded" if issues else "healthy",
+            "last_check": iso_utc(self.now()),
+            "issues": issues,
+        }
+
+    def _subsystems(self) -> dict[str, Any]:
+        subsystems: dict[str, Any] = {}
+        for child in self:
+            status = _call(child, "status", None, None)
+            if status is not None:
+                subsystems[child.name] = status
+        subsystems["events"] = {
+            "published": self.bus.published,
+            "subscribers": self.bus.subscriber_count,
+        }
+        for absent in ("supervisor", "file_watcher", "scheduler", "automation", "messaging"):
+            subsystems.setdefault(absent, {"enabled": False})
+        return subsystems
+
+    def status(self) -> dict[str, Any]:
+        """The `daemon.status` result (AIWG's fields, plus ours)."""
+        health = self.health()
+        subsystems = self._subsystems()
+        return {
+            "pid": self.pid,
+            "uptime_seconds": int(self.uptime()),
+            "started_at": iso_utc(self.started_at or self.now()),
+            "health": health["status"],
+            "health_issues": health["issues"],
+            "state": self.phase,
+            "version": __version__,
+            "project": str(self.paths.root),
+            "socket": str(self.socket_path),
+            "clients": subsystems.get("ipc", {}).get("clients", 0),
+            "config": {
+                "path": self.config.source,
+                "hash": self.config.digest,
+                "warnings": list(self.config.warnings),
+                "reloads": self.reloads,
+            },
+            "subsystems": subsystems,
+        }
+
+    def heartbeat_record(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "timestamp": iso_utc(self.now()),
+            "uptime_seconds": int(self.uptime()),
+        }
+
+    def state_record(self) -> dict[str, Any]:
+        """state.json: AIWG's fields (pid, started_at, last_heartbeat, uptime_seconds,
+        restart_count, ipc, monitors, automation, health) plus ours."""
+        subsystems = self._subsystems()
+        return {
+            "pid": self.pid,
+            "status": self.phase,
+            "started_at": iso_utc(self.started_at or self.now()),
+            "last_heartbeat": iso_utc(self.now()),
+            "uptime_seconds": int(self.uptime()),
+            "restart_count": self.restart_count,
+            "version": __version__,
+            "project": str(self.paths.root),
+            "config_hash": self.config.digest,
+            "config_path": self.config.source,
+            "ipc": {
+                "socket": str(self.socket_path),
+                "clients": subsystems.get("ipc", {}).get("clients", 0),
+            },
+            "monitors": {
+                "file_watcher": subsystems["file_watcher"],
+                "webhook": {"enabled": False},
+                "scheduler": subsystems["scheduler"],
+            },
+            "automation": subsystems["automation"],
+            "events": subsystems["events"],
+            "health": self.health(),
+        }
+
+
+def _call(child: Any, name: str, arg: Any, default: Any) -> Any:
+    func = getattr(child, name, None)
+    if func is None:
+        return default
+    return func(arg) if arg is not None else func()

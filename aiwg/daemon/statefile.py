@@ -1,0 +1,40 @@
+# tests: tests/daemon/test_heartbeat.py
+"""Atomic file replacement for heartbeat, state.json and the pid file.
+
+Readers (monitoring scripts, the CLI) must never see a half-written file, and
+a crash must leave either the old or the new content: write a temp file in the
+same directory, fsync it, rename it over the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600, sync: bool = True) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_json_atomic(path: Path, value: Any, sync: bool = True) -> None:
+    write_atomic(path, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode(), sync=sync)

@@ -1,0 +1,85 @@
+# tests: tests/e2e/test_lifecycle.py, tests/test_packaging.py
+"""`twistd aiwg`: the plugin's options, and makeService, which builds the whole daemon.
+
+Reading makeService top to bottom shows every service and the order they
+start in (the reverse of the order they stop in).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.python import usage
+
+from aiwg.configfile import load_config
+from aiwg.errors import ConfigError
+from aiwg.paths import ProjectPaths
+
+
+class Options(usage.Options):
+    synopsis = "[--project DIR] [--config FILE] [--log-stdout]"
+    longdesc = (
+        "Run the aiwg daemon for one project: JSON-RPC on .aiwg/daemon/daemon.sock, "
+        "state in .aiwg/daemon/. Usually started with `aiwg daemon start`."
+    )
+    optParameters = [
+        ["project", "p", None, "Project root (default: $AIWG_PROJECT or the current directory)."],
+        ["config", "c", None, "Configuration file (default: <project>/.aiwg/daemon.json)."],
+    ]
+    optFlags = [
+        ["log-stdout", None, "Log to stdout instead of .aiwg/daemon/daemon.log (foreground use)."],
+    ]
+
+    def postOptions(self) -> None:
+        paths = ProjectPaths.for_project(self["project"])
+        if not paths.root.is_dir():
+            raise usage.UsageError(f"--project {paths.root}: not a directory")
+        try:
+            self.config = load_config(paths, self["config"])
+        except ConfigError as exc:
+            raise usage.UsageError(str(exc)) from None
+        self.paths = paths
+
+
+def makeService(options: Options) -> Any:
+    from twisted.internet import reactor
+
+    from aiwg.daemon.bus import EventBus
+    from aiwg.daemon.heartbeat import Heartbeat
+    from aiwg.daemon.ipc import IpcFactory, IpcServer
+    from aiwg.daemon.lock import InstanceLock
+    from aiwg.daemon.methods import build_method_table
+    from aiwg.daemon.root import DaemonService
+
+    paths: ProjectPaths = options.paths
+    config = options.config
+    socket_path = paths.bind_socket()
+    bus = EventBus(reactor=reactor)
+    root = DaemonService(
+        reactor=reactor,
+        paths=paths,
+        config=config,
+        explicit_config=options["config"],
+        bus=bus,
+        socket_path=socket_path,
+        log_to_stdout=bool(options["log-stdout"]),
+    )
+    methods = build_method_table(root)
+
+    # Start order. Stop order is the reverse: IPC stays up while workers drain.
+    InstanceLock(paths).setServiceParent(root)
+    Heartbeat(
+        reactor=reactor,
+        heartbeat_file=paths.heartbeat_file,
+        state_file=paths.state_file,
+        interval=config.daemon.heartbeat_interval_seconds,
+        heartbeat=root.heartbeat_record,
+        state=root.state_record,
+    ).setServiceParent(root)
+    IpcServer(
+        reactor=reactor,
+        socket_path=socket_path,
+        pointer_file=None if socket_path == paths.default_socket else paths.socket_pointer,
+        factory=IpcFactory(methods, config.daemon.ipc.max_line_bytes),
+    ).setServiceParent(root)
+    return root

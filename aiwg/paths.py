@@ -1,0 +1,124 @@
+# tests: tests/test_paths.py
+"""Where a project's daemon keeps its files.
+
+The CLI, the Python client and the daemon all ask this module, so they agree
+on every path without talking to each other. Stdlib only: the CLI imports it
+on every call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+#: sun_path is 108 bytes on Linux including the terminating NUL (104 on BSD).
+SOCKET_PATH_MAX = 107 if os.uname().sysname == "Linux" else 103
+
+SOCKET_ENV = "AIWG_DAEMON_SOCKET"
+PROJECT_ENV = "AIWG_PROJECT"
+
+
+def resolve_project(project: str | os.PathLike[str] | None = None) -> Path:
+    """The project root: the given directory, else $AIWG_PROJECT, else the cwd."""
+    chosen = project or os.environ.get(PROJECT_ENV) or os.getcwd()
+    return Path(os.path.realpath(os.path.expanduser(os.fspath(chosen))))
+
+
+def fallback_socket_dir() -> Path:
+    """A short, private directory for sockets whose in-project path is too long."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime) and os.path.isdir(runtime):
+        return Path(runtime) / "aiwg"
+    return Path(f"/tmp/aiwg-{os.getuid()}")
+
+
+def _socket_name(root: Path) -> str:
+    digest = hashlib.sha256(os.fsencode(root)).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "-", root.name)[:24] or "root"
+    return f"{slug}-{digest}.sock"
+
+
+@dataclass(frozen=True)
+class ProjectPaths:
+    """Every file of one project's daemon, derived from the project root."""
+
+    root: Path
+
+    @classmethod
+    def for_project(cls, project: str | os.PathLike[str] | None = None) -> "ProjectPaths":
+        return cls(resolve_project(project))
+
+    @property
+    def aiwg_dir(self) -> Path:
+        return self.root / ".aiwg"
+
+    @property
+    def daemon_dir(self) -> Path:
+        return self.aiwg_dir / "daemon"
+
+    @property
+    def config_file(self) -> Path:
+        return self.aiwg_dir / "daemon.json"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.aiwg_dir / "daemon.pid"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.daemon_dir / ".lock"
+
+    @property
+    def heartbeat_file(self) -> Path:
+        return self.daemon_dir / "heartbeat"
+
+    @property
+    def state_file(self) -> Path:
+        return self.daemon_dir / "state.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.daemon_dir / "daemon.log"
+
+    @property
+    def actions_dir(self) -> Path:
+        return self.daemon_dir / "actions"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.daemon_dir / "events"
+
+    @property
+    def tasks_db(self) -> Path:
+        return self.daemon_dir / "tasks.db"
+
+    @property
+    def default_socket(self) -> Path:
+        return self.daemon_dir / "daemon.sock"
+
+    @property
+    def socket_pointer(self) -> Path:
+        """Names the real socket when it had to live outside the project."""
+        return self.daemon_dir / "daemon.sock.path"
+
+    def bind_socket(self) -> Path:
+        """Where the daemon binds: in the project if the path fits, else a short private dir."""
+        if len(os.fsencode(self.default_socket)) <= SOCKET_PATH_MAX:
+            return self.default_socket
+        return fallback_socket_dir() / _socket_name(self.root)
+
+    def client_socket(self) -> Path:
+        """Where a client connects: $AIWG_DAEMON_SOCKET, else where the daemon binds."""
+        override = os.environ.get(SOCKET_ENV)
+        if override:
+            return Path(override)
+        if len(os.fsencode(self.default_socket)) <= SOCKET_PATH_MAX:
+            return self.default_socket
+        try:
+            pointed = self.socket_pointer.read_text().strip()
+        except OSError:
+            pointed = ""
+        return Path(pointed) if pointed else self.bind_socket()
