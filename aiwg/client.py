@@ -17,7 +17,9 @@ import socket
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterator
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the CLI start-up time
+    from typing import Any, Callable, Iterator
 
 from aiwg.errors import (
     ConnectionClosed,

@@ -7,7 +7,9 @@ them into JSON-RPC error objects and the CLI into exit statuses. Stdlib only.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the CLI start-up time
+    from typing import Any
 
 # JSON-RPC 2.0 reserved codes.
 PARSE_ERROR = -32700

@@ -8,10 +8,8 @@ on every call.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 #: sun_path is 108 bytes on Linux including the terminating NUL (104 on BSD).
@@ -27,25 +25,44 @@ def resolve_project(project: str | os.PathLike[str] | None = None) -> Path:
     return Path(os.path.realpath(os.path.expanduser(os.fspath(chosen))))
 
 
-def fallback_socket_dir() -> Path:
-    """A short, private directory for sockets whose in-project path is too long."""
+def fallback_socket_dirs() -> list[Path]:
+    """Short, private directories for sockets whose in-project path is too long:
+    $XDG_RUNTIME_DIR/aiwg when set, then /tmp/aiwg-$UID."""
+    dirs = []
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isabs(runtime) and os.path.isdir(runtime):
-        return Path(runtime) / "aiwg"
-    return Path(f"/tmp/aiwg-{os.getuid()}")
+        dirs.append(Path(runtime) / "aiwg")
+    dirs.append(Path(f"/tmp/aiwg-{os.getuid()}"))
+    return dirs
 
 
 def _socket_name(root: Path) -> str:
+    import hashlib  # only long project paths pay for it
+
     digest = hashlib.sha256(os.fsencode(root)).hexdigest()[:16]
-    slug = re.sub(r"[^A-Za-z0-9_.-]", "-", root.name)[:24] or "root"
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "-", root.name)[:16] or "root"
     return f"{slug}-{digest}.sock"
 
 
-@dataclass(frozen=True)
 class ProjectPaths:
-    """Every file of one project's daemon, derived from the project root."""
+    """Every file of one project's daemon, derived from the project root.
 
-    root: Path
+    (A plain class, not a dataclass: importing dataclasses costs the CLI ~15 ms.)
+    """
+
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ProjectPaths) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    def __repr__(self) -> str:
+        return f"ProjectPaths({str(self.root)!r})"
 
     @classmethod
     def for_project(cls, project: str | os.PathLike[str] | None = None) -> "ProjectPaths":
@@ -108,7 +125,12 @@ class ProjectPaths:
         """Where the daemon binds: in the project if the path fits, else a short private dir."""
         if len(os.fsencode(self.default_socket)) <= SOCKET_PATH_MAX:
             return self.default_socket
-        return fallback_socket_dir() / _socket_name(self.root)
+        name = _socket_name(self.root)
+        for directory in fallback_socket_dirs():
+            candidate = directory / name
+            if len(os.fsencode(candidate)) <= SOCKET_PATH_MAX:
+                return candidate
+        return candidate
 
     def client_socket(self) -> Path:
         """Where a client connects: $AIWG_DAEMON_SOCKET, else where the daemon binds."""

@@ -122,7 +122,13 @@ def start(ctx: Context, config: str | None, foreground: bool) -> None:
         out.flush()
         return EXIT_OK
 
-    launcher.run(paths, config, foreground=False, on_report=on_report)
+    original = os.getpid()
+    try:
+        launcher.run(paths, config, foreground=False, on_report=on_report)
+    except BaseException as exc:
+        if os.getpid() == original:  # failed before forking: nobody reported it yet
+            fail(f"failed to start the daemon for {paths.root}: {exc}", EXIT_FAILURE)
+        os._exit(1)  # the daemon process; the waiting parent has already reported
     # Only the daemon process gets here, after it has stopped.
     sys.exit(0)
 
@@ -187,7 +193,8 @@ def stop(ctx: Context, timeout: float) -> None:
     if not ctx.as_json:
         click.echo(f"stopping aiwg daemon (pid {pid})…", err=True)
     deadline = time.monotonic() + timeout
-    while instance.holder(paths) is not None:
+    # The lock frees when the daemon's services have stopped; the process exits just after.
+    while instance.holder(paths) is not None or instance.pid_alive(pid):
         if time.monotonic() >= deadline:
             fail(
                 f"the daemon (pid {pid}) is still stopping after {timeout:g}s; it was not killed. "
@@ -311,14 +318,9 @@ def _not_running_status(ctx: Context, paths: ProjectPaths) -> None:
 @pass_context
 def ping(ctx: Context, timeout: float) -> None:
     """Quick health check: exit 0 if the daemon answers, 7 if none is running."""
-    started = time.perf_counter()
-    with DaemonClient(ctx.paths.root, timeout=timeout) as client:
-        result = client.call("ping")
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    if ctx.as_json:
-        emit_json({**result, "rtt_ms": round(elapsed_ms, 3)})
-    else:
-        click.echo(f"pong from pid {result.get('pid')} in {elapsed_ms:.1f} ms")
+    from aiwg.cli import ping as fast
+
+    sys.exit(fast.run(ctx.project, ctx.as_json, timeout))
 
 
 @daemon.command()

@@ -104,6 +104,7 @@ class DaemonService(MultiService):
     def startService(self) -> None:
         self.restart_count = self._previous_restart_count()
         self.started_at = self.now()
+        self.phase = "running"  # the heartbeat's first write, just below, says so
         Service.startService(self)
         try:
             for child in self:
@@ -113,7 +114,6 @@ class DaemonService(MultiService):
             self._abort_start()
             raise
         self._install_sighup()
-        self.phase = "running"
         self.bus.publish("daemon:started", {"pid": self.pid, "socket": str(self.socket_path)})
         self.log.info(
             "daemon started (pid {pid}), listening on {socket}",

@@ -1,0 +1,138 @@
+"""Shared fixtures: temp projects, the real CLI, real daemons, reactor hygiene."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from aiwg import instance
+from aiwg.client import DaemonClient
+from aiwg.paths import ProjectPaths
+
+BIN = Path(sys.executable).parent
+AIWG = str(BIN / "aiwg")
+TWISTD = str(BIN / "twistd")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        time.sleep(interval)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIWG_")}
+    env.pop("CLAUDECODE", None)
+    env.update(extra)
+    return env
+
+
+class Project:
+    """A temporary project directory with helpers to drive its daemon through the CLI."""
+
+    def __init__(self, root: Path, runtime_dir: Path) -> None:
+        self.root = root
+        self.paths = ProjectPaths(root)
+        self.env = clean_env(XDG_RUNTIME_DIR=str(runtime_dir))
+
+    def aiwg(self, *args: str, timeout: float = 60, check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [AIWG, *args],
+            cwd=self.root,
+            env=env or self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"aiwg {' '.join(args)} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+    def write_config(self, text: str) -> None:
+        self.paths.aiwg_dir.mkdir(exist_ok=True)
+        self.paths.config_file.write_text(text)
+
+    def start(self, *args: str) -> int:
+        self.aiwg("daemon", "start", *args, check=True)
+        return self.pid()
+
+    def pid(self) -> int:
+        pid = instance.holder(self.paths)
+        assert pid, "no daemon holds the lock"
+        return pid
+
+    def client(self, **kwargs: Any) -> DaemonClient:
+        return DaemonClient(self.root, socket_path=self.paths.bind_socket(), **kwargs).connect()
+
+    def running(self) -> bool:
+        return instance.holder(self.paths) is not None
+
+    def log_text(self) -> str:
+        try:
+            return self.paths.log_file.read_text()
+        except FileNotFoundError:
+            return ""
+
+    def kill_everything(self) -> None:
+        pid = instance.holder(self.paths)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    root = tmp_path / "proj"
+    root.mkdir()
+    runtime = tmp_path / "run"
+    runtime.mkdir(mode=0o700)
+    proj = Project(root, runtime)
+    yield proj
+    if proj.running():
+        proj.aiwg("daemon", "stop", "--timeout", "30")
+        if proj.running():
+            proj.kill_everything()
+            pytest.fail("the daemon was still running after the test and had to be killed")
+
+
+@pytest.fixture
+def daemon(project: Project) -> Iterator[Project]:
+    """A project with its daemon running (started through the real CLI)."""
+    project.start()
+    yield project
+
+
+@pytest.fixture(autouse=True)
+def reactor_hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves timers or listening ports on the global reactor."""
+    if "twisted.internet.reactor" not in sys.modules:
+        yield
+        return
+    from twisted.internet import reactor
+
+    before = set(reactor.getDelayedCalls())
+    yield
+    leftover = [c for c in reactor.getDelayedCalls() if c not in before and c.active()]
+    if leftover:
+        for call in leftover:
+            call.cancel()
+        pytest.fail(f"test left {len(leftover)} delayed call(s) on the reactor: {leftover}")
