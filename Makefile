@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 $(STAMP): pyproject.toml setup.cfg
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=68" wheel
 	# compat mode puts the checkout itself on sys.path, so Twisted's plugin
 	# scan finds twisted/plugins/aiwg_plugin.py (the default editable finder hides it).
 	$(BIN)/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat

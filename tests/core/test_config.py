@@ -1,0 +1,167 @@
+"""Configuration: defaults from the schema, messages that name the key, warnings for unknown keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from aiwg.configfile import load_config
+from aiwg.core import config
+from aiwg.errors import ConfigError
+from aiwg.paths import ProjectPaths
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def problems(document: object) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        config.validate(document, "daemon.json")
+    return caught.value.problems
+
+
+def test_defaults_match_the_guide() -> None:
+    cfg = config.validate({}, "(defaults)")
+    d = cfg.daemon
+    assert d.heartbeat_interval_seconds == 30
+    assert d.max_parallel_actions == 3
+    assert d.action_timeout_minutes == 120
+    assert d.log.max_size_mb == 50 and d.log.max_files == 5
+    assert d.log.level == "info" and d.log.format == "text"
+    assert d.ipc.max_line_bytes == 1024 * 1024
+    assert d.shutdown_grace_seconds == 15
+    assert cfg.data["watch"] == {
+        "enabled": False, "paths": [], "ignore": [], "debounce_ms": 1000, "use_polling": False,
+    }
+    assert cfg.data["schedule"] == {"enabled": False, "jobs": []}
+    assert cfg.data["rules"] == []
+
+
+def test_the_guides_example_config_is_valid() -> None:
+    guide = {
+        "daemon": {"heartbeat_interval_seconds": 30, "max_parallel_actions": 3,
+                   "action_timeout_minutes": 120, "log": {"max_size_mb": 50, "max_files": 5}},
+        "watch": {"enabled": True, "paths": ["src/", "test/", ".aiwg/"],
+                  "ignore": ["node_modules/", ".git/", "*.log"], "debounce_ms": 1000},
+        "schedule": {"enabled": True, "jobs": [
+            {"name": "health-check", "cron": "*/30 * * * *", "action": "health-check"},
+            {"name": "daily-audit", "cron": "0 9 * * *", "action": "security-audit"}]},
+        "rules": [{"id": "auto-test-on-change",
+                   "trigger": {"type": "file_change", "pattern": "src/**/*.ts"},
+                   "condition": {"type": "debounce", "interval_ms": 5000},
+                   "action": {"type": "submit_task", "prompt": "Run tests for the changed files"}}],
+    }
+    cfg = config.validate(guide, "daemon.json")
+    assert cfg.warnings == ()
+    assert cfg.data["watch"]["use_polling"] is False  # default filled inside a given section
+
+
+def test_error_names_key_path_constraint_and_value() -> None:
+    assert problems({"daemon": {"max_parallel_actions": "three"}}) == [
+        "daemon.max_parallel_actions: must be an integer ≥ 1, got 'three'"
+    ]
+
+
+@pytest.mark.parametrize(
+    "document, expected",
+    [
+        ({"daemon": {"max_parallel_actions": 0}}, "daemon.max_parallel_actions: must be an integer ≥ 1, got 0"),
+        ({"daemon": {"max_parallel_actions": 2.5}}, "daemon.max_parallel_actions: must be an integer ≥ 1, got 2.5"),
+        ({"daemon": {"max_parallel_actions": True}}, "daemon.max_parallel_actions: must be an integer ≥ 1, got true"),
+        ({"daemon": {"heartbeat_interval_seconds": 0}}, "daemon.heartbeat_interval_seconds: must be a number > 0 and ≤ 86400, got 0"),
+        ({"daemon": {"log": {"level": "loud"}}}, 'daemon.log.level: must be one of "debug", "info", "warn", "error", got \'loud\''),
+        ({"daemon": {"log": {"max_files": 0}}}, "daemon.log.max_files: must be an integer ≥ 1 and ≤ 1000, got 0"),
+        ({"watch": {"enabled": "yes"}}, "watch.enabled: must be true or false, got 'yes'"),
+        ({"watch": {"ignore": "*.log"}}, "watch.ignore: must be a list of non-empty strings, got '*.log'"),
+        ({"daemon": []}, "daemon: must be an object, got []"),
+        ({"rules": [{"id": "r", "trigger": {"type": "file_change"}, "action": {"type": "submit_task", "prompt": "p"}}]},
+         "rules[0].trigger.pattern: required"),
+        ({"rules": [{"id": "r", "trigger": {"type": "nope"}, "action": {"type": "submit_task", "prompt": "p"}}]},
+         'rules[0].trigger.type: must be one of "file_change", "schedule", "event", got \'nope\''),
+        ({"schedule": {"jobs": [{"cron": "* * * * *", "action": "x"}]}}, "schedule.jobs[0].name: required"),
+    ],
+)
+def test_errors(document: dict, expected: str) -> None:
+    assert expected in problems(document)
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    found = problems({"daemon": {"max_parallel_actions": -1, "log": {"max_size_mb": "big"}}, "watch": {"debounce_ms": -5}})
+    assert len(found) == 3
+
+
+def test_duplicate_ids_and_names() -> None:
+    rule = {"id": "same", "trigger": {"type": "event", "topic": "x"}, "action": {"type": "submit_task", "prompt": "p"}}
+    job = {"name": "j", "cron": "* * * * *", "action": "a"}
+    found = problems({"rules": [rule, rule], "schedule": {"jobs": [job, job]}})
+    assert "rules[1].id: 'same' is already used by rules[0]" in found
+    assert "schedule.jobs[1].name: 'j' is already used by schedule.jobs[0]" in found
+
+
+def test_unknown_keys_are_warnings_with_suggestions_and_are_dropped() -> None:
+    cfg = config.validate({"daemon": {"max_paralel_actions": 5}, "webhook": {}}, "daemon.json")
+    assert "daemon.max_paralel_actions: unknown key, ignored (did you mean 'max_parallel_actions'?)" in cfg.warnings
+    assert "webhook: unknown key, ignored" in cfg.warnings
+    assert "webhook" not in cfg.data
+    assert cfg.daemon.max_parallel_actions == 3
+
+
+def test_invalid_json_names_line_and_column() -> None:
+    with pytest.raises(ConfigError) as caught:
+        config.parse_config_text('{\n  "daemon": {,}\n}', "x.json")
+    assert caught.value.problems[0].startswith("not valid JSON:")
+    assert "line 2" in caught.value.problems[0]
+
+
+def test_top_level_must_be_an_object() -> None:
+    assert problems([1]) == ["(top level): must be an object, got [1]"]
+
+
+def test_digest_and_changed_sections() -> None:
+    a = config.validate({}, "a")
+    b = config.validate({"daemon": {"log": {"level": "debug"}}}, "b")
+    assert a.digest == config.validate({}, "c").digest
+    assert a.digest != b.digest
+    assert b.changed_sections(a) == ["daemon.log"]
+
+
+def test_missing_default_file_means_defaults_but_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    paths = ProjectPaths(tmp_path)
+    assert load_config(paths).daemon.max_parallel_actions == 3
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(paths, "missing.json")
+
+
+def test_explicit_config_is_relative_to_the_project(tmp_path: Path) -> None:
+    (tmp_path / "prod.json").write_text('{"daemon": {"max_parallel_actions": 1}}')
+    assert load_config(ProjectPaths(tmp_path), "prod.json").daemon.max_parallel_actions == 1
+
+
+def test_published_schema_is_the_shipped_schema() -> None:
+    published = ROOT / "docs" / "daemon.schema.json"
+    assert json.loads(published.read_text()) == config.schema()
+
+
+def test_configuration_reference_documents_every_key() -> None:
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+
+    def keys(node: dict, prefix: str = "") -> list[str]:
+        out = []
+        for name, sub in node.get("properties", {}).items():
+            if name == "$schema":
+                continue
+            path = f"{prefix}{name}"
+            out.append(path)
+            if sub.get("type") == "object":
+                out.extend(keys(sub, path + "."))
+        return out
+
+    missing = [k for k in keys(config.schema()) if f"`{k}`" not in reference]
+    assert missing == []
+
+
+def test_example_configs_in_etc_are_valid() -> None:
+    for name in ("daemon.json", "daemon.dev.json", "daemon.prod.json"):
+        cfg = config.parse_config_text((ROOT / "etc" / name).read_text(), name)
+        assert cfg.warnings == (), (name, cfg.warnings)

@@ -1,0 +1,63 @@
+"""daemon.log rotates at max_size_mb and keeps at most max_files old copies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.logger import LogLevel, Logger
+
+from aiwg.core.config import LogSettings
+from aiwg.daemon.logs import RotatingFileObserver, format_text
+
+
+def event(text: str, level: LogLevel = LogLevel.info) -> dict:
+    return {"log_format": "{text}", "text": text, "log_level": level, "log_time": 1_700_000_000.5,
+            "log_namespace": "aiwg.daemon.test"}
+
+
+def test_rotation_is_bounded_in_size_and_count(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.log"
+    settings = LogSettings(max_size_mb=0.01, max_files=3, level="info", format="text")  # ~10 KiB
+    observer = RotatingFileObserver(path, settings)
+    for i in range(2000):
+        observer(event(f"line {i:05d} " + "x" * 80))
+    observer.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["daemon.log", "daemon.log.1", "daemon.log.2", "daemon.log.3"]
+    limit = settings.max_bytes + 200  # one record may straddle the limit
+    for name in names:
+        assert (tmp_path / name).stat().st_size <= limit, name
+    # The newest lines are in daemon.log, older ones in .1, .2, .3 in order.
+    assert "line 01999" in path.read_text()
+    assert (tmp_path / "daemon.log.1").stat().st_mtime <= path.stat().st_mtime
+
+
+def test_level_filter_and_reload_of_settings(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.log"
+    observer = RotatingFileObserver(path, LogSettings(50, 5, "warn", "text"))
+    observer(event("hidden", LogLevel.info))
+    observer(event("shown", LogLevel.warn))
+    observer.apply(LogSettings(50, 5, "debug", "json"))
+    observer(event("debug now", LogLevel.debug))
+    observer.close()
+    text = path.read_text()
+    assert "hidden" not in text and "shown" in text
+    assert '"text": "debug now"' in text
+
+
+def test_text_format() -> None:
+    line = format_text(event("hello\nworld"))
+    assert line == "2023-11-14T22:13:20.500Z info  [daemon.test] hello\n    world\n"
+
+
+def test_logger_failures_include_the_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.log"
+    observer = RotatingFileObserver(path, LogSettings(50, 5, "info", "text"))
+    log = Logger(observer=observer, namespace="aiwg.test")
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        log.failure("it broke")
+    observer.close()
+    text = path.read_text()
+    assert "it broke" in text and "ZeroDivisionError" in text
