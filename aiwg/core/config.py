@@ -49,6 +49,12 @@ class IpcSettings:
 
 
 @frozen
+class EventLogSettings:
+    retention_days: int
+    max_file_mb: float
+
+
+@frozen
 class DaemonSettings:
     heartbeat_interval_seconds: float
     max_parallel_actions: int
@@ -56,6 +62,7 @@ class DaemonSettings:
     shutdown_grace_seconds: float
     log: LogSettings
     ipc: IpcSettings
+    events: EventLogSettings
 
 
 @frozen
@@ -292,6 +299,10 @@ def _daemon_settings(section: Mapping[str, Any]) -> DaemonSettings:
             format=str(log["format"]),
         ),
         ipc=IpcSettings(max_line_bytes=int(section["ipc"]["max_line_bytes"])),
+        events=EventLogSettings(
+            retention_days=int(section["events"]["retention_days"]),
+            max_file_mb=float(section["events"]["max_file_mb"]),
+        ),
     )
 
 

@@ -57,6 +57,9 @@ class EventBus:
         except ValueError:
             pass
 
+    def now(self) -> float:
+        return self._reactor.seconds()
+
     @property
     def subscriber_count(self) -> int:
         return len(self._subscriptions)
@@ -93,6 +96,12 @@ class EventBus:
                 self.log.failure(
                     "event subscriber failed on {topic}", topic=event.topic
                 )
+
+    def flush(self) -> None:
+        """Deliver what is pending now, not on the next turn (used while stopping)."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush()
 
     def close(self) -> None:
         """Deliver nothing more; cancel the pending delivery turn."""

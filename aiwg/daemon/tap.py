@@ -45,6 +45,7 @@ def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
     from aiwg.daemon.bus import EventBus
+    from aiwg.daemon.eventlog import EventLog
     from aiwg.daemon.heartbeat import Heartbeat
     from aiwg.daemon.ipc import IpcFactory, IpcServer
     from aiwg.daemon.lock import InstanceLock
@@ -68,6 +69,7 @@ def makeService(options: Options) -> Any:
 
     # Start order. Stop order is the reverse: IPC stays up while workers drain.
     InstanceLock(paths).setServiceParent(root)
+    EventLog(bus=bus, directory=paths.events_dir, settings=config.daemon.events).setServiceParent(root)
     Heartbeat(
         reactor=reactor,
         heartbeat_file=paths.heartbeat_file,
