@@ -25,7 +25,6 @@ QUEUE_FULL = -32002
 SUBSYSTEM_UNAVAILABLE = -32003
 CONFIG_INVALID = -32010
 SHUTTING_DOWN = -32011
-REQUEST_TOO_LARGE = -32012
 
 ERROR_NAMES = {
     PARSE_ERROR: "Parse error",
@@ -39,7 +38,6 @@ ERROR_NAMES = {
     SUBSYSTEM_UNAVAILABLE: "Subsystem unavailable",
     CONFIG_INVALID: "Configuration invalid",
     SHUTTING_DOWN: "Daemon is shutting down",
-    REQUEST_TOO_LARGE: "Request too large",
 }
 
 # CLI exit statuses (LSB init-script conventions where they apply).

@@ -32,7 +32,28 @@ from aiwg.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, RpcError
 #: stuck client cannot make the daemon buffer without bound.
 MAX_PENDING_OUTPUT = 8 * 1024 * 1024
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# ASCII output: a lone surrogate that arrived as a legal \ud800 escape goes back
+# out as an escape, not as bytes that are not UTF-8. No NaN/Infinity: not JSON.
+_dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number out of range: {text}")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _parse(line: bytes) -> Any:
+    """Strict parse: valid UTF-8 (no encoded surrogates), JSON without NaN/Infinity."""
+    return _decoder.decode(line.decode("utf-8"))
 
 
 def _error(code: int, message: str, req_id: Any, data: Any = None) -> dict[str, Any]:
@@ -78,8 +99,8 @@ class JsonRpcProtocol(LineReceiver):
         if not line.strip():
             return
         try:
-            message = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+            message = _parse(line)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             self._send(_error(PARSE_ERROR, "Parse error", None))
             return
         if isinstance(message, list):
@@ -185,12 +206,12 @@ class JsonRpcProtocol(LineReceiver):
 
     def _send(self, reply: Any) -> None:
         try:
-            data = _dumps(reply).encode("utf-8") + b"\n"
-        except (TypeError, ValueError):
+            data = _dumps(reply).encode("ascii") + b"\n"
+        except (TypeError, ValueError, RecursionError):
             req_id = reply.get("id") if isinstance(reply, dict) else None
             self.log.failure("unserialisable reply for id {id!r}", id=req_id)
             data = _dumps(_error(INTERNAL_ERROR, "Internal error: result not serialisable", req_id))
-            data = data.encode("utf-8") + b"\n"
+            data = data.encode("ascii") + b"\n"
         self.write_now(data)
 
     def write_now(self, data: bytes) -> None:
@@ -236,9 +257,12 @@ class JsonRpcProtocol(LineReceiver):
             self.subscriptions = []
             transport.abortConnection()
             return
-        self.write_now(
-            _dumps({"jsonrpc": "2.0", "method": method_name, "params": params}).encode() + b"\n"
-        )
+        try:
+            data = _dumps({"jsonrpc": "2.0", "method": method_name, "params": params})
+        except (TypeError, ValueError, RecursionError):
+            self.log.failure("unserialisable {method} notification dropped", method=method_name)
+            return
+        self.write_now(data.encode("ascii") + b"\n")
 
 
 def _fired(value: Any) -> Deferred:

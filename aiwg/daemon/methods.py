@@ -132,9 +132,9 @@ class EventMethods(Namespace):
 
     @method(
         Param("topic", "string", description="Custom topic, e.g. deployment:complete."),
-        Param("type", "string", description="Alias of topic (AIWG's event shape)."),
         Param("payload", "object", default=None, nullable=True),
         Param("source", "string", default="client"),
+        Param("type", "string", description="Alias of topic (AIWG's event shape)."),
         description="Publish a custom event on the daemon's bus (rules with an event "
         "trigger see it; subscribers receive it).",
     )
@@ -142,9 +142,9 @@ class EventMethods(Namespace):
         self,
         ctx: CallContext,
         topic: str | None,
-        type: str | None,
         payload: dict[str, Any] | None,
         source: str,
+        type: str | None,
     ) -> dict[str, Any]:
         name = topic if topic is not None else type
         if name is None:
