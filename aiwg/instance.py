@@ -101,10 +101,15 @@ def read_pid_file(paths: ProjectPaths) -> int | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while `pid` runs; an exited process not yet reaped (a zombie) is not alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True

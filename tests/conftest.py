@@ -99,6 +99,40 @@ class Project:
                 pass
 
 
+class FakeClaude:
+    """The fake `claude` (tests/fakes/fake_claude.py), first on PATH."""
+
+    def __init__(self, bin_dir: Path, records: Path) -> None:
+        self.bin_dir = bin_dir
+        self.records = records
+
+    def runs(self) -> list[dict[str, Any]]:
+        import json
+
+        found = []
+        for path in sorted(self.records.glob("*.json")):
+            try:
+                found.append(json.loads(path.read_text()))
+            except ValueError:
+                continue  # being rewritten right now
+        return sorted(found, key=lambda r: r["started"])
+
+    def grandchild_pids(self) -> list[int]:
+        return [int(p.read_text()) for p in self.records.glob("*.grandchild") if p.read_text()]
+
+
+def install_fake_claude(directory: Path, name: str = "claude") -> FakeClaude:
+    bin_dir = directory / "bin"
+    records = directory / "records"
+    bin_dir.mkdir(exist_ok=True)
+    records.mkdir(exist_ok=True)
+    source = (Path(__file__).parent / "fakes" / "fake_claude.py").read_text()
+    script = bin_dir / name
+    script.write_text(f"#!{sys.executable}\n{source}")
+    script.chmod(0o755)
+    return FakeClaude(bin_dir, records)
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Iterator[Project]:
     root = tmp_path / "proj"
@@ -106,6 +140,10 @@ def project(tmp_path: Path) -> Iterator[Project]:
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
     proj = Project(root, runtime)
+    fake = install_fake_claude(tmp_path)
+    proj.fake = fake
+    proj.env["PATH"] = f"{fake.bin_dir}:{proj.env.get('PATH', os.defpath)}"
+    proj.env["FAKE_CLAUDE_RECORDS"] = str(fake.records)
     yield proj
     if proj.running():
         proj.aiwg("daemon", "stop", "--timeout", "30")

@@ -16,6 +16,7 @@ from aiwg.errors import EXIT_USAGE, AiwgError, RpcError
 _SUBCOMMANDS = {
     "daemon": ("aiwg.cli.daemon", "daemon", "Start, stop and inspect the project's daemon."),
     "event": ("aiwg.cli.event", "event", "Emit custom events and follow the event stream."),
+    "task": ("aiwg.cli.task", "task", "Submit, inspect and cancel agent tasks."),
 }
 
 

@@ -55,11 +55,20 @@ class EventLogSettings:
 
 
 @frozen
+class RetentionSettings:
+    max_tasks: int
+    max_age_days: float
+
+
+@frozen
 class DaemonSettings:
     heartbeat_interval_seconds: float
     max_parallel_actions: int
     action_timeout_minutes: float
     shutdown_grace_seconds: float
+    kill_grace_seconds: float
+    task_output_max_mb: float
+    retention: RetentionSettings
     log: LogSettings
     ipc: IpcSettings
     events: EventLogSettings
@@ -292,6 +301,12 @@ def _daemon_settings(section: Mapping[str, Any]) -> DaemonSettings:
         max_parallel_actions=int(section["max_parallel_actions"]),
         action_timeout_minutes=float(section["action_timeout_minutes"]),
         shutdown_grace_seconds=float(section["shutdown_grace_seconds"]),
+        kill_grace_seconds=float(section["kill_grace_seconds"]),
+        task_output_max_mb=float(section["task_output_max_mb"]),
+        retention=RetentionSettings(
+            max_tasks=int(section["retention"]["max_tasks"]),
+            max_age_days=float(section["retention"]["max_age_days"]),
+        ),
         log=LogSettings(
             max_size_mb=float(log["max_size_mb"]),
             max_files=int(log["max_files"]),

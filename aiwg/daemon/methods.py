@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiwg.core.events import Event, pattern_problem, topic_problem
 from aiwg.daemon.logs import iso_utc
+from aiwg.core.tasks import STATE_NAMES, source_problem
 from aiwg.daemon.rpc import CallContext, MethodTable, Namespace, Param, method
 from aiwg.errors import InvalidParams
 
@@ -156,6 +157,130 @@ class EventMethods(Namespace):
         return {"published": True, "topic": event.topic, "seq": event.seq}
 
 
+def _unknown_task(task_id: str) -> InvalidParams:
+    return InvalidParams(f"Task not found: {task_id} (parameter 'taskId')", {"taskId": task_id})
+
+
+class TaskMethods(Namespace):
+    """AIWG's task.* methods (same names, params and result fields), plus task.output."""
+
+    def __init__(self, daemon: "DaemonService") -> None:
+        super().__init__()
+        self._daemon = daemon
+
+    @property
+    def _supervisor(self) -> Any:
+        return self._daemon.supervisor
+
+    @method(
+        Param("prompt", "string", required=True, non_empty=True, description="What the agent should do."),
+        Param("priority", "integer", default=0, description="Higher runs sooner; equal priorities run in submission order."),
+        Param("timeout", "number", nullable=True, minimum=0.001, description="Minutes before the task is stopped (default daemon.action_timeout_minutes)."),
+        Param("agent", "string", nullable=True, description="Passed to the agent as --agent NAME."),
+        Param("metadata", "object", default=None, nullable=True),
+        Param("source", "string", default="ipc", description="cli, chat, rule:<id>, schedule:<job>, messaging:<platform>, client:<name>."),
+        Param("retries", "integer", default=0, minimum=0, maximum=100, description="Times to re-queue the task if the daemon stops while it runs."),
+        description="Queue a task for the agent.",
+    )
+    def jsonrpc_submit(
+        self, ctx: CallContext, prompt: str, priority: int, timeout: float | None,
+        agent: str | None, metadata: dict[str, Any] | None, source: str, retries: int,
+    ) -> dict[str, Any]:
+        problem = source_problem(source)
+        if problem:
+            raise InvalidParams(f"Invalid parameter 'source': {problem}")
+        task = self._supervisor.submit(
+            prompt, priority=priority, timeout_minutes=timeout, agent=agent,
+            metadata=metadata, source=source, retries=retries,
+        )
+        return {"taskId": task.id, "state": task.state.value, "priority": task.priority}
+
+    @method(
+        Param("state", "string", nullable=True, description="Only tasks in this state."),
+        Param("limit", "integer", default=20, minimum=1, maximum=1000),
+        Param("offset", "integer", default=0, minimum=0),
+        description="Tasks, newest first.",
+    )
+    def jsonrpc_list(self, ctx: CallContext, state: str | None, limit: int, offset: int) -> list[Any]:
+        from aiwg.daemon.supervisor import record_json
+
+        if state is not None and state not in STATE_NAMES:
+            raise InvalidParams(
+                f"Invalid parameter 'state': must be one of {', '.join(STATE_NAMES)}, got '{state}'"
+            )
+        return [record_json(t) for t in self._supervisor.store.list(state, limit, offset)]
+
+    @method(Param("taskId", "string", required=True, non_empty=True), description="One task's full record.")
+    def jsonrpc_get(self, ctx: CallContext, taskId: str) -> dict[str, Any]:
+        from aiwg.daemon.supervisor import record_json
+
+        task = self._supervisor.store.get(taskId)
+        if task is None:
+            raise _unknown_task(taskId)
+        return record_json(task)
+
+    @method(
+        Param("taskId", "string", required=True, non_empty=True),
+        description="Cancel a queued task (it never starts) or a running one (its process group is killed).",
+    )
+    def jsonrpc_cancel(self, ctx: CallContext, taskId: str) -> dict[str, Any]:
+        cancelled, task = self._supervisor.cancel(taskId)
+        if task is None:
+            raise _unknown_task(taskId)
+        return {"cancelled": cancelled, "state": task.state.value}
+
+    @method(description="Counts of tasks by state.")
+    def jsonrpc_stats(self, ctx: CallContext) -> dict[str, int]:
+        return self._supervisor.store.stats()
+
+    @method(
+        Param("taskId", "string", required=True, non_empty=True),
+        Param("offset", "integer", default=0, minimum=0, description="Byte offset in the output file."),
+        Param("limit", "integer", default=65536, minimum=1, maximum=1048576),
+        description="A slice of a task's output file, for catching up before following task:output events.",
+    )
+    def jsonrpc_output(self, ctx: CallContext, taskId: str, offset: int, limit: int) -> dict[str, Any]:
+        task = self._supervisor.store.get(taskId)
+        if task is None:
+            raise _unknown_task(taskId)
+        data = b""
+        size = 0
+        if task.output_path:
+            try:
+                with open(task.output_path, "rb") as handle:
+                    handle.seek(0, 2)
+                    size = handle.tell()
+                    handle.seek(min(offset, size))
+                    data = handle.read(limit)
+            except FileNotFoundError:
+                pass
+        return {
+            "taskId": task.id,
+            "state": task.state.value,
+            "offset": offset,
+            "nextOffset": offset + len(data),
+            "size": size,
+            "data": data.decode("utf-8", "replace"),
+            "eof": offset + len(data) >= size,
+        }
+
+
+class ChatMethods(Namespace):
+    def __init__(self, daemon: "DaemonService") -> None:
+        super().__init__()
+        self._daemon = daemon
+
+    @method(
+        Param("message", "string", required=True, non_empty=True),
+        Param("priority", "integer", default=5),
+        description="Send a chat message to the agent (queued as a task, source chat).",
+    )
+    def jsonrpc_send(self, ctx: CallContext, message: str, priority: int) -> dict[str, Any]:
+        task = self._daemon.supervisor.submit(message, priority=priority, source="chat",
+                                              metadata={"source": "ipc-chat"})
+        return {"taskId": task.id, "state": task.state.value}
+
+
 def build_method_table(daemon: "DaemonService") -> Root:
     """The whole RPC surface, in one place."""
     table = Root(daemon)
@@ -163,4 +288,7 @@ def build_method_table(daemon: "DaemonService") -> Root:
     table.add("rpc", RpcMethods(table))
     table.add("events", EventsMethods(daemon))
     table.add("event", EventMethods(daemon))
+    if daemon.supervisor is not None:
+        table.add("task", TaskMethods(daemon))
+        table.add("chat", ChatMethods(daemon))
     return table

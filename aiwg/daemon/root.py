@@ -66,6 +66,7 @@ class DaemonService(MultiService):
         self.phase = "starting"
         self.restart_count = 0
         self.reloads = 0
+        self.supervisor: Any = None  # set by makeService when the tree has one
 
     # -- clock -------------------------------------------------------------
 
@@ -345,7 +346,25 @@ class DaemonService(MultiService):
             },
             "automation": subsystems["automation"],
             "events": subsystems["events"],
+            **self._task_state(),
             "health": self.health(),
+        }
+
+
+    def _task_state(self) -> dict[str, Any]:
+        """state.json's agents and task_stats (AIWG's snake_case shape)."""
+        supervisor = self.supervisor
+        if supervisor is None or supervisor.store is None:
+            return {}
+        summary = supervisor.summary()
+        return {
+            "agents": {
+                "running": summary["running"],
+                "queued": summary["queued"],
+                "max_concurrency": summary["maxConcurrency"],
+                "tasks": summary["tasks"],
+            },
+            "task_stats": supervisor.store.stats(),
         }
 
 

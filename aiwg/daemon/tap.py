@@ -51,6 +51,8 @@ def makeService(options: Options) -> Any:
     from aiwg.daemon.lock import InstanceLock
     from aiwg.daemon.methods import build_method_table
     from aiwg.daemon.root import DaemonService
+    from aiwg.daemon.store import StoreService
+    from aiwg.daemon.supervisor import Supervisor, SupervisorSettings
 
     paths: ProjectPaths = options.paths
     config = options.config
@@ -65,11 +67,24 @@ def makeService(options: Options) -> Any:
         socket_path=socket_path,
         log_to_stdout=bool(options["log-stdout"]),
     )
+    store = StoreService(
+        db_path=paths.tasks_db, tasks_json=paths.daemon_dir / "tasks.json", clock=reactor
+    )
+    supervisor = Supervisor(
+        reactor=reactor,
+        store=lambda: store.store,
+        bus=bus,
+        project_root=paths.root,
+        actions_dir=paths.actions_dir,
+        settings=SupervisorSettings.from_config(config),
+    )
+    root.supervisor = supervisor
     methods = build_method_table(root)
 
     # Start order. Stop order is the reverse: IPC stays up while workers drain.
     InstanceLock(paths).setServiceParent(root)
     EventLog(bus=bus, directory=paths.events_dir, settings=config.daemon.events).setServiceParent(root)
+    store.setServiceParent(root)  # closes after the final state write, which reads it
     Heartbeat(
         reactor=reactor,
         heartbeat_file=paths.heartbeat_file,
@@ -84,4 +99,5 @@ def makeService(options: Options) -> Any:
         pointer_file=None if socket_path == paths.default_socket else paths.socket_pointer,
         factory=IpcFactory(methods, config.daemon.ipc.max_line_bytes),
     ).setServiceParent(root)
+    supervisor.setServiceParent(root)  # stops before IPC: clients watch the drain
     return root

@@ -1,0 +1,282 @@
+# tests: tests/e2e/test_tasks.py
+"""`aiwg task …`: submit, list, get (--follow), cancel, stats, export."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import click
+
+from aiwg.cli.render import Context, duration, emit_json, fail, json_option, project_option
+from aiwg.client import DaemonClient
+from aiwg.errors import INVALID_PARAMS, RpcError
+
+pass_context = click.make_pass_decorator(Context, ensure=True)
+
+STATES = ("queued", "running", "completed", "failed", "cancelled", "timeout")
+TERMINAL = {"completed", "failed", "cancelled", "timeout"}
+#: Exit status of `task get --follow` and `task submit --wait` for each final state.
+EXIT_FOR_STATE = {"completed": 0, "failed": 1, "timeout": 124, "cancelled": 130}
+END_TOPICS = ["task:completed", "task:failed", "task:cancelled", "task:timeout"]
+
+
+@click.group()
+def task() -> None:
+    """Submit, inspect and cancel agent tasks."""
+
+
+@task.command()
+@click.argument("prompt")
+@click.option("--priority", "-p", type=int, default=0, show_default=True, help="Higher runs sooner (10 critical … -5 background).")
+@click.option("--timeout", "-t", type=click.FloatRange(min=0, min_open=True), help="Minutes before the task is stopped (default daemon.action_timeout_minutes).")
+@click.option("--agent", help="Passed to the agent as --agent NAME.")
+@click.option("--retries", type=click.IntRange(0, 100), default=0, help="Re-queue this many times if the daemon stops while it runs.")
+@click.option("--wait", "-w", is_flag=True, help="Wait, streaming output, and exit with the task's status.")
+@project_option
+@json_option
+@pass_context
+def submit(ctx: Context, prompt: str, priority: int, timeout: float | None, agent: str | None, retries: int, wait: bool) -> None:
+    """Queue PROMPT for the agent (one argument; quote it)."""
+    params: dict[str, Any] = {"prompt": prompt, "priority": priority, "source": "cli", "retries": retries}
+    if timeout is not None:
+        params["timeout"] = timeout
+    if agent:
+        params["agent"] = agent
+    with DaemonClient(ctx.paths.root) as client:
+        if wait:
+            client.subscribe(["task:output", *END_TOPICS])
+        result = client.request("task.submit", params)
+        if ctx.as_json and not wait:
+            emit_json(result)
+            return
+        if not ctx.as_json:
+            click.echo(f"Task submitted: {result['taskId']} ({result['state']})", err=wait)
+        if wait:
+            sys.exit(_follow(ctx, client, result["taskId"], subscribed=True))
+
+
+@task.command("list")
+@click.option("--state", "-s", type=click.Choice(STATES), help="Only tasks in this state.")
+@click.option("--limit", "-n", type=click.IntRange(1, 1000), default=20, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0)
+@project_option
+@json_option
+@pass_context
+def list_tasks(ctx: Context, state: str | None, limit: int, offset: int) -> None:
+    """Tasks, newest first."""
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
+    if state:
+        params["state"] = state
+    with DaemonClient(ctx.paths.root) as client:
+        tasks = client.request("task.list", params)
+    if ctx.as_json:
+        emit_json(tasks)
+        return
+    if not tasks:
+        click.echo("No tasks found")
+        return
+    now = time.time()
+    rows = [("ID", "STATE", "PRI", "AGE", "DURATION", "PROMPT")]
+    for t in tasks:
+        created = _epoch(t["createdAt"])
+        age = duration(now - created) if created else "-"
+        took = duration(t["duration"] / 1000) if t.get("duration") is not None else "-"
+        prompt = " ".join(t["prompt"].split())
+        rows.append((t["id"], t["state"], str(t["priority"]), age, took,
+                     prompt if len(prompt) <= 50 else prompt[:49] + "…"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5])
+
+
+@task.command()
+@click.argument("task_id", metavar="ID")
+@click.option("--follow", "-f", is_flag=True, help="Stream the output until the task ends; exit with its status.")
+@project_option
+@json_option
+@pass_context
+def get(ctx: Context, task_id: str, follow: bool) -> None:
+    """Show one task (with --follow, stream its output live)."""
+    with DaemonClient(ctx.paths.root) as client:
+        if follow:
+            sys.exit(_follow(ctx, client, task_id, subscribed=False))
+        record = _get(client, task_id)
+    if ctx.as_json:
+        emit_json(record)
+        return
+    rows = [
+        ("id", record["id"]), ("state", record["state"]), ("priority", record["priority"]),
+        ("source", record["source"]), ("created", record["createdAt"]),
+        ("started", record["startedAt"] or "-"), ("finished", record["completedAt"] or "-"),
+        ("duration", duration(record["duration"] / 1000) if record["duration"] is not None else "-"),
+        ("exit code", record["exitCode"] if record["exitCode"] is not None else "-"),
+        ("attempts", record["attempts"]),
+        ("output", f"{record['outputPath']} ({record['outputBytes']} bytes)"),
+    ]
+    if record.get("timeoutMinutes"):
+        rows.append(("timeout", f"{record['timeoutMinutes']:g} min"))
+    if record.get("costUsd") is not None:
+        rows.append(("cost", f"${record['costUsd']:.4f}"))
+    if record.get("sessionId"):
+        rows.append(("session", record["sessionId"]))
+    if record.get("error"):
+        rows.append(("error", record["error"]))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        click.echo(f"{key + ':':<{width + 1}} {value}")
+    click.echo(f"{'prompt:':<{width + 1}} {record['prompt']}")
+    if record.get("result"):
+        click.echo("result:")
+        click.echo(record["result"])
+    elif record.get("output"):
+        click.echo("output (tail):")
+        click.echo(record["output"].rstrip("\n"))
+
+
+@task.command()
+@click.argument("task_id", metavar="ID")
+@project_option
+@json_option
+@pass_context
+def cancel(ctx: Context, task_id: str) -> None:
+    """Cancel a queued or running task."""
+    with DaemonClient(ctx.paths.root) as client:
+        try:
+            result = client.call("task.cancel", taskId=task_id)
+        except RpcError as exc:
+            _unknown_or_raise(exc, task_id)
+    if ctx.as_json:
+        emit_json(result)
+    elif result["cancelled"]:
+        click.echo(f"Task {task_id} cancelled")
+    else:
+        fail(f"task {task_id} is already {result['state']}; nothing to cancel", 1)
+
+
+@task.command()
+@project_option
+@json_option
+@pass_context
+def stats(ctx: Context) -> None:
+    """Counts of tasks by state."""
+    with DaemonClient(ctx.paths.root) as client:
+        result = client.call("task.stats")
+    if ctx.as_json:
+        emit_json(result)
+        return
+    for key in ("total", *STATES):
+        click.echo(f"{key + ':':<11} {result.get(key, 0)}")
+
+
+@task.command()
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write here instead of stdout.")
+@project_option
+@pass_context
+def export(ctx: Context, output: str | None) -> None:
+    """All tasks as JSON, in AIWG's tasks.json shape ({version, updatedAt, tasks})."""
+    tasks: list[Any] = []
+    with DaemonClient(ctx.paths.root) as client:
+        offset = 0
+        while True:
+            page = client.call("task.list", limit=1000, offset=offset)
+            tasks.extend(page)
+            if len(page) < 1000:
+                break
+            offset += 1000
+    tasks.reverse()  # oldest first, as tasks.json kept them
+    document = {
+        "version": 1,
+        "updatedAt": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "tasks": tasks,
+    }
+    text = json.dumps(document, indent=2) + "\n"
+    if output:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        click.echo(f"exported {len(tasks)} task(s) to {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+def _get(client: DaemonClient, task_id: str) -> dict[str, Any]:
+    try:
+        return client.call("task.get", taskId=task_id)
+    except RpcError as exc:
+        _unknown_or_raise(exc, task_id)
+        raise
+
+
+def _unknown_or_raise(exc: RpcError, task_id: str) -> None:
+    if exc.code == INVALID_PARAMS and "Task not found" in exc.message:
+        fail(f"no task with id {task_id}", 1)
+    raise exc
+
+
+def _follow(ctx: Context, client: DaemonClient, task_id: str, *, subscribed: bool) -> int:
+    """Print the task's output from the start, then live, until it ends."""
+    if not subscribed:
+        client.subscribe(["task:output", *END_TOPICS])
+    position = 0
+    out = sys.stdout.buffer
+
+    def catch_up() -> dict[str, Any]:
+        nonlocal position
+        while True:
+            try:
+                page = client.call("task.output", taskId=task_id, offset=position)
+            except RpcError as exc:
+                _unknown_or_raise(exc, task_id)
+                raise
+            data = page["data"].encode("utf-8")
+            if data:
+                out.write(data)
+                out.flush()
+            position = page["nextOffset"]
+            if page["eof"]:
+                return page
+
+    page = catch_up()
+    state = page["state"]
+    client.timeout = None
+    try:
+        while state not in TERMINAL:
+            for event in client.events(timeout=1.0):
+                payload = event.get("payload") or {}
+                if payload.get("taskId") != task_id:
+                    continue
+                if event["topic"] == "task:output":
+                    chunk = payload.get("chunk", "").encode("utf-8")
+                    start = int(payload.get("offset", 0))
+                    if start + len(chunk) > position:
+                        out.write(chunk[max(0, position - start):])
+                        out.flush()
+                        position = start + len(chunk)
+                else:
+                    state = payload.get("state", event["topic"].split(":", 1)[1])
+                    break
+            else:
+                state = client.call("task.get", taskId=task_id)["state"]
+    except KeyboardInterrupt:
+        return 130
+    catch_up()
+    record = client.call("task.get", taskId=task_id)
+    if ctx.as_json:
+        emit_json(record)
+    elif record.get("error"):
+        click.echo(f"task {task_id} {record['state']}: {record['error']}", err=True)
+    else:
+        click.echo(f"task {task_id} {record['state']}", err=True)
+    return EXIT_FOR_STATE.get(record["state"], 1)
+
+
+def _epoch(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

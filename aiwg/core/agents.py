@@ -1,0 +1,155 @@
+# tests: tests/core/test_agents.py
+"""Agent command lines, child environments and result parsing. No shell, ever.
+
+The default agent is `claude -p <prompt> --output-format json`: the prompt is
+one argv element whatever it contains, and the JSON result carries the answer,
+the session id (for follow-up turns) and the cost.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Mapping
+
+from attrs import frozen
+
+DEFAULT_COMMAND = ("claude", "-p", "{prompt}", "--output-format", "json")
+OUTPUT_PARSERS = ("text", "claude-json")
+
+#: Variables that make `claude` refuse to start, or change what it does, when
+#: the daemon itself was started from inside a Claude Code session.
+DROPPED_ENV = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT")
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@frozen
+class AgentSettings:
+    command: tuple[str, ...] = DEFAULT_COMMAND
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = {}
+    output: str = "claude-json"
+
+    @property
+    def program(self) -> str:
+        return self.command[0]
+
+
+@frozen
+class AgentResult:
+    """What the agent reported about its run, when it reports anything."""
+
+    result: str | None = None
+    session_id: str | None = None
+    cost_usd: float | None = None
+    is_error: bool = False
+    subtype: str | None = None
+
+
+def build_argv(settings: AgentSettings, prompt: str, agent: str | None = None) -> list[str]:
+    """The command line for one run: `{prompt}` replaced, extra args appended."""
+    argv: list[str] = []
+    placed = False
+    for part in settings.command:
+        if part == "{prompt}":
+            argv.append(prompt)
+            placed = True
+        elif "{prompt}" in part:
+            argv.append(part.replace("{prompt}", prompt))
+            placed = True
+        else:
+            argv.append(part)
+    argv.extend(settings.args)
+    if agent:
+        argv.extend(["--agent", agent])
+    if not placed:
+        argv.append(prompt)
+    return argv
+
+
+def expand(template: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
+    """`${VAR}` from `environ`; returns the text and the names that were not set."""
+    missing: list[str] = []
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in environ:
+            missing.append(name)
+            return ""
+        return environ[name]
+
+    return _VAR.sub(replace, template), missing
+
+
+def child_env(
+    base: Mapping[str, str], *layers: Mapping[str, str]
+) -> tuple[dict[str, str], list[str]]:
+    """The agent's environment: the daemon's, minus nesting guards, plus each
+    layer with `${VAR}` expanded from the daemon's. Returns (env, unset names)."""
+    env = {k: v for k, v in base.items() if k not in DROPPED_ENV}
+    missing: list[str] = []
+    for layer in layers:
+        for key, template in layer.items():
+            value, unset = expand(template, base)
+            env[key] = value
+            missing.extend(unset)
+    return env, missing
+
+
+def secret_values(base: Mapping[str, str], *layers: Mapping[str, str]) -> list[str]:
+    """Values that must never be logged: whatever configured env resolves to."""
+    values = []
+    for layer in layers:
+        for template in layer.values():
+            value, _ = expand(template, base)
+            if len(value) >= 4:
+                values.append(value)
+    return values
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+def parse_result(output: str, stdout: str) -> AgentResult:
+    """Read the agent's result from its stdout (`claude-json`: the last JSON object
+    with "type": "result"; `text`: the whole stdout is the answer)."""
+    if output == "text":
+        text = stdout.strip()
+        return AgentResult(result=text or None)
+    found: Mapping[str, Any] | None = None
+    stripped = stdout.strip()
+    candidates = [stripped] if stripped.startswith("{") else []
+    candidates += [line for line in reversed(stdout.splitlines()) if line.lstrip().startswith("{")]
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and value.get("type") == "result":
+            found = value
+            break
+    if found is None:
+        return AgentResult(result=stripped or None)
+    cost = found.get("total_cost_usd", found.get("cost_usd"))
+    result = found.get("result")
+    return AgentResult(
+        result=result if isinstance(result, str) else None,
+        session_id=found.get("session_id") if isinstance(found.get("session_id"), str) else None,
+        cost_usd=float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
+        is_error=bool(found.get("is_error")),
+        subtype=found.get("subtype") if isinstance(found.get("subtype"), str) else None,
+    )
+
+
+def settings_from_config(section: Mapping[str, Any]) -> AgentSettings:
+    return AgentSettings(
+        command=tuple(section.get("command") or DEFAULT_COMMAND),
+        args=tuple(section.get("args") or ()),
+        env=dict(section.get("env") or {}),
+        output=str(section.get("output") or "claude-json"),
+    )

@@ -1,0 +1,167 @@
+# tests: tests/core/test_tasks.py
+"""Tasks: the value, its states and allowed transitions, ids, and queue order.
+
+Order is priority first (higher sooner), then submission order (FIFO): the
+store's monotonically increasing `seq` breaks ties, so order never depends on
+clocks.
+"""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import re
+from enum import Enum
+from typing import Any, Iterator, Mapping
+
+from attrs import evolve, field, frozen
+
+
+class TaskState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TERMINAL = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.TIMEOUT})
+
+#: Every allowed move. running → queued is a retry after an interruption.
+TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
+    TaskState.QUEUED: frozenset({TaskState.RUNNING, TaskState.CANCELLED, TaskState.FAILED}),
+    TaskState.RUNNING: frozenset(
+        {TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.TIMEOUT, TaskState.QUEUED}
+    ),
+    TaskState.COMPLETED: frozenset(),
+    TaskState.FAILED: frozenset(),
+    TaskState.CANCELLED: frozenset(),
+    TaskState.TIMEOUT: frozenset(),
+}
+
+STATE_NAMES = tuple(s.value for s in TaskState)
+
+#: A task interrupted by the daemon (crash or stop) is failed with this error,
+#: unless it asked for retries.
+INTERRUPTED = "interrupted: daemon stopped while the task was running"
+
+_SOURCE = re.compile(r"^(cli|chat|ipc|rule:.+|schedule:.+|messaging:.+|client:.+)$")
+_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,63}$")
+
+
+class TransitionError(ValueError):
+    pass
+
+
+@frozen
+class Task:
+    id: str
+    prompt: str
+    seq: int = 0
+    priority: int = 0
+    state: TaskState = TaskState.QUEUED
+    source: str = "cli"
+    agent: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    pid: int | None = None
+    pgid: int | None = None
+    proc_start: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    timeout_minutes: float | None = None
+    error: str | None = None
+    output_path: str | None = None
+    output_tail: str = ""
+    output_bytes: int = 0
+    result: str | None = None
+    session_id: str | None = None
+    cost_usd: float | None = None
+    metadata: Mapping[str, Any] = field(factory=dict)
+    retries: int = 0
+    attempts: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at
+        return None if end is None else max(0.0, end - self.started_at)
+
+    def moved(self, state: TaskState, **changes: Any) -> "Task":
+        """This task in `state`, if the move is allowed."""
+        if state not in TRANSITIONS[self.state]:
+            raise TransitionError(f"task {self.id}: {self.state} → {state} is not allowed")
+        return evolve(self, state=state, **changes)
+
+
+def make_task_id(random_bytes: bytes) -> str:
+    """`t-` and 10 lowercase base32 characters from 50 random bits: short, URL-safe."""
+    text = base64.b32encode(random_bytes[:7]).decode("ascii").lower().rstrip("=")
+    return "t-" + text[:10]
+
+
+def valid_task_id(text: str) -> bool:
+    return bool(_ID.match(text))
+
+
+def source_problem(source: str) -> str | None:
+    if not _SOURCE.match(source):
+        return (
+            "must be cli, chat, ipc, rule:<id>, schedule:<job>, messaging:<platform> "
+            f"or client:<name>, got '{source}'"
+        )
+    return None
+
+
+class RunQueue:
+    """The queued tasks in run order: a heap on (-priority, seq)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, str]] = []
+        self._live: dict[str, tuple[int, int, str]] = {}
+
+    def push(self, task_id: str, priority: int, seq: int) -> None:
+        entry = (-priority, seq, task_id)
+        self._live[task_id] = entry
+        heapq.heappush(self._heap, entry)
+
+    def remove(self, task_id: str) -> bool:
+        """Forget a queued task (lazily: its heap entry is skipped when popped)."""
+        return self._live.pop(task_id, None) is not None
+
+    def pop(self) -> str | None:
+        while self._heap:
+            entry = heapq.heappop(self._heap)
+            if self._live.get(entry[2]) == entry:
+                del self._live[entry[2]]
+                return entry[2]
+        return None
+
+    def peek(self) -> str | None:
+        while self._heap:
+            entry = self._heap[0]
+            if self._live.get(entry[2]) == entry:
+                return entry[2]
+            heapq.heappop(self._heap)
+        return None
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._live
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def ordered(self) -> Iterator[str]:
+        """Queued ids in run order (a sorted copy; for status, not for the hot path)."""
+        for entry in sorted(self._live.values()):
+            yield entry[2]

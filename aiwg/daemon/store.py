@@ -1,0 +1,359 @@
+# tests: tests/daemon/test_store.py
+"""The task store: SQLite in WAL mode with synchronous=FULL at .aiwg/daemon/tasks.db.
+
+Every state change is committed before anyone is told about it, so a crash
+loses nothing that was acknowledged. The hot paths — list by state, stats,
+next to run — are served by indexes and a counts table kept by triggers, never
+by scanning all tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any, Iterator
+
+from attrs import evolve
+from twisted.application.service import Service
+
+from aiwg.core.tasks import INTERRUPTED, STATE_NAMES, Task, TaskState
+
+SCHEMA_VERSION = 1
+
+_COLUMNS = (
+    "id", "prompt", "priority", "state", "source", "agent", "created_at", "started_at",
+    "finished_at", "pid", "pgid", "proc_start", "exit_code", "signal", "timeout_minutes",
+    "error", "output_path", "output_tail", "output_bytes", "result", "session_id", "cost_usd",
+    "metadata", "retries", "attempts",
+)
+
+_MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE tasks (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            prompt TEXT NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0,
+            state TEXT NOT NULL,
+            source TEXT NOT NULL,
+            agent TEXT,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            pid INTEGER,
+            pgid INTEGER,
+            proc_start TEXT,
+            exit_code INTEGER,
+            signal INTEGER,
+            timeout_minutes REAL,
+            error TEXT,
+            output_path TEXT,
+            output_tail TEXT NOT NULL DEFAULT '',
+            output_bytes INTEGER NOT NULL DEFAULT 0,
+            result TEXT,
+            session_id TEXT,
+            cost_usd REAL,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            retries INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX tasks_by_state ON tasks(state, seq)",
+        "CREATE INDEX tasks_to_run ON tasks(priority DESC, seq) WHERE state = 'queued'",
+        "CREATE INDEX tasks_finished ON tasks(finished_at) WHERE finished_at IS NOT NULL",
+        "CREATE TABLE task_counts (state TEXT PRIMARY KEY, count INTEGER NOT NULL)",
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "INSERT INTO task_counts(state, count) VALUES "
+        + ", ".join(f"('{s}', 0)" for s in STATE_NAMES),
+        """CREATE TRIGGER count_insert AFTER INSERT ON tasks BEGIN
+            UPDATE task_counts SET count = count + 1 WHERE state = NEW.state; END""",
+        """CREATE TRIGGER count_delete AFTER DELETE ON tasks BEGIN
+            UPDATE task_counts SET count = count - 1 WHERE state = OLD.state; END""",
+        """CREATE TRIGGER count_update AFTER UPDATE OF state ON tasks
+            WHEN OLD.state <> NEW.state BEGIN
+            UPDATE task_counts SET count = count - 1 WHERE state = OLD.state;
+            UPDATE task_counts SET count = count + 1 WHERE state = NEW.state; END""",
+    ],
+}
+
+
+class StoreError(Exception):
+    pass
+
+
+class TaskStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        fresh = not path.exists()
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        if fresh:
+            os.chmod(path, 0o600)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._migrate()
+        self.imported = 0
+
+    # -- schema ------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} was written by a newer aiwg (schema {version} > {SCHEMA_VERSION}); "
+                "upgrade aiwg-daemon"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self._transaction():
+                for statement in _MIGRATIONS[target]:
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {target}")
+
+    def _transaction(self) -> Any:
+        db = self._db
+
+        class _Tx:
+            def __enter__(self) -> None:
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+                db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+        return _Tx()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- writes ------------------------------------------------------------
+
+    def insert(self, task: Task) -> Task:
+        row = _to_row(task)
+        with self._transaction():
+            cursor = self._db.execute(
+                f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                row,
+            )
+        return evolve(task, seq=int(cursor.lastrowid or 0))
+
+    def save(self, task: Task) -> None:
+        """Write every field of an existing task."""
+        row = _to_row(task)
+        assignments = ", ".join(f"{c} = ?" for c in _COLUMNS[1:])
+        with self._transaction():
+            changed = self._db.execute(
+                f"UPDATE tasks SET {assignments} WHERE id = ?", (*row[1:], task.id)
+            ).rowcount
+        if changed != 1:
+            raise StoreError(f"task {task.id} is not in the store")
+
+    def exists(self, task_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is not None
+
+    # -- reads -------------------------------------------------------------
+
+    def get(self, task_id: str) -> Task | None:
+        row = self._db.execute(
+            f"SELECT seq, {', '.join(_COLUMNS)} FROM tasks WHERE id = ?", (task_id,)
+        ).fetchone()
+        return _from_row(row) if row else None
+
+    def list(self, state: str | None = None, limit: int = 20, offset: int = 0) -> list[Task]:
+        """Newest first."""
+        columns = f"seq, {', '.join(_COLUMNS)}"
+        if state is None:
+            rows = self._db.execute(
+                f"SELECT {columns} FROM tasks ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset)
+            )
+        else:
+            rows = self._db.execute(
+                f"SELECT {columns} FROM tasks WHERE state = ? ORDER BY seq DESC LIMIT ? OFFSET ?",
+                (state, limit, offset),
+            )
+        return [_from_row(r) for r in rows]
+
+    def in_state(self, state: TaskState) -> list[Task]:
+        """Every task in `state`, in run order (for start-up: queued and running)."""
+        rows = self._db.execute(
+            f"SELECT seq, {', '.join(_COLUMNS)} FROM tasks WHERE state = ? "
+            "ORDER BY priority DESC, seq",
+            (state.value,),
+        )
+        return [_from_row(r) for r in rows]
+
+    def stats(self) -> dict[str, int]:
+        counts = dict(self._db.execute("SELECT state, count FROM task_counts").fetchall())
+        stats = {name: int(counts.get(name, 0)) for name in STATE_NAMES}
+        return {"total": sum(stats.values()), **stats}
+
+    def all(self) -> Iterator[Task]:
+        rows = self._db.execute(f"SELECT seq, {', '.join(_COLUMNS)} FROM tasks ORDER BY seq")
+        for row in rows:
+            yield _from_row(row)
+
+    # -- retention ---------------------------------------------------------
+
+    def prune(self, *, max_tasks: int, max_age_seconds: float, now: float) -> list[tuple[str, str | None]]:
+        """Delete finished tasks beyond the newest `max_tasks` or older than the age
+        limit (0 = no limit); returns (id, output_path) of each deleted task."""
+        doomed: list[tuple[str, str | None]] = []
+        if max_age_seconds > 0:
+            doomed += self._db.execute(
+                "SELECT id, output_path FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?",
+                (now - max_age_seconds,),
+            ).fetchall()
+        if max_tasks > 0:
+            doomed += self._db.execute(
+                "SELECT id, output_path FROM tasks WHERE finished_at IS NOT NULL "
+                "ORDER BY finished_at DESC, seq DESC LIMIT -1 OFFSET ?",
+                (max_tasks,),
+            ).fetchall()
+        unique = list(dict.fromkeys(doomed))
+        if unique:
+            with self._transaction():
+                self._db.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i, _ in unique])
+        return unique
+
+    # -- AIWG tasks.json ---------------------------------------------------
+
+    def import_tasks_json(self, path: Path, now: float) -> int:
+        """Bring in the Node daemon's tasks.json (kept on disk). Tasks that were
+        running there are recorded as interrupted; queued ones stay queued."""
+        data = json.loads(path.read_text(encoding="utf-8"))
+        records = data.get("tasks", []) if isinstance(data, dict) else []
+        imported = 0
+        with self._transaction():
+            for record in records:
+                task = _from_node(record, now)
+                if task is None or self.exists(task.id):
+                    continue
+                self._db.execute(
+                    f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                    _to_row(task),
+                )
+                imported += 1
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('tasks_json_imported', ?)",
+                (json.dumps({"path": str(path), "count": imported, "at": now}),),
+            )
+        self.imported = imported
+        return imported
+
+    def tasks_json_imported(self) -> bool:
+        row = self._db.execute("SELECT 1 FROM meta WHERE key = 'tasks_json_imported'").fetchone()
+        return row is not None
+
+
+def _to_row(task: Task) -> tuple[Any, ...]:
+    return (
+        task.id, task.prompt, task.priority, task.state.value, task.source, task.agent,
+        task.created_at, task.started_at, task.finished_at, task.pid, task.pgid, task.proc_start,
+        task.exit_code, task.signal, task.timeout_minutes, task.error, task.output_path,
+        task.output_tail, task.output_bytes, task.result, task.session_id, task.cost_usd,
+        json.dumps(dict(task.metadata), separators=(",", ":")), task.retries, task.attempts,
+    )
+
+
+def _from_row(row: tuple[Any, ...]) -> Task:
+    values = dict(zip(("seq", *_COLUMNS), row))
+    values["state"] = TaskState(values["state"])
+    values["metadata"] = json.loads(values["metadata"] or "{}")
+    values["output_tail"] = values["output_tail"] or ""
+    return Task(**values)
+
+
+def _iso_to_epoch(text: Any) -> float | None:
+    if not isinstance(text, str) or not text:
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def _from_node(record: Any, now: float) -> Task | None:
+    """One task of AIWG's tasks.json ({id, prompt, agent, priority, state, createdAt,
+    startedAt, completedAt, pid, result, error, output, metadata})."""
+    if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+        return None
+    if not isinstance(record.get("prompt"), str):
+        return None
+    metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+    source = "chat" if metadata.get("source") == "ipc-chat" else (
+        f"rule:{metadata['ruleId']}" if isinstance(metadata.get("ruleId"), str) else "cli"
+    )
+    try:
+        state = TaskState(record.get("state", "queued"))
+    except ValueError:
+        state = TaskState.FAILED
+    error = record.get("error") if isinstance(record.get("error"), str) else None
+    finished = _iso_to_epoch(record.get("completedAt"))
+    if state == TaskState.RUNNING:
+        state, error, finished = TaskState.FAILED, INTERRUPTED, now
+    priority = record.get("priority")
+    output = record.get("output") if isinstance(record.get("output"), str) else ""
+    result = record.get("result")
+    return Task(
+        id=record["id"],
+        prompt=record["prompt"],
+        priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else 0,
+        state=state,
+        source=source,
+        agent=record.get("agent") if isinstance(record.get("agent"), str) else None,
+        created_at=_iso_to_epoch(record.get("createdAt")) or now,
+        started_at=_iso_to_epoch(record.get("startedAt")),
+        finished_at=finished,
+        error=error,
+        output_tail=output[-16384:],
+        result=result if isinstance(result, str) else None,
+        metadata={**metadata, "imported_from": "tasks.json"},
+    )
+
+
+
+def open_store(db_path: Path, tasks_json: Path, now: float) -> TaskStore:
+    """Open (or create) tasks.db; on first creation, import AIWG's tasks.json if present."""
+    fresh = not db_path.exists()
+    store = TaskStore(db_path)
+    if fresh and tasks_json.exists() and not store.tasks_json_imported():
+        try:
+            store.import_tasks_json(tasks_json, now)
+        except (OSError, ValueError) as exc:
+            store.close()
+            db_path.unlink(missing_ok=True)
+            raise StoreError(f"cannot import {tasks_json}: {exc}") from None
+    return store
+
+
+class StoreService(Service):
+    """Owns the database connection: opened after the lock is taken (never before
+    twistd forks), closed after the last state write that reads it."""
+
+    name = "store"
+
+    def __init__(self, *, db_path: Path, tasks_json: Path, clock: Any) -> None:
+        self._db_path = db_path
+        self._tasks_json = tasks_json
+        self._clock = clock
+        self.store: TaskStore | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.store = open_store(self._db_path, self._tasks_json, self._clock.seconds())
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def abort_start(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def status(self) -> dict[str, Any]:
+        return {"path": str(self._db_path), "imported_tasks_json": self.store.imported if self.store else 0}

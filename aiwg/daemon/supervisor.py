@@ -1,0 +1,658 @@
+# tests: tests/daemon/test_supervisor.py, tests/e2e/test_tasks.py
+"""Supervisor service and AgentProcessProtocol: runs queued tasks as agent processes.
+
+Each task runs in its own session and process group (through `setsid`), with
+stdin on /dev/null, cwd at the project root and `CLAUDECODE` removed. A
+timeout, a cancel or the daemon's stop signals the whole group: SIGTERM, then
+SIGKILL after a grace period. When the agent itself exits, whatever it left
+running in its group is signalled the same way, so no orphan survives and the
+output pipes close. The slot is freed when the agent exits; the record is
+final when its output has all been read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from attrs import frozen
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from aiwg.core import agents
+from aiwg.core.config import Config
+from aiwg.core.tasks import INTERRUPTED, RunQueue, Task, TaskState, make_task_id
+from aiwg.daemon.bus import EventBus
+from aiwg.daemon.logs import iso_utc
+from aiwg.daemon.store import TaskStore
+from aiwg.errors import SHUTTING_DOWN, RpcError
+
+TAIL_BYTES = 16 * 1024
+RESULT_CAPTURE_BYTES = 4 * 1024 * 1024
+PRUNE_INTERVAL_SECONDS = 600
+
+_SETSID = shutil.which("setsid")
+# Where setsid(1) is missing (macOS), a two-line Python exec wrapper does the same.
+_PY_SETSID = "import os,sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
+
+
+@frozen
+class SupervisorSettings:
+    max_parallel: int
+    timeout_minutes: float
+    kill_grace: float
+    shutdown_grace: float
+    output_max_bytes: int
+    retention_tasks: int
+    retention_age_seconds: float
+    agent: agents.AgentSettings
+
+    @classmethod
+    def from_config(cls, config: Config) -> "SupervisorSettings":
+        d = config.daemon
+        return cls(
+            max_parallel=d.max_parallel_actions,
+            timeout_minutes=d.action_timeout_minutes,
+            kill_grace=d.kill_grace_seconds,
+            shutdown_grace=d.shutdown_grace_seconds,
+            output_max_bytes=int(d.task_output_max_mb * 1024 * 1024),
+            retention_tasks=d.retention.max_tasks,
+            retention_age_seconds=d.retention.max_age_days * 86400,
+            agent=agents.settings_from_config(config.data["agent"]),
+        )
+
+
+def process_start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux), to tell our process from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        return fields[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Run:
+    """One running task: its process, output file, timers and why it is being stopped."""
+
+    def __init__(self, supervisor: "Supervisor", task: Task, output: Any, secrets: list[str]) -> None:
+        self.supervisor = supervisor
+        self.task = task
+        self.output = output
+        self.secrets = secrets
+        self.protocol: AgentProcessProtocol | None = None
+        self.pgid: int | None = None
+        self.written = 0
+        self.truncated = False
+        self.tail = bytearray()
+        self.stdout = bytearray()
+        self.stderr_tail = bytearray()
+        self.reason: str | None = None  # "timeout" | "cancel" | "shutdown"
+        self.exit_code: int | None = None
+        self.exit_signal: int | None = None
+        self.exited = False
+        self.timeout_call: Any = None
+        self.kill_call: Any = None
+        self.ended: Deferred = Deferred()
+
+    # -- output ------------------------------------------------------------
+
+    def received(self, fd: int, data: bytes) -> None:
+        if self.secrets:
+            data = agents.redact(data.decode("utf-8", "replace"), self.secrets).encode()
+        if fd == 1 and len(self.stdout) < RESULT_CAPTURE_BYTES:
+            self.stdout += data[: RESULT_CAPTURE_BYTES - len(self.stdout)]
+        if fd == 2:
+            self.stderr_tail += data
+            del self.stderr_tail[:-4096]
+        self.tail += data
+        del self.tail[:-TAIL_BYTES]
+        offset = self.written
+        limit = self.supervisor.settings.output_max_bytes
+        if not self.truncated:
+            room = limit - self.written
+            chunk = data[:room]
+            self.output.write(chunk)
+            self.written += len(chunk)
+            if len(data) > room:
+                self.output.write(f"\n[aiwg: output truncated at {limit} bytes]\n".encode())
+                self.truncated = True
+            self.output.flush()
+        self.supervisor.bus.publish(
+            "task:output",
+            {
+                "taskId": self.task.id,
+                "stream": "stdout" if fd == 1 else "stderr",
+                "chunk": data.decode("utf-8", "replace"),
+                "offset": offset,
+            },
+        )
+
+    # -- signals -----------------------------------------------------------
+
+    def signal_group(self, signum: int) -> None:
+        if self.pgid is None:
+            return
+        try:
+            os.killpg(self.pgid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def stop(self, reason: str, grace: float) -> None:
+        """TERM the group now, KILL it after `grace` seconds."""
+        if self.reason is None:
+            self.reason = reason
+        self.signal_group(signal.SIGTERM)
+        if self.kill_call is None or not self.kill_call.active():
+            self.kill_call = self.supervisor.reactor.callLater(grace, self.signal_group, signal.SIGKILL)
+
+    def cancel_timers(self) -> None:
+        for call in (self.timeout_call, self.kill_call):
+            if call is not None and call.active():
+                call.cancel()
+        self.timeout_call = self.kill_call = None
+
+
+class AgentProcessProtocol(ProcessProtocol):
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        self.run.received(childFD, data)
+
+    def processExited(self, reason: Any) -> None:
+        self.run.supervisor._exited(self.run, reason.value)
+
+    def processEnded(self, reason: Any) -> None:
+        self.run.supervisor._ended(self.run)
+
+
+class Supervisor(Service):
+    name = "supervisor"
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        reactor: Any,
+        store: Callable[[], TaskStore],
+        bus: EventBus,
+        project_root: Path,
+        actions_dir: Path,
+        settings: SupervisorSettings,
+        environ: Mapping[str, str] | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.reactor = reactor
+        self._open_store = store
+        self.store: TaskStore = None  # type: ignore[assignment]  # opened at start, after the lock
+        self.bus = bus
+        self.root = project_root
+        self.actions_dir = actions_dir
+        self.settings = settings
+        self.environ = dict(os.environ if environ is None else environ)
+        self._random = random_bytes
+        self.queue = RunQueue()
+        self.runs: dict[str, Run] = {}
+        self._accepting = False
+        self._prune_loop: LoopingCall | None = None
+        self._devnull: int | None = None
+        self.started_count = 0
+        self.reconciled: list[str] = []
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self.store = self._open_store()
+        self._devnull = os.open(os.devnull, os.O_RDONLY)
+        self._reconcile()
+        for task in self.store.in_state(TaskState.QUEUED):
+            self.queue.push(task.id, task.priority, task.seq)
+        self._prune()
+        self._prune_loop = LoopingCall(self._prune)
+        self._prune_loop.clock = self.reactor
+        self._prune_loop.start(PRUNE_INTERVAL_SECONDS, now=False)
+        self._accepting = True
+        self.log.info(
+            "supervisor started: {queued} queued, max {max} at once",
+            queued=len(self.queue),
+            max=self.settings.max_parallel,
+        )
+        self.reactor.callLater(0, self._fill)
+
+    def stopService(self) -> Deferred:
+        """Stop taking work; TERM every running group, KILL after the grace period,
+        and fire once every process has ended and its final state is recorded."""
+        super().stopService()
+        self._accepting = False
+        if self._prune_loop is not None and self._prune_loop.running:
+            self._prune_loop.stop()
+        waiting = [run.ended for run in self.runs.values()]
+        if self.runs:
+            self.log.info(
+                "stopping {count} running task(s): SIGTERM, SIGKILL after {grace}s",
+                count=len(self.runs),
+                grace=self.settings.shutdown_grace,
+            )
+        for run in list(self.runs.values()):
+            run.stop("shutdown", self.settings.shutdown_grace)
+
+        def closed(_: Any) -> None:
+            if self._devnull is not None:
+                os.close(self._devnull)
+                self._devnull = None
+
+        return DeferredList(waiting).addCallback(closed)
+
+    def _reconcile(self) -> None:
+        """Tasks recorded as running belong to a daemon that died: kill what is left
+        of their process groups (if they are really theirs) and settle their state."""
+        now = self.reactor.seconds()
+        for task in self.store.in_state(TaskState.RUNNING):
+            killed = self._kill_leftover(task)
+            if task.attempts <= task.retries:
+                settled = task.moved(TaskState.QUEUED, pid=None, pgid=None, error=INTERRUPTED)
+                what = "re-queued (retry)"
+            else:
+                settled = task.moved(
+                    TaskState.FAILED, finished_at=now, error=INTERRUPTED, pid=None
+                )
+                what = "failed"
+            self.store.save(settled)
+            self.reconciled.append(task.id)
+            self.log.warn(
+                "task {task_id} was running when the daemon stopped: {what}{killed}",
+                task_id=task.id,
+                what=what,
+                killed="; killed its leftover process group" if killed else "",
+            )
+            if settled.state == TaskState.FAILED:
+                self.bus.publish("task:failed", self._event_payload(settled))
+
+    def _kill_leftover(self, task: Task) -> bool:
+        pgid = task.pgid or task.pid
+        if not pgid:
+            return False
+        leader_start = process_start_time(pgid)
+        if leader_start is not None and task.proc_start is not None and leader_start != task.proc_start:
+            return False  # the pid was reused by an unrelated process: not ours
+        if leader_start is None and not _group_alive(pgid):
+            return False
+        # The leader is ours (same start time), or it is gone while members of its
+        # group live on: a pgid is never reused while its group exists.
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+    # -- submit / cancel ---------------------------------------------------
+
+    def submit(
+        self,
+        prompt: str,
+        *,
+        priority: int = 0,
+        timeout_minutes: float | None = None,
+        agent: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        source: str = "cli",
+        retries: int = 0,
+    ) -> Task:
+        if not self._accepting:
+            raise RpcError(SHUTTING_DOWN, "Supervisor is shutting down")
+        task = None
+        for _ in range(5):
+            candidate = make_task_id(self._random(8))
+            if not self.store.exists(candidate):
+                task = Task(
+                    id=candidate,
+                    prompt=prompt,
+                    priority=priority,
+                    source=source,
+                    agent=agent,
+                    created_at=self.reactor.seconds(),
+                    timeout_minutes=timeout_minutes,
+                    metadata=dict(metadata or {}),
+                    retries=retries,
+                    output_path=str(self.actions_dir / f"{candidate}.log"),
+                )
+                break
+        if task is None:
+            raise RuntimeError("could not pick an unused task id")
+        task = self.store.insert(task)
+        self.queue.push(task.id, task.priority, task.seq)
+        self.bus.publish(
+            "task:queued",
+            {"taskId": task.id, "priority": task.priority, "prompt": task.prompt[:80],
+             "source": task.source, "queueSize": len(self.queue)},
+        )
+        self._fill()
+        return self.store.get(task.id) or task
+
+    def cancel(self, task_id: str) -> tuple[bool, Task | None]:
+        """Cancel a queued (never starts) or running (group killed) task."""
+        task = self.store.get(task_id)
+        if task is None:
+            return False, None
+        if task.state == TaskState.QUEUED and self.queue.remove(task_id):
+            cancelled = task.moved(TaskState.CANCELLED, finished_at=self.reactor.seconds(),
+                                   error="cancelled before it started")
+            self.store.save(cancelled)
+            self.bus.publish("task:cancelled", self._event_payload(cancelled))
+            return True, cancelled
+        run = self.runs.get(task_id)
+        if run is not None and run.reason is None:
+            run.stop("cancel", self.settings.kill_grace)
+            return True, task
+        return False, task
+
+    # -- running -----------------------------------------------------------
+
+    def _fill(self) -> None:
+        while self._accepting and len(self._active()) < self.settings.max_parallel:
+            task_id = self.queue.pop()
+            if task_id is None:
+                return
+            task = self.store.get(task_id)
+            if task is None or task.state != TaskState.QUEUED:
+                continue
+            self._start(task)
+
+    def _active(self) -> list[Run]:
+        return [run for run in self.runs.values() if not run.exited]
+
+    def _start(self, task: Task) -> None:
+        settings = self.settings.agent
+        env, missing = agents.child_env(self.environ, settings.env)
+        if missing:
+            self.log.warn("agent.env refers to unset variable(s): {names}", names=", ".join(sorted(set(missing))))
+        program = settings.program
+        resolved = shutil.which(program, path=env.get("PATH", os.defpath))
+        now = self.reactor.seconds()
+        if resolved is None:
+            failed = task.moved(
+                TaskState.FAILED, started_at=now, finished_at=now, error=self.missing_agent_message()
+            )
+            self.store.save(failed)
+            self.log.error("task {task_id} failed: {error}", task_id=task.id, error=failed.error)
+            self.bus.publish("task:failed", self._event_payload(failed))
+            return
+        argv = agents.build_argv(settings, task.prompt, task.agent)
+        if _SETSID:
+            executable, args = _SETSID, ["setsid", *argv]
+        else:
+            executable, args = sys.executable, [sys.executable, "-c", _PY_SETSID, *argv]
+        output_path = Path(task.output_path or self.actions_dir / f"{task.id}.log")
+        fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        run = Run(self, task, os.fdopen(fd, "wb"), agents.secret_values(self.environ, settings.env))
+        protocol = AgentProcessProtocol(run)
+        run.protocol = protocol
+        try:
+            transport = self.reactor.spawnProcess(
+                protocol, executable, args, env=env, path=str(self.root),
+                childFDs={0: self._devnull, 1: "r", 2: "r"},
+            )
+        except Exception as exc:
+            run.output.close()
+            failed = task.moved(TaskState.FAILED, started_at=now, finished_at=now,
+                                error=f"could not start the agent: {exc}")
+            self.store.save(failed)
+            self.bus.publish("task:failed", self._event_payload(failed))
+            return
+        pid = transport.pid
+        run.pgid = pid  # setsid makes the agent its own session and group leader
+        running = task.moved(
+            TaskState.RUNNING, started_at=now, pid=pid, pgid=pid, proc_start=process_start_time(pid),
+            attempts=task.attempts + 1, output_path=str(output_path), error=None,
+        )
+        run.task = running
+        self.store.save(running)
+        self.runs[task.id] = run
+        self.started_count += 1
+        minutes = task.timeout_minutes or self.settings.timeout_minutes
+        run.timeout_call = self.reactor.callLater(minutes * 60, self._timed_out, run, minutes)
+        self.log.info("task {task_id} started (pid {pid})", task_id=task.id, pid=pid)
+        self.bus.publish("task:started", {"taskId": task.id, "pid": pid, "priority": task.priority})
+
+    def _timed_out(self, run: Run, minutes: float) -> None:
+        run.timeout_call = None
+        self.log.warn("task {task_id} timed out after {minutes} min", task_id=run.task.id, minutes=minutes)
+        run.stop("timeout", self.settings.kill_grace)
+
+    def _exited(self, run: Run, reason: Any) -> None:
+        """The agent process is gone: free its slot and clear out its group."""
+        run.exited = True
+        if isinstance(reason, ProcessTerminated):
+            run.exit_code = reason.exitCode
+            run.exit_signal = reason.signal
+        elif isinstance(reason, ProcessDone):
+            run.exit_code = 0
+        # Anything the agent left behind in its group is an orphan now.
+        if run.pgid is not None and _group_alive(run.pgid):
+            run.signal_group(signal.SIGTERM)
+            if run.kill_call is None or not run.kill_call.active():
+                grace = self.settings.shutdown_grace if run.reason == "shutdown" else self.settings.kill_grace
+                run.kill_call = self.reactor.callLater(grace, run.signal_group, signal.SIGKILL)
+        self.reactor.callLater(0, self._fill)
+
+    def _ended(self, run: Run) -> None:
+        """All output is in: record the final state and tell everyone."""
+        run.cancel_timers()
+        try:
+            run.output.close()
+        except OSError:
+            pass
+        self.runs.pop(run.task.id, None)
+        final = self._final(run)
+        self.store.save(final)
+        topic = {
+            TaskState.COMPLETED: "task:completed",
+            TaskState.FAILED: "task:failed",
+            TaskState.CANCELLED: "task:cancelled",
+            TaskState.TIMEOUT: "task:timeout",
+            TaskState.QUEUED: "task:queued",
+        }[final.state]
+        if final.state == TaskState.QUEUED:
+            self.queue.push(final.id, final.priority, final.seq)
+        self.log.info(
+            "task {task_id} {state} (exit {code}, {duration:.1f}s)",
+            task_id=final.id,
+            state=final.state.value,
+            code=run.exit_code if run.exit_signal is None else f"signal {run.exit_signal}",
+            duration=final.duration or 0.0,
+        )
+        self.bus.publish(topic, self._event_payload(final))
+        run.ended.callback(None)
+        self.reactor.callLater(0, self._fill)
+
+    def _final(self, run: Run) -> Task:
+        task = run.task
+        now = self.reactor.seconds()
+        parsed = agents.parse_result(
+            self.settings.agent.output, bytes(run.stdout).decode("utf-8", "replace")
+        )
+        common = dict(
+            finished_at=now,
+            exit_code=run.exit_code,
+            signal=run.exit_signal,
+            output_tail=bytes(run.tail).decode("utf-8", "replace"),
+            output_bytes=run.written,
+            result=parsed.result,
+            session_id=parsed.session_id,
+            cost_usd=parsed.cost_usd,
+        )
+        if run.reason == "timeout":
+            minutes = task.timeout_minutes or self.settings.timeout_minutes
+            return task.moved(TaskState.TIMEOUT, error=f"timed out after {minutes:g} min", **common)
+        if run.reason == "cancel":
+            return task.moved(TaskState.CANCELLED, error="cancelled while running", **common)
+        if run.exit_code == 0 and run.exit_signal is None and not parsed.is_error:
+            return task.moved(TaskState.COMPLETED, error=None, **common)
+        if run.reason == "shutdown":
+            if task.attempts <= task.retries:
+                return task.moved(TaskState.QUEUED, error=INTERRUPTED, **{**common, "finished_at": None})
+            return task.moved(TaskState.FAILED, error=INTERRUPTED, **common)
+        return task.moved(TaskState.FAILED, error=self._failure_text(run, parsed), **common)
+
+    def _failure_text(self, run: Run, parsed: agents.AgentResult) -> str:
+        if parsed.is_error:
+            detail = parsed.result or parsed.subtype or "error"
+            return f"agent reported an error: {detail}"[:2000]
+        if run.exit_signal is not None:
+            try:
+                name = signal.Signals(run.exit_signal).name
+            except ValueError:
+                name = str(run.exit_signal)
+            return f"agent killed by {name}"
+        last = bytes(run.stderr_tail).decode("utf-8", "replace").strip().splitlines()
+        suffix = f": {last[-1][:500]}" if last else ""
+        return f"agent exited with code {run.exit_code}{suffix}"
+
+    # -- reload / status ---------------------------------------------------
+
+    def check_config(self, config: Config) -> list[str]:
+        return []
+
+    def apply_config(self, config: Config) -> None:
+        old = self.settings.max_parallel
+        self.settings = SupervisorSettings.from_config(config)
+        if self.settings.max_parallel != old:
+            self.log.info(
+                "max_parallel_actions {old} → {new} (running tasks are not interrupted)",
+                old=old, new=self.settings.max_parallel,
+            )
+        self.reactor.callLater(0, self._fill)
+
+    def missing_agent_message(self) -> str:
+        program = self.settings.agent.program
+        return (
+            f"agent command '{program}' not found on PATH; install Claude Code or set "
+            "agent.command in .aiwg/daemon.json"
+        )
+
+    def health_issues(self) -> list[str]:
+        env, _ = agents.child_env(self.environ, self.settings.agent.env)
+        if shutil.which(self.settings.agent.program, path=env.get("PATH", os.defpath)) is None:
+            return [self.missing_agent_message()]
+        return []
+
+    def _prune(self) -> None:
+        try:
+            removed = self.store.prune(
+                max_tasks=self.settings.retention_tasks,
+                max_age_seconds=self.settings.retention_age_seconds,
+                now=self.reactor.seconds(),
+            )
+        except Exception:
+            self.log.failure("pruning finished tasks failed")
+            return
+        for _, path in removed:
+            if path:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+        if removed:
+            self.log.info("pruned {count} finished task(s) beyond retention", count=len(removed))
+
+    def _event_payload(self, task: Task) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "taskId": task.id,
+            "state": task.state.value,
+            "prompt": task.prompt[:200],
+            "source": task.source,
+            "priority": task.priority,
+        }
+        if task.duration is not None:
+            payload["duration"] = int(task.duration * 1000)
+        if task.exit_code is not None:
+            payload["exitCode"] = task.exit_code
+        if task.error:
+            payload["error"] = task.error
+        if task.state == TaskState.COMPLETED and task.result is not None:
+            payload["result"] = task.result[:2000]
+        if task.cost_usd is not None:
+            payload["costUsd"] = task.cost_usd
+        if task.output_tail and task.state in (TaskState.FAILED, TaskState.TIMEOUT):
+            payload["outputTail"] = task.output_tail[-2000:]
+        return payload
+
+    def summary(self, limit: int = 20) -> dict[str, Any]:
+        """AIWG's supervisor status: counts plus short views of running and queued tasks."""
+        running = []
+        for run in self.runs.values():
+            t = run.task
+            running.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent,
+                            "startedAt": iso_utc(t.started_at or 0), "pid": t.pid})
+        queued = []
+        for task_id in list(self.queue.ordered())[:limit]:
+            t = self.store.get(task_id)
+            if t is not None:
+                queued.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent, "priority": t.priority})
+        return {
+            "running": len(self.runs),
+            "queued": len(self.queue),
+            "maxConcurrency": self.settings.max_parallel,
+            "tasks": {"running": running, "queued": queued},
+        }
+
+    def status(self) -> dict[str, Any]:
+        summary = self.summary()
+        return {
+            **summary,
+            "enabled": True,
+            "agent": self.settings.agent.program,
+            "started": self.started_count,
+        }
+
+
+def record_json(task: Task) -> dict[str, Any]:
+    """A task as the wire sees it: AIWG's field names, plus ours."""
+    return {
+        "id": task.id,
+        "prompt": task.prompt,
+        "agent": task.agent,
+        "priority": task.priority,
+        "state": task.state.value,
+        "source": task.source,
+        "createdAt": iso_utc(task.created_at),
+        "startedAt": iso_utc(task.started_at) if task.started_at is not None else None,
+        "completedAt": iso_utc(task.finished_at) if task.finished_at is not None else None,
+        "pid": task.pid if task.state == TaskState.RUNNING else None,
+        "pgid": task.pgid if task.state == TaskState.RUNNING else None,
+        "exitCode": task.exit_code,
+        "signal": task.signal,
+        "duration": int(task.duration * 1000) if task.duration is not None else None,
+        "timeoutMinutes": task.timeout_minutes,
+        "result": task.result,
+        "error": task.error,
+        "output": task.output_tail,
+        "outputPath": task.output_path,
+        "outputBytes": task.output_bytes,
+        "sessionId": task.session_id,
+        "costUsd": task.cost_usd,
+        "metadata": dict(task.metadata),
+        "retries": task.retries,
+        "attempts": task.attempts,
+    }
+

@@ -1,0 +1,103 @@
+"""A stand-in for the `claude` CLI, installed first on PATH by the tests.
+
+It records how it was run (argv, cwd, env, process group, whether stdin is
+/dev/null) to $FAKE_CLAUDE_RECORDS/<pid>.json, then obeys directives found in
+the prompt (the argument after -p):
+
+  @sleep:S        sleep S seconds (in small steps, so signals land promptly)
+  @exit:N         exit with status N
+  @ignore-term    ignore SIGTERM (only SIGKILL stops it)
+  @grandchild     start a grandchild that writes its pid to <records>/<pid>.grandchild and sleeps
+  @print:N        print N lines of filler output
+  @stderr:TEXT    write TEXT to stderr
+  @result:TEXT    the result text (default: "done: <prompt>")
+  @error          report is_error in the JSON result
+  @session:ID     report this session id (default: "sess-<pid>")
+  @cost:X         report total_cost_usd X (default 0.01)
+  @env:NAME       print the value of environment variable NAME
+
+With `--output-format json` it prints one JSON result object like claude's.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    records = os.environ.get("FAKE_CLAUDE_RECORDS", "/tmp")
+    prompt = ""
+    if "-p" in argv:
+        index = argv.index("-p")
+        if index + 1 < len(argv):
+            prompt = argv[index + 1]
+    try:
+        stdin_target = os.readlink("/proc/self/fd/0")
+    except OSError:
+        stdin_target = None
+    record = {
+        "argv": sys.argv,
+        "prompt": prompt,
+        "cwd": os.getcwd(),
+        "env": dict(os.environ),
+        "pid": os.getpid(),
+        "pgid": os.getpgid(0),
+        "sid": os.getsid(0),
+        "stdin": stdin_target,
+        "started": time.time(),
+    }
+    path = os.path.join(records, f"{os.getpid()}.json")
+    with open(path, "w") as handle:
+        json.dump(record, handle)
+
+    words = prompt.split()
+    directives = {}
+    for word in words:
+        if word.startswith("@"):
+            name, _, value = word[1:].partition(":")
+            directives[name] = value
+    if "ignore-term" in directives:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if "grandchild" in directives:
+        child = os.fork()
+        if child == 0:
+            with open(os.path.join(records, f"{os.getppid()}.grandchild"), "w") as handle:
+                handle.write(str(os.getpid()))
+            signal.signal(signal.SIGTERM, signal.SIG_IGN) if "ignore-term" in directives else None
+            time.sleep(600)
+            os._exit(0)
+    for _ in range(int(directives.get("print", "0") or 0)):
+        sys.stdout.write("filler output line " + "x" * 60 + "\n")
+    if "env" in directives:
+        print(os.environ.get(directives["env"], ""))
+    if "stderr" in directives:
+        sys.stderr.write(directives["stderr"] + "\n")
+    sys.stdout.flush()
+    deadline = time.time() + float(directives.get("sleep", "0") or 0)
+    while time.time() < deadline:
+        time.sleep(0.02)
+    if "--output-format" in argv and argv[argv.index("--output-format") + 1] == "json":
+        result = {
+            "type": "result",
+            "subtype": "error_during_execution" if "error" in directives else "success",
+            "is_error": "error" in directives,
+            "result": directives.get("result") or f"done: {prompt}",
+            "session_id": directives.get("session") or f"sess-{os.getpid()}",
+            "total_cost_usd": float(directives.get("cost") or 0.01),
+            "num_turns": 1,
+        }
+        print(json.dumps(result))
+    else:
+        print(directives.get("result") or f"done: {prompt}")
+    sys.stdout.flush()
+    record["ended"] = time.time()
+    with open(path, "w") as handle:
+        json.dump(record, handle)
+    return int(directives.get("exit", "0") or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
