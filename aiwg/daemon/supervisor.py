@@ -80,14 +80,6 @@ def process_start_time(pid: int) -> str | None:
         return None
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Run:
@@ -152,7 +144,7 @@ class Run:
         if self.pgid is None:
             return
         try:
-            os.killpg(self.pgid, signum)
+            self.supervisor.killpg(self.pgid, signum)
         except (ProcessLookupError, PermissionError):
             pass
 
@@ -200,6 +192,7 @@ class Supervisor(Service):
         settings: SupervisorSettings,
         environ: Mapping[str, str] | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        killpg: Callable[[int, int], None] = os.killpg,
     ) -> None:
         self.reactor = reactor
         self._open_store = store
@@ -210,6 +203,7 @@ class Supervisor(Service):
         self.settings = settings
         self.environ = dict(os.environ if environ is None else environ)
         self._random = random_bytes
+        self.killpg = killpg
         self.queue = RunQueue()
         self.runs: dict[str, Run] = {}
         self._accepting = False
@@ -295,14 +289,23 @@ class Supervisor(Service):
         leader_start = process_start_time(pgid)
         if leader_start is not None and task.proc_start is not None and leader_start != task.proc_start:
             return False  # the pid was reused by an unrelated process: not ours
-        if leader_start is None and not _group_alive(pgid):
+        if leader_start is None and not self.group_alive(pgid):
             return False
         # The leader is ours (same start time), or it is gone while members of its
         # group live on: a pgid is never reused while its group exists.
         try:
-            os.killpg(pgid, signal.SIGKILL)
+            self.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             return False
+        return True
+
+    def group_alive(self, pgid: int) -> bool:
+        try:
+            self.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
 
     # -- submit / cancel ---------------------------------------------------
@@ -448,7 +451,7 @@ class Supervisor(Service):
         elif isinstance(reason, ProcessDone):
             run.exit_code = 0
         # Anything the agent left behind in its group is an orphan now.
-        if run.pgid is not None and _group_alive(run.pgid):
+        if run.pgid is not None and self.group_alive(run.pgid):
             run.signal_group(signal.SIGTERM)
             if run.kill_call is None or not run.kill_call.active():
                 grace = self.settings.shutdown_grace if run.reason == "shutdown" else self.settings.kill_grace

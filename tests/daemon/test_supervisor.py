@@ -1,0 +1,197 @@
+"""The supervisor's timing and state logic, driven by a Clock and a fake process reactor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aiwg.core import agents
+from aiwg.core.tasks import TaskState
+from aiwg.daemon.bus import EventBus
+from aiwg.daemon.store import TaskStore
+from aiwg.daemon.supervisor import Supervisor, SupervisorSettings
+from tests.fakes.process_reactor import FakeProcessReactor
+
+
+def make(tmp_path: Path, **overrides: Any) -> tuple[Supervisor, FakeProcessReactor, list[str]]:
+    reactor = FakeProcessReactor()
+    reactor.advance(1_000_000)
+    bus = EventBus(reactor=reactor)
+    topics: list[str] = []
+    bus.subscribe(["task:*"], lambda e: topics.append(f"{e.topic} {e.payload.get('taskId')}"))
+    settings = SupervisorSettings(
+        max_parallel=overrides.pop("max_parallel", 2),
+        timeout_minutes=overrides.pop("timeout_minutes", 10),
+        kill_grace=5,
+        shutdown_grace=15,
+        output_max_bytes=overrides.pop("output_max_bytes", 1024),
+        retention_tasks=1000,
+        retention_age_seconds=0,
+        agent=agents.AgentSettings(command=(sys.executable, "-p", "{prompt}")),
+    )
+    store = TaskStore(tmp_path / "tasks.db")
+    actions = tmp_path / "actions"
+    actions.mkdir()
+    supervisor = Supervisor(
+        reactor=reactor, store=lambda: store, bus=bus, project_root=tmp_path, actions_dir=actions,
+        settings=settings, environ={"PATH": os.environ["PATH"], "CLAUDECODE": "1"},
+        killpg=reactor.killpg, random_bytes=os.urandom,
+    )
+    supervisor.startService()
+    reactor.advance(0)
+    return supervisor, reactor, topics
+
+
+def state(supervisor: Supervisor, task_id: str) -> TaskState:
+    task = supervisor.store.get(task_id)
+    assert task is not None
+    return task.state
+
+
+def test_spawn_uses_setsid_devnull_project_cwd_and_a_clean_env(tmp_path: Path) -> None:
+    supervisor, reactor, _ = make(tmp_path)
+    task = supervisor.submit("hello; $(x)")
+    [process] = reactor.spawned
+    assert process.args[-3:] == [sys.executable, "-p", "hello; $(x)"]
+    assert process.args[0] in ("setsid", sys.executable)
+    assert process.path == str(tmp_path)
+    assert isinstance(process.child_fds[0], int) and process.child_fds[1] == "r" and process.child_fds[2] == "r"
+    assert "CLAUDECODE" not in process.env
+    assert state(supervisor, task.id) == TaskState.RUNNING
+    process.finish(0)
+    assert state(supervisor, task.id) == TaskState.COMPLETED
+    supervisor.stopService()
+
+
+def test_timeout_terms_then_kills_the_group_after_the_grace(tmp_path: Path) -> None:
+    supervisor, reactor, topics = make(tmp_path)
+    task = supervisor.submit("slow", timeout_minutes=1)
+    [process] = reactor.spawned
+    reactor.advance(59.9)
+    assert reactor.signals == []
+    reactor.advance(0.1)
+    assert reactor.signals == [(process.pid, signal.SIGTERM)]
+    reactor.advance(4.9)
+    assert reactor.signals == [(process.pid, signal.SIGTERM)]
+    reactor.advance(0.1)
+    assert reactor.signals[-1] == (process.pid, signal.SIGKILL)
+    process.finish(None, signal.SIGKILL)
+    record = supervisor.store.get(task.id)
+    assert record.state == TaskState.TIMEOUT and record.error == "timed out after 1 min"
+    reactor.advance(0)
+    assert f"task:timeout {task.id}" in topics
+    supervisor.stopService()
+
+
+def test_a_task_that_obeys_sigterm_is_not_killed(tmp_path: Path) -> None:
+    supervisor, reactor, _ = make(tmp_path)
+    task = supervisor.submit("cancel me")
+    [process] = reactor.spawned
+    assert supervisor.cancel(task.id)[0] is True
+    process.finish(None, signal.SIGTERM)
+    reactor.advance(10)
+    assert [s for _, s in reactor.signals] == [signal.SIGTERM]
+    assert state(supervisor, task.id) == TaskState.CANCELLED
+    supervisor.stopService()
+
+
+def test_slots_free_on_exit_and_the_bound_holds(tmp_path: Path) -> None:
+    supervisor, reactor, _ = make(tmp_path, max_parallel=2)
+    ids = [supervisor.submit(f"t{i}").id for i in range(5)]
+    assert len(reactor.running()) == 2
+    reactor.spawned[0].exit(0)  # slot frees on exit, before the output is closed
+    reactor.advance(0)
+    assert len(reactor.running()) == 2
+    reactor.spawned[0].end()
+    for _ in range(10):
+        for process in reactor.running():
+            process.finish(0)
+        reactor.advance(0)
+        assert len(reactor.running()) <= 2
+    assert all(state(supervisor, i) == TaskState.COMPLETED for i in ids)
+    supervisor.stopService()
+
+
+def test_priority_then_fifo(tmp_path: Path) -> None:
+    supervisor, reactor, _ = make(tmp_path, max_parallel=1)
+    supervisor.submit("first")
+    for name, priority in [("b", 0), ("c", 5), ("d", 0), ("e", 5), ("f", -1)]:
+        supervisor.submit(name, priority=priority)
+    order = []
+    while reactor.running():
+        process = reactor.running()[0]
+        order.append(process.args[-1])
+        process.finish(0)
+        reactor.advance(0)
+    assert order == ["first", "c", "e", "b", "d", "f"]
+    supervisor.stopService()
+
+
+def test_orphans_left_in_the_group_are_terminated_when_the_agent_exits(tmp_path: Path) -> None:
+    supervisor, reactor, _ = make(tmp_path)
+    supervisor.submit("leaves a child")
+    [process] = reactor.spawned
+    process.exit(0, group_survives=True)  # a grandchild still holds the group
+    assert reactor.signals == [(process.pid, signal.SIGTERM)]
+    reactor.advance(5)
+    assert reactor.signals[-1] == (process.pid, signal.SIGKILL)
+    reactor.alive_groups.discard(process.pid)
+    process.end()
+    supervisor.stopService()
+
+
+def test_output_is_capped_and_the_tail_kept(tmp_path: Path) -> None:
+    supervisor, reactor, _ = make(tmp_path, output_max_bytes=100)
+    task = supervisor.submit("chatty")
+    [process] = reactor.spawned
+    for i in range(50):
+        process.output(f"line {i:03d}\n".encode())
+    process.finish(0)
+    record = supervisor.store.get(task.id)
+    data = Path(record.output_path).read_bytes()
+    assert data.startswith(b"line 000\n") and data.endswith(b"[aiwg: output truncated at 100 bytes]\n")
+    assert record.output_bytes == 100
+    assert record.output_tail.endswith("line 049\n")
+    supervisor.stopService()
+
+
+def test_stop_terms_running_tasks_and_fires_when_they_have_ended(tmp_path: Path) -> None:
+    supervisor, reactor, _ = make(tmp_path)
+    task = supervisor.submit("busy")
+    queued = [supervisor.submit("q1"), supervisor.submit("q2")]
+    done = supervisor.stopService()
+    [first, second] = reactor.spawned[:2]
+    assert not done.called
+    assert {s for _, s in reactor.signals} == {signal.SIGTERM}
+    reactor.advance(15)
+    assert (first.pid, signal.SIGKILL) in reactor.signals
+    first.finish(None, signal.SIGKILL)
+    second.finish(None, signal.SIGTERM)
+    assert done.called
+    assert supervisor.store.get(task.id).error == "interrupted: daemon stopped while the task was running"
+    assert len(reactor.spawned) == 2  # nothing new started while stopping
+    assert state(supervisor, queued[1].id) == TaskState.QUEUED
+    with pytest.raises(Exception, match="shutting down"):
+        supervisor.submit("too late")
+
+
+def test_claude_json_result_is_parsed(tmp_path: Path) -> None:
+    supervisor, reactor, _ = make(tmp_path)
+    supervisor.settings = supervisor.settings.__class__(**{
+        **{f: getattr(supervisor.settings, f) for f in ("max_parallel", "timeout_minutes", "kill_grace",
+           "shutdown_grace", "output_max_bytes", "retention_tasks", "retention_age_seconds")},
+        "agent": agents.AgentSettings(command=(sys.executable, "-p", "{prompt}"), output="claude-json"),
+    })
+    task = supervisor.submit("q")
+    [process] = reactor.spawned
+    process.output(b'{"type":"result","subtype":"success","is_error":false,"result":"42",'
+                   b'"session_id":"s-1","total_cost_usd":0.5}\n')
+    process.finish(0)
+    record = supervisor.store.get(task.id)
+    assert (record.result, record.session_id, record.cost_usd) == ("42", "s-1", 0.5)
+    supervisor.stopService()
