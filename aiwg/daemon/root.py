@@ -355,7 +355,7 @@ class DaemonService(MultiService):
         """state.json's agents and task_stats (AIWG's snake_case shape)."""
         supervisor = self.supervisor
         if supervisor is None or supervisor.store is None:
-            return {}
+            return {}  # the store is not open (yet, or any more)
         summary = supervisor.summary()
         return {
             "agents": {

@@ -195,8 +195,7 @@ class Supervisor(Service):
         killpg: Callable[[int, int], None] = os.killpg,
     ) -> None:
         self.reactor = reactor
-        self._open_store = store
-        self.store: TaskStore = None  # type: ignore[assignment]  # opened at start, after the lock
+        self._store = store  # the store service opens it after the lock, before we start
         self.bus = bus
         self.root = project_root
         self.actions_dir = actions_dir
@@ -216,7 +215,6 @@ class Supervisor(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.store = self._open_store()
         self._devnull = os.open(os.devnull, os.O_RDONLY)
         self._reconcile()
         for task in self.store.in_state(TaskState.QUEUED):
@@ -298,6 +296,10 @@ class Supervisor(Service):
         except (ProcessLookupError, PermissionError):
             return False
         return True
+
+    @property
+    def store(self) -> TaskStore:
+        return self._store()
 
     def group_alive(self, pgid: int) -> bool:
         try:
