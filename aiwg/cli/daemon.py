@@ -230,8 +230,24 @@ def _stop_remote(ctx: Context, paths: ProjectPaths, timeout: float) -> None:
 @json_option
 @click.pass_context
 def restart(click_ctx: click.Context, config: str | None, timeout: float) -> None:
-    """Stop the daemon (if running), then start it."""
-    click_ctx.invoke(stop, timeout=timeout)
+    """Stop the daemon (if running), then start it. A configuration the new daemon
+    would refuse is caught first, and the running daemon is left alone."""
+    from aiwg.configfile import load_config
+
+    ctx = click_ctx.find_object(Context) or Context(project=None)
+    try:
+        load_config(ctx.paths, config)
+    except ConfigError as exc:
+        fail(f"not restarting (the running daemon is untouched): {exc}", EXIT_NOT_CONFIGURED)
+    if ctx.as_json:  # one JSON document, the start's, not one per step
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            click_ctx.invoke(stop, timeout=timeout)
+    else:
+        click_ctx.invoke(stop, timeout=timeout)
+    # Detached, start ends this process once the daemon answers: it must come last.
     click_ctx.invoke(start, config=config, foreground=False)
 
 
@@ -329,8 +345,15 @@ def ping(ctx: Context, timeout: float) -> None:
 @pass_context
 def reload(ctx: Context) -> None:
     """Re-read the configuration (as SIGHUP does); an invalid one is refused."""
+    from aiwg.errors import CONFIG_INVALID, RpcError
+
     with DaemonClient(ctx.paths.root) as client:
-        result = client.call("daemon.reload")
+        try:
+            result = client.call("daemon.reload")
+        except RpcError as exc:
+            if exc.code == CONFIG_INVALID:
+                fail(f"reload refused, the daemon keeps its configuration: {exc.message}", EXIT_NOT_CONFIGURED)
+            raise
     if ctx.as_json:
         emit_json(result)
         return

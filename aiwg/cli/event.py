@@ -11,7 +11,7 @@ import click
 
 from aiwg.cli.render import Context, emit_json, fail, json_option, project_option
 from aiwg.client import DaemonClient
-from aiwg.errors import EXIT_USAGE
+from aiwg.errors import EXIT_USAGE, ConnectionClosed
 
 pass_context = click.make_pass_decorator(Context, ensure=True)
 
@@ -64,3 +64,5 @@ def follow(ctx: Context, patterns: tuple[str, ...]) -> None:
                     click.echo(f"{item.get('timestamp')} {item.get('topic')} {payload}")
         except KeyboardInterrupt:
             sys.exit(130)
+        except ConnectionClosed:
+            click.echo("aiwg: the daemon closed the connection (it stopped)", err=True)

@@ -11,7 +11,7 @@ if TYPE_CHECKING:  # typing costs the CLI start-up time
     from typing import Any
 
 from aiwg.client import DaemonClient
-from aiwg.errors import AiwgError, RpcError
+from aiwg.errors import AiwgError, DaemonNotRunning, RpcError
 
 
 def parse_fast(args: list[str]) -> dict[str, Any] | None:
@@ -63,6 +63,20 @@ def run(project: str | None, as_json: bool, timeout: float) -> int:
             result = client.call("ping")
     except RpcError as exc:
         sys.stderr.write(f"aiwg: error {exc.code}: {exc.message}\n")
+        return exc.exit_code
+    except DaemonNotRunning as exc:
+        from aiwg import instance
+        from aiwg.paths import ProjectPaths
+
+        paths = ProjectPaths.for_project(project)
+        holder = instance.holder(paths)
+        if holder is not None:
+            sys.stderr.write(
+                f"aiwg: the daemon (pid {holder}) holds the lock for {paths.root} but does not "
+                f"answer on {paths.client_socket()}\n"
+            )
+            return 1
+        sys.stderr.write(f"aiwg: {exc.message}\n")
         return exc.exit_code
     except AiwgError as exc:
         sys.stderr.write(f"aiwg: {exc.message}\n")

@@ -220,6 +220,12 @@ def _explain(error: Any) -> Iterator[tuple[str, str]]:
         return
     if validator in ("if", "then", "allOf"):
         return
+    if validator == "anyOf" and isinstance(error.instance, dict):
+        branch = [e for e in error.context if e.schema.get("type") == "object" or e.validator == "required"]
+        if branch:
+            for sub in branch:
+                yield from _explain(sub)
+            return
     subschema = _schema_at(path) or error.schema
     yield "error", f"{where}: must be {describe(subschema)}, got {_show(error.instance)}"
 
@@ -260,17 +266,33 @@ def _semantic_problems(document: Mapping[str, Any]) -> list[str]:
                     f"schedule.jobs[{seen[name]}]"
                 )
             seen.setdefault(name, index)
+        if isinstance(job.get("cron"), str) and not _cron_ok(job["cron"]):
+            problems.append(f"schedule.jobs[{index}].cron: not a valid cron expression: '{job['cron']}'")
     rules = document.get("rules")
     ids: dict[str, int] = {}
     for index, rule in enumerate(rules if isinstance(rules, list) else []):
         if isinstance(rule, Mapping) and isinstance(rule.get("id"), str):
             rule_id = rule["id"]
+            trigger = rule.get("trigger")
+            if isinstance(trigger, Mapping) and trigger.get("type") == "schedule":
+                cron = trigger.get("cron")
+                if isinstance(cron, str) and not _cron_ok(cron):
+                    problems.append(f"rules[{index}].trigger.cron: not a valid cron expression: '{cron}'")
             if rule_id in ids:
                 problems.append(
                     f"rules[{index}].id: '{rule_id}' is already used by rules[{ids[rule_id]}]"
                 )
             ids.setdefault(rule_id, index)
     return problems
+
+
+def _cron_ok(expression: str) -> bool:
+    """5-field cron or an @hourly-style alias, as croniter reads it."""
+    from croniter import croniter
+
+    if not expression.startswith("@") and len(expression.split()) != 5:
+        return False
+    return bool(croniter.is_valid(expression))
 
 
 def _strip_unknown(node: Mapping[str, Any], value: Any) -> Any:
@@ -332,10 +354,20 @@ def _num(value: Any) -> str:
 
 
 def _plural(text: str) -> str:
-    for article in ("an ", "a "):
-        if text.startswith(article):
-            text = text[len(article):]
-            return text.replace("integer", "integers", 1).replace("string", "strings", 1).replace(
-                "number", "numbers", 1
-            ).replace("object", "objects", 1)
-    return text
+    """'a non-empty string or an object' → 'non-empty strings or objects'."""
+    words = {"integer": "integers", "string": "strings", "number": "numbers", "object": "objects",
+             "list": "lists", "value": "values"}
+    parts = []
+    for alternative in text.split(" or "):
+        for article in ("an ", "a "):
+            if alternative.startswith(article):
+                alternative = alternative[len(article):]
+                break
+        head, _, rest = alternative.partition(" ")
+        tokens = alternative.split(" ")
+        for i, token in enumerate(tokens):
+            if token in words:
+                tokens[i] = words[token]
+                break
+        parts.append(" ".join(tokens))
+    return " or ".join(parts)

@@ -4,6 +4,7 @@ JSON or text lines, level filtering, and stdout in the foreground."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -14,7 +15,6 @@ from twisted.logger import (
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
-    eventAsJSON,
     formatEvent,
 )
 from twisted.python.failure import Failure
@@ -38,26 +38,55 @@ def iso_utc(when: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
-def format_text(event: dict[str, Any]) -> str:
-    """One line per event: time, level, namespace, message (and a traceback if any)."""
-    level = event.get("log_level")
-    name = level.name if isinstance(level, LogLevel) else "info"
-    namespace = event.get("log_namespace") or "-"
-    if namespace.startswith("aiwg."):
-        namespace = namespace[5:]
+def _level_name(event: dict[str, Any]) -> str:
+    return getattr(event.get("log_level"), "name", "info")
+
+
+def _message(event: dict[str, Any]) -> str:
     text = formatEvent(event)
     failure = event.get("log_failure")
     if isinstance(failure, Failure):
         text += "\n" + failure.getTraceback()
-    elif "log_text" in event:
-        text = event["log_text"]
+    return text
+
+
+def _namespace(event: dict[str, Any]) -> str:
+    namespace = event.get("log_namespace") or "-"
+    return namespace[5:] if namespace.startswith("aiwg.") else namespace
+
+
+def format_text(event: dict[str, Any]) -> str:
+    """One line per event: time, level, namespace, message (and a traceback if any)."""
     when = event.get("log_time") or time.time()
-    text = text.replace("\n", "\n    ")
-    return f"{iso_utc(when)} {name:<5} [{namespace}] {text}\n"
+    text = _message(event).replace("\n", "\n    ")
+    return f"{iso_utc(when)} {_level_name(event):<5} [{_namespace(event)}] {text}\n"
 
 
 def format_json(event: dict[str, Any]) -> str:
-    return eventAsJSON(event) + "\n"
+    """One JSON object per line: time, level, namespace, message, and the event's own fields."""
+    record: dict[str, Any] = {
+        "time": iso_utc(event.get("log_time") or time.time()),
+        "level": _level_name(event),
+        "namespace": _namespace(event),
+        "message": _message(event),
+    }
+    for key, value in event.items():
+        if key.startswith("log_") or key in record or key in ("format", "message", "isError", "system", "time"):
+            continue
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            record[key] = value
+    return json.dumps(record, default=str) + "\n"
+
+
+#: Twisted's own chatter that says what our lines already say.
+_NOISE = ("starting on ", "(UNIX Port ", "Starting factory", "Stopping factory")
+
+
+def is_noise(event: dict[str, Any]) -> bool:
+    if event.get("log_namespace") != "log_legacy":
+        return False
+    text = formatEvent(event)
+    return any(marker in text for marker in _NOISE)
 
 
 @implementer(ILogObserver)
@@ -72,7 +101,8 @@ class LevelFilteredObserver:
         self._predicate.setLogLevelForNamespace(None, LEVELS[level])
 
     def __call__(self, event: dict[str, Any]) -> None:
-        self._filtered(event)
+        if not is_noise(event):
+            self._filtered(event)
 
 
 @implementer(ILogObserver)

@@ -197,13 +197,14 @@ class TaskMethods(Namespace):
 
     @method(
         Param("state", "string", nullable=True, description="Only tasks in this state."),
-        Param("limit", "integer", default=20, minimum=1, maximum=1000),
+        Param("limit", "integer", default=20, minimum=0, maximum=1000, description="0 means the default, 20 (as AIWG's daemon reads it)."),
         Param("offset", "integer", default=0, minimum=0),
         description="Tasks, newest first.",
     )
     def jsonrpc_list(self, ctx: CallContext, state: str | None, limit: int, offset: int) -> list[Any]:
         from aiwg.daemon.supervisor import record_json
 
+        limit = limit or 20
         if state is not None and state not in STATE_NAMES:
             raise InvalidParams(
                 f"Invalid parameter 'state': must be one of {', '.join(STATE_NAMES)}, got '{state}'"

@@ -136,13 +136,16 @@ class DaemonService(MultiService):
         self._detach_logging()
 
     def _previous_restart_count(self) -> int:
+        """Starts that followed a daemon which did not stop cleanly (a crash or
+        kill -9 leaves state.json saying running), counted over the project's life."""
         import json
 
         try:
             previous = json.loads(self.paths.state_file.read_text())
-            return int(previous.get("restart_count", 0)) + 1
+            count = int(previous.get("restart_count", 0))
         except (OSError, ValueError, TypeError, AttributeError):
             return 0
+        return count if previous.get("status") == "stopped" else count + 1
 
     # -- stop --------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from twisted.logger import LogLevel, Logger
@@ -42,7 +43,9 @@ def test_level_filter_and_reload_of_settings(tmp_path: Path) -> None:
     observer.close()
     text = path.read_text()
     assert "hidden" not in text and "shown" in text
-    assert '"text": "debug now"' in text
+    record = json.loads(text.splitlines()[-1])
+    assert record["message"] == "debug now" and record["level"] == "debug"
+    assert record["time"] == "2023-11-14T22:13:20.500Z" and record["text"] == "debug now"
 
 
 def test_text_format() -> None:
@@ -61,3 +64,23 @@ def test_logger_failures_include_the_traceback(tmp_path: Path) -> None:
     observer.close()
     text = path.read_text()
     assert "it broke" in text and "ZeroDivisionError" in text
+
+
+def test_levels_are_named_in_each_line(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.log"
+    observer = RotatingFileObserver(path, LogSettings(50, 5, "debug", "text"))
+    for level in (LogLevel.debug, LogLevel.info, LogLevel.warn, LogLevel.error, LogLevel.critical):
+        observer(event(level.name, level))
+    observer.close()
+    levels = [line.split()[1] for line in path.read_text().splitlines()]
+    assert levels == ["debug", "info", "warn", "error", "critical"]
+
+
+def test_twisted_port_chatter_is_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.log"
+    observer = RotatingFileObserver(path, LogSettings(50, 5, "info", "text"))
+    observer({"log_namespace": "log_legacy", "log_format": "{log_text}", "log_level": LogLevel.info,
+              "log_text": "IpcFactory starting on '/x.sock'", "log_time": 1.0})
+    observer(event("kept"))
+    observer.close()
+    assert path.read_text().count("\n") == 1

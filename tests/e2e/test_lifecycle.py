@@ -323,9 +323,9 @@ def test_reload_over_ipc_and_cli(daemon: Project) -> None:
     assert any("typo_key" in w for w in body["warnings"])
     daemon.write_config('{"daemon": {"log": {"level": "loud"}}}')
     refused = daemon.aiwg("daemon", "reload")
-    assert refused.returncode != 0
+    assert refused.returncode == EXIT_NOT_CONFIGURED
+    assert "reload refused, the daemon keeps its configuration" in refused.stderr
     assert "daemon.log.level: must be one of" in refused.stderr
-    assert "-32010" in refused.stderr
 
 
 def test_logs_command(daemon: Project) -> None:
@@ -434,3 +434,39 @@ def test_project_option_from_elsewhere(project: Project, tmp_path: Path) -> None
     assert run("daemon", "stop", "--project", str(project.root)).returncode == 0
     assert ProjectPaths(project.root).pid_file.exists() is False
     assert instance.holder(project.paths) is None
+
+
+def test_restart_with_a_bad_config_leaves_the_running_daemon_alone(daemon: Project) -> None:
+    pid = daemon.pid()
+    daemon.write_config('{"daemon": {"max_parallel_actions": 0}}')
+    result = daemon.aiwg("daemon", "restart")
+    assert result.returncode == EXIT_NOT_CONFIGURED
+    assert "running daemon is untouched" in result.stderr
+    assert daemon.pid() == pid
+    daemon.write_config("{}")
+    as_json = daemon.aiwg("daemon", "restart", "--json", check=True)
+    body = json.loads(as_json.stdout)  # one document, not one per step
+    assert body["started"] is True and body["pid"] == daemon.pid() != pid
+
+
+def test_restart_count_counts_unclean_exits_only(project: Project) -> None:
+    def count() -> int:
+        return json.loads(project.paths.state_file.read_text())["restart_count"]
+
+    project.start()
+    assert count() == 0
+    project.aiwg("daemon", "stop", check=True)
+    project.start()
+    assert count() == 0
+    os.kill(project.pid(), signal.SIGKILL)
+    wait_for(lambda: not project.running())
+    project.start()
+    assert count() == 1
+
+
+def test_ping_names_a_daemon_that_holds_the_lock_but_lost_its_socket(daemon: Project) -> None:
+    daemon.paths.default_socket.unlink()
+    result = daemon.aiwg("daemon", "ping")
+    assert result.returncode == 1
+    assert f"the daemon (pid {daemon.pid()}) holds the lock" in result.stderr
+    assert daemon.aiwg("daemon", "status").returncode == 4
