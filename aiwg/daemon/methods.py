@@ -193,7 +193,9 @@ class TaskMethods(Namespace):
             prompt, priority=priority, timeout_minutes=timeout, agent=agent,
             metadata=metadata, source=source, retries=retries,
         )
-        return {"taskId": task.id, "state": task.state.value, "priority": task.priority}
+        reply = {"taskId": task.id, "state": task.state.value, "priority": task.priority}
+        # Answer once the task is on disk: a submitted task is never lost.
+        return self._supervisor.store.when_durable().addCallback(lambda _: reply)
 
     @method(
         Param("state", "string", nullable=True, description="Only tasks in this state."),
@@ -277,9 +279,10 @@ class ChatMethods(Namespace):
         description="Send a chat message to the agent (queued as a task, source chat).",
     )
     def jsonrpc_send(self, ctx: CallContext, message: str, priority: int) -> dict[str, Any]:
-        task = self._daemon.supervisor.submit(message, priority=priority, source="chat",
-                                              metadata={"source": "ipc-chat"})
-        return {"taskId": task.id, "state": task.state.value}
+        supervisor = self._daemon.supervisor
+        task = supervisor.submit(message, priority=priority, source="chat", metadata={"source": "ipc-chat"})
+        reply = {"taskId": task.id, "state": task.state.value}
+        return supervisor.store.when_durable().addCallback(lambda _: reply)
 
 
 def build_method_table(daemon: "DaemonService") -> Root:

@@ -13,10 +13,11 @@ import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from attrs import evolve
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
 
 from aiwg.core.tasks import INTERRUPTED, STATE_NAMES, Task, TaskState
 
@@ -83,7 +84,13 @@ class StoreError(Exception):
 
 
 class TaskStore:
-    def __init__(self, path: Path) -> None:
+    """Writes are grouped: `insert` and `save` take effect in memory at once (reads
+    see them) and reach the disk in one transaction — one fsync — per reactor turn,
+    or sooner when `flush()` is called (before an agent is spawned, so a task is
+    recorded as running before it can run). `when_durable()` fires after the next
+    commit. Without `schedule`, every write commits at once."""
+
+    def __init__(self, path: Path, schedule: Callable[[Callable[[], None]], Any] | None = None) -> None:
         self.path = path
         fresh = not path.exists()
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
@@ -95,6 +102,12 @@ class TaskStore:
         self._db.execute("PRAGMA busy_timeout=5000")
         self._migrate()
         self.imported = 0
+        self._schedule = schedule
+        self._pending: dict[str, tuple[Task, bool]] = {}
+        self._waiters: list[Deferred] = []
+        self._flush_scheduled = False
+        self._next_seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0]) + 1
+        self.commits = 0
 
     # -- schema ------------------------------------------------------------
 
@@ -124,36 +137,100 @@ class TaskStore:
         return _Tx()
 
     def close(self) -> None:
-        self._db.close()
+        try:
+            self.flush()
+        finally:
+            self._db.close()
 
     # -- writes ------------------------------------------------------------
 
     def insert(self, task: Task) -> Task:
-        row = _to_row(task)
-        with self._transaction():
-            cursor = self._db.execute(
-                f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                row,
-            )
-        return evolve(task, seq=int(cursor.lastrowid or 0))
+        """Add a task; it gets the next `seq` (submission order) at once."""
+        if task.id in self._pending or self._exists_on_disk(task.id):
+            raise StoreError(f"task {task.id} already exists")
+        task = evolve(task, seq=self._next_seq)
+        self._next_seq += 1
+        self._pending[task.id] = (task, True)
+        self._written()
+        return task
 
     def save(self, task: Task) -> None:
-        """Write every field of an existing task."""
-        row = _to_row(task)
-        assignments = ", ".join(f"{c} = ?" for c in _COLUMNS[1:])
-        with self._transaction():
-            changed = self._db.execute(
-                f"UPDATE tasks SET {assignments} WHERE id = ?", (*row[1:], task.id)
-            ).rowcount
-        if changed != 1:
+        """Record every field of an existing task."""
+        pending = self._pending.get(task.id)
+        if pending is None and not self._exists_on_disk(task.id):
             raise StoreError(f"task {task.id} is not in the store")
+        self._pending[task.id] = (task, pending[1] if pending else False)
+        self._written()
+
+    def _written(self) -> None:
+        if self._schedule is None:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._schedule(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        try:
+            self.flush()
+        except Exception:
+            pass  # waiters got the failure; the writes stay pending for the next try
+
+    def flush(self) -> None:
+        """Commit every pending write in one transaction, then wake the waiters."""
+        if not self._pending:
+            self._wake(None)
+            return
+        pending, self._pending = self._pending, {}
+        inserts = [(t.seq, *_to_row(t)) for t, new in pending.values() if new]
+        updates = [(*_to_row(t)[1:], t.id) for t, new in pending.values() if not new]
+        try:
+            with self._transaction():
+                if inserts:
+                    self._db.executemany(
+                        f"INSERT INTO tasks (seq, {', '.join(_COLUMNS)}) "
+                        f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})",
+                        inserts,
+                    )
+                if updates:
+                    assignments = ", ".join(f"{c} = ?" for c in _COLUMNS[1:])
+                    self._db.executemany(f"UPDATE tasks SET {assignments} WHERE id = ?", updates)
+        except Exception as exc:
+            for task_id, entry in pending.items():
+                self._pending.setdefault(task_id, entry)
+            self._wake(exc)
+            raise
+        self.commits += 1
+        self._wake(None)
+
+    def when_durable(self) -> Deferred:
+        """Fires once everything written so far is committed."""
+        if not self._pending:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._waiters.append(d)
+        return d
+
+    def _wake(self, error: BaseException | None) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(StoreError(f"cannot write {self.path}: {error}"))
 
     def exists(self, task_id: str) -> bool:
+        return task_id in self._pending or self._exists_on_disk(task_id)
+
+    def _exists_on_disk(self, task_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is not None
 
     # -- reads -------------------------------------------------------------
 
     def get(self, task_id: str) -> Task | None:
+        pending = self._pending.get(task_id)
+        if pending is not None:
+            return pending[0]
         row = self._db.execute(
             f"SELECT seq, {', '.join(_COLUMNS)} FROM tasks WHERE id = ?", (task_id,)
         ).fetchone()
@@ -161,6 +238,7 @@ class TaskStore:
 
     def list(self, state: str | None = None, limit: int = 20, offset: int = 0) -> list[Task]:
         """Newest first."""
+        self.flush()
         columns = f"seq, {', '.join(_COLUMNS)}"
         if state is None:
             rows = self._db.execute(
@@ -175,6 +253,7 @@ class TaskStore:
 
     def in_state(self, state: TaskState) -> list[Task]:
         """Every task in `state`, in run order (for start-up: queued and running)."""
+        self.flush()
         rows = self._db.execute(
             f"SELECT seq, {', '.join(_COLUMNS)} FROM tasks WHERE state = ? "
             "ORDER BY priority DESC, seq",
@@ -183,11 +262,13 @@ class TaskStore:
         return [_from_row(r) for r in rows]
 
     def stats(self) -> dict[str, int]:
+        self.flush()
         counts = dict(self._db.execute("SELECT state, count FROM task_counts").fetchall())
         stats = {name: int(counts.get(name, 0)) for name in STATE_NAMES}
         return {"total": sum(stats.values()), **stats}
 
     def all(self) -> Iterator[Task]:
+        self.flush()
         rows = self._db.execute(f"SELECT seq, {', '.join(_COLUMNS)} FROM tasks ORDER BY seq")
         for row in rows:
             yield _from_row(row)
@@ -197,6 +278,7 @@ class TaskStore:
     def prune(self, *, max_tasks: int, max_age_seconds: float, now: float) -> list[tuple[str, str | None]]:
         """Delete finished tasks beyond the newest `max_tasks` or older than the age
         limit (0 = no limit); returns (id, output_path) of each deleted task."""
+        self.flush()
         doomed: list[tuple[str, str | None]] = []
         if max_age_seconds > 0:
             doomed += self._db.execute(
@@ -226,7 +308,7 @@ class TaskStore:
         with self._transaction():
             for record in records:
                 task = _from_node(record, now)
-                if task is None or self.exists(task.id):
+                if task is None or self._exists_on_disk(task.id):
                     continue
                 self._db.execute(
                     f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
@@ -238,6 +320,7 @@ class TaskStore:
                 (json.dumps({"path": str(path), "count": imported, "at": now}),),
             )
         self.imported = imported
+        self._next_seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0]) + 1
         return imported
 
     def tasks_json_imported(self) -> bool:
@@ -314,10 +397,12 @@ def _from_node(record: Any, now: float) -> Task | None:
 
 
 
-def open_store(db_path: Path, tasks_json: Path, now: float) -> TaskStore:
+def open_store(
+    db_path: Path, tasks_json: Path, now: float, schedule: Callable[[Callable[[], None]], Any] | None = None
+) -> TaskStore:
     """Open (or create) tasks.db; on first creation, import AIWG's tasks.json if present."""
     fresh = not db_path.exists()
-    store = TaskStore(db_path)
+    store = TaskStore(db_path, schedule)
     if fresh and tasks_json.exists() and not store.tasks_json_imported():
         try:
             store.import_tasks_json(tasks_json, now)
@@ -342,7 +427,10 @@ class StoreService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.store = open_store(self._db_path, self._tasks_json, self._clock.seconds())
+        self.store = open_store(
+            self._db_path, self._tasks_json, self._clock.seconds(),
+            schedule=lambda flush: self._clock.callLater(0, flush),
+        )
 
     def stopService(self) -> None:
         super().stopService()

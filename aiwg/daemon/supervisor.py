@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -85,10 +85,10 @@ def process_start_time(pid: int) -> str | None:
 class Run:
     """One running task: its process, output file, timers and why it is being stopped."""
 
-    def __init__(self, supervisor: "Supervisor", task: Task, output: Any, secrets: list[str]) -> None:
+    def __init__(self, supervisor: "Supervisor", task: Task, secrets: list[str]) -> None:
         self.supervisor = supervisor
         self.task = task
-        self.output = output
+        self.output: Any = None  # opened at the first byte: a silent agent costs no file
         self.secrets = secrets
         self.protocol: AgentProcessProtocol | None = None
         self.pgid: int | None = None
@@ -120,6 +120,8 @@ class Run:
         offset = self.written
         limit = self.supervisor.settings.output_max_bytes
         if not self.truncated:
+            if self.output is None:
+                self.output = self._open_output()
             room = limit - self.written
             chunk = data[:room]
             self.output.write(chunk)
@@ -137,6 +139,17 @@ class Run:
                 "offset": offset,
             },
         )
+
+    def _open_output(self) -> Any:
+        fd = os.open(str(self.task.output_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        return os.fdopen(fd, "wb")
+
+    def close_output(self) -> None:
+        if self.output is not None:
+            try:
+                self.output.close()
+            except OSError:
+                pass
 
     # -- signals -----------------------------------------------------------
 
@@ -281,14 +294,15 @@ class Supervisor(Service):
                 self.bus.publish("task:failed", self._event_payload(settled))
 
     def _kill_leftover(self, task: Task) -> bool:
+        killed = self._kill_marked(task.id)
         pgid = task.pgid or task.pid
         if not pgid:
-            return False
+            return killed
         leader_start = process_start_time(pgid)
         if leader_start is not None and task.proc_start is not None and leader_start != task.proc_start:
-            return False  # the pid was reused by an unrelated process: not ours
+            return killed  # the pid was reused by an unrelated process: not ours
         if leader_start is None and not self.group_alive(pgid):
-            return False
+            return killed
         # The leader is ours (same start time), or it is gone while members of its
         # group live on: a pgid is never reused while its group exists.
         try:
@@ -296,6 +310,28 @@ class Supervisor(Service):
         except (ProcessLookupError, PermissionError):
             return False
         return True
+
+    def _kill_marked(self, task_id: str) -> bool:
+        """Kill every process whose environment says it runs `task_id` (Linux /proc):
+        catches a task whose pid was never recorded, and descendants that left its group."""
+        marker = f"AIWG_TASK_ID={task_id}".encode()
+        killed = False
+        try:
+            pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+        except OSError:
+            return False
+        for pid in pids:
+            if pid == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as handle:
+                    if marker not in handle.read().split(b"\0"):
+                        continue
+                os.kill(pid, signal.SIGKILL)
+                killed = True
+            except (OSError, ValueError):
+                continue
+        return killed
 
     @property
     def store(self) -> TaskStore:
@@ -374,64 +410,84 @@ class Supervisor(Service):
     # -- running -----------------------------------------------------------
 
     def _fill(self) -> None:
-        while self._accepting and len(self._active()) < self.settings.max_parallel:
+        """Start queued tasks while slots are free: record them all as running in
+        one commit, then spawn them (recorded first, so a crash can never run a
+        task twice)."""
+        starting: list[Task] = []
+        while self._accepting and len(self._active()) + len(starting) < self.settings.max_parallel:
             task_id = self.queue.pop()
             if task_id is None:
-                return
+                break
             task = self.store.get(task_id)
             if task is None or task.state != TaskState.QUEUED:
                 continue
-            self._start(task)
+            prepared = self._prepare(task)
+            if prepared is not None:
+                starting.append(prepared)
+        if not starting:
+            return
+        try:
+            self.store.flush()
+        except Exception:
+            self.log.failure("cannot record tasks as running; not starting them")
+            for task in starting:
+                self.queue.push(task.id, task.priority, task.seq)
+            return
+        for task in starting:
+            self._spawn(task)
 
     def _active(self) -> list[Run]:
         return [run for run in self.runs.values() if not run.exited]
 
-    def _start(self, task: Task) -> None:
-        settings = self.settings.agent
-        env, missing = agents.child_env(self.environ, settings.env)
-        if missing:
-            self.log.warn("agent.env refers to unset variable(s): {names}", names=", ".join(sorted(set(missing))))
-        program = settings.program
-        resolved = shutil.which(program, path=env.get("PATH", os.defpath))
+    def _prepare(self, task: Task) -> Task | None:
+        """Mark a task running (in the store's pending write), or fail it at once if
+        its agent cannot be found."""
+        env, _ = agents.child_env(self.environ, self.settings.agent.env)
         now = self.reactor.seconds()
-        if resolved is None:
+        if shutil.which(self.settings.agent.program, path=env.get("PATH", os.defpath)) is None:
             failed = task.moved(
                 TaskState.FAILED, started_at=now, finished_at=now, error=self.missing_agent_message()
             )
             self.store.save(failed)
             self.log.error("task {task_id} failed: {error}", task_id=task.id, error=failed.error)
             self.bus.publish("task:failed", self._event_payload(failed))
-            return
+            return None
+        running = task.moved(
+            TaskState.RUNNING, started_at=now, attempts=task.attempts + 1, error=None,
+            output_path=task.output_path or str(self.actions_dir / f"{task.id}.log"),
+        )
+        self.store.save(running)
+        return running
+
+    def _spawn(self, task: Task) -> None:
+        settings = self.settings.agent
+        env, missing = agents.child_env(self.environ, settings.env, {"AIWG_TASK_ID": task.id})
+        if missing:
+            self.log.warn("agent.env refers to unset variable(s): {names}", names=", ".join(sorted(set(missing))))
         argv = agents.build_argv(settings, task.prompt, task.agent)
         if _SETSID:
             executable, args = _SETSID, ["setsid", *argv]
         else:
             executable, args = sys.executable, [sys.executable, "-c", _PY_SETSID, *argv]
-        output_path = Path(task.output_path or self.actions_dir / f"{task.id}.log")
-        fd = os.open(output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        run = Run(self, task, os.fdopen(fd, "wb"), agents.secret_values(self.environ, settings.env))
-        protocol = AgentProcessProtocol(run)
-        run.protocol = protocol
+        now = self.reactor.seconds()
         try:
+            run = Run(self, task, agents.secret_values(self.environ, settings.env))
+            protocol = AgentProcessProtocol(run)
+            run.protocol = protocol
             transport = self.reactor.spawnProcess(
                 protocol, executable, args, env=env, path=str(self.root),
                 childFDs={0: self._devnull, 1: "r", 2: "r"},
             )
         except Exception as exc:
-            run.output.close()
-            failed = task.moved(TaskState.FAILED, started_at=now, finished_at=now,
-                                error=f"could not start the agent: {exc}")
+            failed = task.moved(TaskState.FAILED, finished_at=now, error=f"could not start the agent: {exc}")
             self.store.save(failed)
+            self.log.error("task {task_id} failed: {error}", task_id=task.id, error=failed.error)
             self.bus.publish("task:failed", self._event_payload(failed))
             return
         pid = transport.pid
         run.pgid = pid  # setsid makes the agent its own session and group leader
-        running = task.moved(
-            TaskState.RUNNING, started_at=now, pid=pid, pgid=pid, proc_start=process_start_time(pid),
-            attempts=task.attempts + 1, output_path=str(output_path), error=None,
-        )
-        run.task = running
-        self.store.save(running)
+        run.task = evolve(task, pid=pid, pgid=pid, proc_start=process_start_time(pid))
+        self.store.save(run.task)
         self.runs[task.id] = run
         self.started_count += 1
         minutes = task.timeout_minutes or self.settings.timeout_minutes
@@ -463,10 +519,7 @@ class Supervisor(Service):
     def _ended(self, run: Run) -> None:
         """All output is in: record the final state and tell everyone."""
         run.cancel_timers()
-        try:
-            run.output.close()
-        except OSError:
-            pass
+        run.close_output()
         self.runs.pop(run.task.id, None)
         final = self._final(run)
         self.store.save(final)
@@ -488,7 +541,7 @@ class Supervisor(Service):
         )
         self.bus.publish(topic, self._event_payload(final))
         run.ended.callback(None)
-        self.reactor.callLater(0, self._fill)
+        self._fill()  # the next start shares this commit
 
     def _final(self, run: Run) -> Task:
         task = run.task

@@ -360,7 +360,9 @@ def test_output_is_capped_with_a_marker(project: Project) -> None:
 
 
 def test_retention_prunes_finished_tasks_and_their_files(project: Project) -> None:
-    project.write_config(json.dumps({"daemon": {**FAST["daemon"], "retention": {"max_tasks": 3}}}))
+    # One slot, so they finish in submission order and "newest 3" is well defined.
+    project.write_config(json.dumps({"daemon": {**FAST["daemon"], "max_parallel_actions": 1,
+                                                "retention": {"max_tasks": 3}}}))
     project.start()
     ids = [submit(project, f"task {i}") for i in range(6)]
     for task_id in ids:

@@ -1,0 +1,301 @@
+"""Task-queue benchmarks, each printed beside a floor measured in the same run.
+
+    .venv/bin/python bench/tasks.py [--quick] [--json]
+
+1. task.submit latency (p50/p99) and submits/s, beside ping on the same connection.
+2. submit→spawn latency, beside a bare Twisted spawnProcess of the same command.
+3. end-to-end throughput of N tasks whose agent exits at once (/bin/true), beside a bare
+   Twisted loop spawning /bin/true N times with the same concurrency.
+4. task.list (limit 20) and task.stats p99, and daemon restart time, with 100,000 tasks
+   stored; RSS idle (empty store) and with 100,000 stored.
+
+Targets (from the project's issue): throughput ≥ 0.7× the spawn floor; list/stats p99
+< 10 ms with 100k tasks; restart with 100k < 2 s; RSS with 100k stored < 80 MB.
+Only Unix sockets and local processes are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from aiwg.client import DaemonClient  # noqa: E402
+from aiwg.paths import ProjectPaths  # noqa: E402
+
+AIWG = str(Path(sys.executable).parent / "aiwg")
+CONCURRENCY = 3
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Daemon:
+    def __init__(self, config: dict) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="aiwg-bench-", dir="/tmp"))
+        self.paths = ProjectPaths(self.dir)
+        self.paths.aiwg_dir.mkdir()
+        self.paths.config_file.write_text(json.dumps(config))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("AIWG_")}
+
+    def start(self) -> float:
+        started = time.perf_counter()
+        subprocess.run([AIWG, "daemon", "start", "--project", str(self.dir)], check=True,
+                       env=self.env, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - started
+
+    def stop(self) -> None:
+        subprocess.run([AIWG, "daemon", "stop", "--project", str(self.dir), "--timeout", "120"],
+                       env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def pid(self) -> int:
+        return int(self.paths.pid_file.read_text())
+
+    def client(self) -> DaemonClient:
+        return DaemonClient(self.dir, socket_path=self.paths.bind_socket(), timeout=120).connect()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def bench_submit(count: int) -> dict:
+    # One slot held by a long task: everything after it stays queued, so this measures
+    # submitting, not spawning.
+    daemon = Daemon({"daemon": {"max_parallel_actions": 1, "shutdown_grace_seconds": 1},
+                     "agent": {"command": ["/bin/sh", "-c", "sleep 3600", "{prompt}"], "output": "text"}})
+    try:
+        daemon.start()
+        with daemon.client() as client:
+            client.call("task.submit", prompt="hold the slot")
+            for _ in range(200):
+                client.call("ping")
+            pings, submits = [], []
+            for _ in range(count):
+                t = time.perf_counter()
+                client.call("ping")
+                pings.append(time.perf_counter() - t)
+            started = time.perf_counter()
+            for i in range(count):
+                t = time.perf_counter()
+                client.call("task.submit", prompt=f"bench task {i}")
+                submits.append(time.perf_counter() - t)
+            rate = count / (time.perf_counter() - started)
+        return {
+            "submit_p50_ms": pct(submits, 0.5) * 1000, "submit_p99_ms": pct(submits, 0.99) * 1000,
+            "submits_per_s": rate,
+            "ping_p50_ms": pct(pings, 0.5) * 1000, "ping_p99_ms": pct(pings, 0.99) * 1000,
+        }
+    finally:
+        daemon.cleanup()
+
+
+STAMP = "import time,sys; open(sys.argv[1],'a').write(repr(time.time())+chr(10))"
+
+
+def bench_spawn_latency(count: int) -> dict:
+    stamps = Path(tempfile.mkdtemp(prefix="aiwg-stamps-", dir="/tmp"))
+    stamp_file = stamps / "daemon"
+    shell = ["/bin/sh", "-c", f"date +%s.%N >> {stamp_file}", "{prompt}"]
+    daemon = Daemon({"agent": {"command": shell, "output": "text"}})
+    try:
+        daemon.start()
+        latencies = []
+        with daemon.client() as client:
+            client.subscribe(["task:completed", "task:failed"])
+            for i in range(count):
+                sent = time.time()
+                client.call("task.submit", prompt=f"p{i}")
+                for event in client.events(timeout=10):
+                    if event["topic"] in ("task:completed", "task:failed"):
+                        break
+                spawned = float(stamp_file.read_text().splitlines()[-1])
+                latencies.append(spawned - sent)
+        floor = _twisted_spawn_latency(count, stamps / "floor")
+        return {
+            "submit_to_spawn_p50_ms": pct(latencies, 0.5) * 1000,
+            "submit_to_spawn_p99_ms": pct(latencies, 0.99) * 1000,
+            "floor_spawn_p50_ms": pct(floor, 0.5) * 1000,
+            "floor_spawn_p99_ms": pct(floor, 0.99) * 1000,
+        }
+    finally:
+        daemon.cleanup()
+        shutil.rmtree(stamps, ignore_errors=True)
+
+
+FLOOR_SPAWN = r"""
+import sys, time
+from twisted.internet import reactor, protocol
+count, concurrency, stamp = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+argv = sys.argv[4:]
+done = [0]; started = [0]; latencies = []
+class P(protocol.ProcessProtocol):
+    def __init__(self, t): self.t = t
+    def processEnded(self, reason):
+        done[0] += 1
+        if stamp != "-":
+            latencies.append(float(open(stamp).read().splitlines()[-1]) - self.t)
+        if done[0] == count: reactor.stop()
+        else: launch()
+def launch():
+    while started[0] < count and started[0] - done[0] < concurrency:
+        started[0] += 1
+        t = time.time()
+        reactor.spawnProcess(P(t), argv[0], argv, env={"PATH": "/usr/bin:/bin"}, childFDs={0: "w", 1: "r", 2: "r"})
+t0 = time.perf_counter()
+reactor.callWhenRunning(launch)
+reactor.run()
+print(time.perf_counter() - t0)
+for l in latencies: print(l)
+"""
+
+
+def _twisted_spawn_latency(count: int, stamp_file: Path) -> list[float]:
+    out = subprocess.run(
+        [sys.executable, "-c", FLOOR_SPAWN, str(count), "1", str(stamp_file),
+         "/bin/sh", "-c", f"date +%s.%N >> {stamp_file}", "x"],
+        check=True, capture_output=True, text=True,
+    ).stdout.split()
+    return [float(x) for x in out[1:]]
+
+
+def bench_throughput(count: int) -> dict:
+    daemon = Daemon({"daemon": {"max_parallel_actions": CONCURRENCY, "retention": {"max_tasks": 0, "max_age_days": 0}},
+                     "agent": {"command": ["/bin/true", "{prompt}"], "output": "text"}})
+    try:
+        daemon.start()
+        with daemon.client() as client:
+            started = time.perf_counter()
+            for i in range(count):
+                client.call("task.submit", prompt=f"t{i}")
+            while client.call("task.stats")["completed"] < count:
+                time.sleep(0.01)
+            elapsed = time.perf_counter() - started
+        floor_out = subprocess.run(
+            [sys.executable, "-c", FLOOR_SPAWN, str(count), str(CONCURRENCY), "-", "/bin/true", "x"],
+            check=True, capture_output=True, text=True,
+        ).stdout.split()
+        floor = float(floor_out[0])
+        return {"tasks": count, "daemon_tasks_per_s": count / elapsed, "floor_spawns_per_s": count / floor,
+                "ratio": (count / elapsed) / (count / floor)}
+    finally:
+        daemon.cleanup()
+
+
+def bench_large_store(count: int) -> dict:
+    config = {"daemon": {"retention": {"max_tasks": 0, "max_age_days": 0}},
+              "agent": {"command": ["/bin/true"], "output": "text"}}
+    daemon = Daemon(config)
+    try:
+        daemon.start()
+        idle_rss = rss_mb(daemon.pid())
+        daemon.stop()
+        _fill_store(daemon.paths.tasks_db, count)
+        restart = daemon.start()
+        time.sleep(0.5)
+        with daemon.client() as client:
+            stats = client.call("task.stats")
+            assert stats["total"] == count, stats
+            lists, stat_calls, pings = [], [], []
+            for _ in range(300):
+                t = time.perf_counter(); client.call("task.list", limit=20); lists.append(time.perf_counter() - t)
+                t = time.perf_counter(); client.call("task.list", state="failed", limit=20); lists.append(time.perf_counter() - t)
+                t = time.perf_counter(); client.call("task.stats"); stat_calls.append(time.perf_counter() - t)
+                t = time.perf_counter(); client.call("ping"); pings.append(time.perf_counter() - t)
+        return {
+            "stored": count, "restart_s": restart,
+            "list_p50_ms": pct(lists, 0.5) * 1000, "list_p99_ms": pct(lists, 0.99) * 1000,
+            "stats_p50_ms": pct(stat_calls, 0.5) * 1000, "stats_p99_ms": pct(stat_calls, 0.99) * 1000,
+            "ping_p99_ms": pct(pings, 0.99) * 1000,
+            "rss_idle_mb": idle_rss, "rss_with_store_mb": rss_mb(daemon.pid()),
+        }
+    finally:
+        daemon.cleanup()
+
+
+def _fill_store(db_path: Path, count: int) -> None:
+    """Write `count` finished tasks straight into tasks.db, as a long-lived project would have."""
+    from aiwg.core.tasks import Task, TaskState
+    from aiwg.daemon.store import _COLUMNS, TaskStore, _to_row
+
+    store = TaskStore(db_path)
+    now = time.time()
+    rows = []
+    for i in range(count):
+        state = TaskState.COMPLETED if i % 10 else TaskState.FAILED
+        rows.append(_to_row(Task(
+            id=f"t-bench{i:07d}", prompt=f"benchmark task number {i} " + "x" * 80, state=state,
+            created_at=now - count + i, started_at=now - count + i, finished_at=now - count + i + 0.5,
+            exit_code=0 if state == TaskState.COMPLETED else 1, output_tail="some output\n" * 20,
+            result="ok", output_path=f"/nonexistent/{i}.log",
+        )))
+    db = store._db
+    db.execute("BEGIN")
+    db.executemany(f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", rows)
+    db.execute("COMMIT")
+    store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smaller counts")
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    args = parser.parse_args()
+    n_submit, n_spawn, n_tasks, n_store = (300, 50, 200, 20000) if args.quick else (2000, 200, 1000, 100000)
+    results = {
+        "submit": bench_submit(n_submit),
+        "spawn_latency": bench_spawn_latency(n_spawn),
+        "throughput": bench_throughput(n_tasks),
+        "large_store": bench_large_store(n_store),
+    }
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    s, l, t, b = results["submit"], results["spawn_latency"], results["throughput"], results["large_store"]
+    rows = [
+        ("task.submit p50 / p99 (ms)", f"{s['submit_p50_ms']:.2f} / {s['submit_p99_ms']:.2f}",
+         f"ping {s['ping_p50_ms']:.2f} / {s['ping_p99_ms']:.2f}", ""),
+        ("submits/s (one connection)", f"{s['submits_per_s']:.0f}", f"pings/s ~{1000 / s['ping_p50_ms']:.0f}", ""),
+        ("submit→spawn p50 / p99 (ms)", f"{l['submit_to_spawn_p50_ms']:.2f} / {l['submit_to_spawn_p99_ms']:.2f}",
+         f"spawnProcess {l['floor_spawn_p50_ms']:.2f} / {l['floor_spawn_p99_ms']:.2f}", ""),
+        (f"end-to-end {t['tasks']} tasks (tasks/s)", f"{t['daemon_tasks_per_s']:.0f}",
+         f"/bin/true {t['floor_spawns_per_s']:.0f}/s", _verdict(t["ratio"] >= 0.7, f"ratio {t['ratio']:.2f} ≥ 0.7")),
+        (f"task.list p50 / p99 ({b['stored']} stored, ms)", f"{b['list_p50_ms']:.2f} / {b['list_p99_ms']:.2f}",
+         f"ping p99 {b['ping_p99_ms']:.2f}", _verdict(b["list_p99_ms"] < 10, "p99 < 10 ms")),
+        (f"task.stats p50 / p99 ({b['stored']} stored, ms)", f"{b['stats_p50_ms']:.2f} / {b['stats_p99_ms']:.2f}",
+         f"ping p99 {b['ping_p99_ms']:.2f}", _verdict(b["stats_p99_ms"] < 10, "p99 < 10 ms")),
+        (f"restart with {b['stored']} stored (s)", f"{b['restart_s']:.2f}", "", _verdict(b["restart_s"] < 2, "< 2 s")),
+        ("RSS idle / with store (MB)", f"{b['rss_idle_mb']:.1f} / {b['rss_with_store_mb']:.1f}", "",
+         _verdict(b["rss_with_store_mb"] < 80, "< 80 MB")),
+    ]
+    width = [max(len(r[i]) for r in rows) for i in range(4)]
+    print(f"{'measure':<{width[0]}}  {'daemon':<{width[1]}}  {'floor':<{width[2]}}  target")
+    for row in rows:
+        print("  ".join(cell.ljust(width[i]) for i, cell in enumerate(row)))
+
+
+def _verdict(ok: bool, text: str) -> str:
+    return f"{'PASS' if ok else 'FAIL'} ({text})"
+
+
+if __name__ == "__main__":
+    main()
