@@ -34,7 +34,27 @@ MAX_PENDING_OUTPUT = 8 * 1024 * 1024
 
 # ASCII output: a lone surrogate that arrived as a legal \ud800 escape goes back
 # out as an escape, not as bytes that are not UTF-8. No NaN/Infinity: not JSON.
-_dumps = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode
+_encoder = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+
+
+def _unserialisable(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+try:  # the C encoder, built once (JSONEncoder.encode rebuilds it on every call)
+    from json.encoder import c_make_encoder, encode_basestring_ascii
+
+    _c_encode = c_make_encoder(
+        None, _unserialisable, encode_basestring_ascii, None, ":", ",", False, False, False
+    ) if c_make_encoder is not None else None
+except ImportError:  # pragma: no cover - CPython always has it
+    _c_encode = None
+
+
+def _dumps(value: Any) -> str:
+    if _c_encode is None:
+        return _encoder.encode(value)
+    return "".join(_c_encode(value, 0))
 
 
 def _reject_constant(name: str) -> Any:
@@ -63,8 +83,11 @@ def _error(code: int, message: str, req_id: Any, data: Any = None) -> dict[str, 
     return {"jsonrpc": "2.0", "error": error, "id": req_id}
 
 
+_ID_TYPES = (str, int, float, type(None))
+
+
 def _valid_id(value: Any) -> bool:
-    return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
+    return type(value) in _ID_TYPES or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
 
 
 class JsonRpcProtocol(LineReceiver):
@@ -96,7 +119,7 @@ class JsonRpcProtocol(LineReceiver):
     def lineReceived(self, line: bytes) -> None:
         if line.endswith(b"\r"):
             line = line[:-1]
-        if not line.strip():
+        if not line or line.isspace():
             return
         try:
             message = _parse(line)

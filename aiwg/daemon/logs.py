@@ -31,11 +31,18 @@ LEVELS = {
 }
 
 
+_iso_cache: list = [None, ""]
+
+
 def iso_utc(when: float) -> str:
-    """`2026-11-24T19:44:48.123Z`: the timestamp format of every file we write."""
+    """`2026-11-24T19:44:48.123Z`: the timestamp format of every file we write.
+    (The formatted second is cached: `ping` calls this on every request.)"""
     seconds = int(when)
     millis = int((when - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    if _iso_cache[0] != seconds:
+        _iso_cache[0] = seconds
+        _iso_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{_iso_cache[1]}.{millis:03d}Z"
 
 
 def _level_name(event: dict[str, Any]) -> str:

@@ -132,8 +132,12 @@ class MethodTable(Namespace):
     def call(self, name: str, params: Any, context: CallContext) -> Any:
         """Run a method: its result, or a Deferred of it. Raises RpcError."""
         func, declared = self.resolve(name)
-        kwargs = bind(declared, params)
-        result = func(context, **kwargs)
+        if declared or params:
+            result = func(context, **bind(declared, params))
+        else:
+            result = func(context)
+        if type(result) is dict or type(result) is list:  # the common, synchronous case
+            return result
         if hasattr(result, "__await__") and not isinstance(result, Deferred):
             result = Deferred.fromCoroutine(result)
         return result
