@@ -71,9 +71,21 @@ def _finite_float(text: str) -> float:
 _decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 
 
+_scan = _decoder.scan_once
+_WHITESPACE = " \t\n\r"
+
+
 def _parse(line: bytes) -> Any:
-    """Strict parse: valid UTF-8 (no encoded surrogates), JSON without NaN/Infinity."""
-    return _decoder.decode(line.decode("utf-8"))
+    """Strict parse: valid UTF-8 (no encoded surrogates), JSON without NaN/Infinity,
+    nothing after the value but whitespace."""
+    text = line.decode("utf-8").strip(_WHITESPACE)
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        raise ValueError("no JSON value") from None
+    if end != len(text):
+        raise ValueError("extra data after the JSON value")
+    return value
 
 
 def _error(code: int, message: str, req_id: Any, data: Any = None) -> dict[str, Any]:
@@ -83,11 +95,8 @@ def _error(code: int, message: str, req_id: Any, data: Any = None) -> dict[str, 
     return {"jsonrpc": "2.0", "error": error, "id": req_id}
 
 
-_ID_TYPES = (str, int, float, type(None))
-
-
-def _valid_id(value: Any) -> bool:
-    return type(value) in _ID_TYPES or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
+#: Exact types only: JSON gives no subclasses, and bool (an int subclass) is not an id.
+_ID_TYPES = frozenset({str, int, float, type(None)})
 
 
 class JsonRpcProtocol(LineReceiver):
@@ -126,14 +135,14 @@ class JsonRpcProtocol(LineReceiver):
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             self._send(_error(PARSE_ERROR, "Parse error", None))
             return
-        if isinstance(message, list):
+        if type(message) is list:
             self._handle_batch(message)
             return
         reply = self._handle(message)
-        if isinstance(reply, Deferred):
-            reply.addCallback(self._send_if_any)
-        elif reply is not None:
+        if type(reply) is dict:
             self._send(reply)
+        elif reply is not None:
+            reply.addCallback(self._send_if_any)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._send(
@@ -165,21 +174,21 @@ class JsonRpcProtocol(LineReceiver):
 
     def _handle(self, message: Any) -> Any:
         """The reply to one request object: a dict, None (notification), or a Deferred."""
-        if not isinstance(message, dict):
+        if type(message) is not dict:
             return _error(INVALID_REQUEST, "Invalid Request: expected an object", None)
         is_notification = "id" not in message
         req_id = message.get("id")
-        if not _valid_id(req_id):
+        if type(req_id) not in _ID_TYPES:
             return _error(
                 INVALID_REQUEST, "Invalid Request: id must be a string, a number or null", None
             )
         if message.get("jsonrpc") != "2.0":
             return _error(INVALID_REQUEST, "Invalid Request: missing jsonrpc 2.0", req_id)
         name = message.get("method")
-        if not isinstance(name, str):
+        if type(name) is not str:
             return _error(INVALID_REQUEST, "Invalid Request: missing method", req_id)
         params = message.get("params")
-        if "params" in message and not isinstance(params, (dict, list)):
+        if params is None and "params" in message or params is not None and type(params) not in (dict, list):
             return _error(
                 INVALID_REQUEST, "Invalid Request: params must be an object or an array", req_id
             )
@@ -187,7 +196,7 @@ class JsonRpcProtocol(LineReceiver):
             result = self.factory.methods.call(name, params, self.context)
         except Exception as exc:
             return None if is_notification else self._failure_reply(exc, name, req_id)
-        if isinstance(result, Deferred):
+        if type(result) is not dict and isinstance(result, Deferred):
             if is_notification:
                 result.addErrback(self._log_notification_failure, name)
                 return result.addCallback(lambda _: None)
@@ -229,7 +238,7 @@ class JsonRpcProtocol(LineReceiver):
 
     def _send(self, reply: Any) -> None:
         try:
-            data = _dumps(reply).encode("ascii") + b"\n"
+            data = (_dumps(reply) + "\n").encode("ascii")
         except (TypeError, ValueError, RecursionError):
             req_id = reply.get("id") if isinstance(reply, dict) else None
             self.log.failure("unserialisable reply for id {id!r}", id=req_id)

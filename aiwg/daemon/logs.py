@@ -31,18 +31,22 @@ LEVELS = {
 }
 
 
-_iso_cache: list = [None, ""]
+_iso_cache: list = [None, "", None, ""]
 
 
 def iso_utc(when: float) -> str:
     """`2026-11-24T19:44:48.123Z`: the timestamp format of every file we write.
-    (The formatted second is cached: `ping` calls this on every request.)"""
-    seconds = int(when)
-    millis = int((when - seconds) * 1000)
+    (Cached per millisecond and per second: `ping` calls this on every request.)"""
+    millis_total = int(when * 1000)
+    if _iso_cache[2] == millis_total:
+        return _iso_cache[3]
+    seconds, millis = divmod(millis_total, 1000)
     if _iso_cache[0] != seconds:
         _iso_cache[0] = seconds
         _iso_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    return f"{_iso_cache[1]}.{millis:03d}Z"
+    text = f"{_iso_cache[1]}.{millis:03d}Z"
+    _iso_cache[2], _iso_cache[3] = millis_total, text
+    return text
 
 
 def _level_name(event: dict[str, Any]) -> str:
