@@ -72,7 +72,7 @@ TARGET_PING_MS = 120.0
 TARGET_RSS_MIB = 50.0
 
 FULL = {
-    "rounds": 3,
+    "rounds": 5,
     "seq_count": 3000,
     "seq_warmup": 500,
     "concurrency": [1, 10, 100],
