@@ -132,6 +132,13 @@ class DaemonClient:
                 self._notification(reply)
                 continue
             if reply.get("id") != req_id:
+                if reply.get("id") is None and "error" in reply:
+                    # The daemon could not read our request (e.g. a parse error): the
+                    # only request in flight on this blocking client is ours.
+                    error = reply["error"] or {}
+                    raise RpcError(
+                        int(error.get("code", 0)), str(error.get("message", "")), error.get("data")
+                    )
                 continue  # a late reply to a request that timed out
             if "error" in reply:
                 error = reply["error"] or {}

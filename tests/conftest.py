@@ -117,8 +117,8 @@ class FakeClaude:
                 continue  # being rewritten right now
         return sorted(found, key=lambda r: r["started"])
 
-    def grandchild_pids(self) -> list[int]:
-        return [int(p.read_text()) for p in self.records.glob("*.grandchild") if p.read_text()]
+    def grandchild_pids(self, kind: str = "grandchild") -> list[int]:
+        return [int(p.read_text()) for p in self.records.glob(f"*.{kind}") if p.read_text()]
 
 
 def install_fake_claude(directory: Path, name: str = "claude") -> FakeClaude:

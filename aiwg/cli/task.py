@@ -249,12 +249,12 @@ def _follow(ctx: Context, client: DaemonClient, task_id: str, *, subscribed: boo
                 if payload.get("taskId") != task_id:
                     continue
                 if event["topic"] == "task:output":
-                    chunk = payload.get("chunk", "").encode("utf-8")
                     start = int(payload.get("offset", 0))
-                    if start + len(chunk) > position:
-                        out.write(chunk[max(0, position - start):])
+                    length = int(payload.get("bytes", 0))
+                    if start >= position:  # not yet printed (catch-up reads whole chunks)
+                        out.write(payload.get("chunk", "").encode("utf-8"))
                         out.flush()
-                        position = start + len(chunk)
+                        position = start + length
                 else:
                     state = payload.get("state", event["topic"].split(":", 1)[1])
                     break

@@ -157,6 +157,18 @@ class EventMethods(Namespace):
         return {"published": True, "topic": event.topic, "seq": event.seq}
 
 
+def _whole_utf8(data: bytes) -> bytes:
+    """`data` without a trailing, incomplete UTF-8 sequence."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte < 0x80:
+            return data
+        if byte >= 0xC0:  # a lead byte: is its sequence complete?
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return data if back >= need else data[:-back]
+    return data
+
+
 def _unknown_task(task_id: str) -> InvalidParams:
     return InvalidParams(f"Task not found: {task_id} (parameter 'taskId')", {"taskId": task_id})
 
@@ -174,8 +186,8 @@ class TaskMethods(Namespace):
 
     @method(
         Param("prompt", "string", required=True, non_empty=True, description="What the agent should do."),
-        Param("priority", "integer", default=0, description="Higher runs sooner; equal priorities run in submission order."),
-        Param("timeout", "number", nullable=True, minimum=0.001, description="Minutes before the task is stopped (default daemon.action_timeout_minutes)."),
+        Param("priority", "integer", default=0, minimum=-1_000_000, maximum=1_000_000, description="Higher runs sooner; equal priorities run in submission order."),
+        Param("timeout", "number", nullable=True, minimum=0.001, maximum=525600, description="Minutes before the task is stopped (default daemon.action_timeout_minutes)."),
         Param("agent", "string", nullable=True, description="Passed to the agent as --agent NAME."),
         Param("metadata", "object", default=None, nullable=True),
         Param("source", "string", default="ipc", description="cli, chat, rule:<id>, schedule:<job>, messaging:<platform>, client:<name>."),
@@ -257,6 +269,8 @@ class TaskMethods(Namespace):
                     data = handle.read(limit)
             except FileNotFoundError:
                 pass
+            if offset + len(data) < size:
+                data = _whole_utf8(data)  # stop before a character cut in two
         return {
             "taskId": task.id,
             "state": task.state.value,

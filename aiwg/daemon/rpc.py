@@ -21,6 +21,7 @@ from txjsonrpc_ng.jsonrpc import BaseSubhandler
 from aiwg.errors import METHOD_NOT_FOUND, InvalidParams, RpcError
 
 _NO_DEFAULT = object()
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 _TYPE_WORDS = {
     "string": "a string",
@@ -55,8 +56,14 @@ class Param:
                 f"Invalid parameter '{self.name}': must be {_TYPE_WORDS[self.type]}, "
                 f"got {_show(value)}"
             )
-        if self.non_empty and not value:
+        if self.non_empty and (not value or (self.type == "string" and not value.strip())):
             raise InvalidParams(f"Invalid parameter '{self.name}': must not be empty")
+        if self.type == "string" and "\x00" in value:
+            raise InvalidParams(f"Invalid parameter '{self.name}': must not contain NUL characters")
+        if self.type == "integer" and not _INT64_MIN <= value <= _INT64_MAX:
+            raise InvalidParams(f"Invalid parameter '{self.name}': out of range (64-bit integer), got {value}")
+        if self.type == "number" and (value != value or value in (float("inf"), float("-inf"))):
+            raise InvalidParams(f"Invalid parameter '{self.name}': must be a finite number")
         if self.minimum is not None and value < self.minimum:
             raise InvalidParams(
                 f"Invalid parameter '{self.name}': must be ≥ {self.minimum:g}, got {value}"

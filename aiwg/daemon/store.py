@@ -90,7 +90,7 @@ class TaskStore:
     recorded as running before it can run). `when_durable()` fires after the next
     commit. Without `schedule`, every write commits at once."""
 
-    def __init__(self, path: Path, schedule: Callable[[Callable[[], None]], Any] | None = None) -> None:
+    def __init__(self, path: Path, schedule: Callable[..., Any] | None = None) -> None:
         self.path = path
         fresh = not path.exists()
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
@@ -108,6 +108,7 @@ class TaskStore:
         self._flush_scheduled = False
         self._next_seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0]) + 1
         self.commits = 0
+        self.failed_flushes = 0
 
     # -- schema ------------------------------------------------------------
 
@@ -148,6 +149,7 @@ class TaskStore:
         """Add a task; it gets the next `seq` (submission order) at once."""
         if task.id in self._pending or self._exists_on_disk(task.id):
             raise StoreError(f"task {task.id} already exists")
+        _check_row(task)
         task = evolve(task, seq=self._next_seq)
         self._next_seq += 1
         self._pending[task.id] = (task, True)
@@ -159,6 +161,7 @@ class TaskStore:
         pending = self._pending.get(task.id)
         if pending is None and not self._exists_on_disk(task.id):
             raise StoreError(f"task {task.id} is not in the store")
+        _check_row(task)
         self._pending[task.id] = (task, pending[1] if pending else False)
         self._written()
 
@@ -167,14 +170,19 @@ class TaskStore:
             self.flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
-            self._schedule(self._scheduled_flush)
+            self._schedule(self._scheduled_flush, 0)
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
         try:
             self.flush()
         except Exception:
-            pass  # waiters got the failure; the writes stay pending for the next try
+            # The waiters got the failure; the writes stay pending. Try again soon,
+            # not only when the next write comes.
+            self.failed_flushes += 1
+            if self._schedule is not None and not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._schedule(self._scheduled_flush, min(30.0, 0.5 * self.failed_flushes))
 
     def flush(self) -> None:
         """Commit every pending write in one transaction, then wake the waiters."""
@@ -201,6 +209,7 @@ class TaskStore:
             self._wake(exc)
             raise
         self.commits += 1
+        self.failed_flushes = 0
         self._wake(None)
 
     def when_durable(self) -> Deferred:
@@ -328,6 +337,19 @@ class TaskStore:
         return row is not None
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _check_row(task: Task) -> None:
+    """Refuse, at once and for this task only, a value SQLite cannot store; such a
+    row would otherwise fail every later commit of the batch it sits in."""
+    for value in _to_row(task):
+        if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+            raise StoreError(f"task {task.id}: integer out of range: {value}")
+        if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+            raise StoreError(f"task {task.id}: not a finite number: {value}")
+
+
 def _to_row(task: Task) -> tuple[Any, ...]:
     return (
         task.id, task.prompt, task.priority, task.state.value, task.source, task.agent,
@@ -429,7 +451,7 @@ class StoreService(Service):
         super().startService()
         self.store = open_store(
             self._db_path, self._tasks_json, self._clock.seconds(),
-            schedule=lambda flush: self._clock.callLater(0, flush),
+            schedule=lambda flush, delay: self._clock.callLater(delay, flush),
         )
 
     def stopService(self) -> None:

@@ -12,6 +12,7 @@ final when its output has all been read.
 
 from __future__ import annotations
 
+import codecs
 import os
 import shutil
 import signal
@@ -38,6 +39,7 @@ from aiwg.errors import SHUTTING_DOWN, RpcError
 TAIL_BYTES = 16 * 1024
 RESULT_CAPTURE_BYTES = 4 * 1024 * 1024
 PRUNE_INTERVAL_SECONDS = 600
+SWEEP_INTERVAL_SECONDS = 10
 
 _SETSID = shutil.which("setsid")
 # Where setsid(1) is missing (macOS), a two-line Python exec wrapper does the same.
@@ -70,6 +72,22 @@ class SupervisorSettings:
         )
 
 
+def _own_children() -> set[int]:
+    """Our direct children, from /proc/self/task/*/children (Linux)."""
+    pids: set[int] = set()
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return pids
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/children") as handle:
+                pids.update(int(p) for p in handle.read().split())
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
 def process_start_time(pid: int) -> str | None:
     """The kernel's start time of `pid` (Linux), to tell our process from a reused pid."""
     try:
@@ -89,27 +107,53 @@ class Run:
         self.supervisor = supervisor
         self.task = task
         self.output: Any = None  # opened at the first byte: a silent agent costs no file
-        self.secrets = secrets
+        self.secrets = sorted({s.encode() for s in secrets}, key=len, reverse=True)
+        # A secret split across two reads must still be caught: keep back this many bytes.
+        self.holdback = max((len(s) for s in self.secrets), default=1) - 1
+        self.carry: dict[int, bytes] = {1: b"", 2: b""}
+        self.decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in (1, 2)}
         self.protocol: AgentProcessProtocol | None = None
+        self.transport: Any = None
         self.pgid: int | None = None
         self.written = 0
+        self.emitted = 0
         self.truncated = False
         self.tail = bytearray()
         self.stdout = bytearray()
         self.stderr_tail = bytearray()
-        self.reason: str | None = None  # "timeout" | "cancel" | "shutdown"
+        self.reason: str | None = None  # "timeout" | "cancel" | "shutdown", set before exit only
         self.exit_code: int | None = None
         self.exit_signal: int | None = None
         self.exited = False
         self.timeout_call: Any = None
         self.kill_call: Any = None
+        self.drain_call: Any = None
         self.ended: Deferred = Deferred()
 
     # -- output ------------------------------------------------------------
 
     def received(self, fd: int, data: bytes) -> None:
         if self.secrets:
-            data = agents.redact(data.decode("utf-8", "replace"), self.secrets).encode()
+            data = self._redact(self.carry[fd] + data)
+            if self.holdback:
+                data, self.carry[fd] = data[: -self.holdback], data[-self.holdback :]
+        if data:
+            self._record(fd, data)
+
+    def flush_carry(self) -> None:
+        """The agent is gone: what was held back for redaction goes out now."""
+        for fd in (1, 2):
+            if self.carry[fd]:
+                held, self.carry[fd] = self.carry[fd], b""
+                self._record(fd, self._redact(held))
+
+    def _redact(self, data: bytes) -> bytes:
+        for secret in self.secrets:
+            if secret in data:
+                data = data.replace(secret, b"[redacted]")
+        return data
+
+    def _record(self, fd: int, data: bytes) -> None:
         if fd == 1 and len(self.stdout) < RESULT_CAPTURE_BYTES:
             self.stdout += data[: RESULT_CAPTURE_BYTES - len(self.stdout)]
         if fd == 2:
@@ -117,12 +161,13 @@ class Run:
             del self.stderr_tail[:-4096]
         self.tail += data
         del self.tail[:-TAIL_BYTES]
-        offset = self.written
+        offset = self.emitted  # position in the agent's output stream (= in the file, up to the cap)
+        self.emitted += len(data)
         limit = self.supervisor.settings.output_max_bytes
         if not self.truncated:
             if self.output is None:
                 self.output = self._open_output()
-            room = limit - self.written
+            room = max(0, limit - self.written)
             chunk = data[:room]
             self.output.write(chunk)
             self.written += len(chunk)
@@ -135,8 +180,9 @@ class Run:
             {
                 "taskId": self.task.id,
                 "stream": "stdout" if fd == 1 else "stderr",
-                "chunk": data.decode("utf-8", "replace"),
+                "chunk": self.decoders[fd].decode(data),
                 "offset": offset,
+                "bytes": len(data),
             },
         )
 
@@ -162,18 +208,23 @@ class Run:
             pass
 
     def stop(self, reason: str, grace: float) -> None:
-        """TERM the group now, KILL it after `grace` seconds."""
-        if self.reason is None:
+        """TERM the group now, KILL it after `grace` seconds. Once the agent has
+        exited its outcome stands: stopping only clears out what it left behind."""
+        if self.reason is None and not self.exited:
             self.reason = reason
         self.signal_group(signal.SIGTERM)
         if self.kill_call is None or not self.kill_call.active():
-            self.kill_call = self.supervisor.reactor.callLater(grace, self.signal_group, signal.SIGKILL)
+            self.kill_call = self.supervisor.reactor.callLater(grace, self.kill_now)
+
+    def kill_now(self) -> None:
+        self.signal_group(signal.SIGKILL)
+        self.supervisor.kill_marked(self.task.id)
 
     def cancel_timers(self) -> None:
-        for call in (self.timeout_call, self.kill_call):
+        for call in (self.timeout_call, self.kill_call, self.drain_call):
             if call is not None and call.active():
                 call.cancel()
-        self.timeout_call = self.kill_call = None
+        self.timeout_call = self.kill_call = self.drain_call = None
 
 
 class AgentProcessProtocol(ProcessProtocol):
@@ -223,19 +274,23 @@ class Supervisor(Service):
         self._devnull: int | None = None
         self.started_count = 0
         self.reconciled: list[str] = []
+        self.subreaper = False
+        self._ticks = 0
+        self._retry_fill: Any = None
 
     # -- lifecycle ---------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
+        self.subreaper = self._become_subreaper()
         self._devnull = os.open(os.devnull, os.O_RDONLY)
         self._reconcile()
         for task in self.store.in_state(TaskState.QUEUED):
             self.queue.push(task.id, task.priority, task.seq)
         self._prune()
-        self._prune_loop = LoopingCall(self._prune)
+        self._prune_loop = LoopingCall(self._housekeeping)
         self._prune_loop.clock = self.reactor
-        self._prune_loop.start(PRUNE_INTERVAL_SECONDS, now=False)
+        self._prune_loop.start(SWEEP_INTERVAL_SECONDS, now=False)
         self._accepting = True
         self.log.info(
             "supervisor started: {queued} queued, max {max} at once",
@@ -261,7 +316,11 @@ class Supervisor(Service):
         for run in list(self.runs.values()):
             run.stop("shutdown", self.settings.shutdown_grace)
 
+        if self._retry_fill is not None and self._retry_fill.active():
+            self._retry_fill.cancel()
+
         def closed(_: Any) -> None:
+            self.sweep_orphans()
             if self._devnull is not None:
                 os.close(self._devnull)
                 self._devnull = None
@@ -294,7 +353,7 @@ class Supervisor(Service):
                 self.bus.publish("task:failed", self._event_payload(settled))
 
     def _kill_leftover(self, task: Task) -> bool:
-        killed = self._kill_marked(task.id)
+        killed = self.kill_marked(task.id)
         pgid = task.pgid or task.pid
         if not pgid:
             return killed
@@ -311,7 +370,7 @@ class Supervisor(Service):
             return False
         return True
 
-    def _kill_marked(self, task_id: str) -> bool:
+    def kill_marked(self, task_id: str) -> bool:
         """Kill every process whose environment says it runs `task_id` (Linux /proc):
         catches a task whose pid was never recorded, and descendants that left its group."""
         marker = f"AIWG_TASK_ID={task_id}".encode()
@@ -331,6 +390,50 @@ class Supervisor(Service):
                 killed = True
             except (OSError, ValueError):
                 continue
+        return killed
+
+    def _become_subreaper(self) -> bool:
+        """Linux: orphans of our agents (even ones that left their process group with
+        setsid) are re-parented to us instead of init, so sweep_orphans can find them."""
+        if not sys.platform.startswith("linux"):
+            return False
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # PR_SET_CHILD_SUBREAPER
+        except (OSError, AttributeError):
+            return False
+
+    def sweep_orphans(self) -> int:
+        """Kill adopted processes that belong to a task that has ended, and reap
+        the ones that have died. Cheap: reads our own children list only."""
+        if not self.subreaper:
+            return 0
+        known = {run.transport.pid for run in self.runs.values() if run.transport is not None}
+        killed = 0
+        for pid in _own_children() - known:
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as handle:
+                    state = handle.read().rsplit(b")", 1)[1].split()[0]
+                if state == b"Z":
+                    os.waitpid(pid, os.WNOHANG)
+                    continue
+                with open(f"/proc/{pid}/environ", "rb") as handle:
+                    env = handle.read().split(b"\0")
+            except (OSError, IndexError, ChildProcessError):
+                continue
+            task_id = next((e[13:].decode() for e in env if e.startswith(b"AIWG_TASK_ID=")), None)
+            if task_id is None or task_id in self.runs:
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+                self.log.warn(
+                    "killed process {pid} left behind by task {task_id}", pid=pid, task_id=task_id
+                )
+            except OSError:
+                pass
         return killed
 
     @property
@@ -402,10 +505,10 @@ class Supervisor(Service):
             self.bus.publish("task:cancelled", self._event_payload(cancelled))
             return True, cancelled
         run = self.runs.get(task_id)
-        if run is not None and run.reason is None:
+        if run is not None and run.reason is None and not run.exited:
             run.stop("cancel", self.settings.kill_grace)
             return True, task
-        return False, task
+        return False, task  # finished, or finishing: its outcome stands
 
     # -- running -----------------------------------------------------------
 
@@ -413,7 +516,7 @@ class Supervisor(Service):
         """Start queued tasks while slots are free: record them all as running in
         one commit, then spawn them (recorded first, so a crash can never run a
         task twice)."""
-        starting: list[Task] = []
+        starting: list[tuple[Task, Task]] = []
         while self._accepting and len(self._active()) + len(starting) < self.settings.max_parallel:
             task_id = self.queue.pop()
             if task_id is None:
@@ -423,18 +526,21 @@ class Supervisor(Service):
                 continue
             prepared = self._prepare(task)
             if prepared is not None:
-                starting.append(prepared)
+                starting.append((task, prepared))
         if not starting:
             return
         try:
             self.store.flush()
         except Exception:
-            self.log.failure("cannot record tasks as running; not starting them")
-            for task in starting:
-                self.queue.push(task.id, task.priority, task.seq)
+            self.log.failure("cannot record tasks as running; not starting them (retrying shortly)")
+            for queued, _ in starting:
+                self.store.save(queued)  # back to queued, in memory and at the next commit
+                self.queue.push(queued.id, queued.priority, queued.seq)
+            if self._retry_fill is None or not self._retry_fill.active():
+                self._retry_fill = self.reactor.callLater(1.0, self._fill)
             return
-        for task in starting:
-            self._spawn(task)
+        for _, running in starting:
+            self._spawn(running)
 
     def _active(self) -> list[Run]:
         return [run for run in self.runs.values() if not run.exited]
@@ -485,6 +591,7 @@ class Supervisor(Service):
             self.bus.publish("task:failed", self._event_payload(failed))
             return
         pid = transport.pid
+        run.transport = transport
         run.pgid = pid  # setsid makes the agent its own session and group leader
         run.task = evolve(task, pid=pid, pgid=pid, proc_start=process_start_time(pid))
         self.store.save(run.task)
@@ -503,24 +610,52 @@ class Supervisor(Service):
     def _exited(self, run: Run, reason: Any) -> None:
         """The agent process is gone: free its slot and clear out its group."""
         run.exited = True
+        if run.timeout_call is not None and run.timeout_call.active():
+            run.timeout_call.cancel()
+        run.timeout_call = None
         if isinstance(reason, ProcessTerminated):
             run.exit_code = reason.exitCode
             run.exit_signal = reason.signal
         elif isinstance(reason, ProcessDone):
             run.exit_code = 0
+        grace = self.settings.shutdown_grace if run.reason == "shutdown" else self.settings.kill_grace
         # Anything the agent left behind in its group is an orphan now.
         if run.pgid is not None and self.group_alive(run.pgid):
             run.signal_group(signal.SIGTERM)
             if run.kill_call is None or not run.kill_call.active():
-                grace = self.settings.shutdown_grace if run.reason == "shutdown" else self.settings.kill_grace
-                run.kill_call = self.reactor.callLater(grace, run.signal_group, signal.SIGKILL)
+                run.kill_call = self.reactor.callLater(grace, run.kill_now)
+        # A descendant that left the group but kept our pipes open would hold the
+        # task open forever: after the grace, kill it and close the pipes ourselves.
+        run.drain_call = self.reactor.callLater(grace + 1, self._drain, run)
         self.reactor.callLater(0, self._fill)
+
+    def _drain(self, run: Run) -> None:
+        run.drain_call = None
+        if run.ended.called:
+            return
+        self.log.warn(
+            "task {task_id}: output still open {grace}s after the agent exited; "
+            "killing what holds it and closing the pipes",
+            task_id=run.task.id,
+            grace=self.settings.kill_grace,
+        )
+        run.kill_now()
+        if run.transport is not None:
+            for fd in (1, 2):
+                try:
+                    run.transport.closeChildFD(fd)
+                except Exception:
+                    pass
 
     def _ended(self, run: Run) -> None:
         """All output is in: record the final state and tell everyone."""
+        run.flush_carry()
+        if run.pgid is not None and self.group_alive(run.pgid):
+            run.kill_now()  # the pipes closed, but something of the task still runs
         run.cancel_timers()
         run.close_output()
         self.runs.pop(run.task.id, None)
+        self.sweep_orphans()
         final = self._final(run)
         self.store.save(final)
         topic = {
@@ -566,7 +701,7 @@ class Supervisor(Service):
             return task.moved(TaskState.CANCELLED, error="cancelled while running", **common)
         if run.exit_code == 0 and run.exit_signal is None and not parsed.is_error:
             return task.moved(TaskState.COMPLETED, error=None, **common)
-        if run.reason == "shutdown":
+        if run.reason == "shutdown":  # stopped by us before it exited, and not a success
             if task.attempts <= task.retries:
                 return task.moved(TaskState.QUEUED, error=INTERRUPTED, **{**common, "finished_at": None})
             return task.moved(TaskState.FAILED, error=INTERRUPTED, **common)
@@ -613,6 +748,16 @@ class Supervisor(Service):
         if shutil.which(self.settings.agent.program, path=env.get("PATH", os.defpath)) is None:
             return [self.missing_agent_message()]
         return []
+
+    def _housekeeping(self) -> None:
+        """Every few seconds: sweep orphans; every few minutes: prune old tasks."""
+        try:
+            self.sweep_orphans()
+            self._ticks += 1
+            if self._ticks % int(PRUNE_INTERVAL_SECONDS / SWEEP_INTERVAL_SECONDS) == 0:
+                self._prune()
+        except Exception:
+            self.log.failure("supervisor housekeeping failed")
 
     def _prune(self) -> None:
         try:

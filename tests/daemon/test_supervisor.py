@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from aiwg.core import agents
@@ -34,7 +35,7 @@ def make(tmp_path: Path, **overrides: Any) -> tuple[Supervisor, FakeProcessReact
         retention_age_seconds=0,
         agent=agents.AgentSettings(command=(sys.executable, "-p", "{prompt}")),
     )
-    store = TaskStore(tmp_path / "tasks.db")
+    store = TaskStore(tmp_path / "tasks.db", lambda flush, delay: reactor.callLater(delay, flush))
     actions = tmp_path / "actions"
     actions.mkdir()
     supervisor = Supervisor(
@@ -182,11 +183,8 @@ def test_stop_terms_running_tasks_and_fires_when_they_have_ended(tmp_path: Path)
 
 def test_claude_json_result_is_parsed(tmp_path: Path) -> None:
     supervisor, reactor, _ = make(tmp_path)
-    supervisor.settings = supervisor.settings.__class__(**{
-        **{f: getattr(supervisor.settings, f) for f in ("max_parallel", "timeout_minutes", "kill_grace",
-           "shutdown_grace", "output_max_bytes", "retention_tasks", "retention_age_seconds")},
-        "agent": agents.AgentSettings(command=(sys.executable, "-p", "{prompt}"), output="claude-json"),
-    })
+    supervisor.settings = attrs.evolve(supervisor.settings, agent=agents.AgentSettings(
+        command=(sys.executable, "-p", "{prompt}"), output="claude-json"))
     task = supervisor.submit("q")
     [process] = reactor.spawned
     process.output(b'{"type":"result","subtype":"success","is_error":false,"result":"42",'
@@ -194,4 +192,86 @@ def test_claude_json_result_is_parsed(tmp_path: Path) -> None:
     process.finish(0)
     record = supervisor.store.get(task.id)
     assert (record.result, record.session_id, record.cost_usd) == ("42", "s-1", 0.5)
+    supervisor.stopService()
+
+
+def test_an_outcome_stands_once_the_agent_has_exited(tmp_path: Path) -> None:
+    supervisor, reactor, _ = make(tmp_path)
+    done = supervisor.submit("exits fine", timeout_minutes=1)
+    [process] = reactor.spawned
+    process.exit(0)
+    assert supervisor.cancel(done.id)[0] is False  # finishing: nothing to cancel
+    reactor.advance(120)  # its timeout would have fired by now
+    process.end()
+    assert state(supervisor, done.id) == TaskState.COMPLETED
+
+
+def test_a_failed_exit_is_not_retried_by_a_stop_that_came_after_it(tmp_path: Path) -> None:
+    supervisor, reactor, _ = make(tmp_path)
+    task = supervisor.submit("fails", retries=1)
+    [process] = reactor.spawned
+    process.exit(3)
+    supervisor.stopService()
+    process.end()
+    record = supervisor.store.get(task.id)
+    assert record.state == TaskState.FAILED and record.error.startswith("agent exited with code 3")
+
+
+def test_secrets_split_across_reads_are_still_redacted(tmp_path: Path) -> None:
+    supervisor, reactor, _ = make(tmp_path)
+    supervisor.environ["TOKEN"] = "s3cr3t-value-123"
+    supervisor.settings = attrs.evolve(supervisor.settings, agent=agents.AgentSettings(
+        command=(sys.executable, "-p", "{prompt}"), env={"API": "${TOKEN}"}, output="text"))
+    seen: list[str] = []
+    supervisor.bus.subscribe(["task:output"], lambda e: seen.append(e.payload["chunk"]))
+    task = supervisor.submit("leak")
+    [process] = reactor.spawned
+    assert process.env["API"] == "s3cr3t-value-123"
+    process.output(b"key=s3cr3t-va")
+    process.output("lue-123 café\n".encode())
+    process.finish(0)
+    reactor.advance(0)
+    record = supervisor.store.get(task.id)
+    text = Path(record.output_path).read_text()
+    assert text == "key=[redacted] café\n"
+    assert "s3cr3t" not in record.output_tail and "s3cr3t" not in "".join(seen)
+    assert "".join(seen) == text
+    supervisor.stopService()
+
+
+def test_a_failed_commit_puts_tasks_back_in_the_queue_and_retries(tmp_path: Path) -> None:
+    supervisor, reactor, _ = make(tmp_path)
+    store = supervisor.store
+    real_flush = store.flush
+    failures = [1]
+
+    def flaky_flush() -> None:
+        if failures:
+            failures.pop()
+            raise OSError("disk I/O error")
+        real_flush()
+
+    store.flush = flaky_flush  # type: ignore[method-assign]
+    task = supervisor.submit("try me")
+    assert reactor.spawned == []
+    assert state(supervisor, task.id) == TaskState.QUEUED and task.id in supervisor.queue
+    reactor.advance(1)
+    [process] = reactor.spawned
+    assert state(supervisor, task.id) == TaskState.RUNNING
+    process.finish(0)
+    assert state(supervisor, task.id) == TaskState.COMPLETED
+    supervisor.stopService()
+
+
+def test_pipes_held_by_an_escaped_process_are_closed_after_the_grace(tmp_path: Path) -> None:
+    supervisor, reactor, _ = make(tmp_path)
+    task = supervisor.submit("daemonizes badly")
+    [process] = reactor.spawned
+    closed: list[int] = []
+    process.closeChildFD = lambda fd: closed.append(fd)  # type: ignore[attr-defined]
+    process.exit(0)
+    reactor.advance(5 + 1)
+    assert closed == [1, 2]
+    process.end()
+    assert state(supervisor, task.id) == TaskState.COMPLETED
     supervisor.stopService()

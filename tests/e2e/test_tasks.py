@@ -492,3 +492,56 @@ def test_state_json_carries_agents_and_task_stats(project: Project) -> None:
 
 def test_aiwg_binary_is_on_path_for_tests() -> None:
     assert os.access(AIWG, os.X_OK)
+
+
+@pytest.mark.parametrize("kind", ["orphan", "escaped"])
+def test_processes_left_behind_by_a_finished_task_are_killed(project: Project, kind: str) -> None:
+    configure(project)
+    project.start()
+    directive = "@orphan" if kind == "orphan" else "@escape"
+    task_id = submit(project, f"leave a {kind} {directive}")
+    assert wait_state(project, task_id, "completed")["exitCode"] == 0
+    [left] = project.fake.grandchild_pids(kind)
+    wait_for(lambda: not alive(left), timeout=15)
+
+
+def test_an_escaped_process_holding_the_output_does_not_hold_the_task(project: Project) -> None:
+    configure(project)
+    project.start()
+    task_id = submit(project, "hold my pipe @escape-holding")
+    record = wait_state(project, task_id, "completed", timeout=20)
+    assert record["exitCode"] == 0
+    [holder] = project.fake.grandchild_pids("holder")
+    wait_for(lambda: not alive(holder), timeout=5)
+    started = time.monotonic()
+    project.aiwg("daemon", "stop", check=True)
+    assert time.monotonic() - started < 10
+
+
+def test_follow_prints_non_ascii_output_byte_for_byte(project: Project) -> None:
+    configure(project)
+    project.start()
+    task_id = submit(project, "accents @unicode:30000 @sleep:0.5")
+    follow = subprocess.run([AIWG, "task", "get", task_id, "--follow"], cwd=project.root, env=project.env,
+                            capture_output=True, timeout=60)
+    assert follow.returncode == 0
+    record = get(project, task_id)
+    assert follow.stdout == Path(record["outputPath"]).read_bytes()
+    assert "\ufffd" not in follow.stdout.decode("utf-8")
+
+
+def test_values_the_store_cannot_hold_are_refused_up_front(project: Project) -> None:
+    project.start()
+    with project.client() as client:
+        for params, needle in [
+            ({"prompt": "x", "priority": 10**30}, "'priority'"),
+            ({"prompt": "   \n\t "}, "'prompt': must not be empty"),
+            ({"prompt": "a\x00b"}, "NUL"),
+            ({"prompt": "x", "timeout": 1e308}, "'timeout'"),
+        ]:
+            with pytest.raises(RpcError) as caught:
+                client.call("task.submit", **params)
+            assert caught.value.code == INVALID_PARAMS and needle in caught.value.message
+        # the store is unharmed: later work still goes through
+        ok = client.call("task.submit", prompt="after the bad ones")
+        assert client.call("task.get", taskId=ok["taskId"])["state"] in ("queued", "running", "completed", "failed")

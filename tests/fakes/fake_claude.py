@@ -15,6 +15,10 @@ the prompt (the argument after -p):
   @session:ID     report this session id (default: "sess-<pid>")
   @cost:X         report total_cost_usd X (default 0.01)
   @env:NAME       print the value of environment variable NAME
+  @orphan         leave a grandchild that ignores SIGTERM and closed its stdio (<pid>.orphan)
+  @escape         leave a grandchild that called setsid and closed its stdio (<pid>.escaped)
+  @escape-holding leave a grandchild that called setsid but keeps stdout open (<pid>.holder)
+  @unicode:N      print N copies of "é" (two bytes each) and a newline
 
 With `--output-format json` it prints one JSON result object like claude's.
 """
@@ -69,6 +73,29 @@ def main() -> int:
             signal.signal(signal.SIGTERM, signal.SIG_IGN) if "ignore-term" in directives else None
             time.sleep(600)
             os._exit(0)
+    for kind, suffix in (("orphan", "orphan"), ("escape", "escaped"), ("escape-holding", "holder")):
+        if kind not in directives:
+            continue
+        sys.stdout.flush()
+        child = os.fork()
+        if child == 0:
+            if kind in ("escape", "escape-holding"):
+                os.setsid()
+            if kind == "orphan":
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if kind != "escape-holding":
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+            with open(os.path.join(records, f"{os.getppid()}.{suffix}"), "w") as handle:
+                handle.write(str(os.getpid()))
+            time.sleep(600)
+            os._exit(0)
+        deadline = time.time() + 5
+        while not os.path.exists(os.path.join(records, f"{os.getpid()}.{suffix}")) and time.time() < deadline:
+            time.sleep(0.01)
+    if "unicode" in directives:
+        sys.stdout.write("é" * int(directives["unicode"]) + "\n")
     for _ in range(int(directives.get("print", "0") or 0)):
         sys.stdout.write("filler output line " + "x" * 60 + "\n")
     if "env" in directives:
