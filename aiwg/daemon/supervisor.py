@@ -24,6 +24,7 @@ from attrs import evolve, frozen
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet import process
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -41,9 +42,39 @@ RESULT_CAPTURE_BYTES = 4 * 1024 * 1024
 PRUNE_INTERVAL_SECONDS = 600
 SWEEP_INTERVAL_SECONDS = 10
 
-_SETSID = shutil.which("setsid")
-# Where setsid(1) is missing (macOS), a two-line Python exec wrapper does the same.
-_PY_SETSID = "import os,sys; os.setsid(); os.execvp(sys.argv[1], sys.argv[1:])"
+
+
+class SessionLeaderProcess(process.Process):
+    """Twisted's Process, with the child started as the leader of a new session
+    (and so of a new process group), so that a timeout, a cancel or a stop can
+    signal the agent and everything it started as one group — without paying
+    for an extra exec of setsid(1) on every task.
+
+    Twisted starts children with posix_spawnp when it can, and that call takes
+    no setsid flag; for the duration of our one synchronous spawn, the module it
+    calls through gets a posix_spawnp that adds setsid=True (only the reactor
+    thread spawns processes). When Twisted forks instead, the child calls
+    setsid() itself before exec.
+    """
+
+    def _trySpawnInsteadOfFork(self, path: Any, uid: Any, gid: Any, executable: Any,
+                               args: Any, environment: Any, kwargs: Any) -> bool:
+        real = os.posix_spawnp
+
+        def posix_spawnp_setsid(*a: Any, **k: Any) -> int:
+            return real(*a, setsid=True, **k)
+
+        process.os.posix_spawnp = posix_spawnp_setsid  # type: ignore[attr-defined]
+        try:
+            return bool(super()._trySpawnInsteadOfFork(path, uid, gid, executable, args, environment, kwargs))
+        except NotImplementedError:  # no POSIX_SPAWN_SETSID here: fork, and setsid below
+            return False
+        finally:
+            process.os.posix_spawnp = real  # type: ignore[attr-defined]
+
+    def _setupChild(self, fdmap: Any) -> None:
+        os.setsid()
+        super()._setupChild(fdmap)
 
 
 @frozen
@@ -257,6 +288,7 @@ class Supervisor(Service):
         environ: Mapping[str, str] | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
         killpg: Callable[[int, int], None] = os.killpg,
+        spawn: Callable[..., Any] | None = None,
     ) -> None:
         self.reactor = reactor
         self._store = store  # the store service opens it after the lock, before we start
@@ -267,6 +299,7 @@ class Supervisor(Service):
         self.environ = dict(os.environ if environ is None else environ)
         self._random = random_bytes
         self.killpg = killpg
+        self._spawn_process = spawn or self._spawn_session_leader
         self.queue = RunQueue()
         self.runs: dict[str, Run] = {}
         self._accepting = False
@@ -391,6 +424,12 @@ class Supervisor(Service):
             except (OSError, ValueError):
                 continue
         return killed
+
+    def _spawn_session_leader(
+        self, protocol: Any, executable: str, argv: list[str], env: dict[str, str], path: str,
+        child_fds: dict[int, Any],
+    ) -> Any:
+        return SessionLeaderProcess(self.reactor, executable, argv, env, path, protocol, None, None, child_fds)
 
     def _become_subreaper(self) -> bool:
         """Linux: orphans of our agents (even ones that left their process group with
@@ -571,18 +610,14 @@ class Supervisor(Service):
         if missing:
             self.log.warn("agent.env refers to unset variable(s): {names}", names=", ".join(sorted(set(missing))))
         argv = agents.build_argv(settings, task.prompt, task.agent)
-        if _SETSID:
-            executable, args = _SETSID, ["setsid", *argv]
-        else:
-            executable, args = sys.executable, [sys.executable, "-c", _PY_SETSID, *argv]
+        executable = shutil.which(argv[0], path=env.get("PATH", os.defpath)) or argv[0]
         now = self.reactor.seconds()
         try:
             run = Run(self, task, agents.secret_values(self.environ, settings.env))
             protocol = AgentProcessProtocol(run)
             run.protocol = protocol
-            transport = self.reactor.spawnProcess(
-                protocol, executable, args, env=env, path=str(self.root),
-                childFDs={0: self._devnull, 1: "r", 2: "r"},
+            transport = self._spawn_process(
+                protocol, executable, argv, env, str(self.root), {0: self._devnull, 1: "r", 2: "r"}
             )
         except Exception as exc:
             failed = task.moved(TaskState.FAILED, finished_at=now, error=f"could not start the agent: {exc}")
@@ -592,7 +627,7 @@ class Supervisor(Service):
             return
         pid = transport.pid
         run.transport = transport
-        run.pgid = pid  # setsid makes the agent its own session and group leader
+        run.pgid = pid  # the agent leads its own session and process group
         run.task = evolve(task, pid=pid, pgid=pid, proc_start=process_start_time(pid))
         self.store.save(run.task)
         self.runs[task.id] = run

@@ -42,6 +42,7 @@ def make(tmp_path: Path, **overrides: Any) -> tuple[Supervisor, FakeProcessReact
         reactor=reactor, store=lambda: store, bus=bus, project_root=tmp_path, actions_dir=actions,
         settings=settings, environ={"PATH": os.environ["PATH"], "CLAUDECODE": "1"},
         killpg=reactor.killpg, random_bytes=os.urandom,
+        spawn=lambda proto, exe, argv, env, path, fds: reactor.spawnProcess(proto, exe, argv, env=env, path=path, childFDs=fds),
     )
     supervisor.startService()
     reactor.advance(0)
@@ -58,8 +59,8 @@ def test_spawn_uses_setsid_devnull_project_cwd_and_a_clean_env(tmp_path: Path) -
     supervisor, reactor, _ = make(tmp_path)
     task = supervisor.submit("hello; $(x)")
     [process] = reactor.spawned
-    assert process.args[-3:] == [sys.executable, "-p", "hello; $(x)"]
-    assert process.args[0] in ("setsid", sys.executable)
+    assert process.args == [sys.executable, "-p", "hello; $(x)"]
+    assert process.executable == sys.executable
     assert process.path == str(tmp_path)
     assert isinstance(process.child_fds[0], int) and process.child_fds[1] == "r" and process.child_fds[2] == "r"
     assert "CLAUDECODE" not in process.env
