@@ -18,22 +18,9 @@ import pytest
 from aiwg import instance
 from aiwg.errors import EXIT_NOT_CONFIGURED, EXIT_NOT_RUNNING
 from aiwg.paths import ProjectPaths
-from tests.conftest import TWISTD, Project, wait_for
+from tests.conftest import TWISTD, Project, alive, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie still "exists"; look at its state
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_start_prints_pid_and_socket_and_ping_answers_at_once(project: Project) -> None:
@@ -66,7 +53,7 @@ def test_stop_waits_for_exit_and_removes_pid_file_and_socket(daemon: Project) ->
     result = daemon.aiwg("daemon", "stop")
     assert result.returncode == 0, result.stderr
     assert f"stopped (pid {pid})" in result.stdout
-    assert not pid_exists(pid)
+    assert not alive(pid)
     assert not daemon.paths.pid_file.exists()
     assert not daemon.paths.default_socket.exists()
     state = json.loads(daemon.paths.state_file.read_text())
@@ -131,7 +118,7 @@ def test_stale_pid_file_naming_a_dead_process_does_not_block_start(project: Proj
 def test_kill_9_then_start(daemon: Project) -> None:
     pid = daemon.pid()
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: not pid_exists(pid))
+    wait_for(lambda: not alive(pid))
     # The lock file and the socket file are still there; neither blocks the next start.
     assert daemon.paths.lock_file.exists()
     assert daemon.paths.default_socket.exists()
@@ -224,7 +211,7 @@ def _is_daemon_of(pid: int, root: Path) -> bool:
         cwd = os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         return False
-    return any(b"aiwg" in part for part in cmdline) and cwd == str(root) and pid_exists(pid)
+    return any(b"aiwg" in part for part in cmdline) and cwd == str(root) and alive(pid)
 
 
 def test_long_project_path_binds_in_the_runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -356,7 +343,7 @@ def test_daemon_stop_rpc(daemon: Project) -> None:
     pid = daemon.pid()
     with daemon.client() as client:
         assert client.call("daemon.stop") == {"stopping": True, "pid": pid}
-    wait_for(lambda: not pid_exists(pid))
+    wait_for(lambda: not alive(pid))
     assert not daemon.running()
 
 
@@ -374,7 +361,7 @@ def test_twistd_directly_and_stopped_by_its_pid_file(project: Project, tmp_path:
     with project.client() as client:
         assert client.call("ping")["pid"] == pid
     os.kill(int(pidfile.read_text()), signal.SIGTERM)
-    wait_for(lambda: not pid_exists(pid))
+    wait_for(lambda: not alive(pid))
     assert not pidfile.exists()
     assert not project.paths.pid_file.exists()
     assert "daemon stopped" in project.log_text()
