@@ -325,14 +325,21 @@ def test_logs_command(daemon: Project) -> None:
         cwd=daemon.root, env=daemon.env, stdout=subprocess.PIPE, text=True,
     )
     try:
-        time.sleep(0.3)  # let the follower reach the end of the file before the new line
-        daemon.write_config('{"daemon": {"heartbeat_interval_seconds": 9}}')
-        daemon.aiwg("daemon", "reload", check=True)
+        # The follower may not have reached the end of the file yet: keep making
+        # new lines (bounded) until one of them shows up in its output.
         assert follower.stdout is not None
-        deadline = time.monotonic() + 10
+        os.set_blocking(follower.stdout.fileno(), False)
+        daemon.write_config('{"daemon": {"heartbeat_interval_seconds": 9}}')
         seen = ""
+        deadline = time.monotonic() + 15
         while "configuration reloaded" not in seen and time.monotonic() < deadline:
-            seen += follower.stdout.readline()
+            daemon.aiwg("daemon", "reload", check=True)
+            poll_until = time.monotonic() + 0.5
+            while time.monotonic() < poll_until and "configuration reloaded" not in seen:
+                try:
+                    seen += os.read(follower.stdout.fileno(), 65536).decode()
+                except BlockingIOError:
+                    time.sleep(0.02)  # polling interval, bounded by poll_until
         assert "configuration reloaded" in seen
     finally:
         follower.terminate()
