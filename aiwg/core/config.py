@@ -18,6 +18,8 @@ from typing import Any, Iterator, Mapping
 
 from attrs import frozen
 
+from aiwg.core.cron import cron_problem
+from aiwg.core.globs import glob_problem
 from aiwg.errors import ConfigError
 
 SCHEMA_RESOURCE = "daemon.schema.json"
@@ -266,8 +268,8 @@ def _semantic_problems(document: Mapping[str, Any]) -> list[str]:
                     f"schedule.jobs[{seen[name]}]"
                 )
             seen.setdefault(name, index)
-        if isinstance(job.get("cron"), str) and not _cron_ok(job["cron"]):
-            problems.append(f"schedule.jobs[{index}].cron: not a valid cron expression: '{job['cron']}'")
+        if isinstance(job.get("cron"), str) and cron_problem(job["cron"]):
+            problems.append(f"schedule.jobs[{index}].cron: {cron_problem(job['cron'])}")
     rules = document.get("rules")
     ids: dict[str, int] = {}
     for index, rule in enumerate(rules if isinstance(rules, list) else []):
@@ -276,23 +278,18 @@ def _semantic_problems(document: Mapping[str, Any]) -> list[str]:
             trigger = rule.get("trigger")
             if isinstance(trigger, Mapping) and trigger.get("type") == "schedule":
                 cron = trigger.get("cron")
-                if isinstance(cron, str) and not _cron_ok(cron):
-                    problems.append(f"rules[{index}].trigger.cron: not a valid cron expression: '{cron}'")
+                if isinstance(cron, str) and cron_problem(cron):
+                    problems.append(f"rules[{index}].trigger.cron: {cron_problem(cron)}")
+            if isinstance(trigger, Mapping) and trigger.get("type") == "file_change":
+                pattern = trigger.get("pattern")
+                if isinstance(pattern, str) and glob_problem(pattern):
+                    problems.append(f"rules[{index}].trigger.pattern: {glob_problem(pattern)}")
             if rule_id in ids:
                 problems.append(
                     f"rules[{index}].id: '{rule_id}' is already used by rules[{ids[rule_id]}]"
                 )
             ids.setdefault(rule_id, index)
     return problems
-
-
-def _cron_ok(expression: str) -> bool:
-    """5-field cron or an @hourly-style alias, as croniter reads it."""
-    from croniter import croniter
-
-    if not expression.startswith("@") and len(expression.split()) != 5:
-        return False
-    return bool(croniter.is_valid(expression))
 
 
 def _strip_unknown(node: Mapping[str, Any], value: Any) -> Any:
