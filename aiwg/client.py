@@ -79,6 +79,9 @@ class DaemonClient:
                 f"cannot connect to {self.socket_path}: {exc.strerror} "
                 "(the socket is private to the user who started the daemon)"
             ) from None
+        except OSError as exc:  # e.g. a path longer than a socket path may be
+            sock.close()
+            raise DaemonNotRunning(f"cannot connect to {self.socket_path}: {exc}") from None
         self._sock = sock
         return self
 

@@ -57,6 +57,10 @@ def cli(ctx: click.Context, project: str | None, as_json: bool) -> None:
       eval "$(_AIWG_COMPLETE=bash_source aiwg)"
     """
     ctx.obj = Context(project=project, as_json=as_json)
+    if as_json:
+        from aiwg.cli import render
+
+        render.JSON_ERRORS = True
 
 
 def run(argv: list[str] | None) -> None:

@@ -186,6 +186,13 @@ def stop(ctx: Context, timeout: float) -> None:
         return
     if pid <= 0:
         fail("the daemon holds its lock but has not recorded its pid; try again", EXIT_FAILURE)
+    # The lock file names the holder; when the daemon answers, its own word is surer
+    # (a daemon that has just taken the lock may not have rewritten the file yet).
+    try:
+        with DaemonClient(paths.root, socket_path=paths.bind_socket(), timeout=2) as client:
+            pid = int(client.call("ping").get("pid") or pid)
+    except AiwgError:
+        pass
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -328,7 +335,7 @@ def _not_running_status(ctx: Context, paths: ProjectPaths) -> None:
 
 
 @daemon.command()
-@click.option("--timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True, help="Seconds to wait for the reply.")
+@click.option("--timeout", type=click.FloatRange(min=0.01, max=3600), default=5.0, show_default=True, help="Seconds to wait for the reply.")
 @project_option
 @json_option
 @pass_context
@@ -419,12 +426,14 @@ def _tail(path: Path, count: int) -> list[str]:
 def _follow(ctx: Context, path: Path) -> None:
     handle = None
     inode = None
+    from_start = not path.exists()  # a log that appears later is read from its first line
     while True:
         if handle is None:
             try:
                 handle = open(path, "rb")
                 inode = os.fstat(handle.fileno()).st_ino
-                handle.seek(0, os.SEEK_END)
+                if not from_start:
+                    handle.seek(0, os.SEEK_END)
             except FileNotFoundError:
                 time.sleep(0.25)
                 continue

@@ -45,7 +45,7 @@ def parse_fast(args: list[str]) -> dict[str, Any] | None:
                     request["timeout"] = float(value)
                 except ValueError:
                     return None
-                if request["timeout"] <= 0:
+                if not 0 < request["timeout"] <= 3600:  # also rejects nan and inf
                     return None
             else:
                 request["project"] = value
@@ -62,8 +62,7 @@ def run(project: str | None, as_json: bool, timeout: float) -> int:
         with DaemonClient(project, timeout=timeout) as client:
             result = client.call("ping")
     except RpcError as exc:
-        sys.stderr.write(f"aiwg: error {exc.code}: {exc.message}\n")
-        return exc.exit_code
+        return _failed(f"error {exc.code}: {exc.message}", exc.exit_code, as_json)
     except DaemonNotRunning as exc:
         from aiwg import instance
         from aiwg.paths import ProjectPaths
@@ -71,19 +70,26 @@ def run(project: str | None, as_json: bool, timeout: float) -> int:
         paths = ProjectPaths.for_project(project)
         holder = instance.holder(paths)
         if holder is not None:
-            sys.stderr.write(
-                f"aiwg: the daemon (pid {holder}) holds the lock for {paths.root} but does not "
-                f"answer on {paths.client_socket()}\n"
+            return _failed(
+                f"the daemon (pid {holder}) holds the lock for {paths.root} but does not "
+                f"answer on {paths.client_socket()}",
+                1,
+                as_json,
             )
-            return 1
-        sys.stderr.write(f"aiwg: {exc.message}\n")
-        return exc.exit_code
+        return _failed(exc.message, exc.exit_code, as_json)
     except AiwgError as exc:
-        sys.stderr.write(f"aiwg: {exc.message}\n")
-        return exc.exit_code
+        return _failed(exc.message, exc.exit_code, as_json)
     elapsed_ms = (time.perf_counter() - started) * 1000
     if as_json:
         print(json.dumps({**result, "rtt_ms": round(elapsed_ms, 3)}, indent=2))
     else:
         print(f"pong from pid {result.get('pid')} in {elapsed_ms:.1f} ms")
     return 0
+
+
+def _failed(message: str, code: int, as_json: bool) -> int:
+    """The error for people on stderr; with --json, also a JSON object on stdout."""
+    sys.stderr.write(f"aiwg: {message}\n")
+    if as_json:
+        print(json.dumps({"error": message, "exit_code": code}))
+    return code

@@ -27,8 +27,10 @@ def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """`--json` on every command (as well as on `aiwg` itself)."""
 
     def set_json(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        global JSON_ERRORS
         if value:
             ctx.ensure_object(Context).as_json = True
+            JSON_ERRORS = True
 
     return click.option(
         "--json",
@@ -62,8 +64,15 @@ def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
 
 
+#: Set when --json was given anywhere on the command line, so errors are JSON too.
+JSON_ERRORS = False
+
+
 def fail(message: str, code: int) -> None:
+    """Exit with `code`: the message on stderr, and with --json a JSON object on stdout."""
     click.echo(f"aiwg: {message}", err=True)
+    if JSON_ERRORS:
+        click.echo(json.dumps({"error": message, "exit_code": code}))
     sys.exit(code)
 
 

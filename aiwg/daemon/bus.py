@@ -36,7 +36,7 @@ class Subscription:
 class EventBus:
     log = Logger()
 
-    def __init__(self, *, reactor: IReactorTime, history: int = 200) -> None:
+    def __init__(self, *, reactor: IReactorTime, history: int = 100) -> None:
         self._reactor = reactor
         self._subscriptions: list[Subscription] = []
         self._pending: deque[tuple[Subscription, Event]] = deque()

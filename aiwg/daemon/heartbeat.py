@@ -73,6 +73,14 @@ class Heartbeat(Service):
         write_json_atomic(self._state_file, self._state())
         self.writes += 1
 
+    def abort_start(self) -> None:
+        """A later service failed to start: no heartbeat may name a dead daemon."""
+        self._cancel_timers()
+        try:
+            self._heartbeat_file.unlink()
+        except FileNotFoundError:
+            pass
+
     def stopService(self) -> None:
         super().stopService()
         self._cancel_timers()

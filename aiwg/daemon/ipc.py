@@ -28,8 +28,8 @@ from twisted.protocols.basic import LineReceiver
 from aiwg.daemon.rpc import CallContext, MethodTable
 from aiwg.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, RpcError
 
-#: A subscriber whose unsent notifications exceed this is disconnected, so a
-#: stuck client cannot make the daemon buffer without bound.
+#: A client whose unsent replies or notifications exceed this is disconnected,
+#: so a stuck client cannot make the daemon buffer without bound.
 MAX_PENDING_OUTPUT = 8 * 1024 * 1024
 
 # ASCII output: a lone surrogate that arrived as a legal \ud800 escape goes back
@@ -248,9 +248,21 @@ class JsonRpcProtocol(LineReceiver):
 
     def write_now(self, data: bytes) -> None:
         """Write at once when nothing is queued: Twisted would otherwise wait for
-        the next reactor turn to send a reply the client is waiting for."""
+        the next reactor turn to send a reply the client is waiting for. A client
+        that sends but never reads is cut off before its replies pile up."""
         transport = self.transport
         if transport is None or getattr(transport, "disconnected", False):
+            return
+        pending = len(getattr(transport, "dataBuffer", b"")) + getattr(transport, "_tempDataLen", 0)
+        if pending > MAX_PENDING_OUTPUT:
+            self.log.warn(
+                "closing a connection that does not read its replies ({pending} bytes unsent)",
+                pending=pending,
+            )
+            for subscription in self.subscriptions:
+                subscription.cancel()
+            self.subscriptions = []
+            transport.abortConnection()
             return
         sock = getattr(transport, "socket", None)
         if (
@@ -275,19 +287,6 @@ class JsonRpcProtocol(LineReceiver):
         """A server-to-client notification (no id), e.g. a subscribed event."""
         transport = self.transport
         if transport is None or transport.disconnecting:
-            return
-        pending = len(getattr(transport, "dataBuffer", b"")) + getattr(
-            transport, "_tempDataLen", 0
-        )
-        if pending > MAX_PENDING_OUTPUT:
-            self.log.warn(
-                "dropping a subscriber that stopped reading ({pending} bytes unsent)",
-                pending=pending,
-            )
-            for subscription in self.subscriptions:
-                subscription.cancel()
-            self.subscriptions = []
-            transport.abortConnection()
             return
         try:
             data = _dumps({"jsonrpc": "2.0", "method": method_name, "params": params})

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from aiwg.daemon.root import DaemonService
 
 
+MAX_SUBSCRIPTIONS = 32
+MAX_EMIT_PAYLOAD_BYTES = 64 * 1024
+
+
 def event_json(event: Event) -> dict[str, Any]:
     return {
         "topic": event.topic,
@@ -97,6 +101,10 @@ class EventsMethods(Namespace):
                 raise InvalidParams(f"Invalid parameter 'topics': {problem}")
         if not topics:
             raise InvalidParams("Invalid parameter 'topics': must not be empty")
+        if len(connection.subscriptions) >= MAX_SUBSCRIPTIONS:
+            raise InvalidParams(
+                f"Invalid parameter 'topics': at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
+            )
         subscription = self._daemon.bus.subscribe(
             topics, lambda event: connection.notify("event", event_json(event))
         )
@@ -122,6 +130,8 @@ class EventsMethods(Namespace):
     def jsonrpc_recent(self, ctx: CallContext, limit: int, topic: str | None) -> list[Any]:
         from aiwg.core.events import topic_matches
 
+        if topic is not None and pattern_problem(topic):
+            raise InvalidParams(f"Invalid parameter 'topic': {pattern_problem(topic)}")
         events = [e for e in self._daemon.bus.history if topic is None or topic_matches(topic, e.topic)]
         return [event_json(e) for e in events[-limit:]]
 
@@ -153,6 +163,13 @@ class EventMethods(Namespace):
         problem = topic_problem(name, external=True)
         if problem:
             raise InvalidParams(f"Invalid parameter 'topic': {problem}")
+        import json
+
+        size = len(json.dumps(payload or {}, separators=(",", ":")))
+        if size > MAX_EMIT_PAYLOAD_BYTES:
+            raise InvalidParams(
+                f"Invalid parameter 'payload': {size} bytes as JSON, at most {MAX_EMIT_PAYLOAD_BYTES}"
+            )
         event = self._daemon.bus.publish(name, payload or {}, source=source[:64] or "client")
         return {"published": True, "topic": event.topic, "seq": event.seq}
 

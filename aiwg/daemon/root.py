@@ -83,6 +83,23 @@ class DaemonService(MultiService):
     def privilegedStartService(self) -> None:
         self.pid = os.getpid()  # twistd may have forked since we were built
         instance.ensure_dirs(self.paths)
+        Service.privilegedStartService(self)
+        try:
+            for child in self:
+                if child.name != "lock":
+                    self._begin_logging()  # only once the project's lock is ours
+                child.privilegedStartService()
+                self._privileged.append(child)
+            self._begin_logging()
+        except BaseException as exc:
+            if self._observer is not None:  # a start that lost the lock leaves the log alone
+                self.log.error("start failed: {error}", error=str(exc))
+            self._abort_start()
+            raise
+
+    def _begin_logging(self) -> None:
+        if self._observer is not None:
+            return
         self._attach_logging()
         self.log.info(
             "aiwg daemon {version} starting for {project} (pid {pid})",
@@ -92,15 +109,6 @@ class DaemonService(MultiService):
         )
         for warning in self.config.warnings:
             self.log.warn("config {source}: {warning}", source=self.config.source, warning=warning)
-        Service.privilegedStartService(self)
-        try:
-            for child in self:
-                child.privilegedStartService()
-                self._privileged.append(child)
-        except BaseException as exc:
-            self.log.error("start failed: {error}", error=str(exc))
-            self._abort_start()
-            raise
 
     def startService(self) -> None:
         self.restart_count = self._previous_restart_count()

@@ -21,6 +21,10 @@ from aiwg.core.events import pattern_problem, topic_matches, topic_problem
         ("a.b:*", "a.b:c", True),
         ("a.b:*", "aXb:c", False),  # dots are literal
         ("file:*:x", "file:changed:x", True),
+        ("a*a", "a", False),  # the pieces may not overlap
+        ("a*a", "aa", True),
+        ("*a*b*", "xxaxxbxx", True),
+        ("*a*b*", "xxbxxaxx", False),
     ],
 )
 def test_topic_matches(pattern: str, topic: str, expected: bool) -> None:
@@ -41,3 +45,17 @@ def test_pattern_problems() -> None:
     assert pattern_problem("task:*") is None
     assert pattern_problem("") is not None
     assert pattern_problem(["x"]) is not None
+
+
+def test_matching_stays_linear_for_hostile_patterns() -> None:
+    import time
+
+    started = time.perf_counter()
+    assert not topic_matches("*a*a*a*a*a*a*a*b", "a" * 5000)
+    assert time.perf_counter() - started < 0.1
+
+
+def test_patterns_and_topics_are_whole_strings() -> None:
+    assert topic_problem("x:y\n", external=True) is not None
+    assert pattern_problem("task:*\n") is not None
+    assert pattern_problem("*" * 9) is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import shutil
@@ -464,3 +465,58 @@ def test_ping_names_a_daemon_that_holds_the_lock_but_lost_its_socket(daemon: Pro
     assert result.returncode == 1
     assert f"the daemon (pid {daemon.pid()}) holds the lock" in result.stderr
     assert daemon.aiwg("daemon", "status").returncode == 4
+
+
+def test_nan_in_the_config_is_refused_as_invalid_json(project: Project) -> None:
+    project.write_config('{"daemon": {"heartbeat_interval_seconds": NaN}}')
+    result = project.aiwg("daemon", "start")
+    assert result.returncode == EXIT_NOT_CONFIGURED
+    assert "not valid JSON: NaN is not a JSON value" in result.stderr
+
+
+def test_losing_starts_leave_the_winners_log_alone(project: Project) -> None:
+    threads = [threading.Thread(target=lambda: project.aiwg("daemon", "start")) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = project.log_text().splitlines()
+    assert sum("daemon started" in line for line in lines) == 1
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ")
+    assert all(stamp.match(line) or line.startswith("    ") for line in lines), lines
+
+
+def test_a_failed_start_leaves_no_heartbeat(project: Project) -> None:
+    project.paths.daemon_dir.mkdir(parents=True)
+    project.paths.default_socket.mkdir()  # bind fails after the heartbeat could have run
+    assert project.aiwg("daemon", "start").returncode != 0
+    assert not project.paths.heartbeat_file.exists()
+
+
+def test_json_errors_are_json_on_stdout(project: Project) -> None:
+    for args in (["--json", "daemon", "ping"], ["daemon", "ping", "--json"], ["daemon", "reload", "--json"]):
+        result = project.aiwg(*args)
+        assert result.returncode == EXIT_NOT_RUNNING
+        body = json.loads(result.stdout)
+        assert body["exit_code"] == EXIT_NOT_RUNNING and "no daemon is running" in body["error"]
+
+
+def test_a_client_that_never_reads_is_cut_off_and_the_daemon_lives_on(daemon: Project) -> None:
+    import socket as socketlib
+
+    sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    sock.connect(str(daemon.paths.default_socket))
+    sock.settimeout(20)
+    request = b'{"jsonrpc":"2.0","method":"rpc.discover","id":1}\n' * 200
+    closed = False
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline:
+            sock.sendall(request)
+    except (BrokenPipeError, ConnectionResetError):
+        closed = True
+    finally:
+        sock.close()
+    assert closed, "the daemon kept buffering replies for a client that never reads"
+    assert "does not read its replies" in daemon.log_text()
+    assert daemon.aiwg("daemon", "ping").returncode == 0
