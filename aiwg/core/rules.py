@@ -1,0 +1,152 @@
+# tests: tests/core/test_rules.py
+"""Automation rules: the model read from `rules`, trigger matching, prompt templates
+and the loop guard. Pure: times come in as `now`; nothing here fires anything.
+
+A rule is trigger → condition → action:
+- triggers: `file_change {pattern}` (a glob on project-relative paths), `schedule {cron}`,
+  `event {topic}` (a topic pattern with `*`);
+- conditions: `always`, or `debounce {interval_ms}` (trailing: the service fires once
+  the rule's matching activity has been quiet that long);
+- action: `submit_task {prompt, priority?, timeout?, env?, retries?}`.
+
+Prompts are templates: `{files}` (the changed paths, one per line), `{event.topic}`,
+`{event.payload.<key>}`, `{rule.id}`. Unknown placeholders are left as written.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import Any, Iterable, Mapping
+
+from attrs import field, frozen
+
+from aiwg.core.events import topic_matches
+from aiwg.core.globs import matches as glob_matches
+
+DEFAULT_MAX_FIRES_PER_MINUTE = 10
+DEFAULT_MAX_CHAIN_DEPTH = 3
+
+_PLACEHOLDER = re.compile(r"\{(files|rule\.id|event\.topic|event\.payload\.[A-Za-z0-9_.-]+)\}")
+
+
+@frozen
+class Rule:
+    id: str
+    trigger_type: str
+    pattern: str | None = None
+    cron: str | None = None
+    topic: str | None = None
+    condition: str = "always"
+    debounce_ms: int = 0
+    prompt: str = ""
+    priority: int = 0
+    timeout_minutes: float | None = None
+    env: Mapping[str, str] = field(factory=dict)
+    retries: int = 0
+    enabled: bool = True
+    description: str = ""
+
+    def matches_file(self, path: str) -> bool:
+        return self.trigger_type == "file_change" and self.pattern is not None and glob_matches(self.pattern, path)
+
+    def matches_event(self, topic: str) -> bool:
+        return self.trigger_type == "event" and self.topic is not None and topic_matches(self.topic, topic)
+
+
+def rules_from_config(entries: Iterable[Mapping[str, Any]]) -> tuple[Rule, ...]:
+    """Rules from a validated configuration's `rules` list."""
+    rules = []
+    for entry in entries:
+        trigger = entry["trigger"]
+        condition = entry.get("condition") or {"type": "always"}
+        action = entry["action"]
+        rules.append(
+            Rule(
+                id=entry["id"],
+                trigger_type=trigger["type"],
+                pattern=trigger.get("pattern"),
+                cron=trigger.get("cron"),
+                topic=trigger.get("topic"),
+                condition=condition["type"],
+                debounce_ms=int(condition.get("interval_ms", 0)),
+                prompt=action.get("prompt", ""),
+                priority=int(action.get("priority", 0)),
+                timeout_minutes=action.get("timeout"),
+                env=dict(action.get("env") or {}),
+                retries=int(action.get("retries", 0)),
+                enabled=bool(entry.get("enabled", True)),
+                description=entry.get("description", ""),
+            )
+        )
+    return tuple(rules)
+
+
+def render_prompt(
+    template: str,
+    *,
+    rule_id: str,
+    files: Iterable[str] = (),
+    topic: str | None = None,
+    payload: Mapping[str, Any] | None = None,
+) -> str:
+    """Fill a prompt template; unknown or missing placeholders stay as written."""
+    file_list = list(files)
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name == "files":
+            return "\n".join(file_list) if file_list else match.group(0)
+        if name == "rule.id":
+            return rule_id
+        if name == "event.topic":
+            return topic if topic is not None else match.group(0)
+        value: Any = payload or {}
+        for key in name[len("event.payload.") :].split("."):
+            if not isinstance(value, Mapping) or key not in value:
+                return match.group(0)
+            value = value[key]
+        return value if isinstance(value, str) else _text(value)
+
+    return _PLACEHOLDER.sub(replace, template)
+
+
+def _text(value: Any) -> str:
+    import json
+
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+class LoopGuard:
+    """Keeps a rule that reacts to its own tasks from running away.
+
+    `admit(rule_id, now, depth)` says whether the rule may fire: at most
+    `max_per_minute` fires in any 60 s, and never for an event more than
+    `max_depth` rule firings deep (the depth travels in event metadata)."""
+
+    def __init__(
+        self,
+        max_per_minute: int = DEFAULT_MAX_FIRES_PER_MINUTE,
+        max_depth: int = DEFAULT_MAX_CHAIN_DEPTH,
+    ) -> None:
+        self.max_per_minute = max_per_minute
+        self.max_depth = max_depth
+        self._fires: dict[str, deque[float]] = {}
+
+    def admit(self, rule_id: str, now: float, depth: int = 0) -> str | None:
+        """None if the rule may fire now (and the fire is counted); else why not."""
+        if depth >= self.max_depth:
+            return f"chain depth {depth} reached the limit of {self.max_depth}"
+        fires = self._fires.setdefault(rule_id, deque())
+        while fires and (now - fires[0] >= 60 or now < fires[0]):
+            fires.popleft()  # older than a minute (or from before a clock step back)
+        if len(fires) >= self.max_per_minute:
+            return f"fired {len(fires)} times in the last minute (limit {self.max_per_minute})"
+        fires.append(now)
+        return None
+
+    def forget(self, rule_id: str) -> None:
+        self._fires.pop(rule_id, None)
