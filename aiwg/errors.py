@@ -19,6 +19,8 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 
 # Application codes (-32000..-32099 is the implementation-defined server range).
+# -32000..-32003 are reserved with the meanings AIWG's protocol design gave them;
+# unknown task ids are reported as -32602 (invalid params), as AIWG's daemon does.
 TASK_NOT_FOUND = -32000
 NOT_CANCELLABLE = -32001
 QUEUE_FULL = -32002
@@ -26,19 +28,6 @@ SUBSYSTEM_UNAVAILABLE = -32003
 CONFIG_INVALID = -32010
 SHUTTING_DOWN = -32011
 
-ERROR_NAMES = {
-    PARSE_ERROR: "Parse error",
-    INVALID_REQUEST: "Invalid Request",
-    METHOD_NOT_FOUND: "Method not found",
-    INVALID_PARAMS: "Invalid params",
-    INTERNAL_ERROR: "Internal error",
-    TASK_NOT_FOUND: "Task not found",
-    NOT_CANCELLABLE: "Task not cancellable",
-    QUEUE_FULL: "Queue full",
-    SUBSYSTEM_UNAVAILABLE: "Subsystem unavailable",
-    CONFIG_INVALID: "Configuration invalid",
-    SHUTTING_DOWN: "Daemon is shutting down",
-}
 
 # CLI exit statuses (LSB init-script conventions where they apply).
 EXIT_OK = 0
@@ -118,7 +107,3 @@ class AlreadyRunning(AiwgError):
     def __init__(self, pid: int | None) -> None:
         self.pid = pid
         super().__init__(f"already running (pid {pid if pid else 'unknown'})")
-
-
-class StartupError(AiwgError):
-    """The daemon could not start: the message says why."""

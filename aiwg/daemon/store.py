@@ -420,7 +420,7 @@ def _from_node(record: Any, now: float) -> Task | None:
 
 
 def open_store(
-    db_path: Path, tasks_json: Path, now: float, schedule: Callable[[Callable[[], None]], Any] | None = None
+    db_path: Path, tasks_json: Path, now: float, schedule: Callable[..., Any] | None = None
 ) -> TaskStore:
     """Open (or create) tasks.db; on first creation, import AIWG's tasks.json if present."""
     fresh = not db_path.exists()
