@@ -18,6 +18,7 @@ from typing import Any, Iterator, Mapping
 
 from attrs import frozen
 
+from aiwg.core import strictjson
 from aiwg.core.cron import cron_problem
 from aiwg.core.globs import glob_problem
 from aiwg.errors import ConfigError
@@ -116,29 +117,14 @@ def defaults() -> dict[str, Any]:
 def parse_config_text(text: str, source: str) -> Config:
     """Parse and validate daemon.json text; ConfigError names each problem."""
     try:
-        document = json.loads(text, parse_constant=_no_constant, parse_float=_finite) if text.strip() else {}
+        document = strictjson.decoder.decode(text) if text.strip() else {}
     except json.JSONDecodeError as exc:
         raise ConfigError(
             source, [f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"]
         ) from None
-    except _NotJson as exc:
+    except strictjson.NotJson as exc:
         raise ConfigError(source, [f"not valid JSON: {exc}"]) from None
     return validate(document, source)
-
-
-class _NotJson(ValueError):
-    pass
-
-
-def _no_constant(name: str) -> Any:
-    raise _NotJson(f"{name} is not a JSON value")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise _NotJson(f"the number {text} is out of range")
-    return value
 
 
 def validate(document: Any, source: str) -> Config:

@@ -25,6 +25,7 @@ from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 
+from aiwg.core import strictjson
 from aiwg.daemon.rpc import CallContext, MethodTable
 from aiwg.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, RpcError
 
@@ -57,21 +58,7 @@ def _dumps(value: Any) -> str:
     return "".join(_c_encode(value, 0))
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"number out of range: {text}")
-    return value
-
-
-_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
-
-
-_scan = _decoder.scan_once
+_scan = strictjson.decoder.scan_once
 _WHITESPACE = " \t\n\r"
 
 
