@@ -14,6 +14,7 @@ import fcntl
 import os
 import time
 
+from aiwg import procfs
 from aiwg.errors import AlreadyRunning
 from aiwg.paths import ProjectPaths
 
@@ -108,8 +109,5 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
+    fields = procfs.stat_fields(pid)
+    return fields is None or fields[0] != b"Z"
