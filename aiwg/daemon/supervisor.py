@@ -29,6 +29,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from aiwg import procfs
 from aiwg.core import agents
 from aiwg.core.config import Config
 from aiwg.core.tasks import INTERRUPTED, RunQueue, Task, TaskState, make_task_id
@@ -78,6 +79,14 @@ class SessionLeaderProcess(process.Process):
 
 
 @frozen
+class AgentLaunch:
+    env: dict[str, str]
+    executable: str | None
+    unset: tuple[str, ...]
+    secrets: tuple[str, ...]
+
+
+@frozen
 class SupervisorSettings:
     max_parallel: int
     timeout_minutes: float
@@ -103,30 +112,10 @@ class SupervisorSettings:
         )
 
 
-def _own_children() -> set[int]:
-    """Our direct children, from /proc/self/task/*/children (Linux)."""
-    pids: set[int] = set()
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return pids
-    for tid in tasks:
-        try:
-            with open(f"/proc/self/task/{tid}/children") as handle:
-                pids.update(int(p) for p in handle.read().split())
-        except (OSError, ValueError):
-            continue
-    return pids
-
-
 def process_start_time(pid: int) -> str | None:
     """The kernel's start time of `pid` (Linux), to tell our process from a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            fields = handle.read().rsplit(b")", 1)[1].split()
-        return fields[19].decode()
-    except (OSError, IndexError):
-        return None
+    fields = procfs.stat_fields(pid)
+    return fields[19].decode() if fields is not None and len(fields) > 19 else None
 
 
 
@@ -406,22 +395,14 @@ class Supervisor(Service):
     def kill_marked(self, task_id: str) -> bool:
         """Kill every process whose environment says it runs `task_id` (Linux /proc):
         catches a task whose pid was never recorded, and descendants that left its group."""
-        marker = f"AIWG_TASK_ID={task_id}".encode()
         killed = False
-        try:
-            pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-        except OSError:
-            return False
-        for pid in pids:
-            if pid == os.getpid():
+        for pid in procfs.all_pids():
+            if pid == os.getpid() or procfs.task_marker(pid) != task_id:
                 continue
             try:
-                with open(f"/proc/{pid}/environ", "rb") as handle:
-                    if marker not in handle.read().split(b"\0"):
-                        continue
                 os.kill(pid, signal.SIGKILL)
                 killed = True
-            except (OSError, ValueError):
+            except OSError:
                 continue
         return killed
 
@@ -451,18 +432,17 @@ class Supervisor(Service):
             return 0
         known = {run.transport.pid for run in self.runs.values() if run.transport is not None}
         killed = 0
-        for pid in _own_children() - known:
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as handle:
-                    state = handle.read().rsplit(b")", 1)[1].split()[0]
-                if state == b"Z":
-                    os.waitpid(pid, os.WNOHANG)
-                    continue
-                with open(f"/proc/{pid}/environ", "rb") as handle:
-                    env = handle.read().split(b"\0")
-            except (OSError, IndexError, ChildProcessError):
+        for pid in procfs.own_children() - known:
+            fields = procfs.stat_fields(pid)
+            if fields is None:
                 continue
-            task_id = next((e[13:].decode() for e in env if e.startswith(b"AIWG_TASK_ID=")), None)
+            if fields[0] == b"Z":
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                continue
+            task_id = procfs.task_marker(pid)
             if task_id is None or task_id in self.runs:
                 continue
             try:
@@ -556,6 +536,7 @@ class Supervisor(Service):
         one commit, then spawn them (recorded first, so a crash can never run a
         task twice)."""
         starting: list[tuple[Task, Task]] = []
+        launch: AgentLaunch | None = None
         while self._accepting and len(self._active()) + len(starting) < self.settings.max_parallel:
             task_id = self.queue.pop()
             if task_id is None:
@@ -563,10 +544,17 @@ class Supervisor(Service):
             task = self.store.get(task_id)
             if task is None or task.state != TaskState.QUEUED:
                 continue
-            prepared = self._prepare(task)
-            if prepared is not None:
-                starting.append((task, prepared))
-        if not starting:
+            launch = launch or self._agent_launch()
+            if launch.executable is None:
+                self._fail_now(task, self.missing_agent_message(), started_at=self.reactor.seconds())
+                continue
+            running = task.moved(
+                TaskState.RUNNING, started_at=self.reactor.seconds(), attempts=task.attempts + 1,
+                error=None, output_path=task.output_path or str(self.actions_dir / f"{task.id}.log"),
+            )
+            self.store.save(running)
+            starting.append((task, running))
+        if not starting or launch is None:
             return
         try:
             self.store.flush()
@@ -578,52 +566,45 @@ class Supervisor(Service):
             if self._retry_fill is None or not self._retry_fill.active():
                 self._retry_fill = self.reactor.callLater(1.0, self._fill)
             return
+        if launch.unset:
+            self.log.warn("agent.env refers to unset variable(s): {names}", names=", ".join(launch.unset))
         for _, running in starting:
-            self._spawn(running)
+            self._spawn(running, launch)
 
     def _active(self) -> list[Run]:
         return [run for run in self.runs.values() if not run.exited]
 
-    def _prepare(self, task: Task) -> Task | None:
-        """Mark a task running (in the store's pending write), or fail it at once if
-        its agent cannot be found."""
-        env, _ = agents.child_env(self.environ, self.settings.agent.env)
-        now = self.reactor.seconds()
-        if shutil.which(self.settings.agent.program, path=env.get("PATH", os.defpath)) is None:
-            failed = task.moved(
-                TaskState.FAILED, started_at=now, finished_at=now, error=self.missing_agent_message()
-            )
-            self.store.save(failed)
-            self.log.error("task {task_id} failed: {error}", task_id=task.id, error=failed.error)
-            self.bus.publish("task:failed", self._event_payload(failed))
-            return None
-        running = task.moved(
-            TaskState.RUNNING, started_at=now, attempts=task.attempts + 1, error=None,
-            output_path=task.output_path or str(self.actions_dir / f"{task.id}.log"),
-        )
-        self.store.save(running)
-        return running
-
-    def _spawn(self, task: Task) -> None:
+    def _agent_launch(self) -> "AgentLaunch":
+        """What every start in one fill shares: the agent's environment (expanded
+        once), where its program is, and which values to redact."""
         settings = self.settings.agent
-        env, missing = agents.child_env(self.environ, settings.env, {"AIWG_TASK_ID": task.id})
-        if missing:
-            self.log.warn("agent.env refers to unset variable(s): {names}", names=", ".join(sorted(set(missing))))
-        argv = agents.build_argv(settings, task.prompt, task.agent)
-        executable = shutil.which(argv[0], path=env.get("PATH", os.defpath)) or argv[0]
-        now = self.reactor.seconds()
+        env, missing = agents.child_env(self.environ, settings.env)
+        return AgentLaunch(
+            env=env,
+            executable=shutil.which(settings.program, path=env.get("PATH", os.defpath)),
+            unset=tuple(sorted(set(missing))),
+            secrets=tuple(agents.secret_values(self.environ, settings.env)),
+        )
+
+    def _fail_now(self, task: Task, error: str, **changes: Any) -> None:
+        """A task that could not be started at all: failed, recorded, announced."""
+        failed = task.moved(TaskState.FAILED, finished_at=self.reactor.seconds(), error=error, **changes)
+        self.store.save(failed)
+        self.log.error("task {task_id} failed: {error}", task_id=task.id, error=error)
+        self.bus.publish("task:failed", self._event_payload(failed))
+
+    def _spawn(self, task: Task, launch: "AgentLaunch") -> None:
+        argv = agents.build_argv(self.settings.agent, task.prompt, task.agent)
+        env = {**launch.env, procfs.TASK_MARKER: task.id}
         try:
-            run = Run(self, task, agents.secret_values(self.environ, settings.env))
+            run = Run(self, task, list(launch.secrets))
             protocol = AgentProcessProtocol(run)
             run.protocol = protocol
             transport = self._spawn_process(
-                protocol, executable, argv, env, str(self.root), {0: self._devnull, 1: "r", 2: "r"}
+                protocol, launch.executable, argv, env, str(self.root), {0: self._devnull, 1: "r", 2: "r"}
             )
         except Exception as exc:
-            failed = task.moved(TaskState.FAILED, finished_at=now, error=f"could not start the agent: {exc}")
-            self.store.save(failed)
-            self.log.error("task {task_id} failed: {error}", task_id=task.id, error=failed.error)
-            self.bus.publish("task:failed", self._event_payload(failed))
+            self._fail_now(task, f"could not start the agent: {exc}")
             return
         pid = transport.pid
         run.transport = transport
@@ -779,8 +760,7 @@ class Supervisor(Service):
         )
 
     def health_issues(self) -> list[str]:
-        env, _ = agents.child_env(self.environ, self.settings.agent.env)
-        if shutil.which(self.settings.agent.program, path=env.get("PATH", os.defpath)) is None:
+        if self._agent_launch().executable is None:
             return [self.missing_agent_message()]
         return []
 
