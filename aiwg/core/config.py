@@ -12,6 +12,7 @@ import copy
 import difflib
 import hashlib
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterator, Mapping
@@ -19,11 +20,15 @@ from typing import Any, Iterator, Mapping
 from attrs import frozen
 
 from aiwg.core import strictjson
-from aiwg.core.cron import cron_problem
+from aiwg.core.cron import cron_problem, zone_problem
+from aiwg.core.events import pattern_problem
 from aiwg.core.globs import glob_problem
 from aiwg.errors import ConfigError
 
 SCHEMA_RESOURCE = "daemon.schema.json"
+
+#: Schedule actions the daemon performs itself; any other name must be in `actions`.
+BUILTIN_ACTIONS = ("health-check",)
 
 
 @lru_cache(maxsize=1)
@@ -141,7 +146,8 @@ def validate(document: Any, source: str) -> Config:
             (warnings if kind == "warning" else problems).append(message)
     problems.extend(_semantic_problems(document))
     if problems:
-        raise ConfigError(source, sorted(set(problems), key=problems.index))
+        named = [_name_item(document, p) for p in problems]
+        raise ConfigError(source, sorted(set(named), key=named.index))
     data = _fill_defaults(schema(), _strip_unknown(schema(), document))
     assert isinstance(data, dict)
     return Config(
@@ -253,10 +259,16 @@ def _schema_at(path: list[Any]) -> Mapping[str, Any] | None:
 
 
 def _semantic_problems(document: Mapping[str, Any]) -> list[str]:
-    """What the schema cannot say: unique names and ids."""
+    """What the schema cannot say: unique names and ids, known actions, real zones."""
     problems: list[str] = []
     schedule = document.get("schedule")
     jobs = schedule.get("jobs") if isinstance(schedule, Mapping) else None
+    actions = document.get("actions")
+    action_names = set(actions) if isinstance(actions, Mapping) else set()
+    if isinstance(schedule, Mapping) and isinstance(schedule.get("timezone"), str):
+        problem = zone_problem(schedule["timezone"])
+        if problem:
+            problems.append(f"schedule.timezone: {problem}")
     seen: dict[str, int] = {}
     for index, job in enumerate(jobs if isinstance(jobs, list) else []):
         if not isinstance(job, Mapping):
@@ -273,6 +285,17 @@ def _semantic_problems(document: Mapping[str, Any]) -> list[str]:
             seen.setdefault(name, index)
         if isinstance(job.get("cron"), str) and cron_problem(job["cron"]):
             problems.append(f"schedule.jobs[{index}].cron: {cron_problem(job['cron'])}")
+        if isinstance(job.get("timezone"), str) and zone_problem(job["timezone"]):
+            problems.append(f"schedule.jobs[{index}].timezone: {zone_problem(job['timezone'])}")
+        action = job.get("action")
+        if isinstance(action, str) and action not in BUILTIN_ACTIONS and action not in action_names:
+            known = ", ".join(sorted(action_names)) or "none defined"
+            problems.append(
+                f"schedule.jobs[{index}].action: '{action}' is neither a built-in action "
+                f"({', '.join(BUILTIN_ACTIONS)}) nor a name in `actions` ({known}); define it as "
+                f'"actions": {{"{action}": {{"prompt": "…"}}}}'
+            )
+    problems.extend(_watch_problems(document.get("watch")))
     rules = document.get("rules")
     ids: dict[str, int] = {}
     for index, rule in enumerate(rules if isinstance(rules, list) else []):
@@ -287,12 +310,64 @@ def _semantic_problems(document: Mapping[str, Any]) -> list[str]:
                 pattern = trigger.get("pattern")
                 if isinstance(pattern, str) and glob_problem(pattern):
                     problems.append(f"rules[{index}].trigger.pattern: {glob_problem(pattern)}")
+            if isinstance(trigger, Mapping) and trigger.get("type") == "event":
+                topic = trigger.get("topic")
+                if isinstance(topic, str) and pattern_problem(topic):
+                    problems.append(f"rules[{index}].trigger.topic: {pattern_problem(topic)}")
             if rule_id in ids:
                 problems.append(
                     f"rules[{index}].id: '{rule_id}' is already used by rules[{ids[rule_id]}]"
                 )
             ids.setdefault(rule_id, index)
     return problems
+
+
+def _watch_problems(watch: Any) -> list[str]:
+    from aiwg.core.globs import GlobError, IgnoreSet
+    from aiwg.core.watching import watch_path_problem
+
+    if not isinstance(watch, Mapping):
+        return []
+    problems = []
+    for index, entry in enumerate(watch.get("ignore") or []):
+        if isinstance(entry, str):
+            try:
+                IgnoreSet([entry])
+            except GlobError as exc:
+                problems.append(f"watch.ignore[{index}]: {exc}")
+    paths = watch.get("paths")
+    for index, item in enumerate(paths if isinstance(paths, list) else []):
+        path = item if isinstance(item, str) else item.get("path") if isinstance(item, Mapping) else None
+        where = f"watch.paths[{index}]" if isinstance(item, str) else f"watch.paths[{index}].path"
+        if isinstance(path, str) and watch_path_problem(path):
+            problems.append(f"{where}: {watch_path_problem(path)}")
+        if isinstance(item, Mapping):
+            for sub, entry in enumerate(item.get("ignore") or []):
+                if isinstance(entry, str):
+                    try:
+                        IgnoreSet([entry])
+                    except GlobError as exc:
+                        problems.append(f"watch.paths[{index}].ignore[{sub}]: {exc}")
+    return problems
+
+
+_ITEM = re.compile(r"^(rules|schedule\.jobs)\[(\d+)\]")
+
+
+def _name_item(document: Mapping[str, Any], problem: str) -> str:
+    """`rules[2].trigger.type: …` → `rules[2] (auto-test).trigger.type: …`: say which rule or job."""
+    match = _ITEM.match(problem)
+    if not match or problem[match.end():].startswith(" ("):
+        return problem
+    items: Any = document.get("rules") if match.group(1) == "rules" else (document.get("schedule") or {}).get("jobs")
+    index = int(match.group(2))
+    if not isinstance(items, list) or index >= len(items) or not isinstance(items[index], Mapping):
+        return problem
+    item = items[index]
+    label = item.get("id") if match.group(1) == "rules" else item.get("name", item.get("id"))
+    if not isinstance(label, str) or not label:
+        return problem
+    return f"{problem[:match.end()]} ({label}){problem[match.end():]}"
 
 
 def _strip_unknown(node: Mapping[str, Any], value: Any) -> Any:

@@ -31,6 +31,10 @@ class CronError(ValueError):
     pass
 
 
+class ZoneError(ValueError):
+    pass
+
+
 def normalise(expression: str) -> str:
     """The 5-field form of an expression (aliases expanded); CronError if it is not one."""
     text = " ".join(expression.split())
@@ -45,6 +49,42 @@ def normalise(expression: str) -> str:
     if not croniter.is_valid(text):
         raise CronError(f"'{expression}' is not a valid cron expression")
     return text
+
+
+def zone(name: str | None) -> tzinfo:
+    """The IANA zone `name`, or the machine's local zone when None. ZoneError if unknown.
+
+    The local zone is read as a real zone (from $TZ or /etc/localtime), not as
+    today's UTC offset, so `0 9 * * *` stays 09:00 across a DST change."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    if name is not None:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ZoneError(f"'{name}' is not a known time zone (an IANA name such as Europe/Berlin or UTC)") from None
+    import os
+
+    env = os.environ.get("TZ", "").lstrip(":")
+    if env:
+        try:
+            return ZoneInfo(env)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    try:
+        with open("/etc/localtime", "rb") as handle:
+            return ZoneInfo.from_file(handle, key="localtime")
+    except (OSError, ValueError):
+        local = datetime.now().astimezone().tzinfo
+        return local if local is not None else timezone.utc
+
+
+def zone_problem(name: str) -> str | None:
+    try:
+        zone(name)
+    except ZoneError as exc:
+        return str(exc)
+    return None
 
 
 def cron_problem(expression: str) -> str | None:

@@ -44,8 +44,16 @@ class Rule:
     timeout_minutes: float | None = None
     env: Mapping[str, str] = field(factory=dict)
     retries: int = 0
+    agent: str | None = None
+    max_fires_per_minute: int | None = None
     enabled: bool = True
     description: str = ""
+
+    @property
+    def trigger_text(self) -> str:
+        """The trigger in one short phrase, for status and logs."""
+        detail = self.pattern or self.cron or self.topic or ""
+        return f"{self.trigger_type} {detail}".strip()
 
     def matches_file(self, path: str) -> bool:
         return self.trigger_type == "file_change" and self.pattern is not None and glob_matches(self.pattern, path)
@@ -75,6 +83,8 @@ def rules_from_config(entries: Iterable[Mapping[str, Any]]) -> tuple[Rule, ...]:
                 timeout_minutes=action.get("timeout"),
                 env=dict(action.get("env") or {}),
                 retries=int(action.get("retries", 0)),
+                agent=action.get("agent"),
+                max_fires_per_minute=entry.get("max_fires_per_minute"),
                 enabled=bool(entry.get("enabled", True)),
                 description=entry.get("description", ""),
             )
@@ -136,15 +146,17 @@ class LoopGuard:
         self.max_depth = max_depth
         self._fires: dict[str, deque[float]] = {}
 
-    def admit(self, rule_id: str, now: float, depth: int = 0) -> str | None:
-        """None if the rule may fire now (and the fire is counted); else why not."""
+    def admit(self, rule_id: str, now: float, depth: int = 0, limit: int | None = None) -> str | None:
+        """None if the rule may fire now (and the fire is counted); else why not.
+        `limit` overrides `max_per_minute` for this rule."""
+        per_minute = self.max_per_minute if limit is None else limit
         if depth >= self.max_depth:
             return f"chain depth {depth} reached the limit of {self.max_depth}"
         fires = self._fires.setdefault(rule_id, deque())
         while fires and (now - fires[0] >= 60 or now < fires[0]):
             fires.popleft()  # older than a minute (or from before a clock step back)
-        if len(fires) >= self.max_per_minute:
-            return f"fired {len(fires)} times in the last minute (limit {self.max_per_minute})"
+        if len(fires) >= per_minute:
+            return f"fired {len(fires)} times in the last minute (limit {per_minute})"
         fires.append(now)
         return None
 

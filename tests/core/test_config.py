@@ -34,8 +34,10 @@ def test_defaults_match_the_guide() -> None:
     assert cfg.data["watch"] == {
         "enabled": False, "paths": [], "ignore": [], "debounce_ms": 1000, "use_polling": False,
     }
-    assert cfg.data["schedule"] == {"enabled": False, "jobs": []}
+    assert cfg.data["schedule"] == {"enabled": False, "jobs": [], "misfire_grace_seconds": 60}
     assert cfg.data["rules"] == []
+    assert cfg.data["actions"] == {}
+    assert cfg.data["automation"] == {"max_fires_per_minute": 10, "max_chain_depth": 3}
 
 
 def test_the_guides_example_config_is_valid() -> None:
@@ -52,6 +54,14 @@ def test_the_guides_example_config_is_valid() -> None:
                    "condition": {"type": "debounce", "interval_ms": 5000},
                    "action": {"type": "submit_task", "prompt": "Run tests for the changed files"}}],
     }
+    # The guide's job names an action it never defines; we say so, naming the job …
+    assert problems(guide) == [
+        "schedule.jobs[1] (daily-audit).action: 'security-audit' is neither a built-in action "
+        "(health-check) nor a name in `actions` (none defined); define it as "
+        '"actions": {"security-audit": {"prompt": "…"}}'
+    ]
+    # … and with the action defined, the guide's example is valid as written.
+    guide["actions"] = {"security-audit": {"prompt": "Audit dependencies for known vulnerabilities", "priority": 5}}
     cfg = config.validate(guide, "daemon.json")
     assert cfg.warnings == ()
     assert cfg.data["watch"]["use_polling"] is False  # default filled inside a given section
@@ -76,9 +86,9 @@ def test_error_names_key_path_constraint_and_value() -> None:
         ({"watch": {"ignore": "*.log"}}, "watch.ignore: must be a list of non-empty strings, got '*.log'"),
         ({"daemon": []}, "daemon: must be an object, got []"),
         ({"rules": [{"id": "r", "trigger": {"type": "file_change"}, "action": {"type": "submit_task", "prompt": "p"}}]},
-         "rules[0].trigger.pattern: required"),
+         "rules[0] (r).trigger.pattern: required"),
         ({"rules": [{"id": "r", "trigger": {"type": "nope"}, "action": {"type": "submit_task", "prompt": "p"}}]},
-         'rules[0].trigger.type: must be one of "file_change", "schedule", "event", got \'nope\''),
+         'rules[0] (r).trigger.type: must be one of "file_change", "schedule", "event", got \'nope\''),
         ({"schedule": {"jobs": [{"cron": "* * * * *", "action": "x"}]}}, "schedule.jobs[0].name: required"),
     ],
 )
@@ -93,10 +103,10 @@ def test_all_problems_are_reported_at_once() -> None:
 
 def test_duplicate_ids_and_names() -> None:
     rule = {"id": "same", "trigger": {"type": "event", "topic": "x"}, "action": {"type": "submit_task", "prompt": "p"}}
-    job = {"name": "j", "cron": "* * * * *", "action": "a"}
+    job = {"name": "j", "cron": "* * * * *", "action": "health-check"}
     found = problems({"rules": [rule, rule], "schedule": {"jobs": [job, job]}})
-    assert "rules[1].id: 'same' is already used by rules[0]" in found
-    assert "schedule.jobs[1].name: 'j' is already used by schedule.jobs[0]" in found
+    assert "rules[1] (same).id: 'same' is already used by rules[0]" in found
+    assert "schedule.jobs[1] (j).name: 'j' is already used by schedule.jobs[0]" in found
 
 
 def test_unknown_keys_are_warnings_with_suggestions_and_are_dropped() -> None:
