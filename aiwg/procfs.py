@@ -6,6 +6,7 @@ None or empty where /proc is missing (macOS) or the process is gone."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 #: Set in every agent's environment; lets the daemon find a task's processes,
 #: even ones that left its process group.
@@ -57,3 +58,24 @@ def own_children() -> set[int]:
         except (OSError, ValueError):
             continue
     return pids
+
+
+def inotify_watch_count(pid: int | str = "self") -> int | None:
+    """Kernel inotify watches held by a process (what counts against
+    fs.inotify.max_user_watches); None where /proc cannot tell."""
+    base = Path(f"/proc/{pid}")
+    total, seen = 0, False
+    try:
+        fds = list((base / "fd").iterdir())
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            if os.readlink(fd) != "anon_inode:inotify":
+                continue
+            text = (base / "fdinfo" / fd.name).read_text()
+        except OSError:
+            continue
+        seen = True
+        total += sum(1 for line in text.splitlines() if line.startswith("inotify wd:"))
+    return total if seen else 0

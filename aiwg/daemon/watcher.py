@@ -1,0 +1,320 @@
+# tests: tests/daemon/test_watcher.py, tests/e2e/test_automation.py
+"""The file watcher: watchdog in its own threads, one `file:changed` event per burst.
+
+watchdog's threads do nothing but translate each raw event into a project-relative
+`(path, kind, source)` and drop what `watch.ignore` and the entry's own filters
+exclude (`.aiwg/daemon/` always); the rest crosses to the reactor in batches with
+`callFromThread`. On the reactor a trailing debouncer gathers a burst into a
+ChangeSet and publishes it as one `file:changed` event.
+
+If the kernel's inotify limits are hit, the watcher says so in the log and in the
+daemon's health (naming `fs.inotify.max_user_watches`) and carries on by polling.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from aiwg import procfs
+from aiwg.core.config import Config
+from aiwg.core.watching import ChangeSet, WatchEntry, WatchPlan, plan_from_config
+from aiwg.daemon.debounce import Debouncer
+from aiwg.daemon.logs import iso_utc
+from aiwg.daemon.observers import native_observer, polling_observer
+
+#: Seconds between scans when polling (use_polling, or after an inotify limit).
+POLL_INTERVAL = 2.0
+WATCH_KINDS = ("created", "modified", "deleted", "moved")
+
+
+def _max_user_watches() -> str:
+    try:
+        return Path("/proc/sys/fs/inotify/max_user_watches").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+class _Translator:
+    """Runs in watchdog's thread: raw event → filtered, project-relative change."""
+
+    def __init__(self, watcher: "FileWatcher", root: str, plan: WatchPlan, entry: WatchEntry, generation: int) -> None:
+        self._watcher = watcher
+        self._prefix = root.rstrip("/") + "/"
+        self._plan = plan
+        self._entry = entry
+        self._generation = generation
+
+    def dispatch(self, event: Any) -> None:
+        if event.is_directory or event.event_type not in WATCH_KINDS:
+            return
+        src = self._relative(event.src_path)
+        if event.event_type == "moved":
+            dest = self._relative(event.dest_path)
+            src_ok = src is not None and self._admits(src, "deleted")
+            dest_ok = dest is not None and self._admits(dest, "moved")
+            if src_ok and dest_ok:
+                self._watcher._from_thread(self._generation, (dest, "moved", src))
+            elif dest_ok:
+                self._watcher._from_thread(self._generation, (dest, "created", None))
+            elif src_ok:
+                self._watcher._from_thread(self._generation, (src, "deleted", None))
+            return
+        if src is not None and self._admits(src, event.event_type):
+            self._watcher._from_thread(self._generation, (src, event.event_type, None))
+
+    def _relative(self, path: Any) -> str | None:
+        text = path.decode("utf-8", "surrogateescape") if isinstance(path, bytes) else str(path)
+        if not text.startswith(self._prefix):
+            return None
+        return text[len(self._prefix):]
+
+    def _admits(self, relative: str, kind: str) -> bool:
+        return not self._plan.ignore.ignores(relative) and self._entry.admits(relative, kind)
+
+
+class FileWatcher(Service):
+    name = "file_watcher"
+    log = Logger()
+
+    def __init__(self, *, reactor: Any, root: Path, bus: Any, config: Config,
+                 poll_interval: float = POLL_INTERVAL) -> None:
+        self._reactor = reactor
+        self.root = Path(root).resolve()
+        self._bus = bus
+        self._section = config.section("watch")
+        self._poll_interval = poll_interval
+        self._observer: Any = None
+        self._generation = 0
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, str, str | None]] = []
+        self._drain_scheduled = False
+        self._seq = itertools.count()
+        self._debouncer: Debouncer | None = None
+        self._starting: Deferred | None = None
+        self.plan: WatchPlan | None = None
+        self.backend: str | None = None
+        self.pruned = False
+        self.missing: list[str] = []
+        self.degraded: str | None = None
+        self.limit_hit = False
+        self.events_received = 0
+        self.changes_published = 0
+        self.last_change: float | None = None
+        self.error: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._section.get("enabled"))
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self.enabled:
+            self._start(polling=bool(self._section.get("use_polling")))
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        return self._stop()
+
+    def _start(self, *, polling: bool) -> Deferred:
+        plan = plan_from_config(self._section)
+        self.plan = plan
+        self._generation += 1
+        generation = self._generation
+        self._debouncer = Debouncer(reactor=self._reactor, wait=plan.debounce_seconds, function=self._publish)
+        self.missing = [e.path or "." for e in plan.entries if not (self.root / e.path).exists()]
+        for path in self.missing:
+            self.log.warn("file watcher: watch path {path} does not exist (skipped; reload once it does)", path=path)
+        entries = [e for e in plan.entries if (self.root / e.path).exists()]
+        self.backend = "polling" if polling else "native"
+        self.error = None
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
+                              self._build_observer, plan, entries, generation, polling)
+        self._starting = d
+
+        def started(observer: Any) -> None:
+            if generation != self._generation:  # stopped or restarted meanwhile
+                self._stop_observer_in_thread(observer)
+                return
+            self._observer = observer
+            self.log.info(
+                "file watcher started ({backend}{pruned}) on {paths}; ignoring {ignore}",
+                backend=self.backend, pruned=", ignored trees not watched" if self.pruned else "",
+                paths=", ".join(e.path or "." for e in entries) or "nothing",
+                ignore=", ".join(self._section.get("ignore") or []) or "only .aiwg/daemon/",
+            )
+
+        def failed(failure: Any) -> None:
+            exc = failure.value
+            if generation != self._generation:
+                return
+            if not polling and getattr(exc, "errno", None) in (28, 24):  # ENOSPC, EMFILE
+                self._limit(exc)
+                return
+            self.error = str(exc)
+            self.log.error("file watcher could not start: {error}", error=str(exc))
+
+        d.addCallbacks(started, failed)
+        d.addBoth(lambda _: setattr(self, "_starting", None) if self._starting is d else None)
+        return d
+
+    def _build_observer(self, plan: WatchPlan, entries: list[WatchEntry], generation: int, polling: bool) -> Any:
+        """In a pool thread: walking a big tree to add watches must not block the reactor."""
+        root = str(self.root)
+
+        def prune(path: str) -> bool:
+            prefix = root.rstrip("/") + "/"
+            return path.startswith(prefix) and plan.ignore.ignores_dir(path[len(prefix):])
+
+        def on_limit(exc: OSError) -> None:
+            self._reactor.callFromThread(self._limit, exc)
+
+        if polling:
+            observer, self.pruned = polling_observer(prune, self._poll_interval), True
+        else:
+            observer, self.pruned = native_observer(prune, on_limit)
+        from watchdog.events import FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent
+
+        wanted = [FileCreatedEvent, FileModifiedEvent, FileDeletedEvent, FileMovedEvent]
+        for entry in entries:
+            observer.schedule(_Translator(self, root, plan, entry, generation),
+                              str(self.root / entry.path), recursive=True, event_filter=wanted)
+        try:
+            observer.start()
+        except BaseException:
+            try:
+                observer.stop()
+            except Exception:
+                pass
+            raise
+        return observer
+
+    def _stop(self) -> Deferred:
+        self._generation += 1
+        observer, self._observer = self._observer, None
+        with self._lock:
+            self._pending = []
+        if self._debouncer is not None:
+            self._debouncer.stop()
+            self._debouncer = None
+        if observer is None:
+            return succeed(None)
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._stop_observer, observer)
+
+    @staticmethod
+    def _stop_observer(observer: Any) -> None:
+        observer.stop()
+        observer.join(timeout=10)
+
+    def _stop_observer_in_thread(self, observer: Any) -> None:
+        deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._stop_observer, observer)
+
+    # -- events ------------------------------------------------------------
+
+    def _from_thread(self, generation: int, change: tuple[str, str, str | None]) -> None:
+        """Called in watchdog's thread: queue the change, wake the reactor once per batch."""
+        with self._lock:
+            if generation != self._generation:
+                return
+            self._pending.append(change)
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        self._reactor.callFromThread(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+            self._drain_scheduled = False
+        if self._debouncer is None:
+            return
+        self.events_received += len(batch)
+        for change in batch:
+            self._debouncer.push(change, key=next(self._seq))
+
+    def _publish(self, batch: list[tuple[str, str, str | None]]) -> None:
+        changes = ChangeSet()
+        for path, kind, source in batch:
+            changes.add(path, kind, source)
+        if not len(changes):
+            return  # e.g. a temporary file created and deleted within the burst
+        self.changes_published += 1
+        self.last_change = self._reactor.seconds()
+        self._bus.publish("file:changed", changes.payload(), source="watch")
+
+    # -- inotify limits ------------------------------------------------------
+
+    def _limit(self, exc: OSError) -> None:
+        if self.limit_hit or not self.running:
+            return
+        self.limit_hit = True
+        limit = _max_user_watches()
+        self.degraded = (
+            f"file watcher: the inotify limit was reached ({exc.strerror or exc}; "
+            f"fs.inotify.max_user_watches = {limit}); fell back to polling every "
+            f"{self._poll_interval:g} s. Raise the limit (sudo sysctl fs.inotify.max_user_watches=524288) "
+            "or add large directories to watch.ignore, then reload"
+        )
+        self.log.error("{message}", message=self.degraded)
+        self._bus.publish("health:degraded", {"issues": [self.degraded], "subsystem": "file_watcher"})
+        self._stop().addCallback(lambda _: self._start(polling=True) if self.running else None)
+
+    # -- reload and status --------------------------------------------------
+
+    def check_config(self, config: Config) -> list[str]:
+        return []  # validated with the configuration itself
+
+    def apply_config(self, config: Config) -> None:
+        section = config.section("watch")
+        if section == self._section:
+            return
+        self._section = section
+        self.limit_hit, self.degraded = False, None
+        if not self.running:
+            return
+        restart = self._stop()
+        if self.enabled:
+            restart.addCallback(lambda _: self._start(polling=bool(section.get("use_polling"))))
+            self.log.info("file watcher: configuration changed; restarting the watch")
+        else:
+            self.log.info("file watcher: disabled by the new configuration")
+
+    def health_issues(self) -> list[str]:
+        issues = []
+        if self.degraded:
+            issues.append(self.degraded)
+        if self.error and self.enabled:
+            issues.append(f"file watcher not running: {self.error}")
+        return issues
+
+    def status(self) -> dict[str, Any]:
+        if not self.enabled:
+            return {"enabled": False}
+        status: dict[str, Any] = {
+            "enabled": True,
+            "running": self._observer is not None,
+            "backend": self.backend,
+            "ignored_trees_watched": not self.pruned,
+            "paths": self.plan.paths if self.plan else [],
+            "missing": list(self.missing),
+            "debounce_ms": int(self._section.get("debounce_ms", 1000)),
+            "events_received": self.events_received,
+            "changes_published": self.changes_published,
+            "last_change": iso_utc(self.last_change) if self.last_change else None,
+        }
+        if self.backend == "native" and self._observer is not None:
+            status["kernel_watches"] = procfs.inotify_watch_count()
+        if self.degraded:
+            status["degraded"] = self.degraded
+        if self.error:
+            status["error"] = self.error
+        return status
