@@ -28,6 +28,7 @@ from aiwg.errors import (
     RpcError,
 )
 from aiwg.paths import SOCKET_ENV, ProjectPaths
+from aiwg.procfs import TASK_MARKER
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -158,7 +159,13 @@ class DaemonClient:
         self._send(self._require(), message)
 
     def emit(self, topic: str, payload: dict[str, Any] | None = None) -> Any:
-        """Publish a custom event (e.g. `deployment:complete`) on the daemon's bus."""
+        """Publish a custom event (e.g. `deployment:complete`) on the daemon's bus.
+
+        Run inside an agent's task (AIWG_TASK_ID is set), the event names that task,
+        so rules it fires count one level deeper in the automation chain."""
+        task_id = os.environ.get(TASK_MARKER)
+        if task_id:
+            return self.call("event.emit", topic=topic, payload=payload or {}, taskId=task_id)
         return self.call("event.emit", topic=topic, payload=payload or {})
 
     def ping(self) -> Any:

@@ -14,8 +14,10 @@ from aiwg.cli.render import Context, fail
 from aiwg.errors import EXIT_USAGE, AiwgError, RpcError
 
 _SUBCOMMANDS = {
+    "automation": ("aiwg.cli.automation", "automation", "Show automation rules; enable or disable them."),
     "daemon": ("aiwg.cli.daemon", "daemon", "Start, stop and inspect the project's daemon."),
     "event": ("aiwg.cli.event", "event", "Emit custom events and follow the event stream."),
+    "schedule": ("aiwg.cli.schedule", "schedule", "List scheduled jobs; run one now."),
     "task": ("aiwg.cli.task", "task", "Submit, inspect and cancel agent tasks."),
 }
 

@@ -23,12 +23,20 @@ def event() -> None:
 
 @event.command()
 @click.argument("topic")
-@click.argument("payload", required=False)
+@click.argument("payload_arg", metavar="[PAYLOAD]", required=False)
+@click.option("--payload", "-d", metavar="JSON", help="The event's payload, a JSON object.")
 @project_option
 @json_option
 @pass_context
-def emit(ctx: Context, topic: str, payload: str | None) -> None:
-    """Publish TOPIC (e.g. deployment:complete) with an optional JSON object PAYLOAD."""
+def emit(ctx: Context, topic: str, payload_arg: str | None, payload: str | None) -> None:
+    """Publish TOPIC (e.g. deployment:complete) with an optional JSON object payload.
+
+    Rules with an `event` trigger on the topic fire; subscribers receive it.
+    Inside an agent's task the event names the task (AIWG_TASK_ID), so the
+    automation loop guard can count how deep a chain of rules has gone."""
+    if payload is not None and payload_arg is not None:
+        fail("give the payload once: either PAYLOAD or --payload", EXIT_USAGE)
+    payload = payload if payload is not None else payload_arg
     data: Any = {}
     if payload:
         try:

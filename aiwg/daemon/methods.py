@@ -7,6 +7,7 @@ Names and parameter names are AIWG's (`ping`, `daemon.status`, `task.submit
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from aiwg.core.events import Event, pattern_problem, topic_problem
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 
 MAX_SUBSCRIPTIONS = 32
+_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_EMIT_PAYLOAD_BYTES = 64 * 1024
 
 
@@ -146,6 +148,9 @@ class EventMethods(Namespace):
         Param("payload", "object", default=None, nullable=True),
         Param("source", "string", default="client"),
         Param("type", "string", description="Alias of topic (AIWG's event shape)."),
+        Param("taskId", "string", nullable=True, description="The task this event comes from "
+              "(set from AIWG_TASK_ID by the CLI and DaemonClient); rules it fires count one "
+              "level deeper in the automation chain."),
         description="Publish a custom event on the daemon's bus (rules with an event "
         "trigger see it; subscribers receive it).",
     )
@@ -156,6 +161,7 @@ class EventMethods(Namespace):
         payload: dict[str, Any] | None,
         source: str,
         type: str | None,
+        taskId: str | None,
     ) -> dict[str, Any]:
         name = topic if topic is not None else type
         if name is None:
@@ -170,7 +176,10 @@ class EventMethods(Namespace):
             raise InvalidParams(
                 f"Invalid parameter 'payload': {size} bytes as JSON, at most {MAX_EMIT_PAYLOAD_BYTES}"
             )
-        event = self._daemon.bus.publish(name, payload or {}, source=source[:64] or "client")
+        if taskId is not None and not _TASK_ID.fullmatch(taskId):
+            raise InvalidParams(f"Invalid parameter 'taskId': not a task id, got {taskId[:40]!r}")
+        origin = f"task:{taskId}" if taskId else (source[:64] or "client")
+        event = self._daemon.bus.publish(name, payload or {}, source=origin)
         return {"published": True, "topic": event.topic, "seq": event.seq}
 
 
@@ -316,6 +325,62 @@ class ChatMethods(Namespace):
         return supervisor.store.when_durable().addCallback(lambda _: reply)
 
 
+class AutomationMethods(Namespace):
+    """AIWG's automation.* methods; an unknown ruleId is an error here, not `success: false`."""
+
+    def __init__(self, daemon: "DaemonService") -> None:
+        super().__init__()
+        self._daemon = daemon
+
+    @method(description="Whether automation is on, each rule with its trigger, state and counters, "
+            "and the last executions.")
+    def jsonrpc_status(self, ctx: CallContext) -> dict[str, Any]:
+        return self._daemon.automation.status()
+
+    @method(Param("ruleId", "string", nullable=True, non_empty=True,
+                  description="One rule; without it, automation as a whole."),
+            description="Turn automation (or one rule) on; remembered across restarts.")
+    def jsonrpc_enable(self, ctx: CallContext, ruleId: str | None) -> dict[str, Any]:
+        return self._daemon.automation.set_enabled(True, ruleId)
+
+    @method(Param("ruleId", "string", nullable=True, non_empty=True,
+                  description="One rule; without it, automation as a whole."),
+            description="Turn automation (or one rule) off; remembered across restarts.")
+    def jsonrpc_disable(self, ctx: CallContext, ruleId: str | None) -> dict[str, Any]:
+        return self._daemon.automation.set_enabled(False, ruleId)
+
+
+class ScheduleMethods(Namespace):
+    def __init__(self, daemon: "DaemonService") -> None:
+        super().__init__()
+        self._daemon = daemon
+
+    @method(description="Scheduled jobs and schedule-triggered rules, with their next and last fire times.")
+    def jsonrpc_list(self, ctx: CallContext) -> dict[str, Any]:
+        scheduler, automation = self._daemon.scheduler, self._daemon.automation
+        jobs = scheduler.job_list() if scheduler is not None else []
+        rules = automation.schedule_entries() if automation is not None else []
+        return {"enabled": bool(scheduler is not None and scheduler.enabled), "jobs": jobs + rules}
+
+    @method(Param("name", "string", required=True, non_empty=True, description="The job's name."),
+            description="Run a job's action now, as if it had fired (for trying a job out).")
+    def jsonrpc_run(self, ctx: CallContext, name: str) -> dict[str, Any]:
+        scheduler = self._daemon.scheduler
+        job = scheduler.jobs.get(name) if scheduler is not None else None
+        if job is None:
+            known = ", ".join(scheduler.jobs) if scheduler is not None and scheduler.jobs else "none (is schedule.enabled true?)"
+            raise InvalidParams(f"Unknown job: {name} (parameter 'name'; known: {known})", {"name": name})
+        result = scheduler.run_action(job)
+        if job.last_error:
+            raise InvalidParams(f"Job {name} failed: {job.last_error}", {"name": name})
+        reply: dict[str, Any] = {"job": name, "action": job.action}
+        if isinstance(result, dict):
+            reply["health"] = result
+        elif result is not None:
+            reply["taskId"] = result.id
+        return reply
+
+
 def build_method_table(daemon: "DaemonService") -> Root:
     """The whole RPC surface, in one place."""
     table = Root(daemon)
@@ -326,4 +391,8 @@ def build_method_table(daemon: "DaemonService") -> Root:
     if daemon.supervisor is not None:
         table.add("task", TaskMethods(daemon))
         table.add("chat", ChatMethods(daemon))
+    if daemon.automation is not None:
+        table.add("automation", AutomationMethods(daemon))
+    if daemon.scheduler is not None:
+        table.add("schedule", ScheduleMethods(daemon))
     return table

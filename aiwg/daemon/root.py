@@ -67,6 +67,9 @@ class DaemonService(MultiService):
         self.restart_count = 0
         self.reloads = 0
         self.supervisor: Any = None  # set by makeService when the tree has one
+        self.last_health_check: dict[str, Any] | None = None
+        self.automation: Any = None  # the rules engine, when the tree has one
+        self.scheduler: Any = None
 
     # -- clock -------------------------------------------------------------
 
@@ -286,6 +289,78 @@ class DaemonService(MultiService):
             "issues": issues,
         }
 
+    def run_health_check(self) -> dict[str, Any]:
+        """The `health-check` schedule action: assess every subsystem, the queue, the
+        disk under .aiwg/ and the agent binary; record it in state.json and publish
+        `health:checked` (and `health:degraded` when something is wrong)."""
+        result = self.health()
+        checks: dict[str, Any] = {}
+        try:
+            checks["disk_free_mb"] = shutil.disk_usage(self.paths.daemon_dir).free // (1024 * 1024)
+        except OSError:
+            checks["disk_free_mb"] = None
+        supervisor = self.supervisor
+        if supervisor is not None and getattr(supervisor, "store", None) is not None:
+            summary = supervisor.summary()
+            checks["queue_depth"] = summary["queued"]
+            checks["running"] = summary["running"]
+            launch = supervisor._agent_launch()
+            checks["agent"] = {"command": supervisor.settings.agent.program,
+                               "found": launch.executable is not None,
+                               "path": launch.executable}
+        checks["subsystems"] = {
+            child.name: ("degraded" if _call(child, "health_issues", None, []) else "ok")
+            for child in self if child.name
+        }
+        result["checks"] = checks
+        self.last_health_check = result
+        self.log.info("health check: {status}{issues}", status=result["status"],
+                      issues="".join(f"; {i}" for i in result["issues"]))
+        heartbeat = self._named("heartbeat")
+        if heartbeat is not None and heartbeat.running:
+            try:
+                heartbeat.write()
+            except OSError as exc:
+                self.log.error("health check: could not write state.json: {error}", error=str(exc))
+        self.bus.publish("health:checked", result)
+        if result["issues"]:
+            self.bus.publish("health:degraded", {"issues": result["issues"], "subsystem": "daemon"})
+        return result
+
+    def _named(self, name: str) -> Any:
+        try:
+            return self.getServiceNamed(name)
+        except KeyError:
+            return None
+
+    def submit_spec(self, spec: dict[str, Any], source: str, metadata: dict[str, Any]) -> Any:
+        """Submit a task described by an `actions` entry or a rule's action."""
+        if self.supervisor is None:
+            raise RuntimeError("this daemon has no task supervisor")
+        extra: dict[str, Any] = {}
+        if spec.get("env"):
+            extra["env"] = dict(spec["env"])
+        return self.supervisor.submit(
+            spec["prompt"],
+            priority=int(spec.get("priority", 0)),
+            timeout_minutes=spec.get("timeout"),
+            agent=spec.get("agent"),
+            metadata=metadata,
+            source=source,
+            retries=int(spec.get("retries", 0)),
+            **extra,
+        )
+
+    def task_depth(self, task_id: str) -> int | None:
+        """A task's automation chain depth (from its metadata), for the loop guard."""
+        supervisor = self.supervisor
+        store = getattr(supervisor, "store", None) if supervisor is not None else None
+        task = store.get(task_id) if store is not None else None
+        if task is None:
+            return None
+        depth = (task.metadata or {}).get("chainDepth")
+        return depth if isinstance(depth, int) else 0
+
     def _subsystems(self) -> dict[str, Any]:
         subsystems: dict[str, Any] = {}
         for child in self:
@@ -355,10 +430,11 @@ class DaemonService(MultiService):
                 "webhook": {"enabled": False},
                 "scheduler": subsystems["scheduler"],
             },
-            "automation": subsystems["automation"],
+            "automation": _automation_summary(subsystems["automation"]),
             "events": subsystems["events"],
             **self._task_state(),
             "health": self.health(),
+            **({"last_health_check": self.last_health_check} if self.last_health_check else {}),
         }
 
 
@@ -377,6 +453,18 @@ class DaemonService(MultiService):
             },
             "task_stats": supervisor.store.stats(),
         }
+
+
+def _automation_summary(status: dict[str, Any]) -> dict[str, Any]:
+    """state.json's automation entry: AIWG's {enabled, rule_count}, plus per-rule counters."""
+    if "ruleCount" not in status:
+        return status
+    return {
+        "enabled": status["enabled"],
+        "rule_count": status["ruleCount"],
+        "rules": {r["id"]: {"enabled": r["enabled"], "fires": r["fireCount"], "throttled": r["throttledCount"],
+                            "last_fired": r["lastFired"], "last_error": r["lastError"]} for r in status["rules"]},
+    }
 
 
 def _call(child: Any, name: str, arg: Any, default: Any) -> Any:

@@ -44,6 +44,7 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
+    from aiwg.daemon.automation import AutomationEngine
     from aiwg.daemon.bus import EventBus
     from aiwg.daemon.eventlog import EventLog
     from aiwg.daemon.heartbeat import Heartbeat
@@ -51,8 +52,10 @@ def makeService(options: Options) -> Any:
     from aiwg.daemon.lock import InstanceLock
     from aiwg.daemon.methods import build_method_table
     from aiwg.daemon.root import DaemonService
+    from aiwg.daemon.scheduler import Scheduler
     from aiwg.daemon.store import StoreService
     from aiwg.daemon.supervisor import Supervisor, SupervisorSettings
+    from aiwg.daemon.watcher import FileWatcher
 
     paths: ProjectPaths = options.paths
     config = options.config
@@ -79,6 +82,16 @@ def makeService(options: Options) -> Any:
         settings=SupervisorSettings.from_config(config),
     )
     root.supervisor = supervisor
+    automation = AutomationEngine(
+        reactor=reactor, bus=bus, config=config, submit=root.submit_spec,
+        task_depth=root.task_depth, state_file=paths.daemon_dir / "automation.json",
+    )
+    scheduler = Scheduler(
+        reactor=reactor, bus=bus, config=config, submit=root.submit_spec,
+        health_check=root.run_health_check,
+    )
+    watcher = FileWatcher(reactor=reactor, root=paths.root, bus=bus, config=config)
+    root.automation, root.scheduler = automation, scheduler
     methods = build_method_table(root)
 
     # Start order. Stop order is the reverse: IPC stays up while workers drain.
@@ -100,4 +113,8 @@ def makeService(options: Options) -> Any:
         factory=IpcFactory(methods, config.daemon.ipc.max_line_bytes),
     ).setServiceParent(root)
     supervisor.setServiceParent(root)  # stops before IPC: clients watch the drain
+    # Sources of work last: they start once tasks can run and stop first.
+    automation.setServiceParent(root)
+    scheduler.setServiceParent(root)
+    watcher.setServiceParent(root)
     return root

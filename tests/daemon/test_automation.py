@@ -1,0 +1,244 @@
+"""The rules engine with an injected Clock and a real EventBus: triggers, debounce,
+loop guard (rate and chain depth), enable/disable persistence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from aiwg.core.config import validate
+from aiwg.daemon.automation import AutomationEngine
+from aiwg.daemon.bus import EventBus
+from aiwg.errors import InvalidParams
+
+
+class FakeTask:
+    def __init__(self, id: str) -> None:
+        self.id = id
+
+
+def rule(id: str, trigger: dict, prompt: str = "do {rule.id}", condition: dict | None = None, **extra: Any) -> dict:
+    out: dict[str, Any] = {"id": id, "trigger": trigger, "action": {"type": "submit_task", "prompt": prompt, **extra.pop("action", {})}}
+    if condition:
+        out["condition"] = condition
+    out.update(extra)
+    return out
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, rules: list[dict], **top: Any) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_800_000_000)
+        self.bus = EventBus(reactor=self.clock)
+        self.events: list[Any] = []
+        self.bus.subscribe(["*"], self.events.append)
+        self.submitted: list[tuple[dict, str, dict]] = []
+        self.depths: dict[str, int] = {}
+        self.state_file = tmp_path / "automation.json"
+        self.config = validate({"rules": rules, **top}, "test")
+        self.engine = self.make_engine()
+
+    def make_engine(self) -> AutomationEngine:
+        return AutomationEngine(reactor=self.clock, bus=self.bus, config=self.config, submit=self.submit,
+                                task_depth=lambda tid: self.depths.get(tid), state_file=self.state_file)
+
+    def submit(self, spec: dict, source: str, metadata: dict) -> FakeTask:
+        self.submitted.append((spec, source, metadata))
+        task = FakeTask(f"t-{len(self.submitted)}")
+        self.depths[task.id] = metadata["chainDepth"]
+        return task
+
+    def publish(self, topic: str, payload: dict | None = None, source: str = "daemon") -> None:
+        self.bus.publish(topic, payload or {}, source=source)
+        self.clock.advance(0)  # deliver
+
+    def files(self, *paths: str) -> None:
+        self.publish("file:changed", {"changes": [{"path": p, "kind": "modified"} for p in paths],
+                                      "paths": list(paths), "count": len(paths)}, source="watch")
+
+    def topics(self, prefix: str) -> list[Any]:
+        return [e.payload for e in self.events if e.topic.startswith(prefix)]
+
+
+def test_file_rule_fires_with_the_matching_files_in_its_prompt(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [rule("tests", {"type": "file_change", "pattern": "src/**/*.{ts,js}"},
+                                "Run tests for:\n{files}", action={"priority": 3})])
+    h.engine.startService()
+    h.files("src/a.ts", "docs/x.md", "src/deep/b.js")
+    assert len(h.submitted) == 1
+    spec, source, metadata = h.submitted[0]
+    assert spec["prompt"] == "Run tests for:\nsrc/a.ts\nsrc/deep/b.js"
+    assert spec["priority"] == 3 and source == "rule:tests"
+    assert metadata == {"ruleId": "tests", "trigger": "file:changed", "chainDepth": 1,
+                        "files": ["src/a.ts", "src/deep/b.js"], "fileCount": 2}
+    h.files("docs/only.md")
+    assert len(h.submitted) == 1
+    assert h.topics("automation:fired")[0]["taskId"] == "t-1"
+
+
+def test_debounce_is_trailing_and_per_rule(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [
+        rule("slow", {"type": "file_change", "pattern": "src/**"}, "{files}", {"type": "debounce", "interval_ms": 5000}),
+        rule("fast", {"type": "file_change", "pattern": "src/**"}, "{files}"),
+    ])
+    h.engine.startService()
+    for i in range(4):
+        h.files(f"src/f{i}.ts")
+        h.clock.advance(2)  # activity keeps coming within the interval
+    assert [s for _, s, _ in h.submitted] == ["rule:fast"] * 4
+    h.clock.advance(2.9)
+    assert len(h.submitted) == 4
+    h.clock.advance(0.1)  # 5 s after the last matching change
+    assert h.submitted[-1][1] == "rule:slow"
+    assert h.submitted[-1][0]["prompt"] == "src/f0.ts\nsrc/f1.ts\nsrc/f2.ts\nsrc/f3.ts"
+    h.clock.advance(60)
+    assert len(h.submitted) == 5
+
+
+def test_event_rule_templates_topic_and_payload(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [rule("smoke", {"type": "event", "topic": "deployment:*"},
+                                "Smoke-test {event.payload.version} after {event.topic} ({rule.id}) {event.payload.nope}")])
+    h.engine.startService()
+    h.publish("deployment:complete", {"version": "1.2.3"}, source="client")
+    assert h.submitted[0][0]["prompt"] == "Smoke-test 1.2.3 after deployment:complete (smoke) {event.payload.nope}"
+    h.publish("deploy:other")
+    assert len(h.submitted) == 1
+
+
+def test_rate_limit_throttles_and_publishes(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [rule("busy", {"type": "event", "topic": "ping:*"})],
+                automation={"max_fires_per_minute": 3})
+    h.engine.startService()
+    for _ in range(5):
+        h.publish("ping:x")
+    assert len(h.submitted) == 3
+    throttled = h.topics("automation:throttled")
+    assert len(throttled) == 2 and throttled[0]["ruleId"] == "busy"
+    assert "limit 3" in throttled[0]["reason"]
+    status = h.engine.status()["rules"][0]
+    assert status["fireCount"] == 3 and status["throttledCount"] == 2
+    h.clock.advance(60)
+    h.publish("ping:x")
+    assert len(h.submitted) == 4  # the window has moved on
+
+
+def test_per_rule_rate_limit_overrides_the_default(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [rule("one", {"type": "event", "topic": "x"}, max_fires_per_minute=1)])
+    h.engine.startService()
+    h.publish("x")
+    h.publish("x")
+    assert len(h.submitted) == 1 and len(h.topics("automation:throttled")) == 1
+
+
+def test_a_rule_reacting_to_its_own_tasks_stops_at_the_chain_depth(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [rule("loop", {"type": "event", "topic": "task:completed"})])
+    h.engine.startService()
+    h.publish("task:completed", {"taskId": "t-user"})  # a user's task: depth 0
+    for _ in range(10):  # each of the rule's tasks completes in turn
+        h.publish("task:completed", {"taskId": f"t-{len(h.submitted)}"})
+    depths = [m["chainDepth"] for _, _, m in h.submitted]
+    assert depths == [1, 2, 3]
+    throttled = h.topics("automation:throttled")
+    assert throttled and "chain depth 3" in throttled[0]["reason"]
+
+
+def test_events_emitted_from_inside_a_task_count_as_that_tasks_depth(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [rule("on-deploy", {"type": "event", "topic": "deployment:*"})])
+    h.depths["t-deep"] = 3
+    h.engine.startService()
+    h.publish("deployment:done", source="task:t-deep")
+    assert h.submitted == [] and h.topics("automation:throttled")[0]["depth"] == 3
+    h.publish("deployment:done", source="client")
+    assert len(h.submitted) == 1
+
+
+def test_engine_events_and_output_chunks_never_trigger_wildcard_rules(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [rule("all", {"type": "event", "topic": "*"}, max_fires_per_minute=100),
+                           rule("out", {"type": "event", "topic": "task:output"}, max_fires_per_minute=100)])
+    h.engine.startService()
+    h.publish("automation:fired", {"ruleId": "x"})
+    h.publish("automation:throttled", {"ruleId": "x"})
+    assert h.submitted == []
+    h.publish("task:output", {"taskId": "t-0", "chunk": "hi"})
+    assert [s for _, s, _ in h.submitted] == ["rule:out"]
+
+
+def test_enable_disable_globally_and_per_rule_persists(tmp_path: Path) -> None:
+    rules = [rule("a", {"type": "event", "topic": "go"}), rule("b", {"type": "event", "topic": "go"})]
+    h = Harness(tmp_path, rules)
+    h.engine.startService()
+    assert h.engine.set_enabled(False) == {"enabled": False}
+    h.publish("go")
+    assert h.submitted == []
+    h.engine.set_enabled(True)
+    assert h.engine.set_enabled(False, "a") == {"success": True, "ruleId": "a", "enabled": False}
+    h.publish("go")
+    assert [s for _, s, _ in h.submitted] == ["rule:b"]
+    assert json.loads(h.state_file.read_text()) == {"enabled": True, "rules": {"a": False}}
+    with pytest.raises(InvalidParams, match="Unknown rule: nope"):
+        h.engine.set_enabled(True, "nope")
+    h.engine.stopService()
+    again = h.make_engine()  # a restart reads the saved state
+    again.startService()
+    status = {r["id"]: r for r in again.status()["rules"]}
+    assert status["a"]["enabled"] is False and status["a"]["enabledBy"] == "override"
+    assert status["b"]["enabled"] is True and status["b"]["enabledBy"] == "config"
+
+
+def test_disabling_drops_pending_debounced_activity(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [rule("d", {"type": "file_change", "pattern": "**"}, condition={"type": "debounce", "interval_ms": 1000})])
+    h.engine.startService()
+    h.files("src/a.ts")
+    h.engine.set_enabled(False, "d")
+    h.clock.advance(5)
+    assert h.submitted == []
+
+
+def test_schedule_rules_fire_from_their_cron(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [rule("nightly", {"type": "schedule", "cron": "0 * * * *"}, "hourly {event.topic}")],
+                schedule={"timezone": "UTC"})
+    h.engine.startService()
+    nxt = h.engine.status()["rules"][0]["nextFire"]
+    assert nxt is not None
+    h.clock.advance(3600)
+    assert [s[0]["prompt"] for s in h.submitted] == ["hourly schedule:fired"]
+    assert h.topics("schedule:fired")[0]["rule"] == "nightly"
+    entries = h.engine.schedule_entries()
+    assert entries[0]["name"] == "rule:nightly" and entries[0]["fires"] == 1
+
+
+def test_a_failing_submit_is_recorded_not_raised(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [rule("r", {"type": "event", "topic": "go"})])
+
+    def refuse(spec: dict, source: str, metadata: dict) -> Any:
+        raise RuntimeError("Supervisor is shutting down")
+
+    h.engine._submit = refuse
+    h.engine.startService()
+    h.publish("go")
+    status = h.engine.status()["rules"][0]
+    assert status["lastError"] == "Supervisor is shutting down" and status["fireCount"] == 0
+    assert h.topics("automation:error")[0]["ruleId"] == "r"
+
+
+def test_env_names_only_in_status_and_passed_to_submit(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [rule("r", {"type": "event", "topic": "go"}, action={"env": {"TOKEN": "${SECRET_TOKEN}"}})])
+    h.engine.startService()
+    h.publish("go")
+    assert h.submitted[0][0]["env"] == {"TOKEN": "${SECRET_TOKEN}"}  # expanded when the task starts
+    assert h.engine.status()["rules"][0]["action"]["env"] == ["TOKEN"]
+
+
+def test_reload_keeps_counters_and_applies_new_rules(tmp_path: Path) -> None:
+    h = Harness(tmp_path, [rule("r", {"type": "event", "topic": "go"})])
+    h.engine.startService()
+    h.publish("go")
+    h.engine.apply_config(validate({"rules": [rule("r", {"type": "event", "topic": "stop"}),
+                                              rule("new", {"type": "event", "topic": "go"})]}, "test"))
+    h.publish("go")
+    assert [s for _, s, _ in h.submitted] == ["rule:r", "rule:new"]
+    assert {r["id"]: r["fireCount"] for r in h.engine.status()["rules"]} == {"r": 1, "new": 1}
