@@ -36,23 +36,29 @@ def status(ctx: Context) -> None:
     if not result["rules"]:
         click.echo("No rules configured (add them under `rules` in .aiwg/daemon.json).")
         return
-    click.echo(f"{'RULE':<24} {'ON':<4} {'TRIGGER':<34} {'FIRES':>5} {'THROT':>5}  LAST FIRED")
+    width = max([34] + [len(_trigger_text(r)) for r in result["rules"]])
+    click.echo(f"{'RULE':<24} {'ON':<4} {'TRIGGER':<{width}} {'FIRES':>5} {'THROT':>5}  LAST FIRED")
     for rule in result["rules"]:
-        trigger = rule["trigger"]
-        text = f"{trigger['type']} {trigger.get('pattern') or trigger.get('cron') or trigger.get('topic') or ''}".strip()
-        if rule["condition"]["type"] == "debounce":
-            text += f" (+{rule['condition']['interval_ms']}ms)"
+        text = _trigger_text(rule)
         on = "yes" if rule["enabled"] else "no"
         if rule.get("enabledBy") == "override":
             on += "*"
         click.echo(
-            f"{rule['id'][:24]:<24} {on:<4} {text[:34]:<34} {rule['fireCount']:>5} "
+            f"{rule['id'][:24]:<24} {on:<4} {text:<{width}} {rule['fireCount']:>5} "
             f"{rule['throttledCount']:>5}  {rule['lastFired'] or '-'}"
         )
         if rule.get("lastError"):
             click.echo(f"    last error: {rule['lastError']}")
     if any(r.get("enabledBy") == "override" for r in result["rules"]):
         click.echo("* set with aiwg automation enable/disable --rule (overrides the config file)")
+
+
+def _trigger_text(rule: dict) -> str:
+    trigger = rule["trigger"]
+    text = f"{trigger['type']} {trigger.get('pattern') or trigger.get('cron') or trigger.get('topic') or ''}".strip()
+    if rule["condition"]["type"] == "debounce":
+        text += f" (+{rule['condition']['interval_ms']}ms)"
+    return text
 
 
 def _toggle(ctx: Context, rule: str | None, enabled: bool) -> None:

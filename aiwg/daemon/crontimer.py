@@ -17,6 +17,10 @@ from twisted.logger import Logger
 
 from aiwg.core import cron
 
+#: A timer wakes a little after its time even on an idle machine; this much lateness
+#: is never a misfire, so a grace of 0 means "skip anything more than a second late".
+TIMER_SLACK = 1.0
+
 
 class CronTimer:
     log = Logger()
@@ -71,7 +75,7 @@ class CronTimer:
         self._call = None
         scheduled = self.next_fire if self.next_fire is not None else self._reactor.seconds()
         now = self._reactor.seconds()
-        verdict = cron.on_wake(scheduled, now, self.grace)
+        verdict = cron.on_wake(scheduled, now, self.grace + TIMER_SLACK)
         if verdict == "early":
             # The wall clock went back: wait for the same slot again, not a new one.
             self._call = self._reactor.callLater(scheduled - now, self._wake)

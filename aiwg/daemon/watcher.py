@@ -35,9 +35,9 @@ POLL_INTERVAL = 2.0
 WATCH_KINDS = ("created", "modified", "deleted", "moved")
 
 
-def _max_user_watches() -> str:
+def _proc_sys(name: str) -> str:
     try:
-        return Path("/proc/sys/fs/inotify/max_user_watches").read_text().strip()
+        return Path(f"/proc/sys/fs/inotify/{name}").read_text().strip()
     except OSError:
         return "unknown"
 
@@ -257,12 +257,15 @@ class FileWatcher(Service):
         if self.limit_hit or not self.running:
             return
         self.limit_hit = True
-        limit = _max_user_watches()
+        if getattr(exc, "errno", None) == 24:  # EMFILE: too many inotify instances
+            key, value, advice = "fs.inotify.max_user_instances", _proc_sys("max_user_instances"), "1024"
+        else:
+            key, value, advice = "fs.inotify.max_user_watches", _proc_sys("max_user_watches"), "524288"
         self.degraded = (
             f"file watcher: the inotify limit was reached ({exc.strerror or exc}; "
-            f"fs.inotify.max_user_watches = {limit}); fell back to polling every "
-            f"{self._poll_interval:g} s. Raise the limit (sudo sysctl fs.inotify.max_user_watches=524288) "
-            "or add large directories to watch.ignore, then reload"
+            f"{key} = {value}); fell back to polling every {self._poll_interval:g} s. "
+            f"Raise the limit (sudo sysctl {key}={advice}) or add large directories to "
+            "watch.ignore, then run aiwg daemon reload"
         )
         self.log.error("{message}", message=self.degraded)
         self._bus.publish("health:degraded", {"issues": [self.degraded], "subsystem": "file_watcher"})
@@ -274,8 +277,11 @@ class FileWatcher(Service):
         return []  # validated with the configuration itself
 
     def apply_config(self, config: Config) -> None:
+        """Restart the watch when its section changed — or when it is degraded, has a
+        missing path or failed, so `aiwg daemon reload` retries after the fix."""
         section = config.section("watch")
-        if section == self._section:
+        retry = bool(self.degraded or self.missing or self.error)
+        if section == self._section and not (retry and self.enabled):
             return
         self._section = section
         self.limit_hit, self.degraded = False, None

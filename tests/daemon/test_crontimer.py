@@ -121,3 +121,11 @@ def test_time_zone_is_respected_across_dst() -> None:
     clock.advance(timer.next_fire - clock.seconds())
     assert timer.next_fire == at("2026-03-30 07:00:00")
     assert fired == [at("2026-03-29 07:00:00")]
+
+
+def test_a_grace_of_zero_still_allows_ordinary_timer_lateness() -> None:
+    timer, clock, fired, skipped = make("* * * * *", "2026-03-01 10:00:30", grace=0)
+    clock.advance(30.002)  # woke 2 ms after the minute, as real timers do
+    assert len(fired) == 1 and skipped == []
+    clock.advance(59.998 + 5)  # 5 s late: a real misfire
+    assert len(fired) == 1 and len(skipped) == 1

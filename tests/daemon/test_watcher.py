@@ -185,5 +185,11 @@ async def test_missing_path_is_reported_not_fatal(tmp_path: Path) -> None:
         assert watcher.status()["missing"] == ["test"]
         (tmp_path / "src" / "a.ts").write_text("x")
         await until(lambda: published)
+        # Once the path exists, a reload of the unchanged file picks it up.
+        (tmp_path / "test").mkdir()
+        watcher.apply_config(validate({"watch": {"enabled": True, "debounce_ms": 150, "paths": ["src/", "test/"]}}, "test"))
+        await until(lambda: watcher.status().get("running") and watcher.status()["missing"] == [])
+        (tmp_path / "test" / "b.ts").write_text("x")
+        await until(lambda: any(e.get("paths") == ["test/b.ts"] for e in published))
     finally:
         await watcher.stopService()
