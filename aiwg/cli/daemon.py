@@ -47,6 +47,25 @@ def daemon() -> None:
 # -- start -------------------------------------------------------------------
 
 
+#: How long `daemon start` waits for the file watcher's watches to be in place.
+WATCH_READY_SECONDS = 10.0
+
+
+def _watcher_ready(client: DaemonClient, within: float) -> bool:
+    """Wait until the file watcher (if enabled) has its watches in place, so a change
+    made right after `aiwg daemon start` returns is seen."""
+    import time
+
+    deadline = time.monotonic() + within
+    while True:
+        watcher = client.call("daemon.status").get("subsystems", {}).get("file_watcher", {})
+        if not watcher.get("enabled") or watcher.get("running") or watcher.get("error"):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
 @daemon.command()
 @click.option("--config", "-c", "config", metavar="FILE", help="Configuration file (default .aiwg/daemon.json).")
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground and log to stdout (containers, systemd Type=exec).")
@@ -54,7 +73,8 @@ def daemon() -> None:
 @json_option
 @pass_context
 def start(ctx: Context, config: str | None, foreground: bool) -> None:
-    """Start the daemon for the project; returns once it answers on its socket."""
+    """Start the daemon for the project; returns once it answers on its socket
+    and its file watches (if any) are in place."""
     paths = ctx.paths
     if not paths.root.is_dir():
         fail(f"--project {paths.root}: not a directory", EXIT_FAILURE)
@@ -104,6 +124,12 @@ def start(ctx: Context, config: str | None, foreground: bool) -> None:
         try:
             with DaemonClient(paths.root, socket_path=paths.bind_socket(), timeout=5) as c:
                 pong = c.call("ping")
+                if not _watcher_ready(c, WATCH_READY_SECONDS):
+                    err.write(
+                        f"aiwg: the file watcher is still setting up its watches after "
+                        f"{WATCH_READY_SECONDS:g} s (a large tree?); changes before it is ready "
+                        "are not seen. `aiwg daemon status` shows when it is running.\n"
+                    )
         except AiwgError as exc:
             err.write(f"aiwg: the daemon started but does not answer: {exc}\n")
             err.flush()

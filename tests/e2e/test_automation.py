@@ -649,3 +649,20 @@ def test_a_rules_env_reaches_the_task_and_nowhere_else(project: Project) -> None
         assert secret not in text, f"the secret leaked into {where}"
     for store in project.paths.daemon_dir.glob("tasks.db*"):
         assert secret.encode() not in store.read_bytes(), f"the secret leaked into {store.name}"
+
+
+def test_a_change_right_after_start_returns_is_seen(project: Project) -> None:
+    """`aiwg daemon start` returns once the watches are in place, not merely once the
+    socket answers."""
+    (project.root / "src").mkdir(exist_ok=True)
+    project.write_config(json.dumps({
+        "agent": {"command": ["/bin/echo", "{prompt}"], "output": "text"},
+        "watch": {"enabled": True, "debounce_ms": 100},
+        "rules": [{"id": "r", "trigger": {"type": "file_change", "pattern": "src/**"},
+                   "action": {"type": "submit_task", "prompt": "{files}"}}],
+    }))
+    project.start()
+    (project.root / "src" / "first.ts").write_text("written the moment start returned")
+    with project.client() as client:
+        tasks = wait_for(lambda: client.call("task.list"), timeout=10)
+    assert tasks[0]["prompt"] == "src/first.ts"
