@@ -44,6 +44,20 @@ def daemon() -> None:
     """Start, stop and inspect the project's daemon."""
 
 
+# -- chat --------------------------------------------------------------------
+
+
+@daemon.command("chat")
+@click.option("--conversation", "-c", metavar="ID", help="Continue this conversation.")
+@project_option
+@pass_context
+def chat_repl(ctx: Context, conversation: str | None) -> None:
+    """Chat with the project's AI interactively (line editing, history, Ctrl-C cancels)."""
+    from aiwg.cli import repl
+
+    sys.exit(repl.run(ctx.paths, conversation))
+
+
 # -- start -------------------------------------------------------------------
 
 

@@ -47,8 +47,10 @@ class AgentResult:
     subtype: str | None = None
 
 
-def build_argv(settings: AgentSettings, prompt: str, agent: str | None = None) -> list[str]:
-    """The command line for one run: `{prompt}` replaced, extra args appended."""
+def build_argv(settings: AgentSettings, prompt: str, agent: str | None = None,
+               resume: str | None = None) -> list[str]:
+    """The command line for one run: `{prompt}` replaced, extra args appended, and
+    `--resume <session>` when a chat turn continues an agent session."""
     argv: list[str] = []
     placed = False
     for part in settings.command:
@@ -63,6 +65,8 @@ def build_argv(settings: AgentSettings, prompt: str, agent: str | None = None) -
     argv.extend(settings.args)
     if agent:
         argv.extend(["--agent", agent])
+    if resume:
+        argv.extend(["--resume", resume])
     if not placed:
         argv.append(prompt)
     return argv

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from aiwg.core.conversations import conversation_id_problem
 from aiwg.core.events import Event, pattern_problem, topic_problem
 from aiwg.daemon.logs import iso_utc
 from aiwg.core.tasks import STATE_NAMES, source_problem
@@ -309,20 +310,41 @@ class TaskMethods(Namespace):
 
 
 class ChatMethods(Namespace):
+    """AIWG's chat.send (a turn is a task, source chat), plus conversations."""
+
     def __init__(self, daemon: "DaemonService") -> None:
         super().__init__()
         self._daemon = daemon
 
     @method(
         Param("message", "string", required=True, non_empty=True),
-        Param("priority", "integer", default=5),
-        description="Send a chat message to the agent (queued as a task, source chat).",
+        Param("conversation", "string", nullable=True, description="Continue this conversation; "
+              "without it a new one is started (its id is in the reply)."),
+        Param("priority", "integer", nullable=True, minimum=-1_000_000, maximum=1_000_000,
+              description="Task priority (default chat.priority, 5)."),
+        description="Send a chat message to the agent (queued as a task, source chat). The "
+        "answer is the task's result; subscribe to task:output and task:* to follow it.",
     )
-    def jsonrpc_send(self, ctx: CallContext, message: str, priority: int) -> dict[str, Any]:
-        supervisor = self._daemon.supervisor
-        task = supervisor.submit(message, priority=priority, source="chat", metadata={"source": "ipc-chat"})
-        reply = {"taskId": task.id, "state": task.state.value}
-        return supervisor.store.when_durable().addCallback(lambda _: reply)
+    def jsonrpc_send(self, ctx: CallContext, message: str, conversation: str | None,
+                     priority: int | None) -> Any:
+        if conversation is not None and conversation_id_problem(conversation):
+            raise InvalidParams(f"Invalid parameter 'conversation': {conversation_id_problem(conversation)}")
+        chat = self._daemon.chat
+        task = chat.send(message, conversation, priority)
+        reply = {"taskId": task.id, "state": task.state.value,
+                 "conversation": task.metadata["conversation"],
+                 "output": self._daemon.config.data["agent"]["output"]}
+        return self._daemon.supervisor.store.when_durable().addCallback(lambda _: reply)
+
+    @method(Param("conversation", "string", required=True, non_empty=True),
+            description="Forget a conversation: its next message starts a new agent session.")
+    def jsonrpc_reset(self, ctx: CallContext, conversation: str) -> dict[str, Any]:
+        return {"reset": self._daemon.chat.reset(conversation), "conversation": conversation}
+
+    @method(Param("conversation", "string", required=True, non_empty=True),
+            description="A conversation's turns (oldest first) and the agent session it resumes.")
+    def jsonrpc_history(self, ctx: CallContext, conversation: str) -> dict[str, Any]:
+        return self._daemon.chat.history(conversation)
 
 
 class AutomationMethods(Namespace):
@@ -390,7 +412,8 @@ def build_method_table(daemon: "DaemonService") -> Root:
     table.add("event", EventMethods(daemon))
     if daemon.supervisor is not None:
         table.add("task", TaskMethods(daemon))
-        table.add("chat", ChatMethods(daemon))
+        if daemon.chat is not None:
+            table.add("chat", ChatMethods(daemon))
     if daemon.automation is not None:
         table.add("automation", AutomationMethods(daemon))
     if daemon.scheduler is not None:

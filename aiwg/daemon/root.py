@@ -70,6 +70,7 @@ class DaemonService(MultiService):
         self.last_health_check: dict[str, Any] | None = None
         self.automation: Any = None  # the rules engine, when the tree has one
         self.scheduler: Any = None
+        self.chat: Any = None
 
     # -- clock -------------------------------------------------------------
 

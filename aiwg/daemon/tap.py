@@ -46,6 +46,7 @@ def makeService(options: Options) -> Any:
 
     from aiwg.daemon.automation import AutomationEngine
     from aiwg.daemon.bus import EventBus
+    from aiwg.daemon.chat import ChatService
     from aiwg.daemon.eventlog import EventLog
     from aiwg.daemon.heartbeat import Heartbeat
     from aiwg.daemon.ipc import IpcFactory, IpcServer
@@ -91,6 +92,8 @@ def makeService(options: Options) -> Any:
         health_check=root.run_health_check,
     )
     watcher = FileWatcher(reactor=reactor, root=paths.root, bus=bus, config=config)
+    chat = ChatService(reactor=reactor, bus=bus, config=config, supervisor=lambda: supervisor)
+    root.chat = chat
     root.automation, root.scheduler = automation, scheduler
     methods = build_method_table(root)
 
@@ -114,6 +117,7 @@ def makeService(options: Options) -> Any:
     ).setServiceParent(root)
     supervisor.setServiceParent(root)  # stops before IPC: clients watch the drain
     # Sources of work last: they start once tasks can run and stop first.
+    chat.setServiceParent(root)
     automation.setServiceParent(root)
     scheduler.setServiceParent(root)
     watcher.setServiceParent(root)

@@ -20,7 +20,9 @@ the prompt (the argument after -p):
   @escape-holding leave a grandchild that called setsid but keeps stdout open (<pid>.holder)
   @unicode:N      print N copies of "é" (two bytes each) and a newline
 
-With `--output-format json` it prints one JSON result object like claude's.
+With `--output-format json` it prints one JSON result object like claude's. With
+`--resume ID` the result says which session it resumed ("resumed ID: …") and, like
+claude, reports a new session id for the continued conversation.
 """
 
 import json
@@ -42,7 +44,11 @@ def main() -> int:
         stdin_target = os.readlink("/proc/self/fd/0")
     except OSError:
         stdin_target = None
+    resumed = None
+    if "--resume" in argv and argv.index("--resume") + 1 < len(argv):
+        resumed = argv[argv.index("--resume") + 1]
     record = {
+        "resumed": resumed,
         "argv": sys.argv,
         "prompt": prompt,
         "cwd": os.getcwd(),
@@ -111,7 +117,7 @@ def main() -> int:
             "type": "result",
             "subtype": "error_during_execution" if "error" in directives else "success",
             "is_error": "error" in directives,
-            "result": directives.get("result") or f"done: {prompt}",
+            "result": (f"resumed {resumed}: " if resumed else "") + (directives.get("result") or f"done: {prompt}"),
             "session_id": directives.get("session") or f"sess-{os.getpid()}",
             "total_cost_usd": float(directives.get("cost") or 0.01),
             "num_turns": 1,

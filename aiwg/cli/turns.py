@@ -1,0 +1,68 @@
+# tests: tests/e2e/test_chat.py
+"""Waiting for one chat turn: stream its output (when the agent's output is the
+answer), tick a progress callback, and return the task's final record.
+
+Shared by `aiwg chat send` and the REPL; the caller's connection must already be
+subscribed to TURN_TOPICS.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from aiwg.client import DaemonClient
+
+END_TOPICS = ("task:completed", "task:failed", "task:cancelled", "task:timeout")
+TURN_TOPICS = ["task:output", *END_TOPICS]
+TERMINAL = {"completed", "failed", "cancelled", "timeout"}
+
+
+def wait_turn(
+    client: DaemonClient,
+    task_id: str,
+    *,
+    on_chunk: Callable[[str], None] | None = None,
+    on_tick: Callable[[float], None] | None = None,
+    tick: float = 0.1,
+) -> dict[str, Any]:
+    """Block until task `task_id` ends; returns its record (`task.get`)."""
+    started = time.monotonic()
+    state = None
+    while state not in TERMINAL:
+        for event in client.events(timeout=tick):
+            payload = event.get("payload") or {}
+            if payload.get("taskId") != task_id:
+                continue
+            if event.get("topic") == "task:output":
+                if on_chunk is not None and payload.get("stream", "stdout") == "stdout":
+                    on_chunk(payload.get("chunk", ""))
+            else:
+                state = payload.get("state") or str(event.get("topic", ":")).split(":", 1)[1]
+                break
+            if on_tick is not None:
+                on_tick(time.monotonic() - started)
+        else:
+            if on_tick is not None:
+                on_tick(time.monotonic() - started)
+            if time.monotonic() - started > 2 and int((time.monotonic() - started) / tick) % 20 == 0:
+                state = client.call("task.get", taskId=task_id)["state"]  # an end event missed?
+    return client.call("task.get", taskId=task_id)
+
+
+def answer_text(record: dict[str, Any]) -> str:
+    """What to show as the answer: the agent's result, else its output's tail."""
+    result = record.get("result")
+    if isinstance(result, str) and result.strip():
+        return result.rstrip("\n")
+    return (record.get("outputTail") or record.get("output") or "").rstrip("\n")
+
+
+def failure_text(record: dict[str, Any]) -> str:
+    state = record.get("state")
+    reason = record.get("error") or ""
+    if state == "timeout":
+        return f"the turn timed out{': ' + reason if reason else ''}"
+    if state == "cancelled":
+        return "the turn was cancelled"
+    return f"the turn failed{': ' + reason if reason else ''}"

@@ -1,0 +1,144 @@
+# tests: tests/daemon/test_chat.py, tests/e2e/test_chat.py
+"""Chat: each turn is a task (source `chat`); the daemon keeps the conversations.
+
+A turn of an agent that reports sessions (output `claude-json`) resumes the
+session the previous answer reported (`--resume <id>`, passed through the task's
+metadata); other agents get the recent turns written into the prompt. Answers
+are recorded when the turn's task ends. Idle conversations expire on a timer, so
+memory stays flat however long the daemon runs.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from aiwg.core.config import Config
+from aiwg.core.conversations import Conversations, UnknownConversation, prompt_with_history
+from aiwg.core.events import Event
+from aiwg.errors import InvalidParams
+
+END_TOPICS = ["task:completed", "task:failed", "task:cancelled", "task:timeout"]
+#: How often idle conversations are looked for.
+EXPIRY_INTERVAL = 60.0
+
+
+class ChatService(Service):
+    name = "chat"
+    log = Logger()
+
+    def __init__(self, *, reactor: Any, bus: Any, config: Config, supervisor: Callable[[], Any]) -> None:
+        self._reactor = reactor
+        self._bus = bus
+        self._supervisor = supervisor
+        self._section = config.data["chat"]
+        self._output = config.data["agent"]["output"]
+        self.chats = self._registry(self._section)
+        self._turn_of: dict[str, str] = {}  # running turn's task id → conversation id
+        self._subscription: Any = None
+        self._expiry: LoopingCall | None = None
+        self.turns = 0
+
+    @staticmethod
+    def _registry(section: dict[str, Any]) -> Conversations:
+        return Conversations(
+            max_turns=int(section["max_turns"]),
+            max_bytes=int(section["max_history_kb"]) * 1024,
+            idle_seconds=float(section["idle_hours"]) * 3600,
+            max_conversations=int(section["max_conversations"]),
+        )
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._subscription = self._bus.subscribe(END_TOPICS, self._ended)
+        self._expiry = LoopingCall(self.expire)
+        self._expiry.clock = self._reactor
+        self._expiry.start(EXPIRY_INTERVAL, now=False)
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+        if self._expiry is not None and self._expiry.running:
+            self._expiry.stop()
+
+    # -- turns ---------------------------------------------------------------
+
+    def send(self, message: str, conversation: str | None, priority: int | None) -> Any:
+        """Queue one turn; returns the task."""
+        now = self._reactor.seconds()
+        conversation_id = conversation or "c-" + secrets.token_hex(5)
+        chat = self.chats.open(conversation_id, now)
+        resumable = self._output == "claude-json"
+        metadata: dict[str, Any] = {"source": "ipc-chat", "conversation": conversation_id}
+        if resumable:
+            prompt = message
+            if chat.session_id:
+                metadata["resumeSession"] = chat.session_id
+        else:
+            prompt = prompt_with_history(chat, message)
+        task = self._supervisor().submit(
+            prompt,
+            priority=int(self._section["priority"]) if priority is None else priority,
+            source="chat",
+            metadata=metadata,
+        )
+        self.chats.ask(chat, message, task.id, now)
+        self._turn_of[task.id] = conversation_id
+        self.turns += 1
+        return task
+
+    def _ended(self, event: Event) -> None:
+        task_id = event.payload.get("taskId")
+        conversation_id = self._turn_of.pop(task_id, None) if isinstance(task_id, str) else None
+        if conversation_id is None:
+            return
+        store = getattr(self._supervisor(), "store", None)
+        task = store.get(task_id) if store is not None else None
+        if task is None:
+            return
+        answer = task.result if task.result is not None else (task.output_tail or "")
+        self.chats.answered(conversation_id, task_id, answer if task.state.value == "completed" else (task.error or ""),
+                            task.state.value, self._reactor.seconds(), session_id=task.session_id)
+
+    def reset(self, conversation: str) -> bool:
+        for task_id, owner in list(self._turn_of.items()):
+            if owner == conversation:
+                del self._turn_of[task_id]
+        return self.chats.reset(conversation)
+
+    def history(self, conversation: str) -> dict[str, Any]:
+        try:
+            chat = self.chats.get(conversation)
+        except UnknownConversation:
+            raise InvalidParams(
+                f"Unknown conversation: {conversation} (parameter 'conversation'; it may have expired)",
+                {"conversation": conversation},
+            ) from None
+        return {**chat.to_json(), "history": self.chats.history(conversation)}
+
+    def expire(self) -> list[str]:
+        gone = self.chats.expire(self._reactor.seconds())
+        if gone:
+            self.log.info("chat: {count} idle conversation(s) expired", count=len(gone))
+        return gone
+
+    # -- reload and status -------------------------------------------------------
+
+    def apply_config(self, config: Config) -> None:
+        self._output = config.data["agent"]["output"]
+        section = config.data["chat"]
+        if section != self._section:
+            self._section = section
+            fresh = self._registry(section)
+            for chat in self.chats:  # keep what there is; new bounds apply from the next turn
+                fresh._open[chat.id] = chat
+            self.chats = fresh
+
+    def status(self) -> dict[str, Any]:
+        return {"conversations": len(self.chats), "turns": self.turns, "running_turns": len(self._turn_of)}
