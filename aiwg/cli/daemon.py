@@ -30,6 +30,7 @@ from aiwg.errors import (
     EXIT_OK,
     EXIT_STATUS_NOT_RUNNING,
     EXIT_STATUS_UNKNOWN,
+    EXIT_USAGE,
     AiwgError,
     ConfigError,
     DaemonNotRunning,
@@ -83,10 +84,11 @@ def _watcher_ready(client: DaemonClient, within: float) -> bool:
 @daemon.command()
 @click.option("--config", "-c", "config", metavar="FILE", help="Configuration file (default .aiwg/daemon.json).")
 @click.option("--foreground", "-f", is_flag=True, help="Stay in the foreground and log to stdout (containers, systemd Type=exec).")
+@click.option("--tmux", "with_tmux", is_flag=True, help="Also open a tmux session (tmux.session, default aiwg-daemon) with the log, task output and the chat REPL.")
 @project_option
 @json_option
 @pass_context
-def start(ctx: Context, config: str | None, foreground: bool) -> None:
+def start(ctx: Context, config: str | None, foreground: bool, with_tmux: bool = False) -> None:
     """Start the daemon for the project; returns once it answers on its socket
     and its file watches (if any) are in place."""
     paths = ctx.paths
@@ -105,6 +107,16 @@ def start(ctx: Context, config: str | None, foreground: bool) -> None:
         return
     for warning in loaded.warnings:
         click.echo(f"aiwg: warning: {loaded.source}: {warning}", err=True)
+    if with_tmux:
+        if foreground:
+            fail("--tmux runs the daemon in the background; drop --foreground", EXIT_USAGE)
+        from aiwg import tmux
+
+        try:
+            tmux.executable()
+        except AiwgError as exc:
+            fail(str(exc), EXIT_FAILURE)
+    tmux_session = str(loaded.data["tmux"]["session"]) if with_tmux else None
 
     from aiwg.daemon import launcher
 
@@ -150,6 +162,14 @@ def start(ctx: Context, config: str | None, foreground: bool) -> None:
             return EXIT_FAILURE
         info = {"started": True, "pid": pong.get("pid"), "socket": str(paths.bind_socket()),
                 "log": str(paths.log_file), "project": str(paths.root)}
+        if tmux_session is not None:
+            from aiwg import tmux
+
+            try:
+                info["tmux_session"] = tmux.create(paths, tmux_session)
+            except AiwgError as exc:
+                err.write(f"aiwg: the daemon is running, but its tmux session failed: {exc}\n")
+                err.flush()
         if ctx.as_json:
             import json
 
@@ -159,6 +179,8 @@ def start(ctx: Context, config: str | None, foreground: bool) -> None:
                 f"aiwg daemon started (pid {info['pid']})\n"
                 f"  socket: {info['socket']}\n  log:    {info['log']}\n"
             )
+            if "tmux_session" in info:
+                out.write(f"  tmux:   session {info['tmux_session']} (aiwg daemon attach)\n")
         out.flush()
         return EXIT_OK
 
@@ -249,7 +271,33 @@ def stop(ctx: Context, timeout: float) -> None:
                 EXIT_FAILURE,
             )
         time.sleep(0.05)
+    _close_tmux(paths)
     _say(ctx, {"stopped": True, "pid": pid}, f"aiwg daemon stopped (pid {pid})")
+
+
+def _close_tmux(paths: ProjectPaths) -> None:
+    """`aiwg daemon stop` closes the project's tmux session too."""
+    if not (paths.daemon_dir / "tmux-session").exists():
+        return
+    from aiwg import tmux
+
+    try:
+        tmux.kill(paths)
+    except AiwgError:
+        pass
+
+
+@daemon.command()
+@project_option
+@pass_context
+def attach(ctx: Context) -> None:
+    """Attach to the daemon's tmux session (from `aiwg daemon start --tmux`)."""
+    from aiwg import tmux
+
+    try:
+        tmux.attach(ctx.paths)
+    except AiwgError as exc:
+        fail(str(exc), EXIT_FAILURE)
 
 
 def _stop_remote(ctx: Context, paths: ProjectPaths, timeout: float) -> None:

@@ -130,9 +130,12 @@ class Repl:
             self.out.write(data)
             self.out.flush()
 
+        def tick(elapsed: float) -> None:
+            if not streamed:  # once the answer streams, it is its own progress
+                self._thinking(elapsed)
+
         try:
-            record = wait_turn(self.client, task_id, on_chunk=chunk if stream else None,
-                               on_tick=None if streamed else self._thinking)
+            record = wait_turn(self.client, task_id, on_chunk=chunk if stream else None, on_tick=tick)
         except KeyboardInterrupt:
             if self.gone.is_set():
                 raise DaemonGone() from None

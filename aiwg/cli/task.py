@@ -94,6 +94,65 @@ def list_tasks(ctx: Context, state: str | None, limit: int, offset: int) -> None
 
 
 @task.command()
+@click.argument("task_id", metavar="[ID]", required=False)
+@click.option("--all", "-a", "every", is_flag=True, help="Follow every task's output, each line prefixed with its task id, until Ctrl-C or the daemon stops.")
+@project_option
+@json_option
+@pass_context
+def follow(ctx: Context, task_id: str | None, every: bool) -> None:
+    """Stream one task's output until it ends (as `get --follow`), or every task's with --all."""
+    if task_id and every:
+        fail("give a task ID or --all, not both", 2)
+    if not task_id and not every:
+        fail("give a task ID, or --all to follow every task", 2)
+    with DaemonClient(ctx.paths.root) as client:
+        if task_id:
+            sys.exit(_follow(ctx, client, task_id, subscribed=False))
+        sys.exit(_follow_all(ctx, client))
+
+
+def _follow_all(ctx: Context, client: DaemonClient) -> int:
+    """Every task's output as it arrives, line by line, prefixed `[t-…]`."""
+    from aiwg.errors import ConnectionClosed
+
+    client.subscribe(["task:started", "task:output", *END_TOPICS])
+    if not ctx.as_json:
+        running = client.call("task.list", state="running", limit=100)
+        click.echo(f"following the output of every task ({len(running)} running now); Ctrl-C stops")
+    partial: dict[str, str] = {}
+    client.timeout = None
+    try:
+        for event in client.events():
+            if ctx.as_json:
+                click.echo(json.dumps(event))
+                continue
+            payload = event.get("payload") or {}
+            tid = payload.get("taskId", "?")
+            topic = event.get("topic", "")
+            if topic == "task:output":
+                text = partial.pop(tid, "") + payload.get("chunk", "")
+                *lines, rest = text.split("\n")
+                for line in lines:
+                    click.echo(f"[{tid}] {line}")
+                if rest:
+                    partial[tid] = rest
+            elif topic == "task:started":
+                click.echo(f"── {tid} started (pid {payload.get('pid')})")
+            else:
+                if partial.get(tid):
+                    click.echo(f"[{tid}] {partial.pop(tid)}")
+                state = topic.split(":", 1)[1]
+                detail = payload.get("error") or (f"exit {payload['exitCode']}" if "exitCode" in payload else "")
+                click.echo(f"── {tid} {state}{': ' + detail if detail else ''}")
+    except KeyboardInterrupt:
+        return 130
+    except ConnectionClosed:
+        click.echo("aiwg: the daemon stopped", err=True)
+        return 1
+    return 0
+
+
+@task.command()
 @click.argument("task_id", metavar="ID")
 @click.option("--follow", "-f", is_flag=True, help="Stream the output until the task ends; exit with its status.")
 @project_option
