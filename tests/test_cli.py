@@ -73,12 +73,22 @@ def test_help_lists_commands_and_completion() -> None:
         assert command in daemon_help.output
 
 
+#: Commands that drive a terminal (a REPL, tmux attach): machine output does not apply.
+INTERACTIVE = {("daemon", "chat"), ("daemon", "attach")}
+
+
 def test_every_command_accepts_json() -> None:
+    from aiwg.cli.automation import automation
+    from aiwg.cli.chat import chat
     from aiwg.cli.daemon import daemon
     from aiwg.cli.event import event
+    from aiwg.cli.schedule import schedule
+    from aiwg.cli.task import task
 
-    for group in (daemon, event):
+    for group in (daemon, event, task, automation, schedule, chat):
         for name, command in group.commands.items():
+            if (group.name, name) in INTERACTIVE:
+                continue
             options = {opt for p in command.params for opt in getattr(p, "opts", [])}
             assert "--json" in options, f"{group.name} {name}"
 

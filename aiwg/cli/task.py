@@ -234,6 +234,7 @@ def stats(ctx: Context) -> None:
 @task.command()
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="Write here instead of stdout.")
 @project_option
+@json_option  # accepted everywhere; the export is JSON either way
 @pass_context
 def export(ctx: Context, output: str | None) -> None:
     """All tasks as JSON, in AIWG's tasks.json shape ({version, updatedAt, tasks})."""
