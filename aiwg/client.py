@@ -19,7 +19,7 @@ from collections import deque
 from pathlib import Path
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs the CLI start-up time
-    from typing import Any, Callable, Iterator
+    from typing import Any, Callable, Iterable, Iterator
 
 from aiwg.errors import (
     ConnectionClosed,
@@ -139,17 +139,58 @@ class DaemonClient:
                 if reply.get("id") is None and "error" in reply:
                     # The daemon could not read our request (e.g. a parse error): the
                     # only request in flight on this blocking client is ours.
-                    error = reply["error"] or {}
-                    raise RpcError(
-                        int(error.get("code", 0)), str(error.get("message", "")), error.get("data")
-                    )
+                    raise _rpc_error(reply)
                 continue  # a late reply to a request that timed out
             if "error" in reply:
-                error = reply["error"] or {}
-                raise RpcError(
-                    int(error.get("code", 0)), str(error.get("message", "")), error.get("data")
-                )
+                raise _rpc_error(reply)
             return reply.get("result")
+
+    def call_many(
+        self, calls: Iterable[tuple[str, dict[str, Any]]], *, window: int = 100
+    ) -> list[Any]:
+        """Make many calls without waiting for each reply before sending the next
+        (pipelining): up to `window` requests are in flight at once, so that a
+        burst of calls costs about one round trip per window, not one per call.
+        Returns the results in the order of `calls`. If any call failed, the
+        first such RpcError is raised, once every reply is in."""
+        requests = [(method, params) for method, params in calls]
+        sock = self._require()
+        window = max(1, window)
+        results: list[Any] = [None] * len(requests)
+        errors: dict[int, RpcError] = {}
+        waiting: dict[Any, int] = {}  # request id → its index in `requests`
+        sent = 0
+        while sent < len(requests) or waiting:
+            if sent < len(requests) and len(waiting) <= window // 2:
+                batch = []
+                while sent < len(requests) and len(waiting) < window:
+                    req_id = next(self._ids)
+                    method, params = requests[sent]
+                    message: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": req_id}
+                    if params:
+                        message["params"] = params
+                    batch.append(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+                    waiting[req_id] = sent
+                    sent += 1
+                self._send_bytes(sock, b"".join(batch))
+            what = requests[min(waiting.values())][0]
+            deadline = None if self.timeout is None else time.monotonic() + self.timeout
+            reply = self._read_message(deadline, what)
+            if "method" in reply and "id" not in reply:
+                self._notification(reply)
+                continue
+            index = waiting.pop(reply.get("id"), None)
+            if index is None:
+                if reply.get("id") is None and "error" in reply:
+                    raise _rpc_error(reply)  # the daemon could not read one of them
+                continue  # a late reply to a request that timed out
+            if "error" in reply:
+                errors[index] = _rpc_error(reply)
+            else:
+                results[index] = reply.get("result")
+        if errors:
+            raise errors[min(errors)]
+        return results
 
     def notify(self, method: str, /, **params: Any) -> None:
         """Send a JSON-RPC notification: no reply is expected or read."""
@@ -200,7 +241,9 @@ class DaemonClient:
         return self._sock
 
     def _send(self, sock: socket.socket, message: dict[str, Any]) -> None:
-        data = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        self._send_bytes(sock, json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    def _send_bytes(self, sock: socket.socket, data: bytes) -> None:
         try:
             sock.sendall(data)
         except (BrokenPipeError, ConnectionResetError) as exc:
@@ -241,3 +284,8 @@ class DaemonClient:
             self.on_notification(message["method"], message.get("params"))
         else:
             self.notifications.append((message["method"], message.get("params")))
+
+
+def _rpc_error(reply: dict[str, Any]) -> RpcError:
+    error = reply["error"] or {}
+    return RpcError(int(error.get("code", 0)), str(error.get("message", "")), error.get("data"))

@@ -72,6 +72,54 @@ def test_subscribed_events_arrive_and_notifications_queue_during_calls(daemon: P
         assert events[0]["payload"] == {"n": 1} and events[0]["source"] == "client"
 
 
+def test_call_many_pipelines_calls_and_keeps_their_order(daemon: Project) -> None:
+    with DaemonClient(daemon.root) as client:
+        results = client.call_many([("ping", {})] * 250 + [("events.recent", {"limit": 1})], window=16)
+        assert len(results) == 251 and all(r["pong"] is True for r in results[:250])
+        assert isinstance(results[-1], list)
+        with pytest.raises(RpcError) as caught:
+            client.call_many([("ping", {}), ("no.such", {}), ("also.missing", {}), ("ping", {})])
+        assert caught.value.code == METHOD_NOT_FOUND and "no.such" in caught.value.message
+        assert client.ping()["pong"] is True  # every reply was read: the connection is in step
+        assert client.call_many([]) == []
+
+
+def test_call_many_matches_replies_that_arrive_out_of_order(tmp_path: Path) -> None:
+    """A server that answers each window in reverse: results still follow the calls."""
+    import json
+
+    path = tmp_path / "reverse.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    windows: list[int] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        buffer = b""
+        answered = 0
+        while answered < 10:
+            buffer += conn.recv(65536)
+            lines, _, buffer = buffer.rpartition(b"\n")
+            requests = [json.loads(line) for line in lines.split(b"\n") if line]
+            windows.append(len(requests))
+            for request in reversed(requests):
+                reply = {"jsonrpc": "2.0", "id": request["id"], "result": request["params"]["n"]}
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            answered += len(requests)
+        conn.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with DaemonClient(tmp_path, socket_path=path, timeout=5) as client:
+            assert client.call_many([("echo", {"n": n}) for n in range(10)], window=4) == list(range(10))
+    finally:
+        thread.join(5)
+        server.close()
+    assert max(windows) <= 4  # never more than the window in flight
+
+
 def test_timeout_raises_request_timeout(tmp_path: Path) -> None:
     path = tmp_path / "mute.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -20,9 +20,13 @@ Callback = Callable[[Event], None]
 
 
 class Subscription:
-    def __init__(self, bus: "EventBus", patterns: tuple[str, ...], callback: Callback) -> None:
+    def __init__(
+        self, bus: "EventBus", patterns: tuple[str, ...], callback: Callback,
+        delivered: Callable[[], None] | None = None,
+    ) -> None:
         self.patterns = patterns
         self.callback = callback
+        self.delivered = delivered
         self.active = True
         self._bus = bus
 
@@ -45,8 +49,13 @@ class EventBus:
         self.history: deque[Event] = deque(maxlen=history)
         self.published = 0
 
-    def subscribe(self, patterns: Iterable[str], callback: Callback) -> Subscription:
-        subscription = Subscription(self, tuple(patterns), callback)
+    def subscribe(
+        self, patterns: Iterable[str], callback: Callback, delivered: Callable[[], None] | None = None
+    ) -> Subscription:
+        """`callback(event)` for each matching event; `delivered()`, if given, once
+        after each turn's events have all been passed to it (to write them out
+        together, say)."""
+        subscription = Subscription(self, tuple(patterns), callback, delivered)
         self._subscriptions.append(subscription)
         return subscription
 
@@ -87,15 +96,23 @@ class EventBus:
     def _flush(self) -> None:
         self._flush_call = None
         batch, self._pending = self._pending, deque()
+        finishing: dict[Subscription, None] = {}
         for subscription, event in batch:
             if not subscription.active:
                 continue
+            if subscription.delivered is not None:
+                finishing[subscription] = None
             try:
                 subscription.callback(event)
             except Exception:
                 self.log.failure(
                     "event subscriber failed on {topic}", topic=event.topic
                 )
+        for subscription in finishing:
+            try:
+                subscription.delivered()  # type: ignore[misc]
+            except Exception:
+                self.log.failure("event subscriber failed after a delivery")
 
     def flush(self) -> None:
         """Deliver what is pending now, not on the next turn (used while stopping)."""

@@ -4,7 +4,8 @@
 Days are UTC. Old days are deleted after `daemon.events.retention_days`; a
 day's file stops at `daemon.events.max_file_mb` with a marker line, so a
 storm of events cannot fill the disk. Task output chunks are not logged
-here: they have their own files under actions/.
+here: they have their own files under actions/. The lines of one delivery
+turn are written out together, at its end.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ SKIPPED_TOPICS = frozenset({"task:output"})
 
 _DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.jsonl$")
 
+#: Built once: json.dumps with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
 
 class EventLog(Service):
     name = "eventlog"
@@ -50,7 +54,7 @@ class EventLog(Service):
     def startService(self) -> None:
         super().startService()
         self._prune(time.gmtime(self._bus.now()))
-        self._subscription = self._bus.subscribe(["*"], self._record)
+        self._subscription = self._bus.subscribe(["*"], self._record, delivered=self._flush)
 
     def stopService(self) -> None:
         super().stopService()
@@ -67,8 +71,20 @@ class EventLog(Service):
             self._write(event)
             self.last_error = None
         except (OSError, TypeError, ValueError) as exc:
-            self.last_error = f"cannot write the event log in {self._directory}: {exc}"
-            self.log.warn("event log write failed: {error}", error=str(exc))
+            self._failed(exc)
+
+    def _flush(self) -> None:
+        """The lines of one delivery turn go to the file in one write."""
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+        except (OSError, ValueError) as exc:
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        self.last_error = f"cannot write the event log in {self._directory}: {exc}"
+        self.log.warn("event log write failed: {error}", error=str(exc))
 
     def _write(self, event: Event) -> None:
         day = time.strftime("%Y-%m-%d", time.gmtime(event.timestamp))
@@ -83,16 +99,14 @@ class EventLog(Service):
             self._full = False
         if self._full or self._file is None:
             return
-        line = json.dumps(
+        line = _ENCODER.encode(
             {
                 "timestamp": iso_utc(event.timestamp),
                 "topic": event.topic,
                 "source": event.source,
                 "seq": event.seq,
                 "payload": dict(event.payload),
-            },
-            separators=(",", ":"),
-            default=str,
+            }
         ).encode() + b"\n"
         limit = int(self._settings.max_file_mb * 1024 * 1024)
         if self._size + len(line) > limit:
@@ -102,8 +116,7 @@ class EventLog(Service):
             self._file.flush()
             self._full = True
             return
-        self._file.write(line)
-        self._file.flush()
+        self._file.write(line)  # written out by _flush, at the end of the turn
         self._size += len(line)
         self.written += 1
 

@@ -53,8 +53,35 @@ def _level_name(event: dict[str, Any]) -> str:
     return getattr(event.get("log_level"), "name", "info")
 
 
+class _CallFields:
+    """The event's fields for `str.format_map`, with Twisted's `{name()}` calls."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        self._event = event
+
+    def __getitem__(self, key: str) -> Any:
+        if key.endswith("()"):
+            return self._event[key[:-2]]()
+        return self._event[key]
+
+
+def format_message(event: dict[str, Any]) -> str:
+    """The event's message: what Twisted's `formatEvent` gives, at a fraction of its
+    cost (it formats with `string.Formatter` in Python; `str.format_map` is C).
+    Whatever the fast way cannot format goes to `formatEvent`, which never fails."""
+    fmt = event.get("log_format")
+    if type(fmt) is str and "log_flattened" not in event:
+        try:
+            return fmt.format_map(_CallFields(event) if "()" in fmt else event)
+        except Exception:
+            pass
+    return formatEvent(event)
+
+
 def _message(event: dict[str, Any]) -> str:
-    text = formatEvent(event)
+    text = format_message(event)
     failure = event.get("log_failure")
     if isinstance(failure, Failure):
         text += "\n" + failure.getTraceback()
@@ -96,7 +123,7 @@ _NOISE = ("starting on ", "(UNIX Port ", "Starting factory", "Stopping factory")
 def is_noise(event: dict[str, Any]) -> bool:
     if event.get("log_namespace") != "log_legacy":
         return False
-    text = formatEvent(event)
+    text = format_message(event)
     return any(marker in text for marker in _NOISE)
 
 

@@ -4,20 +4,26 @@
 Every state change is committed before anyone is told about it, so a crash
 loses nothing that was acknowledged. The hot paths — list by state, stats,
 next to run — are served by indexes and a counts table kept by triggers, never
-by scanning all tasks.
+by scanning all tasks; the counts are also kept in memory, so that `stats`
+never waits for a commit. In the daemon, commits run on a thread of their own:
+the reactor goes on serving while SQLite waits for the disk.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import sqlite3
+import threading
+from contextlib import contextmanager
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from attrs import evolve
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 
 from aiwg.core.tasks import INTERRUPTED, STATE_NAMES, Task, TaskState
 
@@ -83,14 +89,130 @@ class StoreError(Exception):
     pass
 
 
+class DuplicateTask(StoreError):
+    """`insert` of an id the store already holds."""
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    try:
+        db.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # nothing was left open
+
+
+#: Rows per statement: 26 parameters each stays under SQLite's oldest limit (999).
+_ROWS_PER_STATEMENT = 32
+
+
+@lru_cache(maxsize=_ROWS_PER_STATEMENT)
+def _upsert(rows: int) -> str:
+    """One statement that writes `rows` whole tasks: new ids are inserted, known
+    ones updated in place (their seq never changes); the count triggers see
+    either. A new task on a seq that is taken fails the statement, as it should."""
+    one = f"({', '.join('?' * (len(_COLUMNS) + 1))})"
+    return (
+        f"INSERT INTO tasks (seq, {', '.join(_COLUMNS)}) VALUES {', '.join([one] * rows)} "
+        f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS[1:])}"
+    )
+
+
+def _write_rows(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Write (seq, *row) tuples in one transaction, waiting for it to be durable.
+    Up to _ROWS_PER_STATEMENT rows it is a single statement, which SQLite runs as
+    a transaction of its own: one call, during which Python is free to run the
+    reactor (the commit thread then needs the interpreter lock once, not per row)."""
+    chunks = [rows[i:i + _ROWS_PER_STATEMENT] for i in range(0, len(rows), _ROWS_PER_STATEMENT)]
+    if len(chunks) == 1:
+        db.execute(_upsert(len(rows)), [value for row in rows for value in row])
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for chunk in chunks:
+            db.execute(_upsert(len(chunk)), [value for row in chunk for value in row])
+        db.execute("COMMIT")
+    except BaseException:
+        _rollback(db)
+        raise
+
+
+class CommitThread:
+    """Runs commits one at a time, in the order given, on a thread of their own,
+    so that the reactor never waits for fsync. Each outcome (None or the
+    exception) goes back through `deliver` (reactor.callFromThread); `wait()`
+    lets the reactor thread block for one when a read cannot do without it.
+    The store has at most one job here at a time."""
+
+    def __init__(self, deliver: Callable[..., Any]) -> None:
+        self._deliver = deliver
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._done = threading.Condition()
+        self._finished = 0  # number of the last job run
+        self._outcome: BaseException | None = None  # and how it went
+        self._thread = threading.Thread(target=self._run, name="aiwg-store-commits", daemon=True)
+        self._thread.start()
+
+    def submit(self, number: int, job: Callable[[], None], on_done: Callable[..., None]) -> None:
+        self._jobs.put((number, job, on_done))
+
+    def wait(self, number: int) -> BaseException | None:
+        """Block until job `number` has run; its outcome."""
+        with self._done:
+            while self._finished < number:
+                self._done.wait()
+            return self._outcome if self._finished == number else None
+
+    def stop(self) -> None:
+        """Run what was submitted, then end the thread (it is idle by then: quick)."""
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            number, job, on_done = item
+            try:
+                job()
+                outcome: BaseException | None = None
+            except BaseException as exc:  # reported to the reactor, never lost here
+                outcome = exc
+            with self._done:
+                self._finished, self._outcome = number, outcome
+                self._done.notify_all()
+            self._deliver(on_done, number, outcome)
+
+
+class _Write:
+    """A task as last written, not yet known to be on disk: `batch` is the commit
+    that carries it."""
+
+    __slots__ = ("task", "row", "batch")
+
+    def __init__(self, task: Task, row: tuple[Any, ...], batch: int) -> None:
+        self.task, self.row, self.batch = task, row, batch
+
+
 class TaskStore:
     """Writes are grouped: `insert` and `save` take effect in memory at once (reads
     see them) and reach the disk in one transaction — one fsync — per reactor turn,
-    or sooner when `flush()` is called (before an agent is spawned, so a task is
-    recorded as running before it can run). `when_durable()` fires after the next
-    commit. Without `schedule`, every write commits at once."""
+    or sooner when `commit()` is called (before an agent is spawned, so a task is
+    recorded as running before it can run). `when_durable()` fires after the
+    commit that carries everything written so far.
 
-    def __init__(self, path: Path, schedule: Callable[..., Any] | None = None) -> None:
+    With `deliver` (reactor.callFromThread), commits run on a CommitThread, one at
+    a time: what is written while one is in flight goes in the next. Reads of one
+    task and of the counts never wait for the disk; list, state and prune
+    queries first wait (`flush()`) for every write to be committed. Without
+    `deliver`, commits run on the caller's thread; without `schedule` too, every
+    write commits at once."""
+
+    def __init__(
+        self, path: Path, schedule: Callable[..., Any] | None = None,
+        deliver: Callable[..., Any] | None = None,
+    ) -> None:
+        if sqlite3.sqlite_version_info < (3, 24, 0):
+            raise StoreError(f"SQLite {sqlite3.sqlite_version} is too old: the task store needs 3.24 or newer")
         self.path = path
         fresh = not path.exists()
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
@@ -103,12 +225,25 @@ class TaskStore:
         self._migrate()
         self.imported = 0
         self._schedule = schedule
-        self._pending: dict[str, tuple[Task, bool]] = {}
-        self._waiters: list[Deferred] = []
+        self._unsaved: dict[str, _Write] = {}
+        self._batch = 1  # the commit that the next write joins
+        self._open_writes = 0  # writes in that batch
+        self._inflight: tuple[int, list[str]] | None = None  # with a thread: batch, task ids
+        self._waiters: dict[int, list[Deferred]] = {}  # by batch
         self._flush_scheduled = False
         self._next_seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0]) + 1
+        self._counts = self._counts_on_disk()
+        self._read_states: dict[str, str] = {}
         self.commits = 0
         self.failed_flushes = 0
+        self._thread: CommitThread | None = None
+        self._reader = self._db
+        if deliver is not None:
+            # Reads go through a connection of their own: WAL lets them go on while
+            # the writer's connection is busy committing on its thread.
+            self._reader = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            self._reader.execute("PRAGMA query_only=1")
+            self._thread = CommitThread(deliver)
 
     # -- schema ------------------------------------------------------------
 
@@ -125,44 +260,57 @@ class TaskStore:
                     self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {target}")
 
-    def _transaction(self) -> Any:
-        db = self._db
-
-        class _Tx:
-            def __enter__(self) -> None:
-                db.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
-                db.execute("COMMIT" if kind is None else "ROLLBACK")
-
-        return _Tx()
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """For the rare writes outside the group commit (schema, import, prune)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
         try:
             self.flush()
         finally:
+            if self._thread is not None:
+                self._thread.stop()
+                self._thread = None
+                self._reader.close()
             self._db.close()
 
     # -- writes ------------------------------------------------------------
 
     def insert(self, task: Task) -> Task:
         """Add a task; it gets the next `seq` (submission order) at once."""
-        if task.id in self._pending or self._exists_on_disk(task.id):
-            raise StoreError(f"task {task.id} already exists")
-        _check_row(task)
+        if task.id in self._unsaved or self._state_on_disk(task.id) is not None:
+            raise DuplicateTask(f"task {task.id} already exists")
         task = evolve(task, seq=self._next_seq)
+        row = _checked_row(task)
         self._next_seq += 1
-        self._pending[task.id] = (task, True)
+        self._unsaved[task.id] = _Write(task, row, self._batch)
+        self._open_writes += 1
+        self._counts[task.state.value] += 1
         self._written()
         return task
 
     def save(self, task: Task) -> None:
         """Record every field of an existing task."""
-        pending = self._pending.get(task.id)
-        if pending is None and not self._exists_on_disk(task.id):
-            raise StoreError(f"task {task.id} is not in the store")
-        _check_row(task)
-        self._pending[task.id] = (task, pending[1] if pending else False)
+        last = self._unsaved.get(task.id)
+        if last is None:
+            old = self._state_on_disk(task.id)
+            if old is None:
+                raise StoreError(f"task {task.id} is not in the store")
+        else:
+            old = last.task.state.value
+        row = _checked_row(task)
+        if last is None or last.batch != self._batch:
+            self._open_writes += 1
+        self._unsaved[task.id] = _Write(task, row, self._batch)
+        self._counts[old] -= 1
+        self._counts[task.state.value] += 1
         self._written()
 
     def _written(self) -> None:
@@ -174,111 +322,185 @@ class TaskStore:
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
+        if self._thread is not None:
+            if self._inflight is None and self._open_writes:
+                self._send_batch()
+            return
         try:
             self.flush()
         except Exception:
-            # The waiters got the failure; the writes stay pending. Try again soon,
-            # not only when the next write comes.
+            pass  # the waiters got the failure; _settle arranged the retry
+
+    def commit(self) -> Deferred:
+        """Start committing what has been written now, rather than at the end of
+        the turn; fires when it is durable (at once, without a thread)."""
+        if self._thread is None:
+            try:
+                self.flush()
+            except Exception as exc:
+                return fail(StoreError(f"cannot write {self.path}: {exc}"))
+            return succeed(None)
+        if self._inflight is None and self._open_writes:
+            self._send_batch()
+        return self.when_durable()
+
+    def flush(self) -> None:
+        """Commit every write so far and wait for it, blocking: for reads that
+        need SQL, and for close. Raises if that commit fails (the writes stay)."""
+        while self._thread is not None and self._inflight is not None:
+            number = self._inflight[0]
+            self._settle(number, self._thread.wait(number))  # may send the next batch
+        if not self._open_writes:
+            return
+        number, ids, job = self._take_batch()
+        if self._thread is None:
+            try:
+                job()
+                outcome: BaseException | None = None
+            except Exception as exc:
+                outcome = exc
+        else:
+            self._inflight = (number, ids)
+            self._thread.submit(number, job, self._settle)
+            outcome = self._thread.wait(number)
+        self._settle(number, outcome, ids)
+        if outcome is not None:
+            raise outcome
+
+    def _take_batch(self) -> tuple[int, list[str], Callable[[], None]]:
+        """Close the open batch: its number, its task ids, and the job that writes
+        it in one transaction."""
+        number = self._batch
+        self._batch += 1
+        self._open_writes = 0
+        writes = [w for w in self._unsaved.values() if w.batch == number]
+        rows = [(w.task.seq, *w.row) for w in writes]
+        return number, [w.task.id for w in writes], partial(_write_rows, self._db, rows)
+
+    def _send_batch(self) -> None:
+        assert self._thread is not None
+        number, ids, job = self._take_batch()
+        self._inflight = (number, ids)
+        self._thread.submit(number, job, self._settle)
+
+    def _settle(self, number: int, error: BaseException | None, ids: list[str] | None = None) -> None:
+        """Batch `number` is done: forget what it made durable, or put its writes
+        back in the open batch after a failure; wake its waiters; send the next."""
+        if self._inflight is not None and self._inflight[0] == number:
+            ids = self._inflight[1]
+            self._inflight = None
+        elif ids is None:
+            return  # already settled by a flush() that waited for it
+        if error is None:
+            self.commits += 1
+            self.failed_flushes = 0
+            for task_id in ids:
+                last = self._unsaved.get(task_id)
+                if last is not None and last.batch == number:
+                    del self._unsaved[task_id]
+        else:
             self.failed_flushes += 1
+            for task_id in ids:
+                last = self._unsaved.get(task_id)
+                if last is not None and last.batch == number:
+                    last.batch = self._batch
+                    self._open_writes += 1
+        self._wake(number, error)
+        if error is not None:
+            # Try again soon, not only when the next write comes.
             if self._schedule is not None and not self._flush_scheduled:
                 self._flush_scheduled = True
                 self._schedule(self._scheduled_flush, min(30.0, 0.5 * self.failed_flushes))
-
-    def flush(self) -> None:
-        """Commit every pending write in one transaction, then wake the waiters."""
-        if not self._pending:
-            self._wake(None)
-            return
-        pending, self._pending = self._pending, {}
-        inserts = [(t.seq, *_to_row(t)) for t, new in pending.values() if new]
-        updates = [(*_to_row(t)[1:], t.id) for t, new in pending.values() if not new]
-        try:
-            with self._transaction():
-                if inserts:
-                    self._db.executemany(
-                        f"INSERT INTO tasks (seq, {', '.join(_COLUMNS)}) "
-                        f"VALUES ({', '.join('?' * (len(_COLUMNS) + 1))})",
-                        inserts,
-                    )
-                if updates:
-                    assignments = ", ".join(f"{c} = ?" for c in _COLUMNS[1:])
-                    self._db.executemany(f"UPDATE tasks SET {assignments} WHERE id = ?", updates)
-        except Exception as exc:
-            for task_id, entry in pending.items():
-                self._pending.setdefault(task_id, entry)
-            self._wake(exc)
-            raise
-        self.commits += 1
-        self.failed_flushes = 0
-        self._wake(None)
+        elif self._thread is not None and self._open_writes and self._inflight is None:
+            self._send_batch()  # group commit: what came in meanwhile goes now
 
     def when_durable(self) -> Deferred:
         """Fires once everything written so far is committed."""
-        if not self._pending:
+        if self._open_writes:
+            number = self._batch
+        elif self._inflight is not None:
+            number = self._inflight[0]
+        else:
             return succeed(None)
         d: Deferred = Deferred()
-        self._waiters.append(d)
+        self._waiters.setdefault(number, []).append(d)
         return d
 
-    def _wake(self, error: BaseException | None) -> None:
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            if error is None:
-                d.callback(None)
-            else:
-                d.errback(StoreError(f"cannot write {self.path}: {error}"))
+    def _wake(self, number: int, error: BaseException | None) -> None:
+        """Fire the waiters of batch `number` and of any earlier one."""
+        ready = [self._waiters.pop(n) for n in sorted(n for n in self._waiters if n <= number)]
+        for waiters in ready:
+            for d in waiters:
+                if error is None:
+                    d.callback(None)
+                else:
+                    d.errback(StoreError(f"cannot write {self.path}: {error}"))
 
     def exists(self, task_id: str) -> bool:
-        return task_id in self._pending or self._exists_on_disk(task_id)
+        return task_id in self._unsaved or self._state_on_disk(task_id) is not None
 
-    def _exists_on_disk(self, task_id: str) -> bool:
-        return self._db.execute("SELECT 1 FROM tasks WHERE id = ?", (task_id,)).fetchone() is not None
+    def _state_on_disk(self, task_id: str) -> str | None:
+        """For a task with no write pending: its state on disk. `get` has usually
+        just read it (and the disk cannot have changed since: every write passes
+        through `_unsaved`), which spares a query on the way to `save`."""
+        state = self._read_states.pop(task_id, None)
+        if state is not None:
+            return state
+        row = self._reader.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return row[0] if row else None
+
+    def _counts_on_disk(self) -> dict[str, int]:
+        counts = dict(self._db.execute("SELECT state, count FROM task_counts").fetchall())
+        return {name: int(counts.get(name, 0)) for name in STATE_NAMES}
 
     # -- reads -------------------------------------------------------------
 
     def get(self, task_id: str) -> Task | None:
-        pending = self._pending.get(task_id)
-        if pending is not None:
-            return pending[0]
-        row = self._db.execute(
-            f"SELECT seq, {', '.join(_COLUMNS)} FROM tasks WHERE id = ?", (task_id,)
-        ).fetchone()
-        return _from_row(row) if row else None
+        last = self._unsaved.get(task_id)
+        if last is not None:
+            return last.task
+        row = self._reader.execute(_SELECT_ONE, (task_id,)).fetchone()
+        if row is None:
+            return None
+        task = _from_row(row)
+        if len(self._read_states) > 1000:
+            self._read_states.clear()
+        self._read_states[task_id] = task.state.value  # what a save of it replaces
+        return task
 
     def list(self, state: str | None = None, limit: int = 20, offset: int = 0) -> list[Task]:
         """Newest first."""
         self.flush()
         columns = f"seq, {', '.join(_COLUMNS)}"
         if state is None:
-            rows = self._db.execute(
+            rows = self._reader.execute(
                 f"SELECT {columns} FROM tasks ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset)
-            )
+            ).fetchall()
         else:
-            rows = self._db.execute(
+            rows = self._reader.execute(
                 f"SELECT {columns} FROM tasks WHERE state = ? ORDER BY seq DESC LIMIT ? OFFSET ?",
                 (state, limit, offset),
-            )
+            ).fetchall()
         return [_from_row(r) for r in rows]
 
     def in_state(self, state: TaskState) -> list[Task]:
         """Every task in `state`, in run order (for start-up: queued and running)."""
         self.flush()
-        rows = self._db.execute(
+        rows = self._reader.execute(
             f"SELECT seq, {', '.join(_COLUMNS)} FROM tasks WHERE state = ? "
             "ORDER BY priority DESC, seq",
             (state.value,),
-        )
+        ).fetchall()
         return [_from_row(r) for r in rows]
 
     def stats(self) -> dict[str, int]:
-        self.flush()
-        counts = dict(self._db.execute("SELECT state, count FROM task_counts").fetchall())
-        stats = {name: int(counts.get(name, 0)) for name in STATE_NAMES}
+        """Counts by state, as written (kept in memory: no disk read, no wait)."""
+        stats = dict(self._counts)
         return {"total": sum(stats.values()), **stats}
 
     def all(self) -> Iterator[Task]:
         self.flush()
-        rows = self._db.execute(f"SELECT seq, {', '.join(_COLUMNS)} FROM tasks ORDER BY seq")
+        rows = self._reader.execute(f"SELECT seq, {', '.join(_COLUMNS)} FROM tasks ORDER BY seq")
         for row in rows:
             yield _from_row(row)
 
@@ -287,24 +509,27 @@ class TaskStore:
     def prune(self, *, max_tasks: int, max_age_seconds: float, now: float) -> list[tuple[str, str | None]]:
         """Delete finished tasks beyond the newest `max_tasks` or older than the age
         limit (0 = no limit); returns (id, output_path) of each deleted task."""
-        self.flush()
-        doomed: list[tuple[str, str | None]] = []
+        self.flush()  # the commit thread is idle from here until we return
+        doomed: list[tuple[str, str | None, str]] = []
         if max_age_seconds > 0:
             doomed += self._db.execute(
-                "SELECT id, output_path FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?",
+                "SELECT id, output_path, state FROM tasks WHERE finished_at IS NOT NULL AND finished_at < ?",
                 (now - max_age_seconds,),
             ).fetchall()
         if max_tasks > 0:
             doomed += self._db.execute(
-                "SELECT id, output_path FROM tasks WHERE finished_at IS NOT NULL "
+                "SELECT id, output_path, state FROM tasks WHERE finished_at IS NOT NULL "
                 "ORDER BY finished_at DESC, seq DESC LIMIT -1 OFFSET ?",
                 (max_tasks,),
             ).fetchall()
         unique = list(dict.fromkeys(doomed))
         if unique:
             with self._transaction():
-                self._db.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i, _ in unique])
-        return unique
+                self._db.executemany("DELETE FROM tasks WHERE id = ?", [(i,) for i, _, _ in unique])
+            for task_id, _, state in unique:
+                self._counts[state] -= 1
+                self._read_states.pop(task_id, None)
+        return [(i, path) for i, path, _ in unique]
 
     # -- AIWG tasks.json ---------------------------------------------------
 
@@ -317,7 +542,9 @@ class TaskStore:
         with self._transaction():
             for record in records:
                 task = _from_node(record, now)
-                if task is None or self._exists_on_disk(task.id):
+                if task is None or self._db.execute(
+                    "SELECT 1 FROM tasks WHERE id = ?", (task.id,)
+                ).fetchone():
                     continue
                 self._db.execute(
                     f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
@@ -330,6 +557,7 @@ class TaskStore:
             )
         self.imported = imported
         self._next_seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0]) + 1
+        self._counts = self._counts_on_disk()
         return imported
 
     def tasks_json_imported(self) -> bool:
@@ -337,17 +565,26 @@ class TaskStore:
         return row is not None
 
 
+#: Built once: json.dumps with options builds a new encoder on every call.
+_METADATA = json.JSONEncoder(separators=(",", ":"))
 _INT64 = (-(2**63), 2**63 - 1)
+_INFINITIES = (float("inf"), float("-inf"))
+_SELECT_ONE = f"SELECT seq, {', '.join(_COLUMNS)} FROM tasks WHERE id = ?"
 
 
-def _check_row(task: Task) -> None:
-    """Refuse, at once and for this task only, a value SQLite cannot store; such a
-    row would otherwise fail every later commit of the batch it sits in."""
-    for value in _to_row(task):
+def _checked_row(task: Task) -> tuple[Any, ...]:
+    """The task's row, refused at once and for this task only if it holds a value
+    SQLite cannot store; such a row would otherwise fail every later commit of the
+    batch it sits in."""
+    row = _to_row(task)
+    for value in row:
+        if value is None or type(value) is str:
+            continue
         if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
             raise StoreError(f"task {task.id}: integer out of range: {value}")
-        if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        if isinstance(value, float) and (value != value or value in _INFINITIES):
             raise StoreError(f"task {task.id}: not a finite number: {value}")
+    return row
 
 
 def _to_row(task: Task) -> tuple[Any, ...]:
@@ -356,7 +593,7 @@ def _to_row(task: Task) -> tuple[Any, ...]:
         task.created_at, task.started_at, task.finished_at, task.pid, task.pgid, task.proc_start,
         task.exit_code, task.signal, task.timeout_minutes, task.error, task.output_path,
         task.output_tail, task.output_bytes, task.result, task.session_id, task.cost_usd,
-        json.dumps(dict(task.metadata), separators=(",", ":")), task.retries, task.attempts,
+        _METADATA.encode(dict(task.metadata)) if task.metadata else "{}", task.retries, task.attempts,
     )
 
 
@@ -420,11 +657,12 @@ def _from_node(record: Any, now: float) -> Task | None:
 
 
 def open_store(
-    db_path: Path, tasks_json: Path, now: float, schedule: Callable[..., Any] | None = None
+    db_path: Path, tasks_json: Path, now: float, schedule: Callable[..., Any] | None = None,
+    deliver: Callable[..., Any] | None = None,
 ) -> TaskStore:
     """Open (or create) tasks.db; on first creation, import AIWG's tasks.json if present."""
     fresh = not db_path.exists()
-    store = TaskStore(db_path, schedule)
+    store = TaskStore(db_path, schedule, deliver)
     if fresh and tasks_json.exists() and not store.tasks_json_imported():
         try:
             store.import_tasks_json(tasks_json, now)
@@ -436,8 +674,10 @@ def open_store(
 
 
 class StoreService(Service):
-    """Owns the database connection: opened after the lock is taken (never before
-    twistd forks), closed after the last state write that reads it."""
+    """Owns the database connections and the commit thread: opened after the lock
+    is taken (never before twistd forks: a thread would not survive the fork),
+    closed after the last state write that reads it. `clock` is the reactor: it
+    runs the group commits' timers and takes their outcomes back from the thread."""
 
     name = "store"
 
@@ -452,9 +692,11 @@ class StoreService(Service):
         self.store = open_store(
             self._db_path, self._tasks_json, self._clock.seconds(),
             schedule=lambda flush, delay: self._clock.callLater(delay, flush),
+            deliver=self._clock.callFromThread,
         )
 
     def stopService(self) -> None:
+        """Waits for the last commits (a few ms: the supervisor has drained)."""
         super().stopService()
         if self.store is not None:
             self.store.close()

@@ -6,23 +6,26 @@ stdin on /dev/null, cwd at the project root and `CLAUDECODE` removed. A
 timeout, a cancel or the daemon's stop signals the whole group: SIGTERM, then
 SIGKILL after a grace period. When the agent itself exits, whatever it left
 running in its group is signalled the same way, so no orphan survives and the
-output pipes close. The slot is freed when the agent exits; the record is
-final when its output has all been read.
+output pipes close. A task holds its slot from the moment it is recorded as
+running — it is spawned only once that record is on disk — until the agent
+exits; the record is final when its output has all been read.
 """
 
 from __future__ import annotations
 
 import codecs
+import fcntl
 import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from attrs import evolve, frozen
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet import process
 from twisted.internet.protocol import ProcessProtocol
@@ -35,43 +38,82 @@ from aiwg.core.config import Config
 from aiwg.core.tasks import INTERRUPTED, RunQueue, Task, TaskState, make_task_id
 from aiwg.daemon.bus import EventBus
 from aiwg.daemon.logs import iso_utc
-from aiwg.daemon.store import TaskStore
+from aiwg.daemon.store import DuplicateTask, TaskStore
 from aiwg.errors import SHUTTING_DOWN, RpcError
 
 TAIL_BYTES = 16 * 1024
 RESULT_CAPTURE_BYTES = 4 * 1024 * 1024
 PRUNE_INTERVAL_SECONDS = 600
 SWEEP_INTERVAL_SECONDS = 10
+#: After a task ends, its escaped leftovers are swept this much later.
+ORPHAN_SWEEP_DELAY = 0.05
+#: How long the agent's resolved program and environment are reused for.
+LAUNCH_REUSE_SECONDS = 1.0
 
+
+
+#: Every signal whose disposition a child can inherit; all are reset to their
+#: default in the agent.
+_RESET_SIGNALS = tuple(sorted(set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}))
+#: Linux C libraries skip a posix_spawn close action whose descriptor is not open.
+_CLOSE_IGNORES_EBADF = sys.platform.startswith("linux")
+
+
+def _shuffled_fd_actions(fdmap: dict[int, int]) -> list[tuple[int, ...]]:
+    """posix_spawn file actions for a map in which some descriptor must move to a
+    number that another one occupies: Twisted's own ordering."""
+    fd_state = []
+    for fd in process._listOpenFDs():
+        try:
+            fd_state.append((fd, bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)))
+        except OSError:
+            pass
+    return process._getFileActions(fd_state, fdmap, doClose=os.POSIX_SPAWN_CLOSE, doDup2=os.POSIX_SPAWN_DUP2)
 
 
 class SessionLeaderProcess(process.Process):
     """Twisted's Process, with the child started as the leader of a new session
     (and so of a new process group), so that a timeout, a cancel or a stop can
     signal the agent and everything it started as one group — without paying
-    for an extra exec of setsid(1) on every task.
+    for an extra exec of setsid(1) on every task. When Twisted forks instead of
+    spawning, the child calls setsid() itself before exec.
 
-    Twisted starts children with posix_spawnp when it can, and that call takes
-    no setsid flag; for the duration of our one synchronous spawn, the module it
-    calls through gets a posix_spawnp that adds setsid=True (only the reactor
-    thread spawns processes). When Twisted forks instead, the child calls
-    setsid() itself before exec.
+    The posix_spawnp call is Twisted's, with `setsid=True` and two costs cut,
+    because the daemon spawns on the reactor thread: Twisted asks Python about
+    each of the 64 signals on every spawn to reset the ignored ones, where every
+    signal is reset here (exec resets the handled ones anyway); and it asks
+    whether each open descriptor is close-on-exec to plan the child's
+    descriptors, where here the child simply closes every descriptor it is not
+    given.
     """
 
     def _trySpawnInsteadOfFork(self, path: Any, uid: Any, gid: Any, executable: Any,
                                args: Any, environment: Any, kwargs: Any) -> bool:
-        real = os.posix_spawnp
-
-        def posix_spawnp_setsid(*a: Any, **k: Any) -> int:
-            return real(*a, setsid=True, **k)
-
-        process.os.posix_spawnp = posix_spawnp_setsid  # type: ignore[attr-defined]
+        if (
+            uid is not None
+            or gid is not None
+            or (path is not None and os.path.abspath(path) != os.path.abspath("."))
+            or getattr(self._reactor, "_neverUseSpawn", False)
+        ):
+            return False
+        fdmap = kwargs["fdmap"]
+        if not _CLOSE_IGNORES_EBADF or any(parent in fdmap for parent in fdmap.values()):
+            actions = _shuffled_fd_actions(fdmap)  # the general case, as Twisted does it
+        else:
+            # Each given descriptor lands on its number in the child; every other one,
+            # close-on-exec or not (or closed since it was listed), is closed there:
+            # that costs the child less than asking about each costs us.
+            actions = [(os.POSIX_SPAWN_DUP2, parent, child) for child, parent in fdmap.items()]
+            actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in process._listOpenFDs() if fd not in fdmap]
         try:
-            return bool(super()._trySpawnInsteadOfFork(path, uid, gid, executable, args, environment, kwargs))
+            self.pid = os.posix_spawnp(
+                executable, args, os.environ if environment is None else environment,
+                file_actions=actions, setsigdef=_RESET_SIGNALS, setsid=True,
+            )
         except NotImplementedError:  # no POSIX_SPAWN_SETSID here: fork, and setsid below
             return False
-        finally:
-            process.os.posix_spawnp = real  # type: ignore[attr-defined]
+        self.status = -1
+        return True
 
     def _setupChild(self, fdmap: Any) -> None:
         os.setsid()
@@ -116,6 +158,43 @@ def process_start_time(pid: int) -> str | None:
     """The kernel's start time of `pid` (Linux), to tell our process from a reused pid."""
     fields = procfs.stat_fields(pid)
     return fields[19].decode() if fields is not None and len(fields) > 19 else None
+
+
+class StartTimes:
+    """Start times of the agents we spawn, as `process_start_time` gives them (clock
+    ticks since boot), mostly without reading /proc: read just after the spawn, it
+    waits for the agent's exec. The kernel stamps a child's start while it is
+    being created, so between two readings of the boot-time clock taken around
+    the spawn; when both fall in the same tick, that tick is its start time. The
+    first spawns check this against /proc; after a mismatch, /proc it is."""
+
+    def __init__(self) -> None:
+        self._per_tick = 0
+        self.trusted: bool | None = None  # None: not checked yet
+        try:
+            ticks = os.sysconf("SC_CLK_TCK")
+            if sys.platform.startswith("linux") and ticks > 0 and 10**9 % ticks == 0:
+                self._per_tick = 10**9 // ticks
+                time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        except (AttributeError, OSError, ValueError):
+            self._per_tick = 0
+        if not self._per_tick:
+            self.trusted = False
+
+    def now(self) -> int:
+        """The boot-time clock, in ticks (0 where it cannot be used)."""
+        if not self._per_tick:
+            return 0
+        return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // self._per_tick
+
+    def of(self, pid: int, before: int, after: int) -> str | None:
+        """`pid`'s start time, spawned between the ticks `before` and `after`."""
+        if self.trusted and before == after:
+            return str(before)
+        read = process_start_time(pid)
+        if self.trusted is None and before == after and read is not None:
+            self.trusted = read == str(before)
+        return read
 
 
 
@@ -299,6 +378,12 @@ class Supervisor(Service):
         self.subreaper = False
         self._ticks = 0
         self._retry_fill: Any = None
+        self._start_times = StartTimes()
+        self._sweep_call: Any = None
+        self._launch: tuple[float, agents.AgentSettings, AgentLaunch] | None = None
+        self._starting: dict[str, Task] = {}  # id → queued version, while running is being committed
+        self._cancelled_starts: set[str] = set()
+        self._start_waiters: list[Deferred] = []
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -328,7 +413,7 @@ class Supervisor(Service):
         self._accepting = False
         if self._prune_loop is not None and self._prune_loop.running:
             self._prune_loop.stop()
-        waiting = [run.ended for run in self.runs.values()]
+        waiting = [run.ended for run in self.runs.values()] + [self._starts_settled()]
         if self.runs:
             self.log.info(
                 "stopping {count} running task(s): SIGTERM, SIGKILL after {grace}s",
@@ -338,8 +423,9 @@ class Supervisor(Service):
         for run in list(self.runs.values()):
             run.stop("shutdown", self.settings.shutdown_grace)
 
-        if self._retry_fill is not None and self._retry_fill.active():
-            self._retry_fill.cancel()
+        for call in (self._retry_fill, self._sweep_call):
+            if call is not None and call.active():
+                call.cancel()
 
         def closed(_: Any) -> None:
             self.sweep_orphans()
@@ -425,6 +511,12 @@ class Supervisor(Service):
         except (OSError, AttributeError):
             return False
 
+    def _sweep_soon(self) -> None:
+        """A task has ended: sweep for what it left behind shortly, once for all the
+        tasks that end meanwhile (a sweep reads /proc: not once per task)."""
+        if self._sweep_call is None or not self._sweep_call.active():
+            self._sweep_call = self.reactor.callLater(ORPHAN_SWEEP_DELAY, self.sweep_orphans)
+
     def sweep_orphans(self) -> int:
         """Kill adopted processes that belong to a task that has ended, and reap
         the ones that have died. Cheap: reads our own children list only."""
@@ -483,11 +575,10 @@ class Supervisor(Service):
     ) -> Task:
         if not self._accepting:
             raise RpcError(SHUTTING_DOWN, "Supervisor is shutting down")
-        task = None
         for _ in range(5):
             candidate = make_task_id(self._random(8))
-            if not self.store.exists(candidate):
-                task = Task(
+            try:
+                task = self.store.insert(Task(
                     id=candidate,
                     prompt=prompt,
                     priority=priority,
@@ -498,11 +589,12 @@ class Supervisor(Service):
                     metadata=dict(metadata or {}),
                     retries=retries,
                     output_path=str(self.actions_dir / f"{candidate}.log"),
-                )
+                ))
                 break
-        if task is None:
+            except DuplicateTask:
+                continue
+        else:
             raise RuntimeError("could not pick an unused task id")
-        task = self.store.insert(task)
         self.queue.push(task.id, task.priority, task.seq)
         self.bus.publish(
             "task:queued",
@@ -523,6 +615,9 @@ class Supervisor(Service):
             self.store.save(cancelled)
             self.bus.publish("task:cancelled", self._event_payload(cancelled))
             return True, cancelled
+        if task_id in self._starting:  # its running state is being committed
+            self._cancelled_starts.add(task_id)
+            return True, task
         run = self.runs.get(task_id)
         if run is not None and run.reason is None and not run.exited:
             run.stop("cancel", self.settings.kill_grace)
@@ -533,18 +628,19 @@ class Supervisor(Service):
 
     def _fill(self) -> None:
         """Start queued tasks while slots are free: record them all as running in
-        one commit, then spawn them (recorded first, so a crash can never run a
-        task twice)."""
+        one commit, and spawn them once it is durable (recorded first, so a crash
+        can never run a task twice). Until then they hold their slots."""
         starting: list[tuple[Task, Task]] = []
         launch: AgentLaunch | None = None
-        while self._accepting and len(self._active()) + len(starting) < self.settings.max_parallel:
+        free = self.settings.max_parallel - len(self._starting) - self._active_count()
+        while self._accepting and len(starting) < free:
             task_id = self.queue.pop()
             if task_id is None:
                 break
             task = self.store.get(task_id)
             if task is None or task.state != TaskState.QUEUED:
                 continue
-            launch = launch or self._agent_launch()
+            launch = launch or self._current_launch()
             if launch.executable is None:
                 self._fail_now(task, self.missing_agent_message(), started_at=self.reactor.seconds())
                 continue
@@ -553,26 +649,74 @@ class Supervisor(Service):
                 error=None, output_path=task.output_path or str(self.actions_dir / f"{task.id}.log"),
             )
             self.store.save(running)
+            self._starting[task.id] = task
             starting.append((task, running))
         if not starting or launch is None:
             return
-        try:
-            self.store.flush()
-        except Exception:
-            self.log.failure("cannot record tasks as running; not starting them (retrying shortly)")
-            for queued, _ in starting:
-                self.store.save(queued)  # back to queued, in memory and at the next commit
-                self.queue.push(queued.id, queued.priority, queued.seq)
-            if self._retry_fill is None or not self._retry_fill.active():
-                self._retry_fill = self.reactor.callLater(1.0, self._fill)
-            return
+        self.store.commit().addCallbacks(
+            self._recorded, self._not_recorded, callbackArgs=(starting, launch), errbackArgs=(starting,)
+        )
+
+    def _recorded(self, _: Any, starting: list[tuple[Task, Task]], launch: "AgentLaunch") -> None:
+        """Their running state is on disk: spawn them, unless they were cancelled or
+        the daemon began to stop meanwhile (then they never ran)."""
         if launch.unset:
             self.log.warn("agent.env refers to unset variable(s): {names}", names=", ".join(launch.unset))
-        for _, running in starting:
-            self._spawn(running, launch)
+        for queued, running in starting:
+            self._starting.pop(running.id, None)
+            if running.id in self._cancelled_starts:
+                self._cancelled_starts.discard(running.id)
+                self._cancel_unstarted(running)
+            elif not self._accepting:
+                self.store.save(queued)  # it never ran: queued again for the next start
+            else:
+                self._spawn(running, launch)
+        self._wake_starts()
 
-    def _active(self) -> list[Run]:
-        return [run for run in self.runs.values() if not run.exited]
+    def _not_recorded(self, failure: Any, starting: list[tuple[Task, Task]]) -> None:
+        self.log.failure("cannot record tasks as running; not starting them (retrying shortly)", failure)
+        for queued, running in starting:
+            self._starting.pop(running.id, None)
+            if running.id in self._cancelled_starts:
+                self._cancelled_starts.discard(running.id)
+                self._cancel_unstarted(running)
+                continue
+            self.store.save(queued)  # back to queued, in memory and at the next commit
+            self.queue.push(queued.id, queued.priority, queued.seq)
+        self._wake_starts()
+        if self._accepting and (self._retry_fill is None or not self._retry_fill.active()):
+            self._retry_fill = self.reactor.callLater(1.0, self._fill)
+
+    def _cancel_unstarted(self, task: Task) -> None:
+        cancelled = task.moved(TaskState.CANCELLED, finished_at=self.reactor.seconds(),
+                               error="cancelled before it started")
+        self.store.save(cancelled)
+        self.bus.publish("task:cancelled", self._event_payload(cancelled))
+
+    def _wake_starts(self) -> None:
+        if not self._starting:
+            waiters, self._start_waiters = self._start_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _starts_settled(self) -> Deferred:
+        """Fires once no task is waiting for its running state to be committed."""
+        if not self._starting:
+            return succeed(None)
+        d: Deferred = Deferred()
+        self._start_waiters.append(d)
+        return d
+
+    def _active_count(self) -> int:
+        return sum(1 for run in self.runs.values() if not run.exited)
+
+    def _current_launch(self) -> "AgentLaunch":
+        """`_agent_launch()`, reused for a second: starts come in quick succession."""
+        now, agent = self.reactor.seconds(), self.settings.agent
+        cached = self._launch
+        if cached is None or cached[1] is not agent or not 0 <= now - cached[0] < LAUNCH_REUSE_SECONDS:
+            cached = self._launch = (now, agent, self._agent_launch())
+        return cached[2]
 
     def _agent_launch(self) -> "AgentLaunch":
         """What every start in one fill shares: the agent's environment (expanded
@@ -600,16 +744,18 @@ class Supervisor(Service):
             run = Run(self, task, list(launch.secrets))
             protocol = AgentProcessProtocol(run)
             run.protocol = protocol
+            before = self._start_times.now()
             transport = self._spawn_process(
                 protocol, launch.executable, argv, env, str(self.root), {0: self._devnull, 1: "r", 2: "r"}
             )
+            after = self._start_times.now()
         except Exception as exc:
             self._fail_now(task, f"could not start the agent: {exc}")
             return
         pid = transport.pid
         run.transport = transport
         run.pgid = pid  # the agent leads its own session and process group
-        run.task = evolve(task, pid=pid, pgid=pid, proc_start=process_start_time(pid))
+        run.task = evolve(task, pid=pid, pgid=pid, proc_start=self._start_times.of(pid, before, after))
         self.store.save(run.task)
         self.runs[task.id] = run
         self.started_count += 1
@@ -671,7 +817,7 @@ class Supervisor(Service):
         run.cancel_timers()
         run.close_output()
         self.runs.pop(run.task.id, None)
-        self.sweep_orphans()
+        self._sweep_soon()
         final = self._final(run)
         self.store.save(final)
         topic = {
@@ -822,13 +968,18 @@ class Supervisor(Service):
             t = run.task
             running.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent,
                             "startedAt": iso_utc(t.started_at or 0), "pid": t.pid})
+        for task_id in self._starting:  # recorded as running, spawned in a moment
+            t = self.store.get(task_id)
+            if t is not None:
+                running.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent,
+                                "startedAt": iso_utc(t.started_at or 0), "pid": None})
         queued = []
         for task_id in list(self.queue.ordered())[:limit]:
             t = self.store.get(task_id)
             if t is not None:
                 queued.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent, "priority": t.priority})
         return {
-            "running": len(self.runs),
+            "running": len(running),
             "queued": len(self.queue),
             "maxConcurrency": self.settings.max_parallel,
             "tasks": {"running": running, "queued": queued},

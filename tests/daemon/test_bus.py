@@ -56,3 +56,18 @@ def test_close_cancels_pending_delivery() -> None:
     bus.publish("a:b")
     bus.close()
     assert clock.getDelayedCalls() == []
+
+
+def test_delivered_is_called_once_per_turn_after_the_events() -> None:
+    clock = Clock()
+    bus = EventBus(reactor=clock)
+    seen: list[str] = []
+    bus.subscribe(["task:*"], lambda e: seen.append(e.topic), delivered=lambda: seen.append("done"))
+    bus.subscribe(["*"], lambda e: None, delivered=lambda: seen.append("other done"))
+    bus.publish("task:queued")
+    bus.publish("task:started")
+    clock.advance(0)
+    assert seen == ["task:queued", "task:started", "done", "other done"]
+    bus.publish("daemon:reloaded")  # nothing for task:* this turn: no "done" either
+    clock.advance(0)
+    assert seen[4:] == ["other done"]

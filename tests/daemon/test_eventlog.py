@@ -81,3 +81,17 @@ def test_retention_zero_turns_it_off(tmp_path: Path) -> None:
     log.stopService()
     assert list(tmp_path.iterdir()) == []
     bus.close()
+
+
+def test_the_lines_of_a_turn_are_on_disk_at_its_end(tmp_path: Path) -> None:
+    clock = Clock()
+    clock.advance(T0)
+    bus, log = make(tmp_path, clock)
+    log.startService()
+    for i in range(3):
+        bus.publish("task:queued", {"taskId": f"t-{i}"})
+    clock.advance(0)  # one delivery turn, one write
+    assert [e["payload"]["taskId"] for e in lines(tmp_path / "2026-01-01.jsonl")] == ["t-0", "t-1", "t-2"]
+    assert log.written == 3
+    log.stopService()
+    bus.close()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from twisted.logger import LogLevel, Logger
+import pytest
+from twisted.logger import LogLevel, Logger, formatEvent
 
 from aiwg.core.config import LogSettings
-from aiwg.daemon.logs import RotatingFileObserver, format_text
+from aiwg.daemon.logs import RotatingFileObserver, format_message, format_text
 
 
 def event(text: str, level: LogLevel = LogLevel.info) -> dict:
@@ -84,3 +85,22 @@ def test_twisted_port_chatter_is_dropped(tmp_path: Path) -> None:
     observer(event("kept"))
     observer.close()
     assert path.read_text().count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"log_format": "task {task_id} {state} (exit {code}, {duration:.1f}s)",
+         "task_id": "t-1", "state": "completed", "code": 0, "duration": 0.25},
+        {"log_format": "{who()} has {n[0]} and {obj.real}", "who": lambda: "it", "n": [7], "obj": 3},
+        {"log_format": "missing {nope}"},
+        {"log_format": "positional {}"},
+        {"log_format": "broken {"},
+        {"log_format": b"bytes {x!r}", "x": "y"},
+        {"log_format": None},
+        {},
+    ],
+    ids=["fields", "calls-items-attributes", "missing", "positional", "broken", "bytes", "none", "empty"],
+)
+def test_messages_read_as_twisted_formats_them(fields: dict) -> None:
+    assert format_message(dict(fields)) == formatEvent(dict(fields))

@@ -1,8 +1,10 @@
-"""The task store: group commit, read-your-writes, failures that stay local, migrations."""
+"""The task store: group commit (on a thread of its own in the daemon), read-your-writes,
+failures that stay local, migrations."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -80,7 +82,7 @@ class _Broken:
         self._db = db
 
     def execute(self, sql: str, *args: Any) -> Any:
-        if sql.startswith("BEGIN"):
+        if sql.startswith(("BEGIN", "INSERT", "UPDATE")):  # every write fails
             raise sqlite3.OperationalError("disk I/O error")
         return self._db.execute(sql, *args)
 
@@ -107,4 +109,125 @@ def test_seq_continues_after_reopen(tmp_path: Path) -> None:
     store.close()
     store = TaskStore(tmp_path / "t.db")
     assert store.insert(Task(id="t-2", prompt="y")).seq == 2
+    store.close()
+
+
+class Delivered:
+    """Stands in for reactor.callFromThread: the commit thread's results wait here
+    until the test, as the reactor, takes them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self._arrived = threading.Condition()
+
+    def __call__(self, func: Callable[..., None], *args: Any) -> None:
+        with self._arrived:
+            self.calls.append((func, args))
+            self._arrived.notify_all()
+
+    def run(self, expected: int = 1) -> None:
+        """Wait (bounded) for `expected` results from the thread, then deliver them."""
+        with self._arrived:
+            assert self._arrived.wait_for(lambda: len(self.calls) >= expected, timeout=10)
+            calls, self.calls = self.calls, []
+        for func, args in calls:
+            func(*args)
+
+
+def rows(path: Path) -> list[tuple[str, str]]:
+    other = sqlite3.connect(path)
+    try:
+        return other.execute("SELECT id, state FROM tasks ORDER BY seq").fetchall()
+    finally:
+        other.close()
+
+
+def test_commits_run_on_the_thread_and_are_reported_back(tmp_path: Path) -> None:
+    turns, delivered = Turns(), Delivered()
+    store = TaskStore(tmp_path / "t.db", turns, delivered)
+    a = store.insert(Task(id="t-a", prompt="a"))
+    durable = store.when_durable()
+    turns.run()  # the end of the turn hands the batch to the thread
+    assert not durable.called  # not until the reactor hears back
+    delivered.run()
+    assert durable.called and store.commits == 1
+    assert rows(tmp_path / "t.db") == [("t-a", "queued")]
+    store.save(a.moved(TaskState.RUNNING, pid=7))
+    assert store.get("t-a").pid == 7 and store.stats()["running"] == 1  # no wait for the disk
+    started = store.commit()  # sent now, not at the end of the turn
+    delivered.run()
+    assert started.called and rows(tmp_path / "t.db") == [("t-a", "running")]
+    store.close()
+    assert not [t for t in threading.enumerate() if t.name == "aiwg-store-commits"]
+
+
+def test_writes_made_during_a_commit_go_in_the_next_one(tmp_path: Path) -> None:
+    turns, delivered = Turns(), Delivered()
+    store = TaskStore(tmp_path / "t.db", turns, delivered)
+    store.insert(Task(id="t-a", prompt="a"))
+    first = store.commit()
+    b = store.insert(Task(id="t-b", prompt="b"))
+    store.save(b.moved(TaskState.CANCELLED, finished_at=1.0))  # same batch: one row written
+    second = store.commit()  # one commit in flight at a time: this one waits
+    delivered.run()
+    assert first.called and not second.called
+    delivered.run()  # the first result sent the second batch
+    assert second.called and store.commits == 2
+    assert rows(tmp_path / "t.db") == [("t-a", "queued"), ("t-b", "cancelled")]
+    assert store.get("t-b").seq == 2
+    turns.run()
+    store.close()
+
+
+def test_list_waits_for_every_write_and_counts_match_the_table(tmp_path: Path) -> None:
+    turns, delivered = Turns(), Delivered()
+    store = TaskStore(tmp_path / "t.db", turns, delivered)
+    tasks = [store.insert(Task(id=f"t-{i}", prompt=str(i))) for i in range(5)]
+    store.commit()  # in flight when list() comes
+    store.save(tasks[0].moved(TaskState.RUNNING))
+    store.save(tasks[1].moved(TaskState.CANCELLED, finished_at=1.0))
+    assert [t.id for t in store.list()] == ["t-4", "t-3", "t-2", "t-1", "t-0"]
+    assert [t.state for t in store.list(state="running")] == [TaskState.RUNNING]
+    delivered.run(2)  # both results come back late, to a store that has moved on
+    assert store.stats() == {"total": 5, "queued": 3, "running": 1, "completed": 0, "failed": 0,
+                             "cancelled": 1, "timeout": 0}
+    other = sqlite3.connect(tmp_path / "t.db")
+    assert dict(other.execute("SELECT state, count FROM task_counts").fetchall())["queued"] == 3
+    other.close()
+    store.prune(max_tasks=0, max_age_seconds=1, now=10.0)
+    assert store.stats()["cancelled"] == 0 and store.stats()["total"] == 4
+    turns.run()
+    store.close()
+
+
+def test_a_failed_commit_on_the_thread_keeps_the_writes_and_retries(tmp_path: Path) -> None:
+    turns, delivered = Turns(), Delivered()
+    store = TaskStore(tmp_path / "t.db", turns, delivered)
+    real = store._db
+    store._db = _Broken(real)  # type: ignore[assignment]
+    store.insert(Task(id="t-a", prompt="a"))
+    errors: list[Any] = []
+    store.when_durable().addErrback(errors.append)
+    turns.run()
+    delivered.run()
+    assert errors and "cannot write" in str(errors[0].value)
+    assert store.get("t-a") is not None and store.stats()["queued"] == 1
+    [(retry, delay)] = turns.calls
+    assert delay > 0
+    store._db = real  # the disk is back
+    turns.run()
+    delivered.run()
+    assert store.failed_flushes == 0 and rows(tmp_path / "t.db") == [("t-a", "queued")]
+    store.close()
+
+
+def test_a_new_task_on_a_taken_seq_fails_instead_of_overwriting(tmp_path: Path) -> None:
+    store = TaskStore(tmp_path / "t.db")
+    store.insert(Task(id="t-a", prompt="a"))
+    store._next_seq = 1  # as if two writers had picked the same place
+    with pytest.raises(sqlite3.IntegrityError):
+        store.insert(Task(id="t-b", prompt="b"))
+    assert rows(tmp_path / "t.db") == [("t-a", "queued")]
+    store._unsaved.clear()
+    store._open_writes = 0
     store.close()

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
+import pytest_twisted
 
 from aiwg.core import agents
 from aiwg.core.tasks import TaskState
 from aiwg.daemon.bus import EventBus
 from aiwg.daemon.store import TaskStore
-from aiwg.daemon.supervisor import Supervisor, SupervisorSettings
+from aiwg.daemon import supervisor as supervisor_module
+from aiwg.daemon.supervisor import SessionLeaderProcess, StartTimes, Supervisor, SupervisorSettings, process_start_time
+from tests.daemon.test_store import Delivered
 from tests.fakes.process_reactor import FakeProcessReactor
 
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc and clocks")
 
-def make(tmp_path: Path, **overrides: Any) -> tuple[Supervisor, FakeProcessReactor, list[str]]:
+
+def make(tmp_path: Path, deliver: Any = None, **overrides: Any) -> tuple[Supervisor, FakeProcessReactor, list[str]]:
     reactor = FakeProcessReactor()
     reactor.advance(1_000_000)
     bus = EventBus(reactor=reactor)
@@ -35,7 +42,7 @@ def make(tmp_path: Path, **overrides: Any) -> tuple[Supervisor, FakeProcessReact
         retention_age_seconds=0,
         agent=agents.AgentSettings(command=(sys.executable, "-p", "{prompt}")),
     )
-    store = TaskStore(tmp_path / "tasks.db", lambda flush, delay: reactor.callLater(delay, flush))
+    store = TaskStore(tmp_path / "tasks.db", lambda flush, delay: reactor.callLater(delay, flush), deliver)
     actions = tmp_path / "actions"
     actions.mkdir()
     supervisor = Supervisor(
@@ -276,3 +283,160 @@ def test_pipes_held_by_an_escaped_process_are_closed_after_the_grace(tmp_path: P
     process.end()
     assert state(supervisor, task.id) == TaskState.COMPLETED
     supervisor.stopService()
+
+
+def on_disk(tmp_path: Path, task_id: str) -> str | None:
+    db = sqlite3.connect(tmp_path / "tasks.db")
+    try:
+        row = db.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return row[0] if row else None
+    finally:
+        db.close()
+
+
+def test_an_agent_is_spawned_only_once_its_running_state_is_on_disk(tmp_path: Path) -> None:
+    delivered = Delivered()
+    supervisor, reactor, _ = make(tmp_path, delivered, max_parallel=2)
+    seen_on_disk: list[tuple[str, str | None]] = []
+    spawn = supervisor._spawn_process
+
+    def recording_spawn(protocol: Any, *args: Any) -> Any:
+        task_id = protocol.run.task.id
+        seen_on_disk.append((protocol.run.task.prompt, on_disk(tmp_path, task_id)))
+        return spawn(protocol, *args)
+
+    supervisor._spawn_process = recording_spawn  # type: ignore[method-assign]
+    first, second, third = (supervisor.submit(p) for p in ("one", "two", "three"))
+    assert reactor.spawned == []  # the commit is on its way
+    assert [state(supervisor, t.id) for t in (first, second, third)] == [
+        TaskState.RUNNING, TaskState.RUNNING, TaskState.QUEUED]  # starting tasks hold their slots
+    assert supervisor.summary()["running"] == 2
+    delivered.run()
+    assert len(reactor.spawned) == 1
+
+    def deliver_until(spawned: int) -> None:
+        for _ in range(10):
+            if len(reactor.spawned) == spawned:
+                return
+            delivered.run()
+        raise AssertionError(f"{len(reactor.spawned)} spawned, not {spawned}")
+
+    deliver_until(2)
+    reactor.spawned[0].finish(0)
+    reactor.advance(0)
+    assert state(supervisor, third.id) == TaskState.RUNNING and len(reactor.spawned) == 2
+    deliver_until(3)
+    assert seen_on_disk == [("one", "running"), ("two", "running"), ("three", "running")]
+    for process in reactor.running():
+        process.finish(0)
+    supervisor.stopService()
+    supervisor.store.close()
+
+
+def test_a_task_cancelled_while_it_is_being_recorded_never_runs(tmp_path: Path) -> None:
+    delivered = Delivered()
+    supervisor, reactor, topics = make(tmp_path, delivered)
+    task = supervisor.submit("never")
+    assert supervisor.cancel(task.id) == (True, supervisor.store.get(task.id))
+    delivered.run()
+    assert reactor.spawned == []
+    record = supervisor.store.get(task.id)
+    assert record.state == TaskState.CANCELLED and record.error == "cancelled before it started"
+    reactor.advance(0)
+    assert f"task:cancelled {task.id}" in topics
+    supervisor.stopService()
+    supervisor.store.close()
+
+
+def test_stop_waits_for_tasks_being_recorded_and_does_not_start_them(tmp_path: Path) -> None:
+    delivered = Delivered()
+    supervisor, reactor, _ = make(tmp_path, delivered)
+    task = supervisor.submit("late")
+    done = supervisor.stopService()
+    assert not done.called
+    delivered.run()
+    assert done.called and reactor.spawned == []
+    assert state(supervisor, task.id) == TaskState.QUEUED  # it never ran
+    supervisor.store.close()
+    assert on_disk(tmp_path, task.id) == "queued"
+
+
+@linux_only
+def test_start_times_come_from_the_clock_once_it_agrees_with_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[int] = []
+    monkeypatch.setattr(supervisor_module, "process_start_time", lambda pid: reads.append(pid) or "1234")
+    times = StartTimes()
+    assert times.of(1, 1234, 1234) == "1234" and times.trusted is True  # checked once against /proc
+    assert times.of(2, 77, 77) == "77" and reads == [1]  # then the clock alone
+    assert times.of(3, 77, 78) == "1234" and reads == [1, 3]  # a spawn across a tick boundary
+    doubtful = StartTimes()
+    assert doubtful.of(4, 5, 5) == "1234" and doubtful.trusted is False
+    assert doubtful.of(5, 1234, 1234) == "1234" and reads[-1] == 5  # /proc from then on
+
+
+@linux_only
+def test_the_boot_clock_tells_the_start_time_proc_gives() -> None:
+    times = StartTimes()
+    compared = 0
+    for _ in range(20):
+        before = times.now()
+        pid = os.posix_spawn("/bin/true", ["true"], {})
+        after = times.now()
+        try:
+            if before == after:
+                assert process_start_time(pid) == str(before)
+                compared += 1
+        finally:
+            os.waitpid(pid, 0)
+    assert compared > 0
+
+
+_REPORT = (
+    "import json, os, sys\n"
+    "status = dict(l.split(':', 1) for l in open('/proc/self/status').read().splitlines())\n"
+    "fds = sorted(int(f) for f in os.listdir('/proc/self/fd'))\n"
+    "print(json.dumps({'pid': os.getpid(), 'sid': os.getsid(0), 'pgid': os.getpgid(0), 'fds': fds,\n"
+    "                  'ignored': int(status['SigIgn'], 16)}))\n"
+)
+
+
+@linux_only
+@pytest.mark.parametrize("spawned", [True, False], ids=["posix_spawn", "fork"])
+@pytest_twisted.ensureDeferred
+async def test_the_agent_leads_its_session_with_fds_0_to_2_and_default_signals(
+    tmp_path: Path, spawned: bool
+) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.internet.protocol import ProcessProtocol
+
+    class Collect(ProcessProtocol):
+        def __init__(self) -> None:
+            self.out = b""
+            self.ended: Deferred = Deferred()
+
+        def childDataReceived(self, fd: int, data: bytes) -> None:
+            self.out += data
+
+        def processEnded(self, reason: Any) -> None:
+            self.ended.callback(None)
+
+    leaked = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(leaked, True)  # one that close-on-exec would not stop
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    previous = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    try:
+        protocol = Collect()
+        # Twisted spawns when the child's directory is ours, and forks otherwise.
+        path = os.getcwd() if spawned else str(tmp_path)
+        SessionLeaderProcess(reactor, sys.executable, [sys.executable, "-c", _REPORT], {}, path,
+                             protocol, None, None, {0: devnull, 1: "r", 2: "r"})
+        await protocol.ended
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+        os.close(leaked)
+        os.close(devnull)
+    report = json.loads(protocol.out)
+    assert report["sid"] == report["pid"] == report["pgid"]
+    assert report["fds"] == [0, 1, 2, 3]  # 3: the listing itself
+    assert not report["ignored"] & (1 << (signal.SIGUSR2 - 1))

@@ -458,7 +458,11 @@ def test_rpc_discover_lists_methods_with_params(sock_path: Path, params: Any) ->
         ("payload", "object"),
         ("source", "string"),
         ("type", "string"),
+        ("taskId", "string"),
     ]
+    for name in ("automation.status", "automation.enable", "automation.disable", "schedule.list",
+                 "schedule.run", "chat.send", "chat.reset", "chat.history"):
+        assert name in by_name, name
     subscribe = by_name["events.subscribe"]["params"]
     assert [(p["name"], p["type"], p["required"]) for p in subscribe] == [
         ("topics", "string[]", False)

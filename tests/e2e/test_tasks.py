@@ -455,9 +455,14 @@ def test_events_reach_subscribers_and_the_event_log(project: Project) -> None:
                 break
     assert topics[0] == "task:queued" and topics[1] == "task:started"
     assert "task:output" in topics and topics[-1] == "task:completed"
-    logged = [json.loads(line) for p in project.paths.events_dir.glob("*.jsonl") for line in p.read_text().splitlines()]
-    mine = [e["topic"] for e in logged if e["payload"].get("taskId") == task_id]
-    assert mine == ["task:queued", "task:started", "task:completed"]
+
+    def logged() -> list[str]:
+        lines = [json.loads(line) for p in project.paths.events_dir.glob("*.jsonl") for line in p.read_text().splitlines()]
+        return [e["topic"] for e in lines if e["payload"].get("taskId") == task_id]
+
+    # The log is written at the end of the delivery turn that reached the client.
+    wait_for(lambda: "task:completed" in logged(), timeout=5)
+    assert logged() == ["task:queued", "task:started", "task:completed"]
 
 
 def test_state_json_carries_agents_and_task_stats(project: Project) -> None:
