@@ -42,6 +42,8 @@ from aiwg.daemon.store import DuplicateTask, TaskStore
 from aiwg.errors import SHUTTING_DOWN, RpcError
 
 TAIL_BYTES = 16 * 1024
+#: Metadata key holding a task's own environment templates (never shown with values).
+ENV_KEY = "_env"
 RESULT_CAPTURE_BYTES = 4 * 1024 * 1024
 PRUNE_INTERVAL_SECONDS = 600
 SWEEP_INTERVAL_SECONDS = 10
@@ -572,9 +574,16 @@ class Supervisor(Service):
         metadata: Mapping[str, Any] | None = None,
         source: str = "cli",
         retries: int = 0,
+        env: Mapping[str, str] | None = None,
     ) -> Task:
+        """Queue a task. `env` adds to the agent's environment for this task only; its
+        `${VAR}`s are expanded from the daemon's environment when the task starts, and
+        only the templates are stored (the record shows the names)."""
         if not self._accepting:
             raise RpcError(SHUTTING_DOWN, "Supervisor is shutting down")
+        metadata = dict(metadata or {})
+        if env:
+            metadata[ENV_KEY] = {str(k): str(v) for k, v in env.items()}
         for _ in range(5):
             candidate = make_task_id(self._random(8))
             try:
@@ -586,7 +595,7 @@ class Supervisor(Service):
                     agent=agent,
                     created_at=self.reactor.seconds(),
                     timeout_minutes=timeout_minutes,
-                    metadata=dict(metadata or {}),
+                    metadata=metadata,
                     retries=retries,
                     output_path=str(self.actions_dir / f"{candidate}.log"),
                 ))
@@ -738,10 +747,22 @@ class Supervisor(Service):
         self.bus.publish("task:failed", self._event_payload(failed))
 
     def _spawn(self, task: Task, launch: "AgentLaunch") -> None:
-        argv = agents.build_argv(self.settings.agent, task.prompt, task.agent)
+        resume = task.metadata.get("resumeSession")
+        argv = agents.build_argv(self.settings.agent, task.prompt, task.agent,
+                                 resume=resume if isinstance(resume, str) and resume else None)
         env = {**launch.env, procfs.TASK_MARKER: task.id}
+        secrets = list(launch.secrets)
+        own = task.metadata.get(ENV_KEY)
+        if isinstance(own, dict) and own:
+            extra, unset = agents.child_env(self.environ, own)
+            env.update({k: extra[k] for k in own})
+            secrets.extend(agents.secret_values(self.environ, own))
+            if unset:
+                self.log.warn("task {task_id}: environment variable(s) {names} are not set in the "
+                              "daemon's environment; passed as empty", task_id=task.id,
+                              names=", ".join(sorted(set(unset))))
         try:
-            run = Run(self, task, list(launch.secrets))
+            run = Run(self, task, secrets)
             protocol = AgentProcessProtocol(run)
             run.protocol = protocol
             before = self._start_times.now()
@@ -1020,7 +1041,8 @@ def record_json(task: Task) -> dict[str, Any]:
         "outputBytes": task.output_bytes,
         "sessionId": task.session_id,
         "costUsd": task.cost_usd,
-        "metadata": dict(task.metadata),
+        "metadata": {k: v for k, v in task.metadata.items() if k != ENV_KEY},
+        "env": sorted(task.metadata[ENV_KEY]) if isinstance(task.metadata.get(ENV_KEY), dict) else [],
         "retries": task.retries,
         "attempts": task.attempts,
     }

@@ -607,12 +607,6 @@ def test_an_every_minute_health_check_job_really_fires(project: Project) -> None
 # -- secrets in a rule's env ---------------------------------------------------
 
 
-class EnvNotSupported(Exception):
-    """The supervisor refused the rule's task because submit() takes no `env` yet."""
-
-
-@pytest.mark.xfail(raises=EnvNotSupported, strict=False,
-                   reason="per-task env in Supervisor.submit() has not landed yet")
 def test_a_rules_env_reaches_the_task_and_nowhere_else(project: Project) -> None:
     secret = "dpl-SECRET-token-7f3a9"
     project.env["DEPLOY_TOKEN"] = secret
@@ -624,10 +618,7 @@ def test_a_rules_env_reaches_the_task_and_nowhere_else(project: Project) -> None
     # status names the variables, never their values
     assert rule_status(project, "deploy")["action"]["env"] == ["DEPLOY_TOKEN"]
     project.aiwg("event", "emit", "release:approved", "--payload", '{"version": "2.0"}', check=True)
-    status = wait_for(
-        lambda: (r := rule_status(project, "deploy"))["lastTaskId"] or r["lastError"])
-    if isinstance(status, str) and "unexpected keyword argument 'env'" in status:
-        raise EnvNotSupported(status)
+    wait_for(lambda: (r := rule_status(project, "deploy"))["lastTaskId"] or r["lastError"])
     assert rule_status(project, "deploy")["lastError"] is None
     [task] = rule_tasks(project, "deploy")
     record = wait_finished(project, task["id"])
