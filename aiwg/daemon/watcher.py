@@ -32,6 +32,9 @@ from aiwg.daemon.observers import native_observer, polling_observer
 
 #: Seconds between scans when polling (use_polling, or after an inotify limit).
 POLL_INTERVAL = 2.0
+#: Counting kernel watches reads one /proc line per watched directory: done in a
+#: pool thread, at most this often, never on the reactor.
+WATCH_COUNT_MAX_AGE = 60.0
 WATCH_KINDS = ("created", "modified", "deleted", "moved")
 
 
@@ -109,6 +112,9 @@ class FileWatcher(Service):
         self.changes_published = 0
         self.last_change: float | None = None
         self.error: str | None = None
+        self._watch_count: int | None = None
+        self._watch_count_at = 0.0
+        self._counting = False
 
     @property
     def enabled(self) -> bool:
@@ -196,6 +202,8 @@ class FileWatcher(Service):
             except Exception:
                 pass
             raise
+        if not polling:
+            self._watch_count, self._watch_count_at = procfs.inotify_watch_count(), self._reactor.seconds()
         return observer
 
     def _stop(self) -> Deferred:
@@ -294,6 +302,18 @@ class FileWatcher(Service):
         else:
             self.log.info("file watcher: disabled by the new configuration")
 
+    def _refresh_watch_count(self) -> None:
+        if self._counting or self._reactor.seconds() - self._watch_count_at < WATCH_COUNT_MAX_AGE:
+            return
+        self._counting = True
+
+        def counted(count: int | None) -> None:
+            self._watch_count, self._watch_count_at = count, self._reactor.seconds()
+
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), procfs.inotify_watch_count)
+        d.addCallbacks(counted, lambda f: None)
+        d.addBoth(lambda _: setattr(self, "_counting", False))
+
     def health_issues(self) -> list[str]:
         issues = []
         if self.degraded:
@@ -318,7 +338,8 @@ class FileWatcher(Service):
             "last_change": iso_utc(self.last_change) if self.last_change else None,
         }
         if self.backend == "native" and self._observer is not None:
-            status["kernel_watches"] = procfs.inotify_watch_count()
+            status["kernel_watches"] = self._watch_count
+            self._refresh_watch_count()
         if self.degraded:
             status["degraded"] = self.degraded
         if self.error:
