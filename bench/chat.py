@@ -4,8 +4,8 @@
 
 The agent is a tiny shell script that answers at once with a claude-like JSON
 result carrying a new session id, so every follow-up turn resumes a session and
-the daemon records the latest one. Turns go to 500 conversations in rotation
-(20 turns each), with at most 8 in flight; the daemon's RSS (VmRSS) is sampled
+the daemon records the latest one. Turns go to 100 conversations in rotation
+(100 turns each, so each reaches chat.max_turns), with at most 8 in flight; the daemon's RSS (VmRSS) is sampled
 after start, after a 200-turn warm-up, and every 1,000 turns. Target (from the
 project's issue): the RSS at the end within 10 MB of the starting value.
 Only a Unix socket and local processes are used.
@@ -31,7 +31,7 @@ AGENT = """#!/bin/sh
 printf '{"type":"result","subtype":"success","is_error":false,"result":"ok %s","session_id":"s-%s","total_cost_usd":0,"num_turns":1}\\n' "$$" "$$"
 """
 IN_FLIGHT = 8
-CONVERSATIONS = 500
+CONVERSATIONS = 100
 
 
 def soak(turns: int) -> dict:

@@ -17,9 +17,9 @@ from typing import Any, Iterator
 from attrs import define, field, frozen
 
 DEFAULT_MAX_TURNS = 50
-DEFAULT_MAX_BYTES = 256 * 1024
+DEFAULT_MAX_BYTES = 64 * 1024
 DEFAULT_IDLE_SECONDS = 24 * 3600.0
-DEFAULT_MAX_CONVERSATIONS = 1000
+DEFAULT_MAX_CONVERSATIONS = 200
 #: How much history goes into the prompt of an agent that cannot resume a session.
 PROMPT_HISTORY_BYTES = 16 * 1024
 
