@@ -59,12 +59,16 @@ def _record(paths: ProjectPaths) -> Path:
 
 
 def session_name(paths: ProjectPaths, configured: str) -> str:
-    """The configured name, unless a session of that name belongs to another project."""
+    """The configured name, unless a session of that name is not this project's (another
+    project's, or the user's own): then the directory's name is appended, and a number
+    after that if need be. Never the name of a session that is not ours."""
     root = str(paths.root)
-    if not _exists(configured) or _owner(configured) == root:
-        return configured
     suffix = re.sub(r"[^A-Za-z0-9_-]", "-", paths.root.name)[:32] or "project"
-    return f"{configured}-{suffix}"
+    candidates = [configured, f"{configured}-{suffix}"] + [f"{configured}-{suffix}-{n}" for n in range(2, 100)]
+    for name in candidates:
+        if not _exists(name) or _owner(name) == root:
+            return name
+    raise TmuxError(f"no free tmux session name like {configured!r}; set tmux.session in .aiwg/daemon.json")
 
 
 def current(paths: ProjectPaths) -> str | None:
@@ -84,14 +88,15 @@ def _aiwg(paths: ProjectPaths, *args: str) -> str:
 
 
 def create(paths: ProjectPaths, configured: str) -> str:
-    """Create the three-pane session (detached); returns its name. An existing one of
-    this project is reused."""
+    """Create the three-pane session (detached) for a daemon that has just started;
+    returns its name. A session of this project left over from a daemon that died
+    (its task and chat panes have closed with it) is replaced."""
     existing = current(paths)
     if existing is not None:
-        return existing
+        _run("kill-session", "-t", f"={existing}", check=False)
     name = session_name(paths, configured)
-    if _exists(name):
-        _run("kill-session", "-t", f"={name}")  # ours, left over from a daemon that died
+    if _exists(name):  # ours (session_name never picks another's): a stale one
+        _run("kill-session", "-t", f"={name}", check=False)
     root = str(paths.root)
     log = shlex.quote(str(paths.log_file))
     _run("new-session", "-d", "-s", name, "-x", "200", "-y", "50", "-c", root,

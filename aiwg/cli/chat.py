@@ -8,7 +8,7 @@ import sys
 import click
 
 from aiwg.cli.render import Context, emit_json, fail, json_option, project_option
-from aiwg.cli.turns import TURN_TOPICS, answer_text, failure_text, wait_turn
+from aiwg.cli.turns import TURN_TOPICS, answer_text, deferred_interrupt, failure_text, wait_turn
 from aiwg.client import DaemonClient
 
 pass_context = click.make_pass_decorator(Context, ensure=True)
@@ -40,7 +40,12 @@ def send(ctx: Context, message: str, conversation: str | None, priority: int | N
     with DaemonClient(ctx.paths.root) as client:
         if not no_wait:
             client.subscribe(TURN_TOPICS)
-        reply = client.request("chat.send", params)
+        with deferred_interrupt() as held:
+            reply = client.request("chat.send", params)
+        if held.interrupted and not no_wait:
+            client.call("task.cancel", taskId=reply["taskId"])
+            fail(f"cancelled; task {reply['taskId']}", 130)
+            return
         if no_wait:
             if ctx.as_json:
                 emit_json(reply)

@@ -97,6 +97,8 @@ def start(ctx: Context, config: str | None, foreground: bool, with_tmux: bool = 
     running = _running_pid(paths)
     if running is not None:
         _report_already_running(ctx, paths, running)
+        if with_tmux:
+            _tmux_for_running(ctx, paths, config)
         return
     from aiwg.configfile import load_config
 
@@ -193,6 +195,25 @@ def start(ctx: Context, config: str | None, foreground: bool, with_tmux: bool = 
         os._exit(1)  # the daemon process; the waiting parent has already reported
     # Only the daemon process gets here, after it has stopped.
     sys.exit(0)
+
+
+def _tmux_for_running(ctx: Context, paths: ProjectPaths, config: str | None) -> None:
+    """`start --tmux` on a running daemon: open its session if it has none."""
+    from aiwg import tmux
+    from aiwg.configfile import load_config
+
+    try:
+        existing = tmux.current(paths)
+        if existing is None:
+            existing = tmux.create(paths, str(load_config(paths, config).data["tmux"]["session"]))
+            message = f"  tmux:   opened session {existing} (aiwg daemon attach)"
+        else:
+            message = f"  tmux:   session {existing} is already open (aiwg daemon attach)"
+    except (AiwgError, ConfigError) as exc:
+        fail(f"could not open the tmux session: {exc}", EXIT_FAILURE)
+        return
+    if not ctx.as_json:
+        click.echo(message)
 
 
 def _report_already_running(ctx: Context, paths: ProjectPaths, pid: int) -> None:
@@ -321,10 +342,11 @@ def _stop_remote(ctx: Context, paths: ProjectPaths, timeout: float) -> None:
 @daemon.command()
 @click.option("--config", "-c", "config", metavar="FILE", help="Configuration file for the new daemon.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True, help="Seconds to wait for the stop.")
+@click.option("--tmux", "with_tmux", is_flag=True, help="Open the tmux session too (it is reopened anyway if the old daemon had one).")
 @project_option
 @json_option
 @click.pass_context
-def restart(click_ctx: click.Context, config: str | None, timeout: float) -> None:
+def restart(click_ctx: click.Context, config: str | None, timeout: float, with_tmux: bool) -> None:
     """Stop the daemon (if running), then start it. A configuration the new daemon
     would refuse is caught first, and the running daemon is left alone."""
     from aiwg.configfile import load_config
@@ -334,6 +356,13 @@ def restart(click_ctx: click.Context, config: str | None, timeout: float) -> Non
         load_config(ctx.paths, config)
     except ConfigError as exc:
         fail(f"not restarting (the running daemon is untouched): {exc}", EXIT_NOT_CONFIGURED)
+    if not with_tmux and (ctx.paths.daemon_dir / "tmux-session").exists():
+        from aiwg import tmux
+
+        try:
+            with_tmux = tmux.current(ctx.paths) is not None  # stop closes it: open it again
+        except AiwgError:
+            pass
     if ctx.as_json:  # one JSON document, the start's, not one per step
         import contextlib
         import io
@@ -343,7 +372,7 @@ def restart(click_ctx: click.Context, config: str | None, timeout: float) -> Non
     else:
         click_ctx.invoke(stop, timeout=timeout)
     # Detached, start ends this process once the daemon answers: it must come last.
-    click_ctx.invoke(start, config=config, foreground=False)
+    click_ctx.invoke(start, config=config, foreground=False, with_tmux=with_tmux)
 
 
 # -- status / ping / reload -------------------------------------------------------

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from aiwg.cli.turns import TURN_TOPICS, answer_text, failure_text, wait_turn
+from aiwg.cli.turns import TURN_TOPICS, answer_text, deferred_interrupt, failure_text, wait_turn
 from aiwg.client import DaemonClient
 from aiwg.errors import AiwgError, ConnectionClosed, DaemonNotRunning, RpcError
 from aiwg.paths import ProjectPaths
@@ -117,8 +117,16 @@ class Repl:
     # -- a turn ---------------------------------------------------------------
 
     def _ask(self, text: str) -> None:
-        reply = self.client.call("chat.send", message=text, conversation=self.conversation)
+        with deferred_interrupt() as held:
+            reply = self.client.call("chat.send", message=text, conversation=self.conversation)
         task_id = reply["taskId"]
+        if held.interrupted:
+            if self.gone.is_set():
+                raise DaemonGone()
+            self.client.call("task.cancel", taskId=task_id)
+            self.out.write(f"(cancelled; task {task_id})\n")
+            self.out.flush()
+            return
         self.conversation = reply.get("conversation", self.conversation)
         streamed: list[str] = []
         stream = reply.get("output") == "text"

@@ -50,6 +50,33 @@ def wait_turn(
     return client.call("task.get", taskId=task_id)
 
 
+class deferred_interrupt:
+    """Hold Ctrl-C while a turn is being submitted: an interrupt between the daemon
+    accepting the turn and the reply naming its task would leave it running. After
+    the block, `interrupted` says whether Ctrl-C came (the caller cancels the task)."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "deferred_interrupt":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.interrupted = True
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def answer_text(record: dict[str, Any]) -> str:
     """What to show as the answer: the agent's result, else its output's tail."""
     result = record.get("result")
