@@ -174,6 +174,32 @@ class Conversations:
     def history(self, conversation_id: str) -> list[dict[str, Any]]:
         return [turn.to_json() for turn in self.get(conversation_id).turns]
 
+    def dump(self) -> dict[str, Any]:
+        """Everything needed to carry on after a restart (running turns excepted)."""
+        return {"version": 1, "conversations": [
+            {"id": c.id, "createdAt": c.created_at, "lastActive": c.last_active,
+             "sessionId": c.session_id, "turns": [t.to_json() for t in c.turns]}
+            for c in self._open.values()
+        ]}
+
+    def load(self, saved: Any) -> int:
+        """Restore what `dump` wrote (bounds applied); returns how many were restored.
+        Anything malformed is skipped, never fatal."""
+        items = saved.get("conversations") if isinstance(saved, dict) else None
+        count = 0
+        for item in items if isinstance(items, list) else []:
+            try:
+                conversation = self.open(str(item["id"]), float(item["createdAt"]))
+                conversation.session_id = item.get("sessionId") or None
+                for turn in item.get("turns") or []:
+                    self._add(conversation, Turn(str(turn["role"]), str(turn["text"]), float(turn["at"]),
+                                                 turn.get("taskId"), turn.get("state")))
+                conversation.last_active = float(item["lastActive"])
+                count += 1
+            except (KeyError, TypeError, ValueError):
+                continue
+        return count
+
 
 def prompt_with_history(conversation: Conversation, message: str, budget: int = PROMPT_HISTORY_BYTES) -> str:
     """For agents that cannot resume a session: the recent finished turns, newest

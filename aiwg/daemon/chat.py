@@ -5,12 +5,16 @@ A turn of an agent that reports sessions (output `claude-json`) resumes the
 session the previous answer reported (`--resume <id>`, passed through the task's
 metadata); other agents get the recent turns written into the prompt. Answers
 are recorded when the turn's task ends. Idle conversations expire on a timer, so
-memory stays flat however long the daemon runs.
+memory stays flat however long the daemon runs; conversations are saved to
+.aiwg/daemon/conversations.json every few seconds and at stop, so a restarted
+daemon carries them on (a turn that was running is not).
 """
 
 from __future__ import annotations
 
 import secrets
+import json
+from pathlib import Path
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -20,19 +24,26 @@ from twisted.logger import Logger
 from aiwg.core.config import Config
 from aiwg.core.conversations import Conversations, UnknownConversation, prompt_with_history
 from aiwg.core.events import Event
+from aiwg.daemon.statefile import write_json_atomic
 from aiwg.errors import InvalidParams
 
 END_TOPICS = ["task:completed", "task:failed", "task:cancelled", "task:timeout"]
 #: How often idle conversations are looked for.
 EXPIRY_INTERVAL = 60.0
+#: Conversations changed since the last save are written this often (and at stop),
+#: so a restarted daemon carries them on.
+SAVE_INTERVAL = 5.0
 
 
 class ChatService(Service):
     name = "chat"
     log = Logger()
 
-    def __init__(self, *, reactor: Any, bus: Any, config: Config, supervisor: Callable[[], Any]) -> None:
+    def __init__(self, *, reactor: Any, bus: Any, config: Config, supervisor: Callable[[], Any],
+                 state_file: Path | None = None) -> None:
         self._reactor = reactor
+        self._state_file = state_file
+        self._dirty = False
         self._bus = bus
         self._supervisor = supervisor
         self._section = config.data["chat"]
@@ -54,10 +65,45 @@ class ChatService(Service):
 
     def startService(self) -> None:
         Service.startService(self)
+        self._restore()
         self._subscription = self._bus.subscribe(END_TOPICS, self._ended)
-        self._expiry = LoopingCall(self.expire)
+        self._expiry = LoopingCall(self._tick)
         self._expiry.clock = self._reactor
-        self._expiry.start(EXPIRY_INTERVAL, now=False)
+        self._expiry.start(SAVE_INTERVAL, now=False)
+        self._expired_at = self._reactor.seconds()
+
+    def _tick(self) -> None:
+        now = self._reactor.seconds()
+        if now - self._expired_at >= EXPIRY_INTERVAL or now < self._expired_at:
+            self._expired_at = now
+            self.expire()
+        if self._dirty:
+            self.save()
+
+    def _restore(self) -> None:
+        if self._state_file is None:
+            return
+        try:
+            saved = json.loads(self._state_file.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            self.log.warn("chat: ignoring unreadable {path}: {error}", path=str(self._state_file), error=str(exc))
+            return
+        count = self.chats.load(saved)
+        gone = self.chats.expire(self._reactor.seconds())
+        if count:
+            self.log.info("chat: {count} conversation(s) restored", count=count - len(gone))
+
+    def save(self) -> None:
+        self._dirty = False
+        if self._state_file is None:
+            return
+        try:
+            write_json_atomic(self._state_file, self.chats.dump(), sync=False)
+        except OSError as exc:
+            self.log.error("chat: could not save conversations to {path}: {error}",
+                           path=str(self._state_file), error=str(exc))
 
     def stopService(self) -> None:
         Service.stopService(self)
@@ -66,6 +112,8 @@ class ChatService(Service):
             self._subscription = None
         if self._expiry is not None and self._expiry.running:
             self._expiry.stop()
+        if self._dirty:
+            self.save()
 
     # -- turns ---------------------------------------------------------------
 
@@ -90,6 +138,7 @@ class ChatService(Service):
         )
         self.chats.ask(chat, message, task.id, now)
         self._turn_of[task.id] = conversation_id
+        self._dirty = True
         self.turns += 1
         return task
 
@@ -105,8 +154,10 @@ class ChatService(Service):
         answer = task.result if task.result is not None else (task.output_tail or "")
         self.chats.answered(conversation_id, task_id, answer if task.state.value == "completed" else (task.error or ""),
                             task.state.value, self._reactor.seconds(), session_id=task.session_id)
+        self._dirty = True
 
     def reset(self, conversation: str) -> bool:
+        self._dirty = True
         for task_id, owner in list(self._turn_of.items()):
             if owner == conversation:
                 del self._turn_of[task_id]
@@ -125,6 +176,7 @@ class ChatService(Service):
     def expire(self) -> list[str]:
         gone = self.chats.expire(self._reactor.seconds())
         if gone:
+            self._dirty = True
             self.log.info("chat: {count} idle conversation(s) expired", count=len(gone))
         return gone
 

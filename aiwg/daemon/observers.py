@@ -94,6 +94,8 @@ def _pruned_group(base: Any, prune: Prune, on_limit: LimitHit) -> Any:
                 dirnames[:] = kept
 
         def _add_callback(self, path: bytes) -> None:
+            if path in self._active_callbacks_by_path:
+                return  # a new directory seen both by its event and by a walk
             try:
                 wd = self._inotify_fd.add_callback(path, self.event_mask, self._callback, self._id)
             except OSError as exc:

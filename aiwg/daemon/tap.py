@@ -92,7 +92,8 @@ def makeService(options: Options) -> Any:
         health_check=root.run_health_check,
     )
     watcher = FileWatcher(reactor=reactor, root=paths.root, bus=bus, config=config)
-    chat = ChatService(reactor=reactor, bus=bus, config=config, supervisor=lambda: supervisor)
+    chat = ChatService(reactor=reactor, bus=bus, config=config, supervisor=lambda: supervisor,
+                       state_file=paths.daemon_dir / "conversations.json")
     root.chat = chat
     root.automation, root.scheduler = automation, scheduler
     methods = build_method_table(root)

@@ -3,6 +3,8 @@ prompt for session-less agents, bounds and expiry on a timer."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -10,7 +12,7 @@ from twisted.internet.task import Clock
 from aiwg.core.config import validate
 from aiwg.core.tasks import TaskState
 from aiwg.daemon.bus import EventBus
-from aiwg.daemon.chat import EXPIRY_INTERVAL, ChatService
+from aiwg.daemon.chat import EXPIRY_INTERVAL, SAVE_INTERVAL, ChatService
 
 
 class Task:
@@ -107,3 +109,31 @@ def test_idle_conversations_expire_on_the_timer_and_memory_stays_flat() -> None:
     assert len(service.chats) == 0
     service.stopService()
     assert clock.getDelayedCalls() == []
+
+
+def test_conversations_survive_a_restart(tmp_path: Path) -> None:
+    state = tmp_path / "conversations.json"
+    clock = Clock()
+    bus = EventBus(reactor=clock)
+    supervisor = Supervisor()
+    config = validate({}, "test")
+    service = ChatService(reactor=clock, bus=bus, config=config, supervisor=lambda: supervisor, state_file=state)
+    service.startService()
+    first = service.send("hello", "c-keep", None)
+    finish(bus, clock, first, "hi", "s-1")
+    clock.advance(SAVE_INTERVAL)
+    assert json.loads(state.read_text())["conversations"][0]["sessionId"] == "s-1"
+    second = service.send("more", "c-keep", None)
+    finish(bus, clock, second, "sure", "s-2")
+    service.stopService()  # saves what changed since
+    again = ChatService(reactor=clock, bus=bus, config=config, supervisor=lambda: supervisor, state_file=state)
+    again.startService()
+    follow_up = again.send("and then?", "c-keep", None)
+    assert follow_up.metadata["resumeSession"] == "s-2"
+    assert [t["text"] for t in again.history("c-keep")["history"]][:4] == ["hello", "hi", "more", "sure"]
+    again.stopService()
+    state.write_text("{not json")
+    broken = ChatService(reactor=clock, bus=bus, config=config, supervisor=lambda: supervisor, state_file=state)
+    broken.startService()  # an unreadable file is ignored, not fatal
+    assert len(broken.chats) == 0
+    broken.stopService()
