@@ -1,0 +1,168 @@
+# tests: tests/core/test_messaging.py
+"""What the messaging bridges say and whom they listen to. Pure: no network here.
+
+- Commands: `/status`, `/tasks [state]`, `/task <prompt>`, `/cancel <id>`, `/help`;
+  anything else from an allowed user is a chat turn. A bot's own mention suffix
+  (`/status@my_bot`) is accepted.
+- The allowlist: an empty list admits nobody, never everybody.
+- Text for each platform: Telegram HTML (escaped, at most 4,096 characters a
+  message), Slack mrkdwn (`&`, `<`, `>` escaped, 40,000), Discord (2,000, with
+  mentions never expanded by the caller's choice of allowed_mentions). Long
+  answers are split on line boundaries where possible.
+- Notifications from bus events: one short title, the task's id, state,
+  duration, prompt excerpt, error and output tail, each cut to fit.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any, Iterable, Mapping
+
+from attrs import frozen
+
+LIMITS = {"telegram": 4096, "slack": 40000, "discord": 2000}
+COMMANDS = ("status", "tasks", "task", "cancel", "help")
+SEVERITIES = ("info", "warning", "error")
+
+#: Severity of the events a bridge may be asked to forward.
+_SEVERITY = {
+    "task:failed": "error",
+    "task:timeout": "error",
+    "health:degraded": "error",
+    "automation:throttled": "warning",
+    "automation:error": "error",
+    "daemon:stopping": "warning",
+    "daemon:reload_failed": "error",
+    "schedule:skipped": "warning",
+    "task:cancelled": "warning",
+}
+
+
+@frozen
+class Command:
+    name: str  # one of COMMANDS, or "chat"
+    argument: str = ""
+
+
+def parse_command(text: str, bot_name: str | None = None) -> Command:
+    """`/task fix the tests` → Command("task", "fix the tests"); plain text → chat."""
+    stripped = text.strip()
+    if not stripped.startswith("/"):
+        return Command("chat", stripped)
+    head, _, rest = stripped[1:].partition(" ")
+    name, _, addressee = head.partition("@")
+    if addressee and bot_name and addressee.lower() != bot_name.lower():
+        return Command("chat", stripped)  # a command for another bot in the group
+    name = name.lower()
+    if name not in COMMANDS:
+        return Command("unknown", name)
+    return Command(name, rest.strip())
+
+
+def allowed(user: str | int | None, chat: str | int | None, users: Iterable[Any], chats: Iterable[Any]) -> bool:
+    """Allowed when the user is listed, or the chat/channel is; nothing listed: nobody."""
+    user_ids = {str(u) for u in users}
+    chat_ids = {str(c) for c in chats}
+    return (user is not None and str(user) in user_ids) or (chat is not None and str(chat) in chat_ids)
+
+
+def severity(topic: str) -> str:
+    return _SEVERITY.get(topic, "info")
+
+
+def at_least(topic: str, minimum: str) -> bool:
+    return SEVERITIES.index(severity(topic)) >= SEVERITIES.index(minimum if minimum in SEVERITIES else "info")
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """Pieces of at most `limit` characters, cut at the last newline in the second
+    half of a piece, else at the last space there, else at the limit."""
+    if limit <= 0:
+        raise ValueError("limit must be positive")
+    pieces: list[str] = []
+    rest = text
+    while len(rest) > limit:
+        window = rest[:limit]
+        cut = window.rfind("\n")
+        if cut < limit / 2:
+            cut = window.rfind(" ")
+        if cut < limit / 2:
+            cut = limit
+        pieces.append(rest[:cut].rstrip("\n"))
+        rest = rest[cut:].lstrip("\n") if rest[cut:cut + 1] == "\n" else rest[cut:].lstrip(" ")
+    if rest or not pieces:
+        pieces.append(rest)
+    return pieces
+
+
+def telegram_html(text: str) -> str:
+    return html.escape(text, quote=False)
+
+
+def slack_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def excerpt(text: str | None, length: int) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= length else flat[: max(0, length - 1)] + "…"
+
+
+def _duration(ms: Any) -> str | None:
+    if not isinstance(ms, (int, float)):
+        return None
+    seconds = ms / 1000
+    return f"{seconds:.1f}s" if seconds < 60 else f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+@frozen
+class Notice:
+    """A platform-neutral notification: the adapters render it."""
+
+    title: str
+    severity: str
+    fields: tuple[tuple[str, str], ...] = ()
+    body: str = ""
+
+    def plain(self) -> str:
+        lines = [self.title] + [f"{k}: {v}" for k, v in self.fields]
+        if self.body:
+            lines += ["", self.body]
+        return "\n".join(lines)
+
+
+def notice_for(topic: str, payload: Mapping[str, Any], project: str) -> Notice:
+    """A notification for one bus event."""
+    level = severity(topic)
+    fields: list[tuple[str, str]] = [("project", project)]
+    body = ""
+    task_id = payload.get("taskId")
+    if topic.startswith("task:") and task_id:
+        state = str(payload.get("state") or topic.split(":", 1)[1])
+        title = f"Task {task_id} {state}"
+        if payload.get("prompt"):
+            fields.append(("prompt", excerpt(str(payload["prompt"]), 200)))
+        duration = _duration(payload.get("duration"))
+        if duration:
+            fields.append(("duration", duration))
+        if payload.get("exitCode") is not None:
+            fields.append(("exit code", str(payload["exitCode"])))
+        if payload.get("error"):
+            fields.append(("error", excerpt(str(payload["error"]), 300)))
+        if state == "completed" and payload.get("result"):
+            body = str(payload["result"])[-1500:]
+        elif payload.get("outputTail"):
+            body = str(payload["outputTail"])[-1500:]
+    elif topic == "health:degraded":
+        title = "Daemon health degraded"
+        body = "\n".join(f"- {issue}" for issue in payload.get("issues") or [])
+    elif topic.startswith("automation:"):
+        title = f"Automation {topic.split(':', 1)[1]}: rule {payload.get('ruleId', '?')}"
+        for key in ("reason", "error", "taskId"):
+            if payload.get(key):
+                fields.append((key, excerpt(str(payload[key]), 300)))
+    else:
+        title = topic
+        for key, value in list(payload.items())[:6]:
+            fields.append((str(key), excerpt(str(value), 200)))
+    return Notice(title=title, severity=level, fields=tuple(fields), body=body)
