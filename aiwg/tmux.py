@@ -106,7 +106,9 @@ def create(paths: ProjectPaths, configured: str) -> str:
     _run("split-window", "-t", f"={name}:", "-v", "-c", root, _aiwg(paths, "task", "follow", "--all"))
     _run("split-window", "-t", f"={name}:", "-h", "-c", root, _aiwg(paths, "daemon", "chat"))
     _run("select-pane", "-t", f"={name}:.2")
-    _record(paths).write_text(name + "\n")
+    record = _record(paths)
+    record.write_text(name + "\n")
+    record.chmod(0o600)
     return name
 
 

@@ -204,6 +204,8 @@ def _tmux_for_running(ctx: Context, paths: ProjectPaths, config: str | None) -> 
 
     try:
         existing = tmux.current(paths)
+        if existing is not None and len(tmux.panes(existing)) < 3:
+            existing = None  # left from a daemon that died: its task and chat panes closed
         if existing is None:
             existing = tmux.create(paths, str(load_config(paths, config).data["tmux"]["session"]))
             message = f"  tmux:   opened session {existing} (aiwg daemon attach)"
@@ -265,6 +267,7 @@ def stop(ctx: Context, timeout: float) -> None:
         if os.environ.get("AIWG_DAEMON_SOCKET"):
             _stop_remote(ctx, paths, timeout)
             return
+        _close_tmux(paths)  # a session left behind by a daemon that died
         _say(ctx, {"stopped": False, "running": False}, f"aiwg daemon is not running for {paths.root}")
         return
     if pid <= 0:

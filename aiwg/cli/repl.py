@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from aiwg.cli.turns import TURN_TOPICS, answer_text, deferred_interrupt, failure_text, wait_turn
 from aiwg.client import DaemonClient
-from aiwg.errors import AiwgError, ConnectionClosed, DaemonNotRunning, RpcError
+from aiwg.errors import SHUTTING_DOWN, AiwgError, ConnectionClosed, DaemonNotRunning, RpcError
 from aiwg.paths import ProjectPaths
 
 HELP = """Commands:
@@ -89,7 +89,13 @@ class Repl:
                     if self._command(text.strip()) == "quit":
                         return 0
                     continue
-                self._ask(text)
+                try:
+                    self._ask(text)
+                except RpcError as exc:
+                    if exc.code == SHUTTING_DOWN:
+                        raise DaemonGone() from None
+                    self.out.write(f"aiwg: {exc}\n")  # a refused message; the REPL carries on
+                    self.out.flush()
         except (DaemonGone, ConnectionClosed, DaemonNotRunning):
             self._clear_line()
             self.out.write("aiwg: the daemon stopped; leaving the chat.\n")

@@ -228,6 +228,9 @@ class TaskMethods(Namespace):
         problem = source_problem(source)
         if problem:
             raise InvalidParams(f"Invalid parameter 'source': {problem}")
+        if metadata and "_env" in metadata:
+            raise InvalidParams("Invalid parameter 'metadata': the key '_env' is reserved for the "
+                                "daemon (a task's environment comes from a rule or an action's env)")
         task = self._supervisor.submit(
             prompt, priority=priority, timeout_minutes=timeout, agent=agent,
             metadata=metadata, source=source, retries=retries,

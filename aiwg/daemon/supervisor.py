@@ -112,6 +112,7 @@ class SessionLeaderProcess(process.Process):
                 executable, args, os.environ if environment is None else environment,
                 file_actions=actions, setsigdef=_RESET_SIGNALS, setsid=True,
             )
+            self.spawned_pid = self.pid  # Twisted clears pid if it reaps the child at once
         except NotImplementedError:  # no POSIX_SPAWN_SETSID here: fork, and setsid below
             return False
         self.status = -1
@@ -773,7 +774,9 @@ class Supervisor(Service):
         except Exception as exc:
             self._fail_now(task, f"could not start the agent: {exc}")
             return
-        pid = transport.pid
+        # An agent that exits at once may be reaped before spawnProcess returns,
+        # which leaves transport.pid None: the pid it had is kept aside.
+        pid = transport.pid if transport.pid is not None else getattr(transport, "spawned_pid", None)
         run.transport = transport
         run.pgid = pid  # the agent leads its own session and process group
         run.task = evolve(task, pid=pid, pgid=pid, proc_start=self._start_times.of(pid, before, after))
@@ -781,7 +784,8 @@ class Supervisor(Service):
         self.runs[task.id] = run
         self.started_count += 1
         minutes = task.timeout_minutes or self.settings.timeout_minutes
-        run.timeout_call = self.reactor.callLater(minutes * 60, self._timed_out, run, minutes)
+        if not run.exited:  # it may have exited (and been reaped) already
+            run.timeout_call = self.reactor.callLater(minutes * 60, self._timed_out, run, minutes)
         self.log.info("task {task_id} started (pid {pid})", task_id=task.id, pid=pid)
         self.bus.publish("task:started", {"taskId": task.id, "pid": pid, "priority": task.priority})
 
