@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from aiwg.client import DaemonClient  # noqa: E402
 from aiwg.core import cron  # noqa: E402
+from aiwg.instance import pid_alive  # noqa: E402
 from aiwg.paths import ProjectPaths  # noqa: E402
 
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -186,16 +187,6 @@ def machine_jiffies() -> tuple[int, int]:
     return total - idle, total
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # -- the daemon -------------------------------------------------------------------------
 
 
@@ -241,7 +232,7 @@ class Daemon:
                 say(f"aiwg daemon stop failed ({done.returncode}): {done.stdout}{done.stderr}")
         except subprocess.TimeoutExpired:
             say("aiwg daemon stop timed out")
-        if not ok and self.pid and alive(self.pid):
+        if not ok and self.pid and pid_alive(self.pid):
             say(f"killing the daemon (pid {self.pid}) that this run started")
             try:
                 os.kill(self.pid, signal.SIGKILL)

@@ -16,7 +16,6 @@ Enable/disable, globally and per rule, is written to
 from __future__ import annotations
 
 import itertools
-import json
 from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +31,7 @@ from aiwg.core.watching import changes_from_payload, matching_paths
 from aiwg.daemon.crontimer import CronTimer
 from aiwg.daemon.debounce import Debouncer
 from aiwg.daemon.logs import iso_utc
-from aiwg.daemon.statefile import write_json_atomic
+from aiwg.daemon.statefile import read_json, write_json_atomic
 from aiwg.errors import InvalidParams
 
 #: Files listed in a task's metadata (the prompt's {files} has them all).
@@ -115,18 +114,9 @@ class AutomationEngine(Service):
         self._arm_schedules(config)
 
     def _arm_schedules(self, config: Config) -> None:
-        schedule = config.data["schedule"]
-        grace = float(schedule.get("misfire_grace_seconds", cron.DEFAULT_MISFIRE_GRACE_SECONDS))
-        zone = cron.zone(schedule.get("timezone"))
         for state in self.rules.values():
-            if state.rule.trigger_type != "schedule" or not self.is_enabled(state.rule.id):
-                continue
-            state.timer = CronTimer(
-                reactor=self._reactor, name=f"rule {state.rule.id}", expression=state.rule.cron or "",
-                zone=zone, grace=grace,
-                on_fire=lambda scheduled, now, state=state: self._cron_fired(state, scheduled),
-            )
-            state.timer.start()
+            if state.rule.trigger_type == "schedule" and self.is_enabled(state.rule.id):
+                self._arm_schedule(state)
 
     def _teardown(self) -> None:
         for state in self.rules.values():
@@ -168,12 +158,13 @@ class AutomationEngine(Service):
         self._save_toggles()
         self._quiet(state)
         if enabled and state.rule.trigger_type == "schedule" and self.running:
-            self._arm_schedules_for(state)
+            self._arm_schedule(state)
         self.log.info("automation rule {id} {what}", id=rule_id, what="enabled" if enabled else "disabled")
         self._bus.publish("automation:toggled", {"ruleId": rule_id, "enabled": enabled})
         return {"success": True, "ruleId": rule_id, "enabled": enabled}
 
-    def _arm_schedules_for(self, state: RuleState) -> None:
+    def _arm_schedule(self, state: RuleState) -> None:
+        """One CronTimer for a schedule-triggered rule, in schedule.timezone."""
         schedule = self._config.data["schedule"]
         state.timer = CronTimer(
             reactor=self._reactor, name=f"rule {state.rule.id}", expression=state.rule.cron or "",
@@ -184,13 +175,7 @@ class AutomationEngine(Service):
         state.timer.start()
 
     def _load_toggles(self) -> None:
-        try:
-            saved = json.loads(self._state_file.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            self.log.warn("automation: ignoring unreadable {path}: {error}", path=str(self._state_file), error=str(exc))
-            return
+        saved = read_json(self._state_file, "automation", self.log)
         if isinstance(saved, dict):
             self.globally_enabled = saved.get("enabled", True) is not False
             rules = saved.get("rules")

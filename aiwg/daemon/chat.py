@@ -13,7 +13,6 @@ daemon carries them on (a turn that was running is not).
 from __future__ import annotations
 
 import secrets
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +23,7 @@ from twisted.logger import Logger
 from aiwg.core.config import Config
 from aiwg.core.conversations import Conversations, UnknownConversation, prompt_with_history
 from aiwg.core.events import Event
-from aiwg.daemon.statefile import write_json_atomic
+from aiwg.daemon.statefile import read_json, write_json_atomic
 from aiwg.errors import InvalidParams
 
 END_TOPICS = ["task:completed", "task:failed", "task:cancelled", "task:timeout"]
@@ -83,12 +82,8 @@ class ChatService(Service):
     def _restore(self) -> None:
         if self._state_file is None:
             return
-        try:
-            saved = json.loads(self._state_file.read_text())
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            self.log.warn("chat: ignoring unreadable {path}: {error}", path=str(self._state_file), error=str(exc))
+        saved = read_json(self._state_file, "chat", self.log)
+        if saved is None:
             return
         count = self.chats.load(saved)
         gone = self.chats.expire(self._reactor.seconds())

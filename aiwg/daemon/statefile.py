@@ -38,3 +38,15 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600, sync: bool = True) 
 
 def write_json_atomic(path: Path, value: Any, sync: bool = True) -> None:
     write_atomic(path, (json.dumps(value, indent=2, sort_keys=False) + "\n").encode(), sync=sync)
+
+
+def read_json(path: Path, owner: str, log: Any) -> Any:
+    """A state file written by `write_json_atomic`, or None when there is none; an
+    unreadable one is logged (as `owner`'s) and treated as absent, never fatal."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warn("{owner}: ignoring unreadable {path}: {error}", owner=owner, path=str(path), error=str(exc))
+        return None
