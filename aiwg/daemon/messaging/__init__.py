@@ -1,0 +1,1 @@
+"""Messaging bridges (Telegram, Slack, Discord): one child service per platform."""
