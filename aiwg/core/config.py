@@ -323,18 +323,16 @@ def _semantic_problems(document: Mapping[str, Any]) -> list[str]:
 
 
 def _watch_problems(watch: Any) -> list[str]:
-    from aiwg.core.globs import GlobError, IgnoreSet
+    from aiwg.core.globs import ignore_problem
     from aiwg.core.watching import watch_path_problem
+
+    def ignores(entries: Any, where: str) -> list[str]:
+        return [f"{where}[{i}]: {ignore_problem(e)}"
+                for i, e in enumerate(entries or []) if isinstance(e, str) and ignore_problem(e)]
 
     if not isinstance(watch, Mapping):
         return []
-    problems = []
-    for index, entry in enumerate(watch.get("ignore") or []):
-        if isinstance(entry, str):
-            try:
-                IgnoreSet([entry])
-            except GlobError as exc:
-                problems.append(f"watch.ignore[{index}]: {exc}")
+    problems = ignores(watch.get("ignore"), "watch.ignore")
     paths = watch.get("paths")
     for index, item in enumerate(paths if isinstance(paths, list) else []):
         path = item if isinstance(item, str) else item.get("path") if isinstance(item, Mapping) else None
@@ -342,12 +340,7 @@ def _watch_problems(watch: Any) -> list[str]:
         if isinstance(path, str) and watch_path_problem(path):
             problems.append(f"{where}: {watch_path_problem(path)}")
         if isinstance(item, Mapping):
-            for sub, entry in enumerate(item.get("ignore") or []):
-                if isinstance(entry, str):
-                    try:
-                        IgnoreSet([entry])
-                    except GlobError as exc:
-                        problems.append(f"watch.paths[{index}].ignore[{sub}]: {exc}")
+            problems.extend(ignores(item.get("ignore"), f"watch.paths[{index}].ignore"))
     return problems
 
 

@@ -127,6 +127,15 @@ def glob_problem(pattern: str) -> str | None:
     return None
 
 
+def ignore_problem(entry: str) -> str | None:
+    """What is wrong with one `watch.ignore` entry, if anything."""
+    try:
+        IgnoreSet([entry])
+    except GlobError as exc:
+        return str(exc)
+    return None
+
+
 def matches(pattern: str, path: str) -> bool:
     """Does the project-relative `path` (with / separators) match `pattern`?"""
     return compile_glob(pattern).match(path.lstrip("/")) is not None

@@ -272,18 +272,26 @@ class DaemonService(MultiService):
 
     # -- status ------------------------------------------------------------
 
-    def health(self) -> dict[str, Any]:
-        issues: list[str] = []
-        for child in self:
-            issues.extend(_call(child, "health_issues", None, []))
+    def _child_issues(self) -> list[tuple[str | None, list[str]]]:
+        return [(child.name, list(_call(child, "health_issues", None, []))) for child in self]
+
+    def _disk(self) -> tuple[int | None, str | None]:
+        """Free bytes under .aiwg/daemon/, and what is wrong with that, if anything."""
         try:
             free = shutil.disk_usage(self.paths.daemon_dir).free
-            if free < LOW_DISK_BYTES:
-                issues.append(
-                    f"low disk space: {free // (1024 * 1024)} MiB free under {self.paths.daemon_dir}"
-                )
         except OSError as exc:
-            issues.append(f"cannot check disk space under {self.paths.daemon_dir}: {exc}")
+            return None, f"cannot check disk space under {self.paths.daemon_dir}: {exc}"
+        if free < LOW_DISK_BYTES:
+            return free, f"low disk space: {free // (1024 * 1024)} MiB free under {self.paths.daemon_dir}"
+        return free, None
+
+    def health(self, child_issues: list[tuple[str | None, list[str]]] | None = None,
+               disk: tuple[int | None, str | None] | None = None) -> dict[str, Any]:
+        child_issues = self._child_issues() if child_issues is None else child_issues
+        _, disk_problem = self._disk() if disk is None else disk
+        issues = [issue for _, found in child_issues for issue in found]
+        if disk_problem:
+            issues.append(disk_problem)
         return {
             "status": "degraded" if issues else "healthy",
             "last_check": iso_utc(self.now()),
@@ -294,25 +302,16 @@ class DaemonService(MultiService):
         """The `health-check` schedule action: assess every subsystem, the queue, the
         disk under .aiwg/ and the agent binary; record it in state.json and publish
         `health:checked` (and `health:degraded` when something is wrong)."""
-        result = self.health()
-        checks: dict[str, Any] = {}
-        try:
-            checks["disk_free_mb"] = shutil.disk_usage(self.paths.daemon_dir).free // (1024 * 1024)
-        except OSError:
-            checks["disk_free_mb"] = None
+        child_issues, disk = self._child_issues(), self._disk()
+        result = self.health(child_issues, disk)
+        checks: dict[str, Any] = {"disk_free_mb": disk[0] // (1024 * 1024) if disk[0] is not None else None}
         supervisor = self.supervisor
         if supervisor is not None and getattr(supervisor, "store", None) is not None:
             summary = supervisor.summary()
             checks["queue_depth"] = summary["queued"]
             checks["running"] = summary["running"]
-            launch = supervisor._agent_launch()
-            checks["agent"] = {"command": supervisor.settings.agent.program,
-                               "found": launch.executable is not None,
-                               "path": launch.executable}
-        checks["subsystems"] = {
-            child.name: ("degraded" if _call(child, "health_issues", None, []) else "ok")
-            for child in self if child.name
-        }
+            checks["agent"] = supervisor.agent_check()
+        checks["subsystems"] = {name: ("degraded" if found else "ok") for name, found in child_issues if name}
         result["checks"] = checks
         self.last_health_check = result
         self.log.info("health check: {status}{issues}", status=result["status"],

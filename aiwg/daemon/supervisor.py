@@ -930,8 +930,13 @@ class Supervisor(Service):
             "agent.command in .aiwg/daemon.json"
         )
 
+    def agent_check(self) -> dict[str, Any]:
+        """Whether the agent's program is there (resolved at most once a second)."""
+        path = self._current_launch().executable
+        return {"command": self.settings.agent.program, "found": path is not None, "path": path}
+
     def health_issues(self) -> list[str]:
-        if self._agent_launch().executable is None:
+        if not self.agent_check()["found"]:
             return [self.missing_agent_message()]
         return []
 
