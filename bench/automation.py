@@ -54,10 +54,8 @@ from aiwg.client import DaemonClient  # noqa: E402
 from aiwg.core import cron  # noqa: E402
 from aiwg.instance import pid_alive  # noqa: E402
 from aiwg.paths import ProjectPaths  # noqa: E402
+from common import AIWG, PYTHON, pct, rss_mib, say  # noqa: E402
 
-VENV_BIN = ROOT / ".venv" / "bin"
-PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
-AIWG = str(VENV_BIN / "aiwg") if (VENV_BIN / "aiwg").exists() else (shutil.which("aiwg") or "aiwg")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 DEBOUNCE_MS = 100
@@ -104,10 +102,6 @@ TOPICS = ["file:changed", "task:queued", "task:completed", "task:failed",
 PYCACHE_PREFIX: str | None = None
 
 
-def say(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
 def clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIWG_")}
     if PYCACHE_PREFIX is not None:
@@ -116,23 +110,12 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def proc_status(pid: int) -> dict[str, str]:
     out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
         out[key] = value.strip()
     return out
-
-
-def rss_mib(pid: int) -> float:
-    return int(proc_status(pid)["VmRSS"].split()[0]) / 1024
 
 
 def cpu_ticks(pid: int) -> int:

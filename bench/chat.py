@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from tasks import AGENT_ENV, Daemon, rss_mb  # noqa: E402
+from common import rss_mib  # noqa: E402
+from tasks import AGENT_ENV, Daemon  # noqa: E402
 
 AGENT = """#!/bin/sh
 printf '{"type":"result","subtype":"success","is_error":false,"result":"ok %s","session_id":"s-%s","total_cost_usd":0,"num_turns":1}\\n' "$$" "$$"
@@ -48,7 +49,7 @@ def soak(turns: int) -> dict:
     try:
         daemon.start()
         pid = daemon.pid()
-        samples.append((0, rss_mb(pid)))
+        samples.append((0, rss_mib(pid)))
         with daemon.client() as events, daemon.client() as client:
             events.subscribe(["task:completed", "task:failed", "task:cancelled", "task:timeout"])
             events.timeout = 60
@@ -75,7 +76,7 @@ def soak(turns: int) -> dict:
                     else:
                         raise RuntimeError(f"no turn ended within 60 s ({len(waiting)} in flight)")
                 if turn + 1 == 200 or (turn + 1) % 1000 == 0:
-                    samples.append((turn + 1, rss_mb(pid)))
+                    samples.append((turn + 1, rss_mib(pid)))
             elapsed = time.perf_counter() - started
             status = client.call("daemon.status")["subsystems"].get("chat", {})
             resumed = client.call("chat.history", conversation=conversations[0])

@@ -60,10 +60,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loadgen  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = ROOT / ".venv" / "bin"
-PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
-AIWG = str(VENV_BIN / "aiwg") if (VENV_BIN / "aiwg").exists() else (shutil.which("aiwg") or "aiwg")
+from common import AIWG, PYTHON, ROOT, say  # noqa: E402
 ECHO_SERVER = str(Path(__file__).resolve().parent / "echo_server.py")
 
 #: The project's targets.
@@ -103,10 +100,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 #: one CPU) is disturbed: the pair is run again, up to max_retries times a run.
 NOISY_OTHER_CPU_PCT = 25.0
 SERVERS = ("daemon", "echo")  # "echo" is the floor
-
-
-def say(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
 
 
 # -- numbers ------------------------------------------------------------------

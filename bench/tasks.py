@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from aiwg.client import DaemonClient  # noqa: E402
 from aiwg.paths import ProjectPaths  # noqa: E402
+from common import pct, rss_mib  # noqa: E402
 
 AIWG = str(Path(sys.executable).parent / "aiwg")
 CONCURRENCY = 3
@@ -49,18 +50,6 @@ AGENT_ENV = {
     "PATH": "/usr/bin:/bin", "LC_ALL": "C",
     **{k: os.environ[k] for k in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX") if k in os.environ},
 }
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class Daemon:
@@ -244,7 +233,7 @@ def bench_large_store(count: int) -> dict:
     daemon = Daemon(config)
     try:
         daemon.start()
-        idle_rss = rss_mb(daemon.pid())
+        idle_rss = rss_mib(daemon.pid())
         daemon.stop()
         _fill_store(daemon.paths.tasks_db, count)
         restart = daemon.start()
@@ -263,7 +252,7 @@ def bench_large_store(count: int) -> dict:
             "list_p50_ms": pct(lists, 0.5) * 1000, "list_p99_ms": pct(lists, 0.99) * 1000,
             "stats_p50_ms": pct(stat_calls, 0.5) * 1000, "stats_p99_ms": pct(stat_calls, 0.99) * 1000,
             "ping_p99_ms": pct(pings, 0.99) * 1000,
-            "rss_idle_mb": idle_rss, "rss_with_store_mb": rss_mb(daemon.pid()),
+            "rss_idle_mb": idle_rss, "rss_with_store_mb": rss_mib(daemon.pid()),
         }
     finally:
         daemon.cleanup()
