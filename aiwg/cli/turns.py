@@ -16,6 +16,8 @@ from aiwg.client import DaemonClient
 END_TOPICS = ("task:completed", "task:failed", "task:cancelled", "task:timeout")
 TURN_TOPICS = ["task:output", *END_TOPICS]
 TERMINAL = {"completed", "failed", "cancelled", "timeout"}
+#: While a turn is quiet, its state is asked for this often (an end event could be missed).
+MISSED_END_CHECK = 2.0
 
 
 def wait_turn(
@@ -28,6 +30,7 @@ def wait_turn(
 ) -> dict[str, Any]:
     """Block until task `task_id` ends; returns its record (`task.get`)."""
     started = time.monotonic()
+    next_check = started + MISSED_END_CHECK
     state = None
     while state not in TERMINAL:
         for event in client.events(timeout=tick):
@@ -43,10 +46,12 @@ def wait_turn(
             if on_tick is not None:
                 on_tick(time.monotonic() - started)
         else:
+            now = time.monotonic()
             if on_tick is not None:
-                on_tick(time.monotonic() - started)
-            if time.monotonic() - started > 2 and int((time.monotonic() - started) / tick) % 20 == 0:
-                state = client.call("task.get", taskId=task_id)["state"]  # an end event missed?
+                on_tick(now - started)
+            if now >= next_check:  # a quiet turn: make sure its end event was not missed
+                next_check = now + MISSED_END_CHECK
+                state = client.call("task.get", taskId=task_id)["state"]
     return client.call("task.get", taskId=task_id)
 
 

@@ -47,20 +47,20 @@ class ChatService(Service):
         self._supervisor = supervisor
         self._section = config.data["chat"]
         self._output = config.data["agent"]["output"]
-        self.chats = self._registry(self._section)
+        self.chats = Conversations(**self._bounds(self._section))
         self._turn_of: dict[str, str] = {}  # running turn's task id → conversation id
         self._subscription: Any = None
         self._expiry: LoopingCall | None = None
         self.turns = 0
 
     @staticmethod
-    def _registry(section: dict[str, Any]) -> Conversations:
-        return Conversations(
-            max_turns=int(section["max_turns"]),
-            max_bytes=int(section["max_history_kb"]) * 1024,
-            idle_seconds=float(section["idle_hours"]) * 3600,
-            max_conversations=int(section["max_conversations"]),
-        )
+    def _bounds(section: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "max_turns": int(section["max_turns"]),
+            "max_bytes": int(section["max_history_kb"]) * 1024,
+            "idle_seconds": float(section["idle_hours"]) * 3600,
+            "max_conversations": int(section["max_conversations"]),
+        }
 
     def startService(self) -> None:
         Service.startService(self)
@@ -182,10 +182,8 @@ class ChatService(Service):
         section = config.data["chat"]
         if section != self._section:
             self._section = section
-            fresh = self._registry(section)
-            for chat in self.chats:  # keep what there is; new bounds apply from the next turn
-                fresh._open[chat.id] = chat
-            self.chats = fresh
+            for name, value in self._bounds(section).items():  # from the next turn on
+                setattr(self.chats, name, value)
 
     def status(self) -> dict[str, Any]:
         return {"conversations": len(self.chats), "turns": self.turns, "running_turns": len(self._turn_of)}

@@ -149,7 +149,7 @@ class FileWatcher(Service):
 
         def started(observer: Any) -> None:
             if generation != self._generation:  # stopped or restarted meanwhile
-                self._stop_observer_in_thread(observer)
+                self._stop_observer_in_thread(observer)  # its Deferred is nobody's to wait on
                 return
             self._observer = observer
             self.log.info(
@@ -216,15 +216,16 @@ class FileWatcher(Service):
             self._debouncer = None
         if observer is None:
             return succeed(None)
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._stop_observer, observer)
+        return self._stop_observer_in_thread(observer)
 
     @staticmethod
     def _stop_observer(observer: Any) -> None:
         observer.stop()
         observer.join(timeout=10)
 
-    def _stop_observer_in_thread(self, observer: Any) -> None:
-        deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._stop_observer, observer)
+    def _stop_observer_in_thread(self, observer: Any) -> Deferred:
+        """Stopping joins watchdog's threads: never on the reactor."""
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._stop_observer, observer)
 
     # -- events ------------------------------------------------------------
 
