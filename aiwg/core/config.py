@@ -145,6 +145,9 @@ def validate(document: Any, source: str) -> Config:
         for kind, message in _explain(error):
             (warnings if kind == "warning" else problems).append(message)
     problems.extend(_semantic_problems(document))
+    messaging_problems, messaging_warnings = _messaging_checks(document.get("messaging"))
+    problems.extend(messaging_problems)
+    warnings.extend(messaging_warnings)
     if problems:
         named = [_name_item(document, p) for p in problems]
         raise ConfigError(source, sorted(set(named), key=named.index))
@@ -320,6 +323,58 @@ def _semantic_problems(document: Mapping[str, Any]) -> list[str]:
                 )
             ids.setdefault(rule_id, index)
     return problems
+
+
+#: The secret keys of each bridge, and the variable the docs suggest for each.
+_SECRETS = {
+    "telegram": {"bot_token": "TELEGRAM_BOT_TOKEN"},
+    "slack": {"bot_token": "SLACK_BOT_TOKEN", "app_token": "SLACK_APP_TOKEN", "webhook_url": "SLACK_WEBHOOK_URL"},
+    "discord": {"bot_token": "DISCORD_BOT_TOKEN", "webhook_url": "DISCORD_WEBHOOK_URL"},
+}
+_ENV_REFERENCE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
+
+
+def _messaging_checks(messaging: Any) -> tuple[list[str], list[str]]:
+    """An enabled bridge needs a way to send; secrets belong in the environment; an
+    empty allowlist is legal (nobody) but worth a word when the bridge can listen."""
+    problems: list[str] = []
+    warnings: list[str] = []
+    if not isinstance(messaging, Mapping):
+        return problems, warnings
+    for platform, secrets in _SECRETS.items():
+        section = messaging.get(platform)
+        if not isinstance(section, Mapping):
+            continue
+        where = f"messaging.{platform}"
+        for key, variable in secrets.items():
+            value = section.get(key)
+            if isinstance(value, str) and value and not _ENV_REFERENCE.match(value.strip()):
+                warnings.append(
+                    f"{where}.{key}: a literal secret in the configuration file; prefer "
+                    f'"${{{variable}}}" and export {variable} in the daemon\'s environment'
+                )
+        topics = (section.get("notify") or {}).get("topics") if isinstance(section.get("notify"), Mapping) else None
+        for index, topic in enumerate(topics if isinstance(topics, list) else []):
+            if isinstance(topic, str) and pattern_problem(topic):
+                problems.append(f"{where}.notify.topics[{index}]: {pattern_problem(topic)}")
+        if section.get("enabled") is not True:
+            continue
+        has = {key: isinstance(section.get(key), str) and bool(section.get(key, "").strip())
+               for key in ("bot_token", "app_token", "webhook_url")}
+        if platform == "telegram" and not has["bot_token"]:
+            problems.append(f'{where}.bot_token: required when the bridge is enabled, e.g. "${{TELEGRAM_BOT_TOKEN}}"')
+        if platform in ("slack", "discord") and not (has["bot_token"] or has["webhook_url"]):
+            variable = _SECRETS[platform]["bot_token"]
+            problems.append(f'{where}.bot_token: required when the bridge is enabled (or webhook_url for '
+                            f'notifications only), e.g. "${{{variable}}}"')
+        elif platform == "slack" and has["app_token"] and not has["bot_token"]:
+            problems.append(f"{where}.bot_token: required with app_token: answers are posted with the bot token")
+        listens = has["bot_token"] and (platform != "slack" or has["app_token"])
+        allowed_where = "allowed_chats" if platform == "telegram" else "allowed_channels"
+        if listens and not section.get("allowed_users") and not section.get(allowed_where):
+            warnings.append(f"{where}.allowed_users: empty (and no {allowed_where}): nobody may send "
+                            "commands or chat; notifications still go out")
+    return problems, warnings
 
 
 def _watch_problems(watch: Any) -> list[str]:

@@ -166,3 +166,95 @@ def notice_for(topic: str, payload: Mapping[str, Any], project: str) -> Notice:
         for key, value in list(payload.items())[:6]:
             fields.append((str(key), excerpt(str(value), 200)))
     return Notice(title=title, severity=level, fields=tuple(fields), body=body)
+
+
+@frozen
+class Inbound:
+    """One message from a chat app, as every bridge hands it to the hub.
+
+    `where` is the platform's own reply address (chat and message ids, channel
+    and thread) and must be JSON: it is kept in a task's metadata so a result
+    finds its way back after a restart. `conversation` names the chat or thread,
+    which is one conversation with the agent.
+    """
+
+    platform: str
+    user: str
+    chat: str
+    text: str
+    where: Mapping[str, Any]
+    conversation: str
+    user_name: str = ""
+    command: Command | None = None  # set by platform-native slash commands
+
+
+HELP = (
+    "Commands:\n"
+    "/status: the daemon's health and queue\n"
+    "/tasks [state]: recent tasks (queued, running, completed, failed, cancelled, timeout)\n"
+    "/task <prompt>: queue a task for the agent; the result is posted here\n"
+    "/cancel <id>: cancel a queued or running task\n"
+    "/help: this list\n"
+    "Anything else is a question for the project's AI; each chat or thread is one conversation."
+)
+
+REFUSAL = "Sorry, you are not allowed to use this bot. Ask the project's owner to add your user id ({user})."
+
+
+def umbrella(text: str) -> Command:
+    """`/aiwg tasks failed` (one registered slash command for everything): a known
+    command word, else the whole text is a chat turn; nothing at all is /help."""
+    words = text.strip()
+    if not words:
+        return Command("help")
+    parsed = parse_command("/" + words.lstrip("/"))
+    return Command("chat", words) if parsed.name == "unknown" else parsed
+
+
+def age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+
+
+def status_text(project: str, status: Mapping[str, Any]) -> str:
+    """The /status answer from daemon.status."""
+    state = str(status.get("health") or "unknown")
+    supervisor = (status.get("subsystems") or {}).get("supervisor") or {}
+    lines = [
+        f"aiwg daemon for {project}: {state}, up {age(float(status.get('uptime_seconds') or 0))}",
+        f"tasks: {supervisor.get('running', 0)} running, {supervisor.get('queued', 0)} queued "
+        f"(at most {supervisor.get('maxConcurrency', '?')} at once)",
+    ]
+    for issue in status.get("health_issues") or []:
+        lines.append(f"- {issue}")
+    return "\n".join(lines)
+
+
+def tasks_text(tasks: Iterable[Mapping[str, Any]], now: float, state: str | None) -> str:
+    """The /tasks answer: one line a task, newest first."""
+    lines = [
+        f"{t['id']}  {t['state']:<9}  {age(now - float(t['created']))} ago  {excerpt(str(t['prompt']), 60)}"
+        for t in tasks
+    ]
+    if not lines:
+        return f"No {state} tasks." if state else "No tasks yet."
+    return ("Recent tasks" + (f" ({state})" if state else "") + ":\n") + "\n".join(lines)
+
+
+def result_text(task: Mapping[str, Any]) -> str:
+    """A /task's outcome, posted where it was asked for."""
+    state = task["state"]
+    head = f"Task {task['id']} {state}"
+    if task.get("duration") is not None:
+        head += f" in {_duration(task['duration'])}"
+    if state == "completed":
+        return head + (":\n" + str(task["result"]) if task.get("result") else ".")
+    detail = task.get("error") or ""
+    tail = (task.get("output") or "")[-1500:]
+    return head + (f": {detail}" if detail else ".") + (f"\n{tail}" if tail else "")

@@ -112,13 +112,16 @@ class ChatService(Service):
 
     # -- turns ---------------------------------------------------------------
 
-    def send(self, message: str, conversation: str | None, priority: int | None) -> Any:
-        """Queue one turn; returns the task."""
+    def send(self, message: str, conversation: str | None, priority: int | None, *,
+             source: str = "chat", metadata: dict[str, Any] | None = None) -> Any:
+        """Queue one turn; returns the task. The messaging bridges give their own
+        source (`messaging:telegram`) and where to post the answer (metadata)."""
         now = self._reactor.seconds()
         conversation_id = conversation or "c-" + secrets.token_hex(5)
         chat = self.chats.open(conversation_id, now)
         resumable = self._output == "claude-json"
-        metadata: dict[str, Any] = {"source": "ipc-chat", "conversation": conversation_id}
+        metadata = {**(metadata or {}), "conversation": conversation_id}
+        metadata.setdefault("source", "ipc-chat")
         if resumable:
             prompt = message
             if chat.session_id:
@@ -128,7 +131,7 @@ class ChatService(Service):
         task = self._supervisor().submit(
             prompt,
             priority=int(self._section["priority"]) if priority is None else priority,
-            source="chat",
+            source=source,
             metadata=metadata,
         )
         self.chats.ask(chat, message, task.id, now)

@@ -406,6 +406,37 @@ class ScheduleMethods(Namespace):
         return reply
 
 
+class MessagingMethods(Namespace):
+    def __init__(self, daemon: "DaemonService") -> None:
+        super().__init__()
+        self._daemon = daemon
+
+    @method(description="Each messaging bridge's state (connected, reconnecting with the next "
+            "attempt, disabled, error) and counters.")
+    def jsonrpc_status(self, ctx: CallContext) -> dict[str, Any]:
+        return self._daemon.messaging.status()  # type: ignore[no-any-return]
+
+    @method(Param("platform", "string", nullable=True, non_empty=True,
+                  description="telegram, slack or discord; without it, every enabled bridge."),
+            description="Send a test notification now to every notification target; reports, "
+            "per target, whether it arrived.")
+    def jsonrpc_test(self, ctx: CallContext, platform: str | None) -> Any:
+        from aiwg.daemon.messaging.hub import PLATFORMS
+
+        hub = self._daemon.messaging
+        if platform is not None and platform not in PLATFORMS:
+            raise InvalidParams(f"Invalid parameter 'platform': must be one of {', '.join(PLATFORMS)}, "
+                                f"got '{platform}'", {"platform": platform})
+        if platform is not None and platform not in hub.adapters:
+            why = hub.problems.get(platform) or f"set messaging.{platform}.enabled to true in .aiwg/daemon.json"
+            raise InvalidParams(f"Invalid parameter 'platform': the {platform} bridge is not running ({why})",
+                                {"platform": platform})
+        if not hub.adapters:
+            raise InvalidParams("No messaging bridge is running; enable one under `messaging` in "
+                                ".aiwg/daemon.json (see docs/messaging.md)")
+        return hub.send_test(platform).addCallback(lambda results: {"results": results})
+
+
 def build_method_table(daemon: "DaemonService") -> Root:
     """The whole RPC surface, in one place."""
     table = Root(daemon)
@@ -421,4 +452,6 @@ def build_method_table(daemon: "DaemonService") -> Root:
         table.add("automation", AutomationMethods(daemon))
     if daemon.scheduler is not None:
         table.add("schedule", ScheduleMethods(daemon))
+    if daemon.messaging is not None:
+        table.add("messaging", MessagingMethods(daemon))
     return table

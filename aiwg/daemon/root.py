@@ -71,6 +71,7 @@ class DaemonService(MultiService):
         self.automation: Any = None  # the rules engine, when the tree has one
         self.scheduler: Any = None
         self.chat: Any = None
+        self.messaging: Any = None
 
     # -- clock -------------------------------------------------------------
 

@@ -7,6 +7,7 @@ start in (the reverse of the order they stop in).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.python import usage
@@ -51,6 +52,7 @@ def makeService(options: Options) -> Any:
     from aiwg.daemon.heartbeat import Heartbeat
     from aiwg.daemon.ipc import IpcFactory, IpcServer
     from aiwg.daemon.lock import InstanceLock
+    from aiwg.daemon.messaging.hub import MessagingService
     from aiwg.daemon.methods import build_method_table
     from aiwg.daemon.root import DaemonService
     from aiwg.daemon.scheduler import Scheduler
@@ -95,6 +97,12 @@ def makeService(options: Options) -> Any:
     chat = ChatService(reactor=reactor, bus=bus, config=config, supervisor=lambda: supervisor,
                        state_file=paths.daemon_dir / "conversations.json")
     root.chat = chat
+    messaging = MessagingService(
+        reactor=reactor, bus=bus, config=config, project=paths.root.name, environ=os.environ,
+        daemon_status=root.status, supervisor=lambda: supervisor, chat=lambda: chat,
+        state_dir=paths.daemon_dir,
+    )
+    root.messaging = messaging
     root.automation, root.scheduler = automation, scheduler
     methods = build_method_table(root)
 
@@ -119,6 +127,7 @@ def makeService(options: Options) -> Any:
     supervisor.setServiceParent(root)  # stops before IPC: clients watch the drain
     # Sources of work last: they start once tasks can run and stop first.
     chat.setServiceParent(root)
+    messaging.setServiceParent(root)  # after chat and the supervisor, which it hands work to
     automation.setServiceParent(root)
     scheduler.setServiceParent(root)
     watcher.setServiceParent(root)

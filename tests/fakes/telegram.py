@@ -88,6 +88,15 @@ class FakeTelegram(Resource):
             self._answer(request, 200, {"ok": True, "result": self._pending(params)})
         return update
 
+    def drop_poll(self) -> None:
+        """Cut the waiting getUpdates connection without an answer (a lost network)."""
+        if self._waiting is not None:
+            request, _, call = self._waiting
+            self._waiting = None
+            if call.active():
+                call.cancel()
+            request.transport.abortConnection()
+
     def fail_next(self, method: str, status: int, description: str = "", retry_after: int | None = None) -> None:
         self.failures.setdefault(method.lower(), []).append((status, retry_after))
         if description:

@@ -91,16 +91,22 @@ class TelegramApi:
         return self.call("getUpdates", params, timeout=timeout + HTTP_SLACK_SECONDS)
 
     @inlineCallbacks
-    def send_message(self, chat_id: int | str, text: str, reply_to: int | None = None) -> Any:
+    def send_message(self, chat_id: int | str, text: str, reply_to: int | None = None,
+                     html: bool = False, thread: int | None = None) -> Any:
         """Send plain text (escaped for HTML parse mode here), split into messages within
         Telegram's limit, which counts characters after entity parsing; a 429 is waited
-        out for the `retry_after` Telegram gives (a few times at most)."""
+        out for the `retry_after` Telegram gives (a few times at most). `html`: the text
+        is HTML already, made to fit one message (a rendered notification)."""
         sent = []
-        for piece in split_text(text, LIMITS["telegram"]):
-            params: dict[str, Any] = {"chat_id": chat_id, "text": telegram_html(piece), "parse_mode": "HTML",
+        pieces = [text] if html else [telegram_html(p) for p in split_text(text, LIMITS["telegram"])]
+        for piece in pieces:
+            params: dict[str, Any] = {"chat_id": chat_id, "text": piece, "parse_mode": "HTML",
                                       "disable_web_page_preview": True}
             if reply_to is not None:
                 params["reply_to_message_id"] = reply_to
+                params["allow_sending_without_reply"] = True
+            if thread is not None:
+                params["message_thread_id"] = thread
             for attempt in range(MAX_RATE_LIMIT_RETRIES + 1):
                 try:
                     result = yield self.call("sendMessage", params)

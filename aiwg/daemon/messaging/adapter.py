@@ -1,0 +1,202 @@
+# tests: tests/daemon/test_messaging_adapter.py
+"""What every bridge shares: its state for `daemon.status`, counters, and an outbox.
+
+The outbox sends one message at a time per bridge, replies before notifications,
+so a chat app sees them in order and a platform's rate limit is met by waiting,
+not by a burst of refusals. A message that fails for a passing reason (network,
+5xx) is retried with a jittered backoff a few times; one the platform refuses
+for good (bad channel, blocked bot) is dropped and counted, so one bad target
+never stalls the rest. The outbox is bounded: past its size the oldest
+notification is dropped (and counted), never a reply.
+
+States: `starting`, `connected`, `reconnecting` (with the time of the next
+attempt), `error` (a problem a person must fix, e.g. a rejected token; retried
+slowly), `stopped`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Mapping
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+
+from aiwg.core.backoff import Backoff
+from aiwg.core.messaging import Notice
+
+#: Messages waiting per bridge before the oldest notification is dropped.
+OUTBOX_LIMIT = 1000
+#: Attempts of one message that keeps failing for a passing reason.
+SEND_ATTEMPTS = 5
+
+
+class SendError(Exception):
+    """A send that failed. `permanent`: retrying cannot help (the message is dropped)."""
+
+    def __init__(self, message: str, *, permanent: bool = False, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.retry_after = retry_after
+
+
+class Adapter(Service):
+    """Base of the Telegram, Slack and Discord bridges (child services of the hub)."""
+
+    platform = "?"
+    log = Logger()
+
+    def __init__(self, *, reactor: Any, section: Mapping[str, Any], secrets: Mapping[str, str],
+                 inbound: Callable[[Any], Any], backoff: Backoff | None = None) -> None:
+        self.name = self.platform
+        self.reactor = reactor
+        self.section = section
+        self.secrets = dict(secrets)
+        self.inbound = inbound  # hub.inbound(Inbound)
+        self.backoff = backoff or Backoff(base=1.0, cap=300.0)
+        self.state = "starting"
+        self.detail = ""
+        self.next_attempt: float | None = None
+        self.connected_at: float | None = None
+        self.counters = {"sent": 0, "received": 0, "refused": 0, "failed": 0,
+                         "rate_limited": 0, "dropped": 0, "reconnects": 0}
+        self._replies: deque[tuple[str, Any, Any, int]] = deque()
+        self._notices: deque[tuple[str, Any, Any, int]] = deque()
+        self._sending = False
+        self._retry_call: Any = None
+        self._send_backoff = Backoff(base=1.0, cap=60.0)
+
+    # -- what a bridge implements ------------------------------------------------
+
+    def notice_targets(self) -> list[Any]:
+        """Where notifications go (chat ids, channels, a webhook)."""
+        raise NotImplementedError
+
+    def send_notice(self, target: Any, notice: Notice) -> Deferred:
+        raise NotImplementedError
+
+    def send_reply(self, where: Mapping[str, Any], text: str) -> Deferred:
+        raise NotImplementedError
+
+    def listens(self) -> bool:
+        """Whether this bridge receives commands and chat (not notifications only)."""
+        return False
+
+    # -- state ----------------------------------------------------------------------
+
+    def redact(self, text: str) -> str:
+        for value in self.secrets.values():
+            if value and len(value) >= 4:
+                text = text.replace(value, "[secret]")
+        return text
+
+    def set_state(self, state: str, detail: str = "", next_attempt: float | None = None) -> None:
+        detail = self.redact(detail)
+        if (state, detail) != (self.state, self.detail):
+            level = self.log.warn if state in ("error", "reconnecting") else self.log.info
+            suffix = f" ({detail})" if detail else ""
+            if next_attempt is not None:
+                suffix += f"; next attempt in {max(0.0, next_attempt - self.reactor.seconds()):.1f}s"
+            level("messaging: {platform}: {state}{suffix}", platform=self.platform, state=state, suffix=suffix)
+        if state == "connected" and self.state != "connected":
+            self.connected_at = self.reactor.seconds()
+            self.backoff.succeeded()
+        self.state, self.detail, self.next_attempt = state, detail, next_attempt
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "state": self.state,
+            "mode": "2-way" if self.listens() else "notifications only",
+            **self.counters,
+            "outbox": len(self._replies) + len(self._notices),
+        }
+        if self.detail:
+            out["detail"] = self.detail
+        if self.next_attempt is not None:
+            out["nextAttemptIn"] = round(max(0.0, self.next_attempt - self.reactor.seconds()), 1)
+        return out
+
+    # -- the outbox -----------------------------------------------------------------
+
+    def notify(self, notice: Notice, skip: Any = None) -> int:
+        """Queue a notification for every target (but `skip`, a chat that gets the
+        outcome as a reply anyway); how many were queued."""
+        targets = [t for t in self.notice_targets() if skip is None or str(t) != str(skip)]
+        for target in targets:
+            if len(self._replies) + len(self._notices) >= OUTBOX_LIMIT:
+                if not self._notices:
+                    self.counters["dropped"] += 1
+                    continue
+                self._notices.popleft()
+                self.counters["dropped"] += 1
+                if self.counters["dropped"] == 1 or self.counters["dropped"] % 100 == 0:
+                    self.log.warn("messaging: {platform}: outbox full, dropped {n} notification(s) so far",
+                                  platform=self.platform, n=self.counters["dropped"])
+            self._notices.append(("notice", target, notice, 0))
+        self._pump()
+        return len(targets)
+
+    def reply(self, where: Mapping[str, Any], text: str) -> None:
+        self._replies.append(("reply", where, text, 0))
+        self._pump()
+
+    def _pump(self) -> None:
+        if self._sending or self._retry_call is not None or not self.running:
+            return
+        queue = self._replies if self._replies else self._notices
+        if not queue:
+            return
+        item = queue.popleft()
+        kind, target, content, attempts = item
+        self._sending = True
+        sender = self.send_notice if kind == "notice" else self.send_reply
+        d = maybeDeferred(sender, target, content)
+
+        def sent(_: Any) -> None:
+            self.counters["sent"] += 1
+            self._send_backoff.succeeded()
+
+        def failed(failure: Any) -> None:
+            exc = failure.value
+            error = exc if isinstance(exc, SendError) else SendError(f"{type(exc).__name__}: {exc}")
+            if error.permanent or attempts + 1 >= SEND_ATTEMPTS:
+                self.counters["failed"] += 1
+                self.log.error("messaging: {platform}: could not send a {kind} to {target}: {error}",
+                               platform=self.platform, kind=kind, target=self.show_target(target),
+                               error=self.redact(str(error)))
+                return
+            delay = self._send_backoff.failed(error.retry_after)
+            if error.retry_after is not None:
+                self.counters["rate_limited"] += 1
+            self.log.warn("messaging: {platform}: send failed ({error}); retrying in {delay:.1f}s",
+                          platform=self.platform, error=self.redact(str(error)), delay=delay)
+            (self._replies if kind == "reply" else self._notices).appendleft((kind, target, content, attempts + 1))
+            self._retry_call = self.reactor.callLater(delay, self._retry)
+
+        def done(_: Any) -> None:
+            self._sending = False
+            self._pump()
+
+        d.addCallbacks(sent, failed).addBoth(done)
+
+    def _retry(self) -> None:
+        self._retry_call = None
+        self._pump()
+
+    def show_target(self, target: Any) -> str:
+        if isinstance(target, Mapping):
+            return ", ".join(f"{k}={v}" for k, v in target.items() if k != "response_url")
+        return "the webhook" if isinstance(target, str) and "://" in target else str(target)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._pump()
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
+        self.state = "stopped"
+        return None
