@@ -174,7 +174,8 @@ class Inbound:
 
     `where` is the platform's own reply address (chat and message ids, channel
     and thread) and must be JSON: it is kept in a task's metadata so a result
-    finds its way back after a restart. `conversation` names the chat or thread,
+    finds its way back after a restart; keys starting with `_` are one-shot
+    handles (a slash command's response URL) and are not kept. `conversation` names the chat or thread,
     which is one conversation with the agent.
     """
 
@@ -186,6 +187,7 @@ class Inbound:
     conversation: str
     user_name: str = ""
     command: Command | None = None  # set by platform-native slash commands
+    must_answer: bool = False  # the platform needs a reply to every request (Discord interactions)
 
 
 HELP = (

@@ -16,6 +16,7 @@ import pytest_twisted
 from twisted.internet import reactor, task, threads
 
 from tests.conftest import Project
+from tests.fakes.slack import FakeSlack
 from tests.fakes.telegram import FakeTelegram
 
 pytestmark = pytest.mark.e2e
@@ -202,3 +203,118 @@ async def test_missing_token_variable_leaves_the_daemon_running(project: Project
     assert bridge["state"] == "error" and "TELEGRAM_BOT_TOKEN" in bridge["detail"]
     assert status["health"] == "degraded"
     assert (await call(project, "ping"))
+
+
+# -- Slack --------------------------------------------------------------------------
+
+SLACK_BOT = "xoxb-1111-2222-slack-bot-secret"
+SLACK_APP = "xapp-1-A000-3333-slack-app-secret"
+
+
+@pytest_twisted.async_yield_fixture
+async def slack(project: Project) -> Any:
+    fake = FakeSlack(SLACK_BOT, SLACK_APP)
+    fake.listen()
+    project.env["SLACK_BOT_TOKEN"] = SLACK_BOT
+    project.env["SLACK_APP_TOKEN"] = SLACK_APP
+    yield fake
+    await stop_daemon_then(project, fake)
+
+
+def slack_config(fake: FakeSlack, **overrides: Any) -> dict[str, Any]:
+    section = {
+        "enabled": True, "bot_token": "${SLACK_BOT_TOKEN}", "app_token": "${SLACK_APP_TOKEN}",
+        "channel_ids": ["C999"], "allowed_users": ["U111"], "api_base_url": fake.api_url,
+        "notify": {"topics": ["task:failed"]},
+    }
+    return {"slack": {**section, **overrides}}
+
+
+def slack_posts(fake: FakeSlack, channel: str) -> list[dict[str, Any]]:
+    return [p for p in fake.posted if p["channel"] == channel]
+
+
+@pytest_twisted.ensureDeferred
+async def test_slack_task_failure_is_notified_with_blocks(project: Project, slack: FakeSlack) -> None:
+    await start(project, slack_config(slack))
+    submitted = await call(project, "task.submit", prompt="Deploy *now* <please> @exit:2")
+    [post] = await eventually(lambda: slack_posts(slack, "C999"), what="a notification")
+    assert post["text"].startswith(f"Task {submitted['taskId']} failed")
+    title, fields = post["blocks"][0], post["blocks"][1]
+    assert title["text"]["type"] == "mrkdwn" and f"*Task {submitted['taskId']} failed*" in title["text"]["text"]
+    shown = "\n".join(f["text"] for f in fields["fields"])
+    assert "*exit code*\n2" in shown and "Deploy *now* &lt;please&gt;" in shown
+    no_secret_in_log(project, SLACK_BOT, SLACK_APP)
+
+
+@pytest_twisted.ensureDeferred
+async def test_slack_mention_is_answered_in_its_thread_and_a_follow_up_resumes(
+        project: Project, slack: FakeSlack) -> None:
+    await start(project, slack_config(slack), agent={"output": "claude-json"})
+    await slack.wait_connected(1)
+    asked = slack.mention("what does the supervisor do?", user="U111", channel="C100")
+    [answer] = await eventually(lambda: slack_posts(slack, "C100"))
+    assert answer["thread_ts"] == asked["ts"]
+    assert answer["text"] == "done: what does the supervisor do?"
+    slack.mention("and timeouts?", user="U111", channel="C100", thread_ts=asked["ts"])
+    second = await eventually(lambda: slack_posts(slack, "C100")[1:])
+    assert second[0]["thread_ts"] == asked["ts"]
+    assert re.fullmatch(r"resumed sess-\d+: done: and timeouts\?", second[0]["text"])
+    assert len(slack.acks) >= 2 and not slack.redelivered  # every envelope acknowledged in time
+
+
+@pytest_twisted.ensureDeferred
+async def test_slack_slash_task_queues_and_posts_the_result(project: Project, slack: FakeSlack) -> None:
+    await start(project, slack_config(slack, notify={"topics": []}))
+    await slack.wait_connected(1)
+    slack.slash_command("/aiwg", "task tidy the imports @result:tidied", user="U111", channel="C200")
+    queued = await eventually(lambda: slack.responses)
+    task_id = re.match(r"Queued task (\S+)\.", queued[0]["text"]).group(1)
+    assert queued[0]["response_type"] == "in_channel"
+    [result] = await eventually(lambda: slack_posts(slack, "C200"))
+    assert result["text"].startswith(f"Task {task_id} completed in ") and result["text"].endswith("tidied")
+    record = await call(project, "task.get", taskId=task_id)
+    assert record["source"] == "messaging:slack"
+    assert "_response_url" not in json.dumps(record["metadata"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_slack_stranger_is_refused_and_nothing_is_queued(project: Project, slack: FakeSlack) -> None:
+    await start(project, slack_config(slack))
+    await slack.wait_connected(1)
+    slack.message("/task delete the repo", user="U666", channel="D666")
+    [refusal] = await eventually(lambda: slack_posts(slack, "D666"))
+    assert "not allowed" in refusal["text"] and "U666" in refusal["text"]
+    assert await call(project, "task.list") == []
+    assert "refused user U666" in project.log_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_slack_reconnects_after_disconnect_and_after_a_drop(project: Project, slack: FakeSlack) -> None:
+    await start(project, slack_config(slack))
+    await slack.wait_connected(1)
+    slack.disconnect("refresh_requested")
+    await slack.wait_connected(2)
+    slack.drop()
+    await slack.wait_connected(3)
+    slack.message("/help", user="U111", channel="D111")
+    [reply] = await eventually(lambda: slack_posts(slack, "D111"))
+    assert reply["text"].startswith("Commands:")
+    assert slack.opened == 3  # a fresh single-use URL each time
+    status = await call(project, "messaging.status")
+    assert status["adapters"]["slack"]["state"] == "connected"
+    assert status["adapters"]["slack"]["reconnects"] >= 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_slack_webhook_only_notifications(project: Project, slack: FakeSlack) -> None:
+    project.env["SLACK_WEBHOOK_URL"] = slack.webhook_url
+    await start(project, {"slack": {"enabled": True, "webhook_url": "${SLACK_WEBHOOK_URL}",
+                                    "api_base_url": slack.api_url}})
+    result = await call(project, "messaging.test", platform="slack")
+    assert result == {"results": {"slack": [{"target": "the webhook", "ok": True}]}}
+    [post] = slack.webhook_posts
+    assert post["text"].startswith("Test notification from aiwg")
+    status = await call(project, "messaging.status")
+    assert status["adapters"]["slack"]["mode"] == "notifications only"
+    no_secret_in_log(project, slack.webhook_url)

@@ -290,7 +290,7 @@ class MessagingService(MultiService):
         return f"Task {task_id} has already ended ({task.state.value})."
 
     def _reply_to(self, message: Inbound, kind: str) -> dict[str, Any]:
-        where = {k: v for k, v in message.where.items() if k != "response_url"}
+        where = {k: v for k, v in message.where.items() if not k.startswith("_")}  # one-shot handles
         return {"platform": message.platform, "chat": message.chat, "where": where, "kind": kind}
 
     def _submit(self, message: Inbound, prompt: str) -> Any:
@@ -313,6 +313,8 @@ class MessagingService(MultiService):
         )
         self.log.info("messaging: {platform}: chat turn {task} in conversation {conversation}",
                       platform=message.platform, task=task.id, conversation=message.conversation)
+        if message.must_answer:  # e.g. a Discord interaction, which expires unanswered
+            return f"Asking the agent (task {task.id}); the answer will follow here."
         return None  # the answer is posted when the turn's task ends
 
 
