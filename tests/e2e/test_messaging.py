@@ -16,6 +16,7 @@ import pytest_twisted
 from twisted.internet import reactor, task, threads
 
 from tests.conftest import Project
+from tests.fakes.discord import FakeDiscord
 from tests.fakes.slack import FakeSlack
 from tests.fakes.telegram import FakeTelegram
 
@@ -69,6 +70,14 @@ async def wait_task(project: Project, task_id: str) -> dict[str, Any]:
             return found
         await task.deferLater(reactor, 0.1, lambda: None)
     raise AssertionError(f"task {task_id} did not finish")
+
+
+async def bridge_state(project: Project, platform: str, state: str) -> dict[str, Any]:
+    deadline = reactor.seconds() + 20
+    while (found := (await call(project, "messaging.status"))["adapters"][platform])["state"] != state:
+        assert reactor.seconds() < deadline, f"{platform} never reached state {state}: {found}"
+        await task.deferLater(reactor, 0.05, lambda: None)
+    return found
 
 
 def no_secret_in_log(project: Project, *secrets: str) -> None:
@@ -318,3 +327,115 @@ async def test_slack_webhook_only_notifications(project: Project, slack: FakeSla
     status = await call(project, "messaging.status")
     assert status["adapters"]["slack"]["mode"] == "notifications only"
     no_secret_in_log(project, slack.webhook_url)
+
+
+# -- Discord ------------------------------------------------------------------------
+
+DISCORD_TOKEN = "MTAxMDEwMTA.discord-bot-secret-token"
+
+
+@pytest_twisted.async_yield_fixture
+async def discord(project: Project) -> Any:
+    fake = FakeDiscord(DISCORD_TOKEN, heartbeat_interval_ms=400)
+    fake.listen()
+    project.env["DISCORD_BOT_TOKEN"] = DISCORD_TOKEN
+    yield fake
+    await stop_daemon_then(project, fake)
+
+
+def discord_config(fake: FakeDiscord, **overrides: Any) -> dict[str, Any]:
+    section = {
+        "enabled": True, "bot_token": "${DISCORD_BOT_TOKEN}", "channel_ids": ["777"],
+        "allowed_users": ["111"], "api_base_url": fake.api_base_url,
+        "notify": {"topics": ["task:failed"]},
+    }
+    return {"discord": {**section, **overrides}}
+
+
+def discord_messages(fake: FakeDiscord, channel: str) -> list[dict[str, Any]]:
+    return [m for m in fake.messages if str(m["channel_id"]) == channel]
+
+
+@pytest_twisted.ensureDeferred
+async def test_discord_task_failure_is_notified_as_an_embed(project: Project, discord: FakeDiscord) -> None:
+    await start(project, discord_config(discord))
+    submitted = await call(project, "task.submit", prompt="Migrate the schema @exit:4 @stderr:constraint-violated")
+    [message] = await eventually(lambda: discord_messages(discord, "777"), what="a notification")
+    [embed] = message["embeds"]
+    assert embed["title"].endswith(f"Task {submitted['taskId']} failed")
+    assert embed["color"] == 0xE01E5A
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert fields["exit code"] == "4" and fields["prompt"].startswith("Migrate the schema")
+    assert "constraint-violated" in embed["description"]
+    assert message["allowed_mentions"] == {"parse": []}
+    no_secret_in_log(project, DISCORD_TOKEN)
+
+
+@pytest_twisted.ensureDeferred
+async def test_discord_dm_chat_answers_and_a_follow_up_resumes(project: Project, discord: FakeDiscord) -> None:
+    await start(project, discord_config(discord), agent={"output": "claude-json"})
+    await discord.wait_ready(1)
+    [identify] = discord.identifies
+    assert identify["intents"] & (1 << 15)  # MESSAGE_CONTENT
+    asked = discord.message_create("how are tasks ordered?", author_id="111", channel_id="888")
+    [answer] = await eventually(lambda: discord_messages(discord, "888"))
+    assert answer["content"] == "done: how are tasks ordered?"
+    assert answer["message_reference"]["message_id"] == asked["id"]
+    discord.message_create("and ties?", author_id="111", channel_id="888")
+    second = await eventually(lambda: discord_messages(discord, "888")[1:])
+    assert re.fullmatch(r"resumed sess-\d+: done: and ties\?", second[0]["content"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_discord_slash_task_answers_the_interaction_then_posts_the_result(
+        project: Project, discord: FakeDiscord) -> None:
+    await start(project, discord_config(discord, notify={"topics": []}))
+    await discord.wait_ready(1)
+    discord.interaction("task", {"prompt": "bump the version @result:bumped"}, user_id="111", channel_id="901")
+    [response] = await eventually(lambda: discord.interaction_responses)
+    assert response["type"] == 4
+    task_id = re.match(r"Queued task (\S+)\.", response["data"]["content"]).group(1)
+    [result] = await eventually(lambda: discord_messages(discord, "901"))
+    assert result["content"].startswith(f"Task {task_id} completed") and result["content"].endswith("bumped")
+
+
+@pytest_twisted.ensureDeferred
+async def test_discord_stranger_is_refused_and_nothing_is_queued(project: Project, discord: FakeDiscord) -> None:
+    await start(project, discord_config(discord))
+    await discord.wait_ready(1)
+    discord.message_create("/task wipe it", author_id="666", channel_id="902")
+    discord.interaction("task", {"prompt": "wipe it"}, user_id="666", channel_id="903")
+    [refusal] = await eventually(lambda: discord_messages(discord, "902"))
+    assert "not allowed" in refusal["content"]
+    await eventually(lambda: discord.interaction_responses, what="the interaction answered")
+    assert await call(project, "task.list") == []
+    assert "refused user 666" in project.log_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_discord_drop_and_zombie_are_resumed_without_losing_a_message(
+        project: Project, discord: FakeDiscord) -> None:
+    await start(project, discord_config(discord))
+    await bridge_state(project, "discord", "connected")  # READY handled: a session to resume
+    discord.drop()
+    discord.message_create("/help", author_id="111", channel_id="904")  # sent while disconnected
+    await discord.wait_ready(2)
+    assert discord.resumes and discord.readies[-1] == "RESUMED"
+    [reply] = await eventually(lambda: discord_messages(discord, "904"))
+    assert reply["content"].startswith("Commands:")
+    discord.zombie = True  # no more ACKs: the bridge must notice and resume
+    await eventually(lambda: len(discord.readies) >= 3, timeout=10, what="a resume after a zombie")
+    discord.zombie = False
+    assert len(discord.identifies) == 1  # one session throughout
+    status = await call(project, "messaging.status")
+    assert status["adapters"]["discord"]["reconnects"] >= 2
+    no_secret_in_log(project, DISCORD_TOKEN)
+
+
+@pytest_twisted.ensureDeferred
+async def test_discord_disallowed_intent_is_a_clear_error(project: Project, discord: FakeDiscord) -> None:
+    discord.message_content_allowed = False
+    await start(project, discord_config(discord))
+    found = await bridge_state(project, "discord", "error")
+    assert "Message Content intent" in found["detail"]
+    assert (await call(project, "daemon.status"))["health"] == "degraded"

@@ -235,7 +235,8 @@ class MessagingService(MultiService):
                           user=message.user, name=message.user_name or "?", chat=message.chat)
             key = (message.platform, message.user)
             now = self.reactor.seconds()
-            if section["refuse"] == "reply" and now - self._refused_at.get(key, -REFUSAL_INTERVAL) >= REFUSAL_INTERVAL:
+            due = now - self._refused_at.get(key, -REFUSAL_INTERVAL) >= REFUSAL_INTERVAL
+            if section["refuse"] == "reply" and (due or message.must_answer):
                 self._refused_at[key] = now
                 adapter.reply(message.where, REFUSAL.format(user=message.user))
             return succeed(None)

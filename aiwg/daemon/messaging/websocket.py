@@ -31,6 +31,7 @@ class _Socket(WebSocketClientProtocol):
 
 class _Factory(WebSocketClientFactory):
     protocol = _Socket
+    noisy = False  # no "Starting factory" lines in the daemon's log at every reconnect
 
     def __init__(self, url: str, on_text: Callable[[Any, bytes], None],
                  on_close: Callable[[Any, int | None, str], None]) -> None:
