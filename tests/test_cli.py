@@ -82,10 +82,11 @@ def test_every_command_accepts_json() -> None:
     from aiwg.cli.chat import chat
     from aiwg.cli.daemon import daemon
     from aiwg.cli.event import event
+    from aiwg.cli.messaging import messaging
     from aiwg.cli.schedule import schedule
     from aiwg.cli.task import task
 
-    for group in (daemon, event, task, automation, schedule, chat):
+    for group in (daemon, event, task, automation, schedule, chat, messaging):
         for name, command in group.commands.items():
             if (group.name, name) in INTERACTIVE:
                 continue

@@ -18,6 +18,7 @@ _SUBCOMMANDS = {
     "chat": ("aiwg.cli.chat", "chat", "Talk to the project's AI through the daemon."),
     "daemon": ("aiwg.cli.daemon", "daemon", "Start, stop and inspect the project's daemon."),
     "event": ("aiwg.cli.event", "event", "Emit custom events and follow the event stream."),
+    "messaging": ("aiwg.cli.messaging", "messaging", "Telegram, Slack and Discord bridges: state and a test."),
     "schedule": ("aiwg.cli.schedule", "schedule", "List scheduled jobs; run one now."),
     "task": ("aiwg.cli.task", "task", "Submit, inspect and cancel agent tasks."),
 }

@@ -422,6 +422,12 @@ def status(ctx: Context) -> None:
     click.echo("  subsystems:")
     for name, info in result.get("subsystems", {}).items():
         click.echo(f"    {name:<13} {_summary(info)}")
+        if name == "messaging" and isinstance(info, dict) and info.get("enabled"):
+            from aiwg.cli.messaging import bridge_line
+
+            for platform, bridge in info.get("adapters", {}).items():
+                if bridge.get("state") != "disabled":
+                    click.echo(f"      {platform:<11} {bridge_line(bridge)}")
 
 
 def _summary(info: Any) -> str:

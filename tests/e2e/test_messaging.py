@@ -439,3 +439,31 @@ async def test_discord_disallowed_intent_is_a_clear_error(project: Project, disc
     found = await bridge_state(project, "discord", "error")
     assert "Message Content intent" in found["detail"]
     assert (await call(project, "daemon.status"))["health"] == "degraded"
+
+
+# -- the CLI ----------------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_cli_messaging_status_and_test(project: Project, telegram: FakeTelegram) -> None:
+    project.env["TELEGRAM_BOT_TOKEN"] = TELEGRAM_TOKEN
+    await start(project, telegram_config(telegram, chat_ids=[ALICE, 999]))
+    await bridge_state(project, "telegram", "connected")
+    telegram.fail_next("sendMessage", 403, description="Forbidden: bot was blocked by the user")
+    sent = await in_thread(project.aiwg, "messaging", "test", "--platform", "telegram")
+    # One target refused the bot: said per target, and the exit code says a send failed.
+    assert sent.returncode == 1, sent.stderr
+    assert f"telegram → {ALICE}: FAILED: Telegram API error 403: Forbidden: bot was blocked" in sent.stdout
+    assert "telegram → 999: sent" in sent.stdout
+    assert telegram_texts(telegram, 999)[0].startswith("✅ <b>Test notification from aiwg</b>")
+    shown = await in_thread(project.aiwg, "messaging", "status")
+    assert shown.returncode == 0
+    assert re.search(r"^telegram\s+connected \(2-way; as @aiwg_test_bot\)$", shown.stdout, re.M)
+    assert re.search(r"^slack\s+disabled$", shown.stdout, re.M)
+    as_json = json.loads((await in_thread(project.aiwg, "messaging", "status", "--json")).stdout)
+    assert as_json["adapters"]["telegram"]["state"] == "connected"
+    daemon_status = await in_thread(project.aiwg, "daemon", "status")
+    assert re.search(r"^\s+telegram\s+connected", daemon_status.stdout, re.M)
+    unknown = await in_thread(project.aiwg, "messaging", "test", "--platform", "slack")
+    assert unknown.returncode != 0 and "the slack bridge is not running" in unknown.stderr
+    no_secret_in_log(project, TELEGRAM_TOKEN)
