@@ -124,10 +124,11 @@ def makeService(options: Options) -> Any:
         pointer_file=None if socket_path == paths.default_socket else paths.socket_pointer,
         factory=IpcFactory(methods, config.daemon.ipc.max_line_bytes),
     ).setServiceParent(root)
+    # Stops after the supervisor: the outcomes of the tasks a stop ends are still notified.
+    messaging.setServiceParent(root)
     supervisor.setServiceParent(root)  # stops before IPC: clients watch the drain
     # Sources of work last: they start once tasks can run and stop first.
     chat.setServiceParent(root)
-    messaging.setServiceParent(root)  # after chat and the supervisor, which it hands work to
     automation.setServiceParent(root)
     scheduler.setServiceParent(root)
     watcher.setServiceParent(root)

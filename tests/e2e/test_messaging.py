@@ -467,3 +467,18 @@ async def test_cli_messaging_status_and_test(project: Project, telegram: FakeTel
     unknown = await in_thread(project.aiwg, "messaging", "test", "--platform", "slack")
     assert unknown.returncode != 0 and "the slack bridge is not running" in unknown.stderr
     no_secret_in_log(project, TELEGRAM_TOKEN)
+
+
+@pytest_twisted.ensureDeferred
+async def test_tasks_ended_by_a_stop_are_still_notified(project: Project, telegram: FakeTelegram) -> None:
+    project.env["TELEGRAM_BOT_TOKEN"] = TELEGRAM_TOKEN
+    await start(project, telegram_config(telegram, notify={"topics": ["task:*", "daemon:stopping"]}))
+    await bridge_state(project, "telegram", "connected")
+    submitted = await call(project, "task.submit", prompt="a long job @sleep:30")
+    await eventually(lambda: any("started" in t for t in telegram_texts(telegram)), what="task:started")
+    stopped = await in_thread(project.aiwg, "daemon", "stop", "--timeout", "30")
+    assert stopped.returncode == 0, stopped.stderr
+    texts = telegram_texts(telegram)
+    assert any("daemon:stopping" in t for t in texts)
+    assert any(f"Task {submitted['taskId']} failed" in t or f"Task {submitted['taskId']} cancelled" in t
+               for t in texts), texts

@@ -30,6 +30,8 @@ from aiwg.core.messaging import Notice
 OUTBOX_LIMIT = 1000
 #: Attempts of one message that keeps failing for a passing reason.
 SEND_ATTEMPTS = 5
+#: At stop, how long the outbox may take to empty (the last notifications: tasks ended by the stop).
+DRAIN_SECONDS = 5.0
 
 
 class SendError(Exception):
@@ -64,6 +66,7 @@ class Adapter(Service):
         self._replies: deque[tuple[str, Any, Any, int]] = deque()
         self._notices: deque[tuple[str, Any, Any, int]] = deque()
         self._sending = False
+        self._draining: Deferred | None = None
         self._retry_call: Any = None
         self._send_backoff = Backoff(base=1.0, cap=60.0)
 
@@ -142,10 +145,12 @@ class Adapter(Service):
         self._pump()
 
     def _pump(self) -> None:
-        if self._sending or self._retry_call is not None or not self.running:
+        if self._sending or self._retry_call is not None or not (self.running or self._draining):
             return
         queue = self._replies if self._replies else self._notices
         if not queue:
+            if self._draining is not None and not self._draining.called:
+                self._draining.callback(None)
             return
         item = queue.popleft()
         kind, target, content, attempts = item
@@ -193,10 +198,44 @@ class Adapter(Service):
         Service.startService(self)
         self._pump()
 
+    def drain(self, seconds: float = DRAIN_SECONDS) -> Deferred:
+        """Fires once the outbox is empty, or after `seconds` (what is left is logged)."""
+        from twisted.internet.defer import succeed
+
+        if not (self._replies or self._notices or self._sending):
+            return succeed(None)
+        self._draining = Deferred()
+        timer = self.reactor.callLater(seconds, self._draining.callback, None)
+
+        def done(_: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            left = len(self._replies) + len(self._notices)
+            if left:
+                self.log.warn("messaging: {platform}: stopping with {left} message(s) unsent",
+                              platform=self.platform, left=left)
+            self._draining = None
+
+        self._draining.addCallback(done)
+        self._pump()
+        return self._draining
+
+    def stop_receiving(self) -> None:
+        """Stop listening for messages (a bridge's poll loop or socket)."""
+
+    def close(self) -> Any:
+        """Release connections once nothing more is sent."""
+        return None
+
     def stopService(self) -> Any:
+        """Stop taking work; give the outbox a few seconds; then stop for good."""
         Service.stopService(self)
+        self.stop_receiving()
+        return self.drain().addCallback(lambda _: self._stopped())
+
+    def _stopped(self) -> Any:
         if self._retry_call is not None and self._retry_call.active():
             self._retry_call.cancel()
         self._retry_call = None
         self.state = "stopped"
-        return None
+        return self.close()

@@ -123,8 +123,7 @@ class DiscordAdapter(Adapter):
         self._loop.addErrback(lambda f: None if f.check(CancelledError) else
                               self.log.failure("messaging: discord: gateway loop ended", f))
 
-    def stopService(self) -> Any:
-        super().stopService()
+    def stop_receiving(self) -> None:
         self._stop_heartbeat()
         for pending in (self._waiting, self._loop):
             if pending is not None and not pending.called:
@@ -133,6 +132,8 @@ class DiscordAdapter(Adapter):
         if self._socket is not None:
             self._socket.sendClose(1000)  # a clean close ends the session, as a stopping bot should
             self._socket = None
+
+    def close(self) -> Any:
         return self.api.close()
 
     async def _wait_for(self, d: Any) -> Any:

@@ -21,6 +21,21 @@ T = TypeVar("T")
 MAX_RATE_LIMIT_RETRIES = 5
 
 
+def quiet_client(reactor: Any, per_host: int = 2) -> tuple[Any, Any]:
+    """A treq client with its own keep-alive pool whose connection factories do not
+    log "Starting factory" at every connection."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+
+    class QuietFactory(_HTTP11ClientFactory):
+        noisy = False
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool._factory = QuietFactory
+    pool.maxPersistentPerHost = per_host
+    return pool, HTTPClient(Agent(reactor, pool=pool))
+
+
 class ApiError(Exception):
     def __init__(self, message: str, *, status: int = 0, retry_after: float | None = None,
                  permanent: bool = False, code: str = "") -> None:
@@ -54,12 +69,7 @@ class JsonHttp:
     def __init__(self, *, reactor: Any, secrets: Iterable[str], http: Any = None, clock: Any = None) -> None:
         self._pool: Any = None
         if http is None:
-            from treq.client import HTTPClient
-            from twisted.web.client import Agent, HTTPConnectionPool
-
-            self._pool = HTTPConnectionPool(reactor, persistent=True)
-            self._pool.maxPersistentPerHost = 2
-            http = HTTPClient(Agent(reactor, pool=self._pool))
+            self._pool, http = quiet_client(reactor)
         self._http = http
         self.clock = clock or reactor
         self._secrets = [s for s in secrets if s and len(s) >= 4]

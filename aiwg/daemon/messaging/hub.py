@@ -73,6 +73,7 @@ class MessagingService(MultiService):
         self._subscribe()
 
     def stopService(self) -> Deferred:
+        self.bus.flush()  # the outcomes of tasks the stop just ended reach the outboxes first
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None

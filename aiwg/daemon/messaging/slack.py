@@ -100,8 +100,7 @@ class SlackAdapter(Adapter):
         self._loop.addErrback(lambda f: None if f.check(CancelledError) else
                               self.log.failure("messaging: slack: connection loop ended", f))
 
-    def stopService(self) -> Any:
-        super().stopService()
+    def stop_receiving(self) -> None:
         for pending in (self._waiting, self._loop):
             if pending is not None and not pending.called:
                 pending.cancel()
@@ -109,6 +108,8 @@ class SlackAdapter(Adapter):
         if self._socket is not None:
             self._socket.sendClose(1000)
             self._socket = None
+
+    def close(self) -> Any:
         return self.api.close()
 
     async def _wait_for(self, d: Any) -> Any:

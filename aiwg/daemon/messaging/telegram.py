@@ -76,12 +76,13 @@ class TelegramAdapter(Adapter):
         self._loop.addErrback(lambda f: None if f.check(CancelledError) else
                               self.log.failure("messaging: telegram: poll loop ended", f))
 
-    def stopService(self) -> Any:
-        super().stopService()
+    def stop_receiving(self) -> None:
         for pending in (self._waiting, self._loop):
             if pending is not None and not pending.called:
                 pending.cancel()
         self._waiting = self._loop = None
+
+    def close(self) -> Any:
         return self.api.close()
 
     async def _run(self) -> None:

@@ -35,12 +35,9 @@ class TelegramApi:
     def __init__(self, *, base_url: str, token: str, reactor: Any, http: Any = None) -> None:
         self._pool: Any = None
         if http is None:
-            from treq.client import HTTPClient
-            from twisted.web.client import Agent, HTTPConnectionPool
+            from aiwg.daemon.messaging.http import quiet_client
 
-            self._pool = HTTPConnectionPool(reactor, persistent=True)
-            self._pool.maxPersistentPerHost = 2  # the long poll and one send
-            http = HTTPClient(Agent(reactor, pool=self._pool))
+            self._pool, http = quiet_client(reactor, per_host=2)  # the long poll and one send
         self._http = http
         self._reactor = reactor
         self._base = f"{base_url.rstrip('/')}/bot{token}/"
