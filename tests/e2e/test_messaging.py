@@ -482,3 +482,20 @@ async def test_tasks_ended_by_a_stop_are_still_notified(project: Project, telegr
     assert any("daemon:stopping" in t for t in texts)
     assert any(f"Task {submitted['taskId']} failed" in t or f"Task {submitted['taskId']} cancelled" in t
                for t in texts), texts
+
+
+@pytest_twisted.ensureDeferred
+async def test_reload_restarts_the_bridges_with_the_new_allowlist(project: Project, telegram: FakeTelegram) -> None:
+    project.env["TELEGRAM_BOT_TOKEN"] = TELEGRAM_TOKEN
+    await start(project, telegram_config(telegram))
+    await bridge_state(project, "telegram", "connected")
+    project.write_config(json.dumps({"daemon": FAST, "messaging": telegram_config(telegram, allowed_users=[MALLORY])}))
+    reloaded = await call(project, "daemon.reload")
+    assert "messaging.telegram" in reloaded["changed"]
+    await bridge_state(project, "telegram", "connected")
+    telegram.message("/help", user_id=MALLORY, username="mallory")
+    [reply] = await eventually(lambda: telegram_texts(telegram, MALLORY))
+    assert reply.startswith("Commands:")
+    telegram.message("/help", user_id=ALICE)
+    [refusal] = await eventually(lambda: telegram_texts(telegram, ALICE))
+    assert "not allowed" in refusal
