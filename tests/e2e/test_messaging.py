@@ -499,3 +499,35 @@ async def test_reload_restarts_the_bridges_with_the_new_allowlist(project: Proje
     telegram.message("/help", user_id=ALICE)
     [refusal] = await eventually(lambda: telegram_texts(telegram, ALICE))
     assert "not allowed" in refusal
+
+
+@pytest_twisted.ensureDeferred
+async def test_telegram_409_another_poller_is_reported_then_recovered(project: Project, telegram: FakeTelegram) -> None:
+    project.env["TELEGRAM_BOT_TOKEN"] = TELEGRAM_TOKEN
+    await start(project, telegram_config(telegram))
+    await bridge_state(project, "telegram", "connected")
+    for _ in range(2):
+        telegram.fail_next("getUpdates", 409, description="Conflict: terminated by other getUpdates request; "
+                           "make sure that only one bot instance is running")
+    telegram.drop_poll()  # the next poll meets the conflict
+    found = await bridge_state(project, "telegram", "error")
+    assert "another process is polling this bot token" in found["detail"]
+    assert "nextAttemptIn" in found
+    health = await call(project, "daemon.status")
+    assert any("another process is polling" in issue for issue in health["health_issues"])
+    await bridge_state(project, "telegram", "connected")  # the other poller went away
+    no_secret_in_log(project, TELEGRAM_TOKEN)
+
+
+@pytest_twisted.ensureDeferred
+async def test_discord_webhook_only_notifications(project: Project, discord: FakeDiscord) -> None:
+    project.env["DISCORD_WEBHOOK_URL"] = discord.webhook_url
+    await start(project, {"discord": {"enabled": True, "webhook_url": "${DISCORD_WEBHOOK_URL}",
+                                      "api_base_url": discord.api_base_url, "notify": {"topics": ["task:failed"]}}})
+    submitted = await call(project, "task.submit", prompt="nightly build @exit:1")
+    [posted] = await eventually(lambda: discord.webhook_messages)
+    assert posted["embeds"][0]["title"].endswith(f"Task {submitted['taskId']} failed")
+    status = await call(project, "messaging.status")
+    assert status["adapters"]["discord"]["mode"] == "notifications only"
+    assert not discord.connects  # no gateway without a bot token
+    no_secret_in_log(project, discord.webhook_url)
