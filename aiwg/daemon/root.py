@@ -432,6 +432,7 @@ class DaemonService(MultiService):
                 "scheduler": subsystems["scheduler"],
             },
             "automation": _automation_summary(subsystems["automation"]),
+            "messaging": subsystems["messaging"],
             "events": subsystems["events"],
             **self._task_state(),
             "health": self.health(),

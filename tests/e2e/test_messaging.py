@@ -531,3 +531,17 @@ async def test_discord_webhook_only_notifications(project: Project, discord: Fak
     assert status["adapters"]["discord"]["mode"] == "notifications only"
     assert not discord.connects  # no gateway without a bot token
     no_secret_in_log(project, discord.webhook_url)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_literal_token_works_with_a_warning_and_stays_secret(project: Project, telegram: FakeTelegram) -> None:
+    await start(project, telegram_config(telegram, bot_token=TELEGRAM_TOKEN))
+    await bridge_state(project, "telegram", "connected")
+    telegram.message("/status", user_id=ALICE)
+    [answer] = await eventually(lambda: telegram_texts(telegram))
+    assert answer.startswith("aiwg daemon for proj: healthy")
+    status = await call(project, "daemon.status")
+    assert any("messaging.telegram.bot_token: a literal secret" in w for w in status["config"]["warnings"])
+    await eventually(lambda: project.paths.state_file.exists() and "messaging" in project.paths.state_file.read_text())
+    for text in (json.dumps(status), project.paths.state_file.read_text(), project.log_text()):
+        assert TELEGRAM_TOKEN not in text

@@ -268,8 +268,8 @@ class MessagingService(MultiService):
             return self._cancel(argument)
         if name == "task":
             return self._submit(message, argument)
-        if not message.text.strip() and not argument:
-            return None
+        if not (argument or message.text).strip():
+            return HELP  # a bare mention: say what the bot can do
         return self._chat(message, argument or message.text)
 
     def _tasks(self, state: str) -> str:
