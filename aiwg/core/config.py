@@ -241,6 +241,9 @@ def _explain(error: Any) -> Iterator[tuple[str, str]]:
                 yield from _explain(sub)
             return
     subschema = _schema_at(path) or error.schema
+    if len(path) == 3 and path[0] == "messaging" and path[2] in ("bot_token", "app_token", "webhook_url"):
+        yield "error", f"{where}: must be {describe(subschema)} (a secret: its value is not shown)"
+        return
     yield "error", f"{where}: must be {describe(subschema)}, got {_show(error.instance)}"
 
 

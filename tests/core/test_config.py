@@ -175,3 +175,146 @@ def test_example_configs_in_etc_are_valid() -> None:
     for name in ("daemon.json", "daemon.dev.json", "daemon.prod.json"):
         cfg = config.parse_config_text((ROOT / "etc" / name).read_text(), name)
         assert cfg.warnings == (), (name, cfg.warnings)
+
+
+# -- messaging ------------------------------------------------------------------------------
+
+
+def messaging(**bridges: dict) -> dict:
+    return {"messaging": bridges}
+
+
+def test_messaging_defaults_are_all_bridges_off() -> None:
+    """No daemon.json: no bridge runs, nobody is allowed, the usual topics are forwarded."""
+    section = config.validate({}, "(defaults)").data["messaging"]
+    assert set(section) == {"telegram", "slack", "discord"}
+    topics = ["task:completed", "task:failed", "task:timeout", "health:degraded"]
+    for bridge in section.values():
+        assert bridge["enabled"] is False and bridge["bot_token"] == ""
+        assert bridge["allowed_users"] == [] and bridge["refuse"] == "reply"
+        assert bridge["notify"] == {"topics": topics, "min_severity": "info"}
+    assert section["telegram"]["api_base_url"] == "https://api.telegram.org"
+    assert section["telegram"]["poll_timeout_seconds"] == 30
+    assert section["slack"]["api_base_url"] == "https://slack.com/api"
+    assert section["discord"]["api_base_url"] == "https://discord.com/api/v10"
+    assert section["discord"]["gateway_url"] == ""
+
+
+def test_disabled_bridges_need_no_token() -> None:
+    """A bridge switched off, or left at its defaults, is no problem and no warning."""
+    cfg = config.validate(messaging(telegram={"enabled": False}, slack={"enabled": False, "bot_token": ""},
+                                    discord={}), "daemon.json")
+    assert cfg.warnings == ()
+
+
+@pytest.mark.parametrize(
+    "bridges, expected",
+    [
+        ({"telegram": {"enabled": True}},
+         'messaging.telegram.bot_token: required when the bridge is enabled, e.g. "${TELEGRAM_BOT_TOKEN}"'),
+        ({"slack": {"enabled": True}},
+         "messaging.slack.bot_token: required when the bridge is enabled (or webhook_url for notifications "
+         'only), e.g. "${SLACK_BOT_TOKEN}"'),
+        ({"discord": {"enabled": True, "bot_token": "   "}},
+         "messaging.discord.bot_token: required when the bridge is enabled (or webhook_url for notifications "
+         'only), e.g. "${DISCORD_BOT_TOKEN}"'),
+        ({"slack": {"enabled": True, "app_token": "${SLACK_APP_TOKEN}", "webhook_url": "${SLACK_WEBHOOK_URL}"}},
+         "messaging.slack.bot_token: required with app_token: answers are posted with the bot token"),
+    ],
+)
+def test_an_enabled_bridge_without_credentials_is_an_error(bridges: dict, expected: str) -> None:
+    """The error names the key to set and how (a blank token counts as none)."""
+    assert problems(messaging(**bridges)) == [expected]
+
+
+@pytest.mark.parametrize("bridge", ["slack", "discord"])
+def test_a_webhook_alone_is_enough_for_notifications(bridge: str) -> None:
+    """Slack and Discord can notify through a webhook with no bot; nothing listens, so no allowlist warning."""
+    cfg = config.validate(messaging(**{bridge: {"enabled": True, "webhook_url": "${HOOK}"}}), "daemon.json")
+    assert cfg.warnings == ()
+    assert cfg.data["messaging"][bridge]["enabled"] is True
+
+
+@pytest.mark.parametrize(
+    "bridge, key, value",
+    [
+        ("telegram", "bot_token", "123456:AAE-literal-telegram-token"),
+        ("slack", "bot_token", "xoxb-literal-slack-token"),
+        ("slack", "app_token", "xapp-literal-app-token"),
+        ("discord", "webhook_url", "https://discord.com/api/webhooks/1/literal-hook-secret"),
+    ],
+)
+def test_a_literal_secret_is_a_warning_that_never_repeats_it(bridge: str, key: str, value: str) -> None:
+    """Warnings are logged and shown; the secret itself must not be in them."""
+    cfg = config.validate(messaging(**{bridge: {key: value}}), "daemon.json")
+    found = [w for w in cfg.warnings if w.startswith(f"messaging.{bridge}.{key}: a literal secret")]
+    assert len(found) == 1
+    assert "export " in found[0]
+    assert all(value not in w for w in cfg.warnings)
+    assert cfg.data["messaging"][bridge][key] == value  # still accepted as written
+
+
+def test_an_environment_reference_is_no_literal_secret() -> None:
+    """`${VAR}` is the recommended form: no warning for it."""
+    cfg = config.validate(messaging(telegram={"enabled": True, "bot_token": "${TELEGRAM_BOT_TOKEN}",
+                                              "allowed_users": [42]}), "daemon.json")
+    assert cfg.warnings == ()
+
+
+@pytest.mark.parametrize(
+    "bridge, section, expected",
+    [
+        ("telegram", {"bot_token": "${T}"},
+         "messaging.telegram.allowed_users: empty (and no allowed_chats): nobody may send commands or chat; "
+         "notifications still go out"),
+        ("slack", {"bot_token": "${B}", "app_token": "${A}"},
+         "messaging.slack.allowed_users: empty (and no allowed_channels): nobody may send commands or chat; "
+         "notifications still go out"),
+        ("discord", {"bot_token": "${D}"},
+         "messaging.discord.allowed_users: empty (and no allowed_channels): nobody may send commands or chat; "
+         "notifications still go out"),
+    ],
+)
+def test_an_empty_allowlist_on_a_listening_bridge_is_a_warning(bridge: str, section: dict, expected: str) -> None:
+    """Legal (an empty list admits nobody), but likely a mistake worth a word."""
+    cfg = config.validate(messaging(**{bridge: {"enabled": True, **section}}), "daemon.json")
+    assert cfg.warnings == (expected,)
+
+
+def test_no_allowlist_warning_when_someone_is_allowed_or_nothing_listens() -> None:
+    """Allowed chats count as an allowlist; Slack without an app token cannot listen."""
+    quiet = [
+        messaging(telegram={"enabled": True, "bot_token": "${T}", "allowed_chats": [-100123]}),
+        messaging(slack={"enabled": True, "bot_token": "${B}", "app_token": "${A}", "allowed_channels": ["C1"]}),
+        messaging(slack={"enabled": True, "bot_token": "${B}"}),
+        messaging(discord={"enabled": True, "bot_token": "${D}", "allowed_users": ["900"]}),
+    ]
+    for document in quiet:
+        assert config.validate(document, "daemon.json").warnings == (), document
+
+
+def test_notify_topics_are_validated_with_their_index() -> None:
+    """A bad pattern names the bridge and the list position, even on a disabled bridge."""
+    found = problems(messaging(discord={"enabled": True, "bot_token": "${D}", "allowed_users": [1],
+                                        "notify": {"topics": ["task:*", "bad topic!", "*"]}},
+                               slack={"notify": {"topics": ["no spaces allowed"]}}))
+    assert sorted(found) == [
+        "messaging.discord.notify.topics[1]: must be a topic or a pattern with * wildcards, got 'bad topic!'",
+        "messaging.slack.notify.topics[0]: must be a topic or a pattern with * wildcards, got 'no spaces allowed'",
+    ]
+
+
+def test_messaging_schema_errors_name_the_key() -> None:
+    """Type errors in the section read like every other config error."""
+    assert "messaging.telegram.enabled: must be true or false, got 'yes'" in problems(
+        messaging(telegram={"enabled": "yes"}))
+    assert any(p.startswith("messaging.telegram.poll_timeout_seconds: must be an integer ≥ 1 and ≤ 50")
+               for p in problems(messaging(telegram={"poll_timeout_seconds": 0})))
+
+
+def test_a_mistyped_secret_is_named_but_never_shown() -> None:
+    """A token written as a number is still a secret: the error names the key, not the value."""
+    with pytest.raises(ConfigError) as caught:
+        config.validate({"messaging": {"telegram": {"bot_token": 123456789}}}, "daemon.json")
+    [problem] = caught.value.problems
+    assert problem.startswith("messaging.telegram.bot_token: must be a string") and "123456789" not in problem

@@ -3,9 +3,13 @@ splitting long answers, 429 waited out, errors without the token."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred, succeed
+from twisted.web.http_headers import Headers
 
 from aiwg.daemon.messaging.telegram_api import TelegramApi, TelegramError
 from tests.fakes.telegram import FakeTelegram
@@ -98,3 +102,47 @@ async def test_errors_never_contain_the_token(fake: FakeTelegram) -> None:
         await refused.call("getMe", {}, timeout=2)
     assert down.value.status == 0 and TOKEN not in str(down.value)
     fake.port = None
+
+
+
+class StubResponse:
+    def __init__(self, answer: dict) -> None:
+        self.code = 200 if answer["ok"] else answer["error_code"]
+        self.headers = Headers()
+        self._body = json.dumps(answer).encode()
+
+    def content(self) -> Deferred:
+        return succeed(self._body)
+
+
+class StubHttp:
+    """Stands in for treq's client: scripted answers, each post recorded with its time."""
+
+    def __init__(self, clock: task.Clock, *answers: dict) -> None:
+        self.clock = clock
+        self.answers = list(answers)
+        self.posts: list[tuple[float, str, dict]] = []
+
+    def post(self, url: str, data: bytes = b"", headers: dict | None = None, timeout: float = 0) -> Deferred:
+        self.posts.append((self.clock.seconds(), url, json.loads(data)))
+        return succeed(StubResponse(self.answers.pop(0)))
+
+
+def test_429_waits_exactly_retry_after_on_the_injected_clock() -> None:
+    """The wait runs on the injected reactor (a Clock) and lasts Telegram's retry_after, not less."""
+    clock = task.Clock()
+    http = StubHttp(clock,
+                    {"ok": False, "error_code": 429, "description": "Too Many Requests: retry after 3",
+                     "parameters": {"retry_after": 3}},
+                    {"ok": True, "result": {"message_id": 9}})
+    client = TelegramApi(base_url="https://tg.test", token=TOKEN, reactor=clock, http=http)
+    d = client.send_message(7, "a < b")
+    assert len(http.posts) == 1 and not d.called
+    clock.advance(2.9)
+    assert len(http.posts) == 1 and not d.called
+    clock.advance(0.1)
+    assert [at for at, _, _ in http.posts] == [0, 3]
+    assert http.posts[1][1] == f"https://tg.test/bot{TOKEN}/sendMessage"
+    assert http.posts[1][2]["text"] == "a &lt; b" and http.posts[1][2]["chat_id"] == 7
+    assert d.result == [{"message_id": 9}]
+    assert clock.getDelayedCalls() == []

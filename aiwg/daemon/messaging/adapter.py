@@ -66,6 +66,7 @@ class Adapter(Service):
         self._replies: deque[tuple[str, Any, Any, int]] = deque()
         self._notices: deque[tuple[str, Any, Any, int]] = deque()
         self._sending = False
+        self._pumping = False
         self._draining: Deferred | None = None
         self._retry_call: Any = None
         self._send_backoff = Backoff(base=1.0, cap=60.0)
@@ -145,15 +146,24 @@ class Adapter(Service):
         self._pump()
 
     def _pump(self) -> None:
-        if self._sending or self._retry_call is not None or not (self.running or self._draining):
-            return
-        queue = self._replies if self._replies else self._notices
-        if not queue:
-            if self._draining is not None and not self._draining.called:
-                self._draining.callback(None)
-            return
-        item = queue.popleft()
-        kind, target, content, attempts = item
+        """Send the next message when none is in flight. A loop, not recursion: a send
+        that completes at once (a refused target, say) moves straight to the next."""
+        if self._pumping:
+            return  # the loop below picks the next one up
+        self._pumping = True
+        try:
+            while not (self._sending or self._retry_call is not None
+                       or not (self.running or self._draining is not None)):
+                queue = self._replies if self._replies else self._notices
+                if not queue:
+                    if self._draining is not None and not self._draining.called:
+                        self._draining.callback(None)
+                    return
+                self._send_one(*queue.popleft())
+        finally:
+            self._pumping = False
+
+    def _send_one(self, kind: str, target: Any, content: Any, attempts: int) -> None:
         self._sending = True
         sender = self.send_notice if kind == "notice" else self.send_reply
         d = maybeDeferred(sender, target, content)
@@ -191,7 +201,7 @@ class Adapter(Service):
 
     def show_target(self, target: Any) -> str:
         if isinstance(target, Mapping):
-            return ", ".join(f"{k}={v}" for k, v in target.items() if k != "response_url")
+            return ", ".join(f"{k}={v}" for k, v in target.items() if not k.startswith("_"))
         return "the webhook" if isinstance(target, str) and "://" in target else str(target)
 
     def startService(self) -> None:

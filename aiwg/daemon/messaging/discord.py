@@ -166,8 +166,10 @@ class DiscordAdapter(Adapter):
                 if code in FRESH_SESSION:
                     self.session_id = self.seq = self.resume_url = None
                 if code == 1000 and not self.session_id:
-                    self.counters["reconnects"] += 1
-                    continue  # we closed it to start afresh (invalid session)
+                    self.counters["reconnects"] += 1  # we closed it to start afresh (invalid session):
+                    await self._wait_for(txtask.deferLater(  # Discord asks for a 1-5 s pause first
+                        self.reactor, 1 + 4 * self._rand(), lambda: None))
+                    continue
                 raise ApiError(f"gateway connection closed (code {code}{', ' + reason if reason else ''})")
             except CancelledError:
                 return

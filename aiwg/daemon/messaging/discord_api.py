@@ -90,5 +90,10 @@ class DiscordApi:
                                   auth=False)
 
     async def interaction_callback(self, interaction_id: str, token: str, body: dict[str, Any]) -> Any:
-        return await self.request("POST", f"{self.base}/interactions/{interaction_id}/{token}/callback",
-                                  "interaction_callback", body, auth=False)
+        """Answer an interaction; its token (in the URL) is kept out of any error."""
+        try:
+            return await self.request("POST", f"{self.base}/interactions/{interaction_id}/{token}/callback",
+                                      "interaction_callback", body, auth=False)
+        except ApiError as exc:
+            raise ApiError(str(exc).replace(token, "[interaction token]"), status=exc.status,
+                           retry_after=exc.retry_after, permanent=exc.permanent, code=exc.code) from None

@@ -44,7 +44,8 @@ class SlackAdapter(Adapter):
     def __init__(self, *, state_dir: Path | None = None, api: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.api = api or SlackApi(base_url=self.section["api_base_url"], bot_token=self.secrets.get("bot_token", ""),
-                                   app_token=self.secrets.get("app_token", ""), reactor=self.reactor)
+                                   app_token=self.secrets.get("app_token", ""),
+                                   webhook_url=self.secrets.get("webhook_url", ""), reactor=self.reactor)
         self.bot_user: str | None = None
         self._socket: Any = None
         self._closed: Deferred | None = None

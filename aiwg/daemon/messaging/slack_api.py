@@ -23,11 +23,11 @@ AUTH = {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "miss
 
 class SlackApi:
     def __init__(self, *, base_url: str, bot_token: str, app_token: str, reactor: Any,
-                 http: Any = None, clock: Any = None) -> None:
+                 webhook_url: str = "", http: Any = None, clock: Any = None) -> None:
         self.base = base_url.rstrip("/") + "/"
         self.bot_token = bot_token
         self.app_token = app_token
-        self.http = JsonHttp(reactor=reactor, secrets=[bot_token, app_token], http=http, clock=clock)
+        self.http = JsonHttp(reactor=reactor, secrets=[bot_token, app_token, webhook_url], http=http, clock=clock)
 
     def close(self) -> Any:
         return self.http.close()
