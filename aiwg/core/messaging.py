@@ -1,7 +1,8 @@
 # tests: tests/core/test_messaging.py
 """What the messaging bridges say and whom they listen to. Pure: no network here.
 
-- Commands: `/status`, `/tasks [state]`, `/task <prompt>`, `/cancel <id>`, `/help`;
+- Commands: `/status`, `/tasks [state]`, `/task <prompt>`, `/cancel <id>`,
+  `/reset` (this chat's conversation), `/help`;
   anything else from an allowed user is a chat turn. A bot's own mention suffix
   (`/status@my_bot`) is accepted.
 - The allowlist: an empty list admits nobody, never everybody.
@@ -21,7 +22,7 @@ from typing import Any, Iterable, Mapping
 from attrs import frozen
 
 LIMITS = {"telegram": 4096, "slack": 40000, "discord": 2000}
-COMMANDS = ("status", "tasks", "task", "cancel", "help")
+COMMANDS = ("status", "tasks", "task", "cancel", "reset", "help")
 SEVERITIES = ("info", "warning", "error")
 
 #: Severity of the events a bridge may be asked to forward.
@@ -196,6 +197,7 @@ HELP = (
     "/tasks [state]: recent tasks (queued, running, completed, failed, cancelled, timeout)\n"
     "/task <prompt>: queue a task for the agent; the result is posted here\n"
     "/cancel <id>: cancel a queued or running task\n"
+    "/reset: forget this chat's conversation with the AI\n"
     "/help: this list\n"
     "Anything else is a question for the project's AI; each chat or thread is one conversation."
 )

@@ -787,7 +787,8 @@ class Supervisor(Service):
         if not run.exited:  # it may have exited (and been reaped) already
             run.timeout_call = self.reactor.callLater(minutes * 60, self._timed_out, run, minutes)
         self.log.info("task {task_id} started (pid {pid})", task_id=task.id, pid=pid)
-        self.bus.publish("task:started", {"taskId": task.id, "pid": pid, "priority": task.priority})
+        self.bus.publish("task:started", {"taskId": task.id, "pid": pid, "priority": task.priority,
+                                          "source": task.source})
 
     def _timed_out(self, run: Run, minutes: float) -> None:
         run.timeout_call = None

@@ -279,7 +279,7 @@ async def test_slack_slash_task_queues_and_posts_the_result(project: Project, sl
     slack.slash_command("/aiwg", "task tidy the imports @result:tidied", user="U111", channel="C200")
     queued = await eventually(lambda: slack.responses)
     task_id = re.match(r"Queued task (\S+)\.", queued[0]["text"]).group(1)
-    assert queued[0]["response_type"] == "in_channel"
+    assert queued[0]["response_type"] == "ephemeral"  # the quick answer is for the asker
     [result] = await eventually(lambda: slack_posts(slack, "C200"))
     assert result["text"].startswith(f"Task {task_id} completed in ") and result["text"].endswith("tidied")
     record = await call(project, "task.get", taskId=task_id)

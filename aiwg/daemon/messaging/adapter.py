@@ -115,6 +115,9 @@ class Adapter(Service):
             **self.counters,
             "outbox": len(self._replies) + len(self._notices),
         }
+        api = getattr(self, "api", None)
+        waits = getattr(getattr(api, "http", api), "rate_limited", 0)  # 429s the API client waited out
+        out["rate_limited"] += waits if isinstance(waits, int) else 0
         if self.detail:
             out["detail"] = self.detail
         if self.next_attempt is not None:

@@ -148,7 +148,7 @@ class DiscordAdapter(Adapter):
         while self.running:
             try:
                 if not self.listens():
-                    self.set_state("connected", "notifications only (webhook)")
+                    self.set_state("connected", "webhook")
                     return
                 if not gateway:
                     gateway = await self._wait_for(self.api.gateway_url())

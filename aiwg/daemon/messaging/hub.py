@@ -91,15 +91,15 @@ class MessagingService(MultiService):
                     missing += unset
             if missing:
                 self.problems[platform] = (
-                    f"messaging.{platform}: environment variable(s) {', '.join(sorted(set(missing)))} not set "
-                    f"in the daemon's environment; export them and restart the daemon")
-                self.log.error("messaging: {problem}", problem=self.problems[platform])
+                    f"messaging: {platform}: environment variable(s) {', '.join(sorted(set(missing)))} not set "
+                    f"in the daemon's environment (messaging.{platform}); export them and restart the daemon")
+                self.log.error("{problem}", problem=self.problems[platform])
                 continue
             try:
                 adapter = self.factories[platform](reactor=self.reactor, section=section, secrets=secrets,
                                                    inbound=self.inbound, state_dir=self.state_dir)
             except Exception as exc:  # a bad bridge never stops the daemon or the others
-                self.problems[platform] = f"messaging.{platform}: could not start: {exc}"
+                self.problems[platform] = f"messaging: {platform}: could not start: {exc}"
                 self.log.failure("messaging: {platform} could not start", platform=platform)
                 continue
             self.adapters[platform] = adapter
@@ -117,9 +117,11 @@ class MessagingService(MultiService):
             self._subscription = self.bus.subscribe(sorted(patterns), self._on_event)
 
     def apply_config(self, config: Config) -> Any:
-        """A changed `messaging` section restarts the bridges with it."""
+        """A changed `messaging` section restarts the bridges with it; a reload also
+        retries bridges in state `error` (a fixed token, a portal setting changed)."""
         section = dict(config.data["messaging"])
-        if section == self.section:
+        failed = [p for p, a in self.adapters.items() if a.state == "error"] + list(self.problems)
+        if section == self.section and not failed:
             return None
         self.section = section
         old = list(self.adapters.values())
@@ -128,7 +130,8 @@ class MessagingService(MultiService):
         if self.running:
             self._build()
             self._subscribe()
-        self.log.info("messaging: configuration changed; bridges restarted")
+        self.log.info("messaging: bridges restarted ({why})",
+                      why="configuration changed" if section != self.section else "retrying " + ", ".join(failed))
         return stopping
 
     # -- status ------------------------------------------------------------------
@@ -168,23 +171,30 @@ class MessagingService(MultiService):
                 entry: dict[str, Any] = {"target": adapter.show_target(target)}
                 results[name].append(entry)
                 d = maybeDeferred(adapter.send_notice, target, notice)
-                d.addCallbacks(lambda _, e=entry: e.update(ok=True),
-                               lambda f, e=entry, a=adapter: e.update(ok=False, error=a.redact(f.getErrorMessage())))
+                d.addCallbacks(lambda _, e=entry, a=adapter: self._tested(a, e, None),
+                               lambda f, e=entry, a=adapter: self._tested(a, e, f.getErrorMessage()))
                 pending.append(d)
         return gatherResults(pending).addCallback(lambda _: results)
+
+    @staticmethod
+    def _tested(adapter: Any, entry: dict[str, Any], error: str | None) -> None:
+        adapter.counters["sent" if error is None else "failed"] += 1
+        entry.update(ok=True) if error is None else entry.update(ok=False, error=adapter.redact(error))
 
     # -- notifications -----------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
+        if event.topic == "task:output":
+            return  # output chunks are for followers on the socket, not for chat apps
         task = None
         source = str(event.payload.get("source") or "")
-        if event.topic in END_TOPICS and source.startswith("messaging:"):
+        if event.topic.startswith("task:") and source.startswith("messaging:"):
             task = self._task(event.payload.get("taskId"))
-            if task is not None:
+            if task is not None and event.topic in END_TOPICS:
                 self._answer(task)
         reply_to = (task.metadata.get("replyTo") if task is not None else None) or {}
         if source == "chat" or reply_to.get("kind") == "chat":
-            return  # a chat answer goes to the asker only
+            return  # a chat turn's progress and answer go to the asker only
         notice: Notice | None = None
         for platform, adapter in self.adapters.items():
             notify = adapter.section["notify"]
@@ -268,6 +278,10 @@ class MessagingService(MultiService):
             return self._cancel(argument)
         if name == "task":
             return self._submit(message, argument)
+        if name == "reset":
+            forgot = self.chat().reset(message.conversation)
+            return ("Conversation reset: the next message starts afresh." if forgot
+                    else "There was no conversation here to reset.")
         if not (argument or message.text).strip():
             return HELP  # a bare mention: say what the bot can do
         return self._chat(message, argument or message.text)

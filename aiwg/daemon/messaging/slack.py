@@ -12,7 +12,9 @@ What reaches the hub: direct messages (channel type `im`), mentions of the
 bot in channels (answered in a thread, one conversation per thread), and
 slash commands (`/aiwg tasks failed`, or a command registered under one of the
 command names, such as `/aiwg-status`… any `/<name>` whose name ends in a known
-command). The bot's own messages and edits are ignored.
+command). A slash command's quick answer (queued, refused, the status) is
+ephemeral, seen by the person who typed it; results and chat answers are posted
+in the channel. The bot's own messages and edits are ignored.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class SlackAdapter(Adapter):
         pieces = split_text(text, LIMITS["slack"])
         if where.get("_response_url") and len(pieces) == 1:
             await self._mapped(self.api.post_plain(
-                where["_response_url"], {"text": slack_escape(pieces[0]), "response_type": "in_channel"},
+                where["_response_url"], {"text": slack_escape(pieces[0]), "response_type": "ephemeral"},
                 "response_url"))
             return
         for piece in pieces:
@@ -127,7 +129,7 @@ class SlackAdapter(Adapter):
                     me = await self._wait_for(self.api.auth_test())
                     self.bot_user = me.get("user_id")
                 if not self.listens():
-                    self.set_state("connected", "notifications only")
+                    self.set_state("connected", "" if self.secrets.get("bot_token") else "webhook")
                     return
                 url = await self._wait_for(self.api.connections_open())
                 self._closed = Deferred()
@@ -205,6 +207,7 @@ class SlackAdapter(Adapter):
         text = str(event.get("text") or "")
         channel = str(event.get("channel") or "")
         if kind == "message" and event.get("channel_type") == "im":
+            text = self._without_mention(text)
             thread = event.get("thread_ts")
             where: dict[str, Any] = {"channel": channel}
             conversation = f"slack:{channel}"
@@ -212,7 +215,7 @@ class SlackAdapter(Adapter):
                 where["thread_ts"] = thread
                 conversation += f":{thread}"
         elif kind == "app_mention":
-            text = _MENTION.sub(lambda m: "" if m.group(1) == self.bot_user else m.group(0), text).strip()
+            text = self._without_mention(text)
             thread = event.get("thread_ts") or event.get("ts")
             where = {"channel": channel, "thread_ts": thread}
             conversation = f"slack:{channel}:{thread}"
@@ -220,6 +223,9 @@ class SlackAdapter(Adapter):
             return
         self.inbound(Inbound(platform="slack", user=str(event.get("user")), chat=channel, text=text,
                              where=where, conversation=conversation[:64]))
+
+    def _without_mention(self, text: str) -> str:
+        return _MENTION.sub(lambda m: "" if m.group(1) == self.bot_user else m.group(0), text).strip()
 
     def _slash(self, payload: Mapping[str, Any]) -> None:
         name = str(payload.get("command") or "").lstrip("/").lower()
@@ -232,4 +238,5 @@ class SlackAdapter(Adapter):
             where["_response_url"] = payload["response_url"]
         self.inbound(Inbound(platform="slack", user=str(payload.get("user_id")), chat=channel, text=text,
                              where=where, conversation=f"slack:{channel}"[:64],
-                             user_name=str(payload.get("user_name") or ""), command=command))
+                             user_name=str(payload.get("user_name") or ""), command=command,
+                             must_answer=True))  # a slash command shows nothing until answered

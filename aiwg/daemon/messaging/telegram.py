@@ -24,10 +24,15 @@ from twisted.internet import task as txtask
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 
 from aiwg.core import notice_formats
-from aiwg.core.messaging import Inbound, Notice
+from aiwg.core.backoff import Backoff
+from aiwg.core.messaging import Command, Inbound, Notice
 from aiwg.daemon.messaging.adapter import Adapter, SendError
 from aiwg.daemon.messaging.telegram_api import TelegramApi, TelegramError
 from aiwg.daemon.statefile import write_json_atomic
+
+
+#: A conflict (409) this long ago no longer lengthens the wait after the next one.
+CONFLICT_QUIET = 600.0
 
 
 class TelegramAdapter(Adapter):
@@ -43,6 +48,10 @@ class TelegramAdapter(Adapter):
         self._offset_file = state_dir / "telegram.json" if state_dir is not None else None
         self._loop: Deferred | None = None
         self._waiting: Deferred | None = None
+        # Two pollers take turns succeeding, so a 409 backs off on its own count,
+        # forgotten only after CONFLICT_QUIET seconds without one.
+        self._conflicts = Backoff(base=5.0, cap=300.0)
+        self._last_conflict = float("-inf")
 
     def listens(self) -> bool:
         return True
@@ -122,7 +131,14 @@ class TelegramAdapter(Adapter):
 
     async def _failed(self, exc: TelegramError) -> None:
         self.counters["reconnects"] += 1
-        delay = self.backoff.failed(exc.retry_after)
+        now = self.reactor.seconds()
+        if exc.status == 409:
+            if now - self._last_conflict > CONFLICT_QUIET:
+                self._conflicts.succeeded()
+            self._last_conflict = now
+            delay = self._conflicts.failed()
+        else:
+            delay = self.backoff.failed(exc.retry_after)
         when = self.reactor.seconds() + delay
         if exc.status == 409:
             self.set_state("error", f"another process is polling this bot token ({exc.description}); stop the "
@@ -147,6 +163,14 @@ class TelegramAdapter(Adapter):
             return
         text = message["text"]
         private = chat.get("type") == "private"
+        command = None
+        if text.lstrip().startswith("/"):
+            head = text.strip().split()[0][1:]
+            name, _, addressee = head.partition("@")
+            if addressee and self.bot_name and addressee.lower() != self.bot_name.lower():
+                return  # a command for another bot in the group
+            if name.lower() == "start":  # what Telegram sends when someone presses Start
+                command = Command("help")
         if not private and not text.lstrip().startswith("/"):
             mention = f"@{self.bot_name}" if self.bot_name else None
             replied = (message.get("reply_to_message") or {}).get("from", {}).get("id")
@@ -164,7 +188,7 @@ class TelegramAdapter(Adapter):
         self.inbound(Inbound(
             platform="telegram", user=str(sender.get("id")), chat=str(chat.get("id")), text=text,
             where=where, conversation=conversation[:64],
-            user_name=str(sender.get("username") or sender.get("first_name") or ""),
+            user_name=str(sender.get("username") or sender.get("first_name") or ""), command=command,
         ))
 
     # -- the offset survives restarts -----------------------------------------------

@@ -42,6 +42,7 @@ class TelegramApi:
         self._reactor = reactor
         self._base = f"{base_url.rstrip('/')}/bot{token}/"
         self._token = token
+        self.rate_limited = 0  # 429s waited out
 
     def close(self) -> Deferred:
         """Close kept-alive connections (and their idle timers)."""
@@ -112,5 +113,6 @@ class TelegramApi:
                 except TelegramError as exc:
                     if exc.status != 429 or attempt == MAX_RATE_LIMIT_RETRIES:
                         raise
+                    self.rate_limited += 1
                     yield task.deferLater(self._reactor, exc.retry_after or 1.0, lambda: None)
         return sent
