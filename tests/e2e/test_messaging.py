@@ -545,3 +545,25 @@ async def test_a_literal_token_works_with_a_warning_and_stays_secret(project: Pr
     await eventually(lambda: project.paths.state_file.exists() and "messaging" in project.paths.state_file.read_text())
     for text in (json.dumps(status), project.paths.state_file.read_text(), project.log_text()):
         assert TELEGRAM_TOKEN not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_task_star_topics_skip_output_chunks_and_chat_turns(project: Project, telegram: FakeTelegram) -> None:
+    project.env["TELEGRAM_BOT_TOKEN"] = TELEGRAM_TOKEN
+    await start(project, telegram_config(telegram, notify={"topics": ["task:*"]}))
+    await bridge_state(project, "telegram", "connected")
+    telegram.message("/start", user_id=ALICE)  # what Telegram sends for the Start button
+    telegram.message("/status@some_other_bot", user_id=ALICE)  # not for us: left alone
+    telegram.message("a question @print:50", user_id=ALICE)  # a chat turn with output chunks
+    answers = await eventually(lambda: [t for t in telegram_texts(telegram) if t.startswith("done:")])
+    assert telegram_texts(telegram)[0].startswith("Commands:")
+    telegram.message("/reset", user_id=ALICE)
+    await eventually(lambda: any(t.startswith("Conversation reset") for t in telegram_texts(telegram)))
+    submitted = await call(project, "task.submit", prompt="cli work @print:50")
+    await wait_task(project, submitted["taskId"])
+    await eventually(lambda: any(f"Task {submitted['taskId']} completed" in t for t in telegram_texts(telegram)))
+    texts = telegram_texts(telegram)
+    assert not any(" output</b>" in t for t in texts)  # no message per output chunk
+    assert any(f"Task {submitted['taskId']} started" in t for t in texts)  # a CLI task's progress is notified
+    assert len(answers) == 1 and not any("Task" in t and "a question" in t for t in texts)  # the chat turn's is not
+    assert len([t for t in texts if t.startswith("Commands:")]) == 1  # /status@some_other_bot got nothing
