@@ -567,3 +567,25 @@ async def test_task_star_topics_skip_output_chunks_and_chat_turns(project: Proje
     assert any(f"Task {submitted['taskId']} started" in t for t in texts)  # a CLI task's progress is notified
     assert len(answers) == 1 and not any("Task" in t and "a question" in t for t in texts)  # the chat turn's is not
     assert len([t for t in texts if t.startswith("Commands:")]) == 1  # /status@some_other_bot got nothing
+
+
+@pytest_twisted.ensureDeferred
+async def test_tasks_and_cancel_commands(project: Project, telegram: FakeTelegram) -> None:
+    project.env["TELEGRAM_BOT_TOKEN"] = TELEGRAM_TOKEN
+    await start(project, telegram_config(telegram, notify={"topics": []}))
+    telegram.message("/task a slow job @sleep:30", user_id=ALICE)
+    queued = await eventually(lambda: [t for t in telegram_texts(telegram) if t.startswith("Queued task")])
+    task_id = re.match(r"Queued task (\S+)\.", queued[0]).group(1)
+    telegram.message("/tasks running", user_id=ALICE)
+    telegram.message("/tasks bogus", user_id=ALICE)
+    listing = await eventually(lambda: [t for t in telegram_texts(telegram) if t.startswith("Recent tasks (running)")],
+                               what="the running task listed")
+    assert task_id in listing[0] and "a slow job" in listing[0]
+    assert any(t.startswith("Unknown state 'bogus'") for t in telegram_texts(telegram))
+    telegram.message(f"/cancel {task_id}", user_id=ALICE)
+    telegram.message("/cancel t-nosuchtask", user_id=ALICE)
+    await eventually(lambda: f"Cancelling task {task_id}." in telegram_texts(telegram))
+    await eventually(lambda: "Unknown task t-nosuchtask (see /tasks)." in telegram_texts(telegram))
+    ended = await eventually(lambda: [t for t in telegram_texts(telegram) if t.startswith(f"Task {task_id} cancelled")])
+    assert ended
+    assert (await call(project, "task.get", taskId=task_id))["state"] == "cancelled"
