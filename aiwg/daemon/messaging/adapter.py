@@ -24,12 +24,14 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger
 
 from aiwg.core.backoff import Backoff
-from aiwg.core.messaging import Notice
+from aiwg.core.messaging import Notice, split_text
 
 #: Messages waiting per bridge before the oldest notification is dropped.
 OUTBOX_LIMIT = 1000
 #: Attempts of one message that keeps failing for a passing reason.
 SEND_ATTEMPTS = 5
+#: A connection up this long counts as a success: the reconnect backoff starts over.
+STABLE_SECONDS = 60.0
 #: At stop, how long the outbox may take to empty (the last notifications: tasks ended by the stop).
 DRAIN_SECONDS = 5.0
 
@@ -47,6 +49,9 @@ class Adapter(Service):
     """Base of the Telegram, Slack and Discord bridges (child services of the hub)."""
 
     platform = "?"
+    #: Replies are cut into pieces of at most this many characters, each its own outbox
+    #: item: a retry resends one piece, never the ones already delivered.
+    reply_limit = 4000
     log = Logger()
 
     def __init__(self, *, reactor: Any, section: Mapping[str, Any], secrets: Mapping[str, str],
@@ -103,10 +108,17 @@ class Adapter(Service):
             if next_attempt is not None:
                 suffix += f"; next attempt in {max(0.0, next_attempt - self.reactor.seconds()):.1f}s"
             level("messaging: {platform}: {state}{suffix}", platform=self.platform, state=state, suffix=suffix)
-        if state == "connected" and self.state != "connected":
+        if state == "connected" and (self.state != "connected" or self.connected_at is None):
             self.connected_at = self.reactor.seconds()
-            self.backoff.succeeded()
         self.state, self.detail, self.next_attempt = state, detail, next_attempt
+
+    def next_delay(self, server_says: float | None = None) -> float:
+        """The wait before reconnecting. A connection that stayed up STABLE_SECONDS
+        resets the backoff; one that opens and drops at once keeps it growing."""
+        if self.connected_at is not None and self.reactor.seconds() - self.connected_at >= STABLE_SECONDS:
+            self.backoff.succeeded()
+        self.connected_at = None
+        return self.backoff.failed(server_says)
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -145,8 +157,28 @@ class Adapter(Service):
         return len(targets)
 
     def reply(self, where: Mapping[str, Any], text: str) -> None:
-        self._replies.append(("reply", where, text, 0))
+        pieces = split_text(text, self.reply_limit)
+        # Only the first piece answers the message (a quote, an interaction, a response URL).
+        later = {k: v for k, v in where.items() if not k.startswith("_") and k != "message_id"}
+        if self.urgent(where):
+            self._send_now(where, pieces[0])
+        else:
+            self._replies.append(("reply", where, pieces[0], 0))
+        for piece in pieces[1:]:
+            self._replies.append(("reply", later, piece, 0))
         self._pump()
+
+    def urgent(self, where: Mapping[str, Any]) -> bool:
+        """A reply the platform needs within seconds (it must not wait in the outbox)."""
+        return False
+
+    def _send_now(self, where: Mapping[str, Any], text: str) -> None:
+        def failed(failure: Any) -> None:
+            self.counters["failed"] += 1
+            self.log.error("messaging: {platform}: could not answer in time: {error}",
+                           platform=self.platform, error=self.redact(failure.getErrorMessage()))
+        maybeDeferred(self.send_reply, where, text).addCallbacks(
+            lambda _: self.counters.__setitem__("sent", self.counters["sent"] + 1), failed)
 
     def _pump(self) -> None:
         """Send the next message when none is in flight. A loop, not recursion: a send
@@ -178,7 +210,7 @@ class Adapter(Service):
         def failed(failure: Any) -> None:
             exc = failure.value
             error = exc if isinstance(exc, SendError) else SendError(f"{type(exc).__name__}: {exc}")
-            if error.permanent or attempts + 1 >= SEND_ATTEMPTS:
+            if error.permanent or attempts + 1 >= SEND_ATTEMPTS or not (self.running or self._draining):
                 self.counters["failed"] += 1
                 self.log.error("messaging: {platform}: could not send a {kind} to {target}: {error}",
                                platform=self.platform, kind=kind, target=self.show_target(target),

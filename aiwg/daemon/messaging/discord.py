@@ -55,6 +55,7 @@ ZOMBIE_CLOSE = 4000  # any non-1000 code keeps the session resumable
 
 class DiscordAdapter(Adapter):
     platform = "discord"
+    reply_limit = 2000
 
     def __init__(self, *, state_dir: Path | None = None, api: Any = None,
                  rand: Callable[[], float] = random.random, **kwargs: Any) -> None:
@@ -89,6 +90,9 @@ class DiscordAdapter(Adapter):
         if target == self.secrets.get("webhook_url"):
             return self._mapped(self.api.execute_webhook(target, body))
         return self._mapped(self.api.create_message(target, body))
+
+    def urgent(self, where: Mapping[str, Any]) -> bool:
+        return bool(where.get("_interaction"))  # Discord wants an answer within 3 s
 
     def send_reply(self, where: Mapping[str, Any], text: str) -> Deferred:
         return ensureDeferred(self._reply(where, text))
@@ -134,6 +138,7 @@ class DiscordAdapter(Adapter):
             self._socket = None
 
     def close(self) -> Any:
+        self._stop_heartbeat()
         return self.api.close()
 
     async def _wait_for(self, d: Any) -> Any:
@@ -167,18 +172,18 @@ class DiscordAdapter(Adapter):
                     self.session_id = self.seq = self.resume_url = None
                 if code == 1000 and not self.session_id:
                     self.counters["reconnects"] += 1  # we closed it to start afresh (invalid session):
-                    await self._wait_for(txtask.deferLater(  # Discord asks for a 1-5 s pause first
-                        self.reactor, 1 + 4 * self._rand(), lambda: None))
+                    pause = max(1 + 4 * self._rand(), self.next_delay())  # Discord asks for 1-5 s; each
+                    await self._wait_for(txtask.deferLater(self.reactor, pause, lambda: None))  # identify counts
                     continue
                 raise ApiError(f"gateway connection closed (code {code}{', ' + reason if reason else ''})")
             except CancelledError:
                 return
-            except (ApiError, ConnectionError) as exc:
+            except Exception as exc:  # never let the loop die: back off and try again
                 if not self.running:
                     return
                 self._stop_heartbeat()
                 self.counters["reconnects"] += 1
-                delay = self.backoff.failed(getattr(exc, "retry_after", None))
+                delay = self.next_delay(getattr(exc, "retry_after", None))
                 if getattr(exc, "status", 0) == 401:
                     self.set_state("error", "Discord rejected the bot token (401); check "
                                    "messaging.discord.bot_token", self.reactor.seconds() + delay)
@@ -218,6 +223,8 @@ class DiscordAdapter(Adapter):
     # -- frames ---------------------------------------------------------------------------
 
     def _frame(self, proto: Any, payload: bytes) -> None:
+        if not self.running:
+            return  # stopping: nothing new is taken on
         try:
             frame = json.loads(payload)
         except ValueError:

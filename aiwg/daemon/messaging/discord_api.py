@@ -93,7 +93,7 @@ class DiscordApi:
         """Answer an interaction; its token (in the URL) is kept out of any error."""
         try:
             return await self.request("POST", f"{self.base}/interactions/{interaction_id}/{token}/callback",
-                                      "interaction_callback", body, auth=False)
+                                      f"interaction_callback:{interaction_id}", body, auth=False)
         except ApiError as exc:
             raise ApiError(str(exc).replace(token, "[interaction token]"), status=exc.status,
                            retry_after=exc.retry_after, permanent=exc.permanent, code=exc.code) from None

@@ -30,7 +30,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 
 from aiwg.core import notice_formats
 from aiwg.core.messaging import COMMANDS, LIMITS, Command, Inbound, Notice, slack_escape, split_text, umbrella
-from aiwg.daemon.messaging.adapter import Adapter, SendError
+from aiwg.daemon.messaging.adapter import STABLE_SECONDS, Adapter, SendError
 from aiwg.daemon.messaging.http import ApiError
 from aiwg.daemon.messaging.slack_api import AUTH, SlackApi
 from aiwg.daemon.messaging.websocket import open_socket
@@ -42,6 +42,7 @@ _MENTION = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
 
 class SlackAdapter(Adapter):
     platform = "slack"
+    reply_limit = 8000  # escaping (`&amp;`) can make it five times longer: still within 40,000
 
     def __init__(self, *, state_dir: Path | None = None, api: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -51,7 +52,7 @@ class SlackAdapter(Adapter):
         self.bot_user: str | None = None
         self._socket: Any = None
         self._closed: Deferred | None = None
-        self._planned = False
+        self._planned: str | bool = False
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._loop: Deferred | None = None
         self._waiting: Deferred | None = None
@@ -137,13 +138,18 @@ class SlackAdapter(Adapter):
                 self._socket = await self._wait_for(open_socket(self.reactor, url, self._frame, self._socket_closed))
                 code, reason = await self._wait_for(self._closed)
                 self._socket = None
+                if self._planned == "link_disabled":
+                    raise ApiError("Socket Mode was turned off for the app (link_disabled); turn it on in "
+                                   "the app's settings", code="link_disabled")
                 if self._planned:
                     self.counters["reconnects"] += 1
-                    continue  # Slack asked for a new connection: at once
+                    if self.reactor.seconds() - (self.connected_at or 0) < STABLE_SECONDS:
+                        await self._wait_for(txtask.deferLater(self.reactor, self.next_delay(), lambda: None))
+                    continue  # Slack asked for a new connection: at once, unless that keeps happening
                 raise ApiError(f"Socket Mode connection lost (code {code}{', ' + reason if reason else ''})")
             except CancelledError:
                 return
-            except (ApiError, ConnectionError) as exc:
+            except Exception as exc:  # never let the loop die: back off and try again
                 if not self.running:
                     return
                 await self._failed(exc)
@@ -151,10 +157,12 @@ class SlackAdapter(Adapter):
     async def _failed(self, exc: Exception) -> None:
         self.counters["reconnects"] += 1
         retry_after = getattr(exc, "retry_after", None)
-        delay = self.backoff.failed(retry_after)
+        delay = self.next_delay(retry_after)
         when = self.reactor.seconds() + delay
         code = getattr(exc, "code", "")
-        if code in AUTH:
+        if code == "link_disabled":
+            self.set_state("error", str(exc), when)
+        elif code in AUTH:
             self.set_state("error", f"Slack rejected a token ({code}); check messaging.slack.bot_token and "
                            "app_token (the app token needs connections:write)", when)
         else:
@@ -166,6 +174,8 @@ class SlackAdapter(Adapter):
             self._closed.callback((code, reason))
 
     def _frame(self, proto: Any, payload: bytes) -> None:
+        if not self.running:
+            return  # stopping: nothing new is taken on (Slack redelivers what is not acked)
         try:
             frame = json.loads(payload)
         except ValueError:
@@ -179,7 +189,7 @@ class SlackAdapter(Adapter):
         if kind == "hello":
             self.set_state("connected", "Socket Mode")
         elif kind == "disconnect":
-            self._planned = True
+            self._planned = str(frame.get("reason") or "refresh_requested")
             self.log.info("messaging: slack: Slack asked to reconnect ({reason})", reason=frame.get("reason"))
             proto.sendClose(1000)
         elif kind == "events_api":

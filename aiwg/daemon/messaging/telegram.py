@@ -37,6 +37,7 @@ CONFLICT_QUIET = 600.0
 
 class TelegramAdapter(Adapter):
     platform = "telegram"
+    reply_limit = 4096  # Telegram counts after entity parsing: escaping does not count
 
     def __init__(self, *, state_dir: Path | None = None, api: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -138,7 +139,7 @@ class TelegramAdapter(Adapter):
             self._last_conflict = now
             delay = self._conflicts.failed()
         else:
-            delay = self.backoff.failed(exc.retry_after)
+            delay = self.next_delay(exc.retry_after)
         when = self.reactor.seconds() + delay
         if exc.status == 409:
             self.set_state("error", f"another process is polling this bot token ({exc.description}); stop the "

@@ -40,15 +40,28 @@ class _Factory(WebSocketClientFactory):
                                 autoPingInterval=30, autoPingTimeout=15)
         self.on_text = on_text
         self._on_close = on_close
-        self.ready: Deferred = Deferred()
+        self.ready: Deferred = Deferred(self._cancel)
+        self.connector: Any = None
+        self.cancelled = False
         self._open = False
 
+    def _cancel(self, _: Deferred) -> None:
+        """A bridge stopping mid-connect: no session may come alive after it."""
+        self.cancelled = True
+        if self.connector is not None:
+            self.connector.disconnect()
+
     def opened(self, proto: Any) -> None:
+        if self.cancelled:
+            proto.dropConnection(abort=True)
+            return
         self._open = True
         if not self.ready.called:
             self.ready.callback(proto)
 
     def closed(self, proto: Any, code: int | None, reason: str) -> None:
+        if self.cancelled:
+            return
         if not self._open:
             if not self.ready.called:
                 self.ready.errback(ConnectionError(f"websocket handshake failed ({reason or code})"))
@@ -67,7 +80,7 @@ def open_socket(reactor: Any, url: str, on_text: Callable[[Any, bytes], None],
         from twisted.internet import ssl
 
         options = ssl.optionsForClientTLS(factory.host)
-        reactor.connectSSL(factory.host, factory.port, factory, options, timeout=OPEN_TIMEOUT)
+        factory.connector = reactor.connectSSL(factory.host, factory.port, factory, options, timeout=OPEN_TIMEOUT)
     else:
-        reactor.connectTCP(factory.host, factory.port, factory, timeout=OPEN_TIMEOUT)
+        factory.connector = reactor.connectTCP(factory.host, factory.port, factory, timeout=OPEN_TIMEOUT)
     return factory.ready
