@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -17,11 +18,11 @@ from aiwg.errors import INVALID_PARAMS, RpcError
 
 pass_context = click.make_pass_decorator(Context, ensure=True)
 
-STATES = ("queued", "running", "completed", "failed", "cancelled", "timeout")
-TERMINAL = {"completed", "failed", "cancelled", "timeout"}
+STATES = ("awaiting_approval", "queued", "running", "completed", "failed", "cancelled", "timeout", "rejected")
+TERMINAL = {"completed", "failed", "cancelled", "timeout", "rejected"}
 #: Exit status of `task get --follow` and `task submit --wait` for each final state.
-EXIT_FOR_STATE = {"completed": 0, "failed": 1, "timeout": 124, "cancelled": 130}
-END_TOPICS = ["task:completed", "task:failed", "task:cancelled", "task:timeout"]
+EXIT_FOR_STATE = {"completed": 0, "failed": 1, "timeout": 124, "cancelled": 130, "rejected": 3}
+END_TOPICS = ["task:completed", "task:failed", "task:cancelled", "task:timeout", "task:rejected"]
 
 
 @click.group()
@@ -35,13 +36,17 @@ def task() -> None:
 @click.option("--timeout", "-t", type=click.FloatRange(min=0, min_open=True), help="Minutes before the task is stopped (default daemon.action_timeout_minutes).")
 @click.option("--agent", help="Passed to the agent as --agent NAME.")
 @click.option("--retries", type=click.IntRange(0, 100), default=0, help="Re-queue this many times if the daemon stops while it runs.")
+@click.option("--require-approval", is_flag=True, help="Wait in state awaiting_approval until `aiwg task approve ID`.")
 @click.option("--wait", "-w", is_flag=True, help="Wait, streaming output, and exit with the task's status.")
 @project_option
 @json_option
 @pass_context
-def submit(ctx: Context, prompt: str, priority: int, timeout: float | None, agent: str | None, retries: int, wait: bool) -> None:
+def submit(ctx: Context, prompt: str, priority: int, timeout: float | None, agent: str | None, retries: int,
+           require_approval: bool, wait: bool) -> None:
     """Queue PROMPT for the agent (one argument; quote it)."""
     params: dict[str, Any] = {"prompt": prompt, "priority": priority, "source": "cli", "retries": retries}
+    if require_approval:
+        params["requireApproval"] = True
     if timeout is not None:
         params["timeout"] = timeout
     if agent:
@@ -214,6 +219,48 @@ def cancel(ctx: Context, task_id: str) -> None:
         click.echo(f"Task {task_id} cancelled")
     else:
         fail(f"task {task_id} is already {result['state']}; nothing to cancel", 1)
+
+
+def _decide(ctx: Context, method: str, task_id: str, **params: Any) -> dict[str, Any]:
+    by = f"cli:{os.environ.get('USER') or os.getuid()}"
+    with DaemonClient(ctx.paths.root) as client:
+        try:
+            result: dict[str, Any] = client.call(method, taskId=task_id, by=by, **params)
+        except RpcError as exc:
+            state = (exc.data or {}).get("state") if isinstance(exc.data, dict) else None
+            if state:
+                fail(f"task {task_id} is not awaiting approval (it is {state})", 1)
+            _unknown_or_raise(exc, task_id)
+    return result
+
+
+@task.command()
+@click.argument("task_id", metavar="ID")
+@project_option
+@json_option
+@pass_context
+def approve(ctx: Context, task_id: str) -> None:
+    """Let a task that awaits approval run: it is queued."""
+    result = _decide(ctx, "task.approve", task_id)
+    if ctx.as_json:
+        emit_json(result)
+    else:
+        click.echo(f"Task {task_id} approved (queued)")
+
+
+@task.command()
+@click.argument("task_id", metavar="ID")
+@click.option("--reason", "-r", help="Why; kept in the task's error and sent with the notification.")
+@project_option
+@json_option
+@pass_context
+def reject(ctx: Context, task_id: str, reason: str | None) -> None:
+    """End a task that awaits approval without running it."""
+    result = _decide(ctx, "task.reject", task_id, **({"reason": reason} if reason else {}))
+    if ctx.as_json:
+        emit_json(result)
+    else:
+        click.echo(f"Task {task_id} rejected")
 
 
 @task.command()

@@ -86,6 +86,11 @@ def expand(template: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
     return _VAR.sub(replace, template), missing
 
 
+def referenced_names(template: str) -> list[str]:
+    """The variables a `${VAR}` template names."""
+    return [m.group(1) for m in _VAR.finditer(template)]
+
+
 def child_env(
     base: Mapping[str, str], *layers: Mapping[str, str]
 ) -> tuple[dict[str, str], list[str]]:

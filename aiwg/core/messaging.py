@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping
 from attrs import frozen
 
 LIMITS = {"telegram": 4096, "slack": 40000, "discord": 2000}
-COMMANDS = ("status", "tasks", "task", "cancel", "reset", "help")
+COMMANDS = ("status", "tasks", "task", "cancel", "approve", "reject", "reset", "help")
 SEVERITIES = ("info", "warning", "error")
 
 #: Severity of the events a bridge may be asked to forward.
@@ -36,6 +36,8 @@ _SEVERITY = {
     "daemon:reload_failed": "error",
     "schedule:skipped": "warning",
     "task:cancelled": "warning",
+    "task:awaiting_approval": "warning",
+    "task:rejected": "warning",
 }
 
 
@@ -138,7 +140,17 @@ def notice_for(topic: str, payload: Mapping[str, Any], project: str) -> Notice:
     fields: list[tuple[str, str]] = [("project", project)]
     body = ""
     task_id = payload.get("taskId")
-    if topic.startswith("task:") and task_id:
+    if topic == "task:awaiting_approval" and task_id:
+        title = f"Task {task_id} awaits approval"
+        fields += [("prompt", excerpt(str(payload.get("prompt") or ""), 300)),
+                   ("source", str(payload.get("source") or "?")),
+                   ("expires", str(payload.get("expiresAt") or "?"))]
+        body = (f"Approve: /approve {task_id}\nReject: /reject {task_id} <reason>\n"
+                f"Or from a shell: aiwg task approve {task_id}")
+    elif topic == "task:approved" and task_id:
+        title = f"Task {task_id} approved"
+        fields += [("by", str(payload.get("by") or "?")), ("prompt", excerpt(str(payload.get("prompt") or ""), 200))]
+    elif topic.startswith("task:") and task_id:
         state = str(payload.get("state") or topic.split(":", 1)[1])
         title = f"Task {task_id} {state}"
         if payload.get("prompt"):
@@ -197,6 +209,7 @@ HELP = (
     "/tasks [state]: recent tasks (queued, running, completed, failed, cancelled, timeout)\n"
     "/task <prompt>: queue a task for the agent; the result is posted here\n"
     "/cancel <id>: cancel a queued or running task\n"
+    "/approve <id>, /reject <id> [reason]: decide on a task that awaits approval\n"
     "/reset: forget this chat's conversation with the AI\n"
     "/help: this list\n"
     "Anything else is a question for the project's AI; each chat or thread is one conversation."

@@ -45,6 +45,7 @@ class Rule:
     env: Mapping[str, str] = field(factory=dict)
     retries: int = 0
     agent: str | None = None
+    require_approval: bool = False
     max_fires_per_minute: int | None = None
     enabled: bool = True
     description: str = ""
@@ -84,6 +85,7 @@ def rules_from_config(entries: Iterable[Mapping[str, Any]]) -> tuple[Rule, ...]:
                 env=dict(action.get("env") or {}),
                 retries=int(action.get("retries", 0)),
                 agent=action.get("agent"),
+                require_approval=bool(action.get("require_approval", False)),
                 max_fires_per_minute=entry.get("max_fires_per_minute"),
                 enabled=bool(entry.get("enabled", True)),
                 description=entry.get("description", ""),

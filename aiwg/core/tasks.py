@@ -18,21 +18,27 @@ from attrs import evolve, field, frozen
 
 
 class TaskState(str, Enum):
+    AWAITING_APPROVAL = "awaiting_approval"
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
     TIMEOUT = "timeout"
+    REJECTED = "rejected"
 
     def __str__(self) -> str:
         return self.value
 
 
-TERMINAL = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.TIMEOUT})
+TERMINAL = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.TIMEOUT,
+                      TaskState.REJECTED})
 
-#: Every allowed move. running → queued is a retry after an interruption.
+#: Every allowed move. running → queued is a retry after an interruption; a task that
+#: needs approval waits (not counted against the concurrency limit) until a person
+#: approves it (queued) or rejects it, or its approval expires (rejected).
 TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
+    TaskState.AWAITING_APPROVAL: frozenset({TaskState.QUEUED, TaskState.REJECTED, TaskState.CANCELLED}),
     TaskState.QUEUED: frozenset({TaskState.RUNNING, TaskState.CANCELLED, TaskState.FAILED}),
     TaskState.RUNNING: frozenset(
         {TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.TIMEOUT, TaskState.QUEUED}
@@ -41,6 +47,7 @@ TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
     TaskState.FAILED: frozenset(),
     TaskState.CANCELLED: frozenset(),
     TaskState.TIMEOUT: frozenset(),
+    TaskState.REJECTED: frozenset(),
 }
 
 STATE_NAMES = tuple(s.value for s in TaskState)

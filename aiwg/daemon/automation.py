@@ -277,6 +277,8 @@ class AutomationEngine(Service):
             return
         prompt = render_prompt(rule.prompt, rule_id=rule.id, files=files, topic=event.topic, payload=event.payload)
         spec: dict[str, Any] = {"prompt": prompt, "priority": rule.priority, "retries": rule.retries}
+        if rule.require_approval:
+            spec["require_approval"] = True
         if rule.timeout_minutes is not None:
             spec["timeout"] = rule.timeout_minutes
         if rule.agent:

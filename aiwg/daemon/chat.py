@@ -26,7 +26,7 @@ from aiwg.core.events import Event
 from aiwg.daemon.statefile import read_json, write_json_atomic
 from aiwg.errors import InvalidParams
 
-END_TOPICS = ["task:completed", "task:failed", "task:cancelled", "task:timeout"]
+END_TOPICS = ["task:completed", "task:failed", "task:cancelled", "task:timeout", "task:rejected"]
 #: How often idle conversations are looked for.
 EXPIRY_INTERVAL = 60.0
 #: Conversations changed since the last save are written this often (and at stop),

@@ -219,11 +219,14 @@ class TaskMethods(Namespace):
         Param("metadata", "object", default=None, nullable=True),
         Param("source", "string", default="ipc", description="cli, chat, rule:<id>, schedule:<job>, messaging:<platform>, client:<name>."),
         Param("retries", "integer", default=0, minimum=0, maximum=100, description="Times to re-queue the task if the daemon stops while it runs."),
+        Param("requireApproval", "boolean", nullable=True, description="Wait in state awaiting_approval until "
+              "approved (default: as approvals.require_for says for the source)."),
         description="Queue a task for the agent.",
     )
     def jsonrpc_submit(
         self, ctx: CallContext, prompt: str, priority: int, timeout: float | None,
         agent: str | None, metadata: dict[str, Any] | None, source: str, retries: int,
+        requireApproval: bool | None,
     ) -> dict[str, Any]:
         problem = source_problem(source)
         if problem:
@@ -233,7 +236,7 @@ class TaskMethods(Namespace):
                                 "daemon (a task's environment comes from a rule or an action's env)")
         task = self._supervisor.submit(
             prompt, priority=priority, timeout_minutes=timeout, agent=agent,
-            metadata=metadata, source=source, retries=retries,
+            metadata=metadata, source=source, retries=retries, require_approval=requireApproval,
         )
         reply = {"taskId": task.id, "state": task.state.value, "priority": task.priority}
         # Answer once the task is on disk: a submitted task is never lost.
@@ -273,6 +276,35 @@ class TaskMethods(Namespace):
         if task is None:
             raise _unknown_task(taskId)
         return {"cancelled": cancelled, "state": task.state.value}
+
+    @method(
+        Param("taskId", "string", required=True, non_empty=True),
+        Param("by", "string", default="ipc", non_empty=True, description="Who approved, for the record."),
+        description="Approve a task that awaits approval: it is queued.",
+    )
+    def jsonrpc_approve(self, ctx: CallContext, taskId: str, by: str) -> dict[str, Any]:
+        approved, task = self._supervisor.approve(taskId, by)
+        if task is None:
+            raise _unknown_task(taskId)
+        if not approved:
+            raise InvalidParams(f"Invalid parameter 'taskId': task {taskId} is not awaiting approval "
+                                f"(it is {task.state.value})", {"taskId": taskId, "state": task.state.value})
+        return {"approved": True, "state": task.state.value}
+
+    @method(
+        Param("taskId", "string", required=True, non_empty=True),
+        Param("reason", "string", nullable=True, description="Why, for the record and the notification."),
+        Param("by", "string", default="ipc", non_empty=True, description="Who rejected, for the record."),
+        description="Reject a task that awaits approval: it ends, unrun, in state rejected.",
+    )
+    def jsonrpc_reject(self, ctx: CallContext, taskId: str, reason: str | None, by: str) -> dict[str, Any]:
+        rejected, task = self._supervisor.reject(taskId, by, reason)
+        if task is None:
+            raise _unknown_task(taskId)
+        if not rejected:
+            raise InvalidParams(f"Invalid parameter 'taskId': task {taskId} is not awaiting approval "
+                                f"(it is {task.state.value})", {"taskId": taskId, "state": task.state.value})
+        return {"rejected": True, "state": task.state.value}
 
     @method(description="Counts of tasks by state.")
     def jsonrpc_stats(self, ctx: CallContext) -> dict[str, int]:

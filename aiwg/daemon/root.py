@@ -349,6 +349,7 @@ class DaemonService(MultiService):
             metadata=metadata,
             source=source,
             retries=int(spec.get("retries", 0)),
+            require_approval=True if spec.get("require_approval") else None,
             **extra,
         )
 

@@ -27,7 +27,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from aiwg.core.tasks import INTERRUPTED, STATE_NAMES, Task, TaskState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _COLUMNS = (
     "id", "prompt", "priority", "state", "source", "agent", "created_at", "started_at",
@@ -72,7 +72,7 @@ _MIGRATIONS: dict[int, list[str]] = {
         "CREATE TABLE task_counts (state TEXT PRIMARY KEY, count INTEGER NOT NULL)",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
         "INSERT INTO task_counts(state, count) VALUES "
-        + ", ".join(f"('{s}', 0)" for s in STATE_NAMES),
+        + ", ".join(f"('{s}', 0)" for s in ("queued", "running", "completed", "failed", "cancelled", "timeout")),
         """CREATE TRIGGER count_insert AFTER INSERT ON tasks BEGIN
             UPDATE task_counts SET count = count + 1 WHERE state = NEW.state; END""",
         """CREATE TRIGGER count_delete AFTER DELETE ON tasks BEGIN
@@ -81,6 +81,9 @@ _MIGRATIONS: dict[int, list[str]] = {
             WHEN OLD.state <> NEW.state BEGIN
             UPDATE task_counts SET count = count - 1 WHERE state = OLD.state;
             UPDATE task_counts SET count = count + 1 WHERE state = NEW.state; END""",
+    ],
+    2: [  # approval gates: two more states to count, and a quick way to the waiting ones
+        "INSERT OR IGNORE INTO task_counts(state, count) VALUES ('awaiting_approval', 0), ('rejected', 0)",
     ],
 }
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import fcntl
+import fnmatch
 import os
 import shutil
 import signal
@@ -37,7 +38,7 @@ from aiwg.core import agents
 from aiwg.core.config import Config
 from aiwg.core.tasks import INTERRUPTED, RunQueue, Task, TaskState, make_task_id
 from aiwg.daemon.bus import EventBus
-from aiwg.daemon.logs import iso_utc
+from aiwg.daemon.logs import iso_utc, parse_iso
 from aiwg.daemon.store import DuplicateTask, TaskStore
 from aiwg.errors import SHUTTING_DOWN, RpcError
 
@@ -141,6 +142,11 @@ class SupervisorSettings:
     retention_tasks: int
     retention_age_seconds: float
     agent: agents.AgentSettings
+    approval_sources: tuple[str, ...] = ()
+    approval_expire_seconds: float = 86400.0
+    #: The chat bridges' secrets as written (`${TELEGRAM_BOT_TOKEN}` or a literal): the
+    #: variables they name are not passed to agents, and their values are redacted.
+    bridge_secrets: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: Config) -> "SupervisorSettings":
@@ -154,7 +160,17 @@ class SupervisorSettings:
             retention_tasks=d.retention.max_tasks,
             retention_age_seconds=d.retention.max_age_days * 86400,
             agent=agents.settings_from_config(config.data["agent"]),
+            approval_sources=tuple(config.data["approvals"]["require_for"]),
+            approval_expire_seconds=float(config.data["approvals"]["expire_hours"]) * 3600,
+            bridge_secrets=tuple(
+                str(section[key]) for section in config.data["messaging"].values()
+                for key in ("bot_token", "app_token", "webhook_url") if section.get(key)
+            ),
         )
+
+    def needs_approval(self, source: str) -> bool:
+        """Whether `approvals.require_for` gates tasks from this source."""
+        return any(fnmatch.fnmatchcase(source, pattern) for pattern in self.approval_sources)
 
 
 def process_start_time(pid: int) -> str | None:
@@ -387,6 +403,7 @@ class Supervisor(Service):
         self._starting: dict[str, Task] = {}  # id → queued version, while running is being committed
         self._cancelled_starts: set[str] = set()
         self._start_waiters: list[Deferred] = []
+        self._expiries: dict[str, Any] = {}  # awaiting task id → its expiry timer
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -397,6 +414,8 @@ class Supervisor(Service):
         self._reconcile()
         for task in self.store.in_state(TaskState.QUEUED):
             self.queue.push(task.id, task.priority, task.seq)
+        for task in self.store.in_state(TaskState.AWAITING_APPROVAL):
+            self._expire_later(task)
         self._prune()
         self._prune_loop = LoopingCall(self._housekeeping)
         self._prune_loop.clock = self.reactor
@@ -426,9 +445,10 @@ class Supervisor(Service):
         for run in list(self.runs.values()):
             run.stop("shutdown", self.settings.shutdown_grace)
 
-        for call in (self._retry_fill, self._sweep_call):
+        for call in (self._retry_fill, self._sweep_call, *self._expiries.values()):
             if call is not None and call.active():
                 call.cancel()
+        self._expiries.clear()
 
         def closed(_: Any) -> None:
             self.sweep_orphans()
@@ -576,15 +596,23 @@ class Supervisor(Service):
         source: str = "cli",
         retries: int = 0,
         env: Mapping[str, str] | None = None,
+        require_approval: bool | None = None,
     ) -> Task:
         """Queue a task. `env` adds to the agent's environment for this task only; its
         `${VAR}`s are expanded from the daemon's environment when the task starts, and
-        only the templates are stored (the record shows the names)."""
+        only the templates are stored (the record shows the names). A task that needs
+        approval (asked for, or its source is in `approvals.require_for`) waits in
+        state awaiting_approval instead, outside the queue, until approved, rejected
+        or expired."""
         if not self._accepting:
             raise RpcError(SHUTTING_DOWN, "Supervisor is shutting down")
         metadata = dict(metadata or {})
         if env:
             metadata[ENV_KEY] = {str(k): str(v) for k, v in env.items()}
+        gated = self.settings.needs_approval(source) if require_approval is None else require_approval
+        now = self.reactor.seconds()
+        if gated:
+            metadata["approvalExpiresAt"] = iso_utc(now + self.settings.approval_expire_seconds)
         for _ in range(5):
             candidate = make_task_id(self._random(8))
             try:
@@ -594,7 +622,8 @@ class Supervisor(Service):
                     priority=priority,
                     source=source,
                     agent=agent,
-                    created_at=self.reactor.seconds(),
+                    state=TaskState.AWAITING_APPROVAL if gated else TaskState.QUEUED,
+                    created_at=now,
                     timeout_minutes=timeout_minutes,
                     metadata=metadata,
                     retries=retries,
@@ -605,6 +634,14 @@ class Supervisor(Service):
                 continue
         else:
             raise RuntimeError("could not pick an unused task id")
+        if gated:
+            self._expire_later(task)
+            self.bus.publish("task:awaiting_approval", {
+                "taskId": task.id, "priority": task.priority, "prompt": task.prompt[:200],
+                "source": task.source, "expiresAt": metadata["approvalExpiresAt"],
+            })
+            self.log.info("task {task_id} awaits approval (source {source})", task_id=task.id, source=task.source)
+            return self.store.get(task.id) or task
         self.queue.push(task.id, task.priority, task.seq)
         self.bus.publish(
             "task:queued",
@@ -619,6 +656,13 @@ class Supervisor(Service):
         task = self.store.get(task_id)
         if task is None:
             return False, None
+        if task.state == TaskState.AWAITING_APPROVAL:
+            self._drop_expiry(task_id)
+            cancelled = task.moved(TaskState.CANCELLED, finished_at=self.reactor.seconds(),
+                                   error="cancelled while awaiting approval")
+            self.store.save(cancelled)
+            self.bus.publish("task:cancelled", self._event_payload(cancelled))
+            return True, cancelled
         if task.state == TaskState.QUEUED and self.queue.remove(task_id):
             cancelled = task.moved(TaskState.CANCELLED, finished_at=self.reactor.seconds(),
                                    error="cancelled before it started")
@@ -633,6 +677,57 @@ class Supervisor(Service):
             run.stop("cancel", self.settings.kill_grace)
             return True, task
         return False, task  # finished, or finishing: its outcome stands
+
+    # -- approval gates ------------------------------------------------------
+
+    def approve(self, task_id: str, by: str) -> tuple[bool, Task | None]:
+        """Queue a task that awaits approval; (False, task) if it does not."""
+        task = self.store.get(task_id)
+        if task is None or task.state != TaskState.AWAITING_APPROVAL:
+            return False, task
+        self._drop_expiry(task_id)
+        approved = task.moved(TaskState.QUEUED, metadata={**task.metadata, "approvedBy": by})
+        self.store.save(approved)
+        self.queue.push(approved.id, approved.priority, approved.seq)
+        self.log.info("task {task_id} approved by {by}", task_id=task_id, by=by)
+        self.bus.publish("task:approved", {"taskId": task_id, "by": by, "prompt": task.prompt[:200],
+                                           "source": task.source, "priority": task.priority})
+        self.bus.publish("task:queued", {"taskId": task_id, "priority": task.priority, "prompt": task.prompt[:80],
+                                         "source": task.source, "queueSize": len(self.queue)})
+        self._fill()
+        return True, approved
+
+    def reject(self, task_id: str, by: str, reason: str | None = None) -> tuple[bool, Task | None]:
+        """End a task that awaits approval, unrun; (False, task) if it does not await it."""
+        task = self.store.get(task_id)
+        if task is None or task.state != TaskState.AWAITING_APPROVAL:
+            return False, task
+        self._drop_expiry(task_id)
+        error = f"rejected by {by}" + (f": {reason}" if reason else "")
+        rejected = task.moved(TaskState.REJECTED, finished_at=self.reactor.seconds(), error=error,
+                              metadata={**task.metadata, "rejectedBy": by})
+        self.store.save(rejected)
+        self.log.info("task {task_id} {error}", task_id=task_id, error=error)
+        self.bus.publish("task:rejected", {**self._event_payload(rejected), "by": by, "reason": reason or ""})
+        return True, rejected
+
+    def _expire_later(self, task: Task) -> None:
+        expires = parse_iso((task.metadata or {}).get("approvalExpiresAt"))
+        if expires is None:
+            expires = task.created_at + self.settings.approval_expire_seconds
+        delay = max(0.0, expires - self.reactor.seconds())
+        self._drop_expiry(task.id)
+        self._expiries[task.id] = self.reactor.callLater(delay, self._expire, task.id)
+
+    def _drop_expiry(self, task_id: str) -> None:
+        call = self._expiries.pop(task_id, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def _expire(self, task_id: str) -> None:
+        self._expiries.pop(task_id, None)
+        hours = self.settings.approval_expire_seconds / 3600
+        self.reject(task_id, "expiry", f"approval expired after {hours:g} h")
 
     # -- running -----------------------------------------------------------
 
@@ -733,11 +828,19 @@ class Supervisor(Service):
         once), where its program is, and which values to redact."""
         settings = self.settings.agent
         env, missing = agents.child_env(self.environ, settings.env)
+        secrets = agents.secret_values(self.environ, settings.env)
+        for template in self.settings.bridge_secrets:  # a chat bot's token is not the agent's
+            for name in agents.referenced_names(template):
+                if name not in settings.env:
+                    env.pop(name, None)
+            value, _ = agents.expand(template, self.environ)
+            if len(value) >= 4:
+                secrets.append(value)
         return AgentLaunch(
             env=env,
             executable=shutil.which(settings.program, path=env.get("PATH", os.defpath)),
             unset=tuple(sorted(set(missing))),
-            secrets=tuple(agents.secret_values(self.environ, settings.env)),
+            secrets=tuple(secrets),
         )
 
     def _fail_now(self, task: Task, error: str, **changes: Any) -> None:

@@ -188,7 +188,7 @@ def test_messaging_defaults_are_all_bridges_off() -> None:
     """No daemon.json: no bridge runs, nobody is allowed, the usual topics are forwarded."""
     section = config.validate({}, "(defaults)").data["messaging"]
     assert set(section) == {"telegram", "slack", "discord"}
-    topics = ["task:completed", "task:failed", "task:timeout", "health:degraded"]
+    topics = ["task:completed", "task:failed", "task:timeout", "task:awaiting_approval", "health:degraded"]
     for bridge in section.values():
         assert bridge["enabled"] is False and bridge["bot_token"] == ""
         assert bridge["allowed_users"] == [] and bridge["refuse"] == "reply"

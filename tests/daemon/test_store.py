@@ -94,7 +94,7 @@ def test_schema_version_and_newer_databases_are_refused(tmp_path: Path) -> None:
     store = TaskStore(tmp_path / "t.db")
     store.close()
     db = sqlite3.connect(tmp_path / "t.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.execute("PRAGMA user_version = 99")
     db.commit()
@@ -189,8 +189,8 @@ def test_list_waits_for_every_write_and_counts_match_the_table(tmp_path: Path) -
     assert [t.id for t in store.list()] == ["t-4", "t-3", "t-2", "t-1", "t-0"]
     assert [t.state for t in store.list(state="running")] == [TaskState.RUNNING]
     delivered.run(2)  # both results come back late, to a store that has moved on
-    assert store.stats() == {"total": 5, "queued": 3, "running": 1, "completed": 0, "failed": 0,
-                             "cancelled": 1, "timeout": 0}
+    assert store.stats() == {"total": 5, "awaiting_approval": 0, "queued": 3, "running": 1, "completed": 0,
+                             "failed": 0, "cancelled": 1, "timeout": 0, "rejected": 0}
     other = sqlite3.connect(tmp_path / "t.db")
     assert dict(other.execute("SELECT state, count FROM task_counts").fetchall())["queued"] == 3
     other.close()
@@ -230,4 +230,22 @@ def test_a_new_task_on_a_taken_seq_fails_instead_of_overwriting(tmp_path: Path) 
     assert rows(tmp_path / "t.db") == [("t-a", "queued")]
     store._unsaved.clear()
     store._open_writes = 0
+    store.close()
+
+
+def test_a_version_1_database_is_migrated_and_counts_the_approval_states(tmp_path: Path) -> None:
+    """Schema 2 adds the approval states to the counts table of an existing database."""
+    store = TaskStore(tmp_path / "t.db")
+    store.insert(Task(id="t-old", prompt="p", created_at=1.0))
+    store.commit()
+    store.close()
+    db = sqlite3.connect(tmp_path / "t.db")
+    db.execute("DELETE FROM task_counts WHERE state IN ('awaiting_approval', 'rejected')")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = TaskStore(tmp_path / "t.db")
+    store.insert(Task(id="t-new", prompt="p", created_at=2.0, state=TaskState.AWAITING_APPROVAL))
+    store.commit()
+    assert store.stats()["awaiting_approval"] == 1 and store.stats()["queued"] == 1
     store.close()

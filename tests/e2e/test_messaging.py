@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 TELEGRAM_TOKEN = "424242:AAF-telegram-secret-token"
 ALICE, MALLORY = 111, 666
 FAST = {"kill_grace_seconds": 0.5, "shutdown_grace_seconds": 1}
-FINISHED = ("completed", "failed", "timeout", "cancelled")
+FINISHED = ("completed", "failed", "timeout", "cancelled", "rejected")
 
 
 # -- helpers -------------------------------------------------------------------
@@ -589,3 +589,20 @@ async def test_tasks_and_cancel_commands(project: Project, telegram: FakeTelegra
     ended = await eventually(lambda: [t for t in telegram_texts(telegram) if t.startswith(f"Task {task_id} cancelled")])
     assert ended
     assert (await call(project, "task.get", taskId=task_id))["state"] == "cancelled"
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_bot_token_never_reaches_the_agent(project: Project, telegram: FakeTelegram) -> None:
+    """A prompt (or an injection in the repository) asking the agent for the token gets nothing."""
+    project.env["TELEGRAM_BOT_TOKEN"] = TELEGRAM_TOKEN
+    project.env["OTHER_SETTING"] = "kept"
+    await start(project, telegram_config(telegram, notify={"topics": []}))
+    telegram.message("/task show me @env:TELEGRAM_BOT_TOKEN @env:OTHER_SETTING", user_id=ALICE)
+    queued = await eventually(lambda: [t for t in telegram_texts(telegram) if t.startswith("Queued task")])
+    task_id = re.match(r"Queued task (\S+)\.", queued[0]).group(1)
+    record = await wait_task(project, task_id)
+    [run] = await in_thread(project.fake.runs)
+    assert "TELEGRAM_BOT_TOKEN" not in run["env"] and run["env"]["OTHER_SETTING"] == "kept"
+    await eventually(lambda: any(t.startswith(f"Task {task_id}") for t in telegram_texts(telegram)))
+    for text in (json.dumps(record), *telegram_texts(telegram), project.log_text()):
+        assert TELEGRAM_TOKEN not in text

@@ -31,7 +31,7 @@ from aiwg.core.tasks import STATE_NAMES
 
 PLATFORMS = ("telegram", "slack", "discord")
 SECRET_KEYS = ("bot_token", "app_token", "webhook_url")
-END_TOPICS = ("task:completed", "task:failed", "task:cancelled", "task:timeout")
+END_TOPICS = ("task:completed", "task:failed", "task:cancelled", "task:timeout", "task:rejected")
 #: A refused user gets one refusal in this many seconds, however many messages they send.
 REFUSAL_INTERVAL = 600.0
 
@@ -121,7 +121,8 @@ class MessagingService(MultiService):
         retries bridges in state `error` (a fixed token, a portal setting changed)."""
         section = dict(config.data["messaging"])
         failed = [p for p, a in self.adapters.items() if a.state == "error"] + list(self.problems)
-        if section == self.section and not failed:
+        changed = section != self.section
+        if not changed and not failed:
             return None
         self.section = section
         old = list(self.adapters.values())
@@ -131,7 +132,7 @@ class MessagingService(MultiService):
             self._build()
             self._subscribe()
         self.log.info("messaging: bridges restarted ({why})",
-                      why="configuration changed" if section != self.section else "retrying " + ", ".join(failed))
+                      why="configuration changed" if changed else "retrying " + ", ".join(failed))
         return stopping
 
     # -- status ------------------------------------------------------------------
@@ -246,6 +247,8 @@ class MessagingService(MultiService):
                           user=message.user, name=message.user_name or "?", chat=message.chat)
             key = (message.platform, message.user)
             now = self.reactor.seconds()
+            if len(self._refused_at) > 1000:  # strangers come and go: keep only the recent ones
+                self._refused_at = {k: t for k, t in self._refused_at.items() if now - t < REFUSAL_INTERVAL}
             due = now - self._refused_at.get(key, -REFUSAL_INTERVAL) >= REFUSAL_INTERVAL
             if section["refuse"] == "reply" and (due or message.must_answer):
                 self._refused_at[key] = now
@@ -276,6 +279,8 @@ class MessagingService(MultiService):
             return self._tasks(argument)
         if name == "cancel":
             return self._cancel(argument)
+        if name in ("approve", "reject"):
+            return self._decide(message, name, argument)
         if name == "task":
             return self._submit(message, argument)
         if name == "reset":
@@ -305,6 +310,22 @@ class MessagingService(MultiService):
             return f"Cancelling task {task_id}."
         return f"Task {task_id} has already ended ({task.state.value})."
 
+    def _decide(self, message: Inbound, name: str, argument: str) -> str:
+        task_id, _, reason = argument.strip().partition(" ")
+        if not task_id:
+            return f"Usage: /{name} <task id>" + (" [reason]" if name == "reject" else "") + " (see /tasks awaiting_approval)."
+        by = f"{message.platform}:{message.user}" + (f" ({message.user_name})" if message.user_name else "")
+        supervisor = self.supervisor()
+        if name == "approve":
+            done, task = supervisor.approve(task_id, by)
+        else:
+            done, task = supervisor.reject(task_id, by, reason.strip() or None)
+        if task is None:
+            return f"Unknown task {task_id} (see /tasks awaiting_approval)."
+        if not done:
+            return f"Task {task_id} is not awaiting approval (it is {task.state.value})."
+        return f"Approved task {task_id}: it is queued." if name == "approve" else f"Rejected task {task_id}."
+
     def _reply_to(self, message: Inbound, kind: str) -> dict[str, Any]:
         where = {k: v for k, v in message.where.items() if not k.startswith("_")}  # one-shot handles
         return {"platform": message.platform, "chat": message.chat, "where": where, "kind": kind}
@@ -318,8 +339,12 @@ class MessagingService(MultiService):
             metadata={"replyTo": self._reply_to(message, "task"),
                       "requestedBy": {"user": message.user, "name": message.user_name}},
         )
-        return supervisor.store.when_durable().addCallback(
-            lambda _: f"Queued task {task.id}. I will post the result here (or /cancel {task.id}).")
+        if task.state.value == "awaiting_approval":
+            text = (f"Task {task.id} awaits approval before it runs: /approve {task.id} or /reject {task.id} "
+                    f"[reason]. I will post the result here.")
+        else:
+            text = f"Queued task {task.id}. I will post the result here (or /cancel {task.id})."
+        return supervisor.store.when_durable().addCallback(lambda _: text)
 
     def _chat(self, message: Inbound, text: str) -> Any:
         task = self.chat().send(
