@@ -1,0 +1,66 @@
+"""Ralph loops, the pure part: settings with named problems, the next iteration's
+prompt, and when a loop ends."""
+
+from __future__ import annotations
+
+import pytest
+
+from aiwg.core.loops import (CHECK_TAIL_CHARS, LoopSpec, LoopSpecError, Verdict, after_iteration,
+                             check_tail, iteration_prompt)
+
+
+def test_spec_defaults_and_round_trip() -> None:
+    spec = LoopSpec.parse({"until": "  pytest -q "})
+    assert spec == LoopSpec(until="pytest -q", max_iterations=5)
+    full = LoopSpec.parse({"until": "make check", "maxIterations": 3, "budget": 2, "iterationTimeout": 10})
+    assert LoopSpec.parse(full.to_json()) == full and full.budget_usd == 2.0
+
+
+@pytest.mark.parametrize("data, named", [
+    ({}, "until:"),
+    ({"until": " "}, "until:"),
+    ({"until": "x", "maxIterations": 0}, "maxIterations:"),
+    ({"until": "x", "maxIterations": True}, "maxIterations:"),
+    ({"until": "x", "maxIterations": 2.5}, "maxIterations:"),
+    ({"until": "x", "budget": -1}, "budget:"),
+    ({"until": "x", "budget": "1"}, "budget:"),
+    ({"until": "x", "iterationTimeout": 0}, "iterationTimeout:"),
+])
+def test_bad_settings_name_the_parameter(data: dict, named: str) -> None:
+    with pytest.raises(LoopSpecError, match=f"^{named}"):
+        LoopSpec.parse(data)
+
+
+def test_the_first_prompt_is_the_users_and_later_ones_carry_the_check() -> None:
+    spec = LoopSpec(until="pytest -q", max_iterations=4)
+    assert iteration_prompt("Fix the tests", 1, spec) == "Fix the tests"
+    later = iteration_prompt("Fix the tests", 2, spec, "FAILED test_a.py::test_x - assert 1 == 2", 1)
+    assert later.startswith("Fix the tests\n")
+    assert "attempt 2 of at most 4" in later and "`pytest -q`" in later and "exit status 1" in later
+    assert "FAILED test_a.py::test_x" in later
+
+
+def test_only_the_end_of_a_long_check_output_is_carried() -> None:
+    output = "start\n" + "x" * (CHECK_TAIL_CHARS * 3) + "\nthe real failure"
+    tail = check_tail(output)
+    assert tail.endswith("the real failure") and "start" not in tail
+    assert len(tail) <= CHECK_TAIL_CHARS + 40 and tail.startswith("[… earlier output cut …]")
+    assert check_tail("short") == "short"
+
+
+def test_a_passing_check_completes_the_loop_at_once() -> None:
+    spec = LoopSpec(until="true", max_iterations=3, budget_usd=1.0)
+    assert after_iteration(spec, 1, 0, 5.0) == Verdict("completed")  # success wins over the budget
+
+
+def test_limits_end_the_loop_with_the_reason() -> None:
+    spec = LoopSpec(until="pytest -q", max_iterations=3, budget_usd=0.5)
+    assert after_iteration(spec, 1, 1, 0.1) == Verdict("continue")
+    assert after_iteration(spec, 2, None, None) == Verdict("continue")  # a check that timed out: try again
+    over = after_iteration(spec, 2, 1, 0.5)
+    assert over.outcome == "failed" and over.reason.startswith("budget of $0.5 spent")
+    last = after_iteration(spec, 3, 1, 0.2, agent_failed="exit status 2")
+    assert last.outcome == "failed"
+    assert last.reason == ("the check `pytest -q` still fails after 3 iteration(s), the limit "
+                           "(last agent run: exit status 2)")
+    assert after_iteration(LoopSpec(until="x", max_iterations=9), 2, 1, 100.0) == Verdict("continue")  # no budget
