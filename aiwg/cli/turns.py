@@ -13,9 +13,9 @@ from typing import Any, Callable
 
 from aiwg.client import DaemonClient
 
-END_TOPICS = ("task:completed", "task:failed", "task:cancelled", "task:timeout")
+END_TOPICS = ("task:completed", "task:failed", "task:cancelled", "task:timeout", "task:rejected")
 TURN_TOPICS = ["task:output", *END_TOPICS]
-TERMINAL = {"completed", "failed", "cancelled", "timeout"}
+TERMINAL = {"completed", "failed", "cancelled", "timeout", "rejected"}
 #: While a turn is quiet, its state is asked for this often (an end event could be missed).
 MISSED_END_CHECK = 2.0
 
@@ -97,4 +97,6 @@ def failure_text(record: dict[str, Any]) -> str:
         return f"the turn timed out{': ' + reason if reason else ''}"
     if state == "cancelled":
         return "the turn was cancelled"
+    if state == "rejected":
+        return f"the turn was not approved{': ' + reason if reason else ''}"
     return f"the turn failed{': ' + reason if reason else ''}"

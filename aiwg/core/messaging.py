@@ -145,7 +145,7 @@ def notice_for(topic: str, payload: Mapping[str, Any], project: str) -> Notice:
         fields += [("prompt", excerpt(str(payload.get("prompt") or ""), 300)),
                    ("source", str(payload.get("source") or "?")),
                    ("expires", str(payload.get("expiresAt") or "?"))]
-        body = (f"Approve: /approve {task_id}\nReject: /reject {task_id} <reason>\n"
+        body = (f"Approve: /approve {task_id}\nReject: /reject {task_id} [reason]\n"
                 f"Or from a shell: aiwg task approve {task_id}")
     elif topic == "task:approved" and task_id:
         title = f"Task {task_id} approved"
@@ -206,7 +206,8 @@ class Inbound:
 HELP = (
     "Commands:\n"
     "/status: the daemon's health and queue\n"
-    "/tasks [state]: recent tasks (queued, running, completed, failed, cancelled, timeout)\n"
+    "/tasks [state]: recent tasks (awaiting_approval, queued, running, completed, failed, cancelled, "
+    "timeout, rejected)\n"
     "/task <prompt>: queue a task for the agent; the result is posted here\n"
     "/cancel <id>: cancel a queued or running task\n"
     "/approve <id>, /reject <id> [reason]: decide on a task that awaits approval\n"

@@ -366,7 +366,7 @@ class AutomationEngine(Service):
             "enabled": self.is_enabled(rule.id),
             "enabledBy": "override" if rule.id in self.overrides else "config",
             "cooldownMs": 0,
-            "requiresApproval": False,
+            "requiresApproval": rule.require_approval,
             "fireCount": state.fires,
             "lastFired": iso_utc(state.last_fired) if state.last_fired else None,
             "lastError": state.last_error,

@@ -196,6 +196,10 @@ def _whole_utf8(data: bytes) -> bytes:
     return data
 
 
+#: Metadata only the daemon writes: a client cannot claim an approval.
+RESERVED_METADATA = {"approvedBy", "rejectedBy", "approvalExpiresAt"}
+
+
 def _unknown_task(task_id: str) -> InvalidParams:
     return InvalidParams(f"Task not found: {task_id} (parameter 'taskId')", {"taskId": task_id})
 
@@ -234,6 +238,10 @@ class TaskMethods(Namespace):
         if metadata and "_env" in metadata:
             raise InvalidParams("Invalid parameter 'metadata': the key '_env' is reserved for the "
                                 "daemon (a task's environment comes from a rule or an action's env)")
+        taken = sorted(set(metadata or {}) & RESERVED_METADATA)
+        if taken:
+            raise InvalidParams(f"Invalid parameter 'metadata': {', '.join(taken)} are written by the "
+                                "daemon (who approved a task, and when its approval expires)")
         task = self._supervisor.submit(
             prompt, priority=priority, timeout_minutes=timeout, agent=agent,
             metadata=metadata, source=source, retries=retries, require_approval=requireApproval,

@@ -82,7 +82,7 @@ _MIGRATIONS: dict[int, list[str]] = {
             UPDATE task_counts SET count = count - 1 WHERE state = OLD.state;
             UPDATE task_counts SET count = count + 1 WHERE state = NEW.state; END""",
     ],
-    2: [  # approval gates: two more states to count, and a quick way to the waiting ones
+    2: [  # approval gates: two more states to count
         "INSERT OR IGNORE INTO task_counts(state, count) VALUES ('awaiting_approval', 0), ('rejected', 0)",
     ],
 }

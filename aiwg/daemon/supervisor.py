@@ -726,8 +726,12 @@ class Supervisor(Service):
 
     def _expire(self, task_id: str) -> None:
         self._expiries.pop(task_id, None)
-        hours = self.settings.approval_expire_seconds / 3600
-        self.reject(task_id, "expiry", f"approval expired after {hours:g} h")
+        task = self.store.get(task_id)
+        if task is None:
+            return
+        deadline = parse_iso((task.metadata or {}).get("approvalExpiresAt"))
+        hours = ((deadline - task.created_at) if deadline is not None else self.settings.approval_expire_seconds) / 3600
+        self.reject(task_id, "expiry", f"approval expired after {hours:.3g} h")
 
     # -- running -----------------------------------------------------------
 

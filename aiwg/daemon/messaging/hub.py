@@ -79,8 +79,8 @@ class MessagingService(MultiService):
             self._subscription = None
         return MultiService.stopService(self)  # type: ignore[no-any-return]
 
-    def _build(self) -> None:
-        for platform in PLATFORMS:
+    def _build(self, only: list[str] | None = None) -> None:
+        for platform in PLATFORMS if only is None else only:
             section = self.section.get(platform) or {}
             if not section.get("enabled"):
                 continue
@@ -125,11 +125,13 @@ class MessagingService(MultiService):
         if not changed and not failed:
             return None
         self.section = section
-        old = list(self.adapters.values())
-        self.adapters, self.problems = {}, {}
+        targets = list(PLATFORMS) if changed else failed  # healthy bridges keep their connections
+        old = [self.adapters.pop(p) for p in targets if p in self.adapters]
+        for platform in targets:
+            self.problems.pop(platform, None)
         stopping = [maybeDeferred(a.disownServiceParent) for a in old]
         if self.running:
-            self._build()
+            self._build(targets)
             self._subscribe()
         self.log.info("messaging: bridges restarted ({why})",
                       why="configuration changed" if changed else "retrying " + ", ".join(failed))

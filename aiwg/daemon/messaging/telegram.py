@@ -17,6 +17,7 @@ the bot (`@name`) and replies to the bot's own messages.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -175,9 +176,9 @@ class TelegramAdapter(Adapter):
         if not private and not text.lstrip().startswith("/"):
             mention = f"@{self.bot_name}" if self.bot_name else None
             replied = (message.get("reply_to_message") or {}).get("from", {}).get("id")
-            if mention and mention.lower() in text.lower():
-                start = text.lower().index(mention.lower())
-                text = (text[:start] + text[start + len(mention):]).strip()
+            found = re.search(rf"{re.escape(mention)}(?![A-Za-z0-9_])", text, re.I) if mention else None
+            if found:  # the whole handle: @ourbot, not @ourbot_staging_bot
+                text = (text[:found.start()] + text[found.end():]).strip()
             elif not (self.bot_id is not None and replied == self.bot_id):
                 return  # group chatter not meant for the bot
         thread = message.get("message_thread_id") if message.get("is_topic_message") else None
