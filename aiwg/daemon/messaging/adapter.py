@@ -20,7 +20,7 @@ from collections import deque
 from typing import Any, Callable, Mapping
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, maybeDeferred
 from twisted.logger import Logger
 
 from aiwg.core.backoff import Backoff
@@ -43,6 +43,19 @@ class SendError(Exception):
         super().__init__(message)
         self.permanent = permanent
         self.retry_after = retry_after
+
+
+def api_errors(d: Any) -> Deferred:
+    """An API call's Deferred (or coroutine) with ApiError turned into SendError."""
+    from aiwg.daemon.messaging.http import ApiError
+
+    def mapped(failure: Any) -> Any:
+        exc = failure.value
+        if isinstance(exc, ApiError):
+            raise SendError(str(exc), permanent=exc.permanent, retry_after=exc.retry_after)
+        return failure
+
+    return ensureDeferred(d).addErrback(mapped)
 
 
 class Adapter(Service):
@@ -75,6 +88,8 @@ class Adapter(Service):
         self._draining: Deferred | None = None
         self._retry_call: Any = None
         self._send_backoff = Backoff(base=1.0, cap=60.0)
+        self._loop: Deferred | None = None  # the receive loop (poll or socket)
+        self._waiting: Deferred | None = None  # what the loop awaits now, cancelled at stop
 
     # -- what a bridge implements ------------------------------------------------
 
@@ -265,8 +280,26 @@ class Adapter(Service):
         self._pump()
         return self._draining
 
+    def start_loop(self, run: Callable[[], Any]) -> None:
+        """Run the receive loop `run()` (a coroutine function) until the stop."""
+        self._loop = ensureDeferred(run())
+        self._loop.addErrback(lambda f: None if f.check(CancelledError) else
+                              self.log.failure("messaging: {platform}: receive loop ended", f, platform=self.platform))
+
+    async def wait_for(self, d: Any) -> Any:
+        """Await `d` so that a stop can cancel it."""
+        self._waiting = d if isinstance(d, Deferred) else ensureDeferred(d)
+        try:
+            return await self._waiting
+        finally:
+            self._waiting = None
+
     def stop_receiving(self) -> None:
         """Stop listening for messages (a bridge's poll loop or socket)."""
+        for pending in (self._waiting, self._loop):
+            if pending is not None and not pending.called:
+                pending.cancel()
+        self._waiting = self._loop = None
 
     def close(self) -> Any:
         """Release connections once nothing more is sent."""

@@ -31,7 +31,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 
 from aiwg.core import notice_formats
 from aiwg.core.messaging import COMMANDS, LIMITS, Command, Inbound, Notice, split_text, umbrella
-from aiwg.daemon.messaging.adapter import Adapter, SendError
+from aiwg.daemon.messaging.adapter import Adapter, api_errors
 from aiwg.daemon.messaging.discord_api import DiscordApi
 from aiwg.daemon.messaging.http import ApiError
 from aiwg.daemon.messaging.websocket import open_socket
@@ -71,8 +71,6 @@ class DiscordAdapter(Adapter):
         self._closed: Deferred | None = None
         self._heartbeat: Any = None
         self._acked = True
-        self._loop: Deferred | None = None
-        self._waiting: Deferred | None = None
         self._fatal: str | None = None
 
     def listens(self) -> bool:
@@ -88,8 +86,8 @@ class DiscordAdapter(Adapter):
     def send_notice(self, target: Any, notice: Notice) -> Deferred:
         body = notice_formats.discord(notice)
         if target == self.secrets.get("webhook_url"):
-            return self._mapped(self.api.execute_webhook(target, body))
-        return self._mapped(self.api.create_message(target, body))
+            return api_errors(self.api.execute_webhook(target, body))
+        return api_errors(self.api.create_message(target, body))
 
     def urgent(self, where: Mapping[str, Any]) -> bool:
         return bool(where.get("_interaction"))  # Discord wants an answer within 3 s
@@ -103,36 +101,22 @@ class DiscordAdapter(Adapter):
         for index, piece in enumerate(pieces):
             body: dict[str, Any] = {"content": piece, "allowed_mentions": {"parse": []}}
             if index == 0 and interaction:
-                await self._mapped(self.api.interaction_callback(
+                await api_errors(self.api.interaction_callback(
                     interaction["id"], interaction["token"], {"type": 4, "data": body}))
                 continue
             if index == 0 and where.get("message_id"):
                 body["message_reference"] = {"message_id": where["message_id"], "fail_if_not_exists": False}
-            await self._mapped(self.api.create_message(where["channel_id"], body))
-
-    @staticmethod
-    def _mapped(d: Any) -> Deferred:
-        def mapped(failure: Any) -> Any:
-            exc = failure.value
-            if isinstance(exc, ApiError):
-                raise SendError(str(exc), permanent=exc.permanent, retry_after=exc.retry_after)
-            return failure
-        return ensureDeferred(d).addErrback(mapped)
+            await api_errors(self.api.create_message(where["channel_id"], body))
 
     # -- in: the gateway ------------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        self._loop = ensureDeferred(self._run())
-        self._loop.addErrback(lambda f: None if f.check(CancelledError) else
-                              self.log.failure("messaging: discord: gateway loop ended", f))
+        self.start_loop(self._run)
 
     def stop_receiving(self) -> None:
         self._stop_heartbeat()
-        for pending in (self._waiting, self._loop):
-            if pending is not None and not pending.called:
-                pending.cancel()
-        self._waiting = self._loop = None
+        super().stop_receiving()
         if self._socket is not None:
             self._socket.sendClose(1000)  # a clean close ends the session, as a stopping bot should
             self._socket = None
@@ -140,13 +124,6 @@ class DiscordAdapter(Adapter):
     def close(self) -> Any:
         self._stop_heartbeat()
         return self.api.close()
-
-    async def _wait_for(self, d: Any) -> Any:
-        self._waiting = d if isinstance(d, Deferred) else ensureDeferred(d)
-        try:
-            return await self._waiting
-        finally:
-            self._waiting = None
 
     async def _run(self) -> None:
         gateway = self.section.get("gateway_url") or ""
@@ -156,12 +133,12 @@ class DiscordAdapter(Adapter):
                     self.set_state("connected", "webhook")
                     return
                 if not gateway:
-                    gateway = await self._wait_for(self.api.gateway_url())
+                    gateway = await self.wait_for(self.api.gateway_url())
                 url = self.resume_url if (self.session_id and self.resume_url) else gateway
                 self._closed = Deferred()
-                self._socket = await self._wait_for(
+                self._socket = await self.wait_for(
                     open_socket(self.reactor, _with_query(url), self._frame, self._socket_closed))
-                code, reason = await self._wait_for(self._closed)
+                code, reason = await self.wait_for(self._closed)
                 self._socket = None
                 self._stop_heartbeat()
                 if code in FATAL:
@@ -173,7 +150,7 @@ class DiscordAdapter(Adapter):
                 if code == 1000 and not self.session_id:
                     self.counters["reconnects"] += 1  # we closed it to start afresh (invalid session):
                     pause = max(1 + 4 * self._rand(), self.next_delay())  # Discord asks for 1-5 s; each
-                    await self._wait_for(txtask.deferLater(self.reactor, pause, lambda: None))  # identify counts
+                    await self.wait_for(txtask.deferLater(self.reactor, pause, lambda: None))  # identify counts
                     continue
                 raise ApiError(f"gateway connection closed (code {code}{', ' + reason if reason else ''})")
             except CancelledError:
@@ -189,7 +166,7 @@ class DiscordAdapter(Adapter):
                                    "messaging.discord.bot_token", self.reactor.seconds() + delay)
                 else:
                     self.set_state("reconnecting", str(exc), self.reactor.seconds() + delay)
-                await self._wait_for(txtask.deferLater(self.reactor, delay, lambda: None))
+                await self.wait_for(txtask.deferLater(self.reactor, delay, lambda: None))
 
     def _socket_closed(self, proto: Any, code: int | None, reason: str) -> None:
         if self._closed is not None and not self._closed.called:

@@ -30,7 +30,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 
 from aiwg.core import notice_formats
 from aiwg.core.messaging import COMMANDS, LIMITS, Command, Inbound, Notice, slack_escape, split_text, umbrella
-from aiwg.daemon.messaging.adapter import STABLE_SECONDS, Adapter, SendError
+from aiwg.daemon.messaging.adapter import STABLE_SECONDS, Adapter, api_errors
 from aiwg.daemon.messaging.http import ApiError
 from aiwg.daemon.messaging.slack_api import AUTH, SlackApi
 from aiwg.daemon.messaging.websocket import open_socket
@@ -54,8 +54,6 @@ class SlackAdapter(Adapter):
         self._closed: Deferred | None = None
         self._planned: str | bool = False
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._loop: Deferred | None = None
-        self._waiting: Deferred | None = None
 
     def listens(self) -> bool:
         return bool(self.secrets.get("app_token") and self.secrets.get("bot_token"))
@@ -70,8 +68,8 @@ class SlackAdapter(Adapter):
     def send_notice(self, target: Any, notice: Notice) -> Deferred:
         body = notice_formats.slack(notice)
         if target == self.secrets.get("webhook_url"):
-            return self._mapped(self.api.post_plain(target, body, "webhook"))
-        return self._mapped(self.api.post_message(target, body["text"], body["blocks"]))
+            return api_errors(self.api.post_plain(target, body, "webhook"))
+        return api_errors(self.api.post_message(target, body["text"], body["blocks"]))
 
     def send_reply(self, where: Mapping[str, Any], text: str) -> Deferred:
         return ensureDeferred(self._reply(where, text))
@@ -79,36 +77,22 @@ class SlackAdapter(Adapter):
     async def _reply(self, where: Mapping[str, Any], text: str) -> None:
         pieces = split_text(text, LIMITS["slack"])
         if where.get("_response_url") and len(pieces) == 1:
-            await self._mapped(self.api.post_plain(
+            await api_errors(self.api.post_plain(
                 where["_response_url"], {"text": slack_escape(pieces[0]), "response_type": "ephemeral"},
                 "response_url"))
             return
         for piece in pieces:
-            await self._mapped(self.api.post_message(where["channel"], slack_escape(piece),
+            await api_errors(self.api.post_message(where["channel"], slack_escape(piece),
                                                      thread_ts=where.get("thread_ts")))
-
-    @staticmethod
-    def _mapped(d: Any) -> Deferred:
-        def mapped(failure: Any) -> Any:
-            exc = failure.value
-            if isinstance(exc, ApiError):
-                raise SendError(str(exc), permanent=exc.permanent, retry_after=exc.retry_after)
-            return failure
-        return ensureDeferred(d).addErrback(mapped) if not isinstance(d, Deferred) else d.addErrback(mapped)
 
     # -- in: Socket Mode ----------------------------------------------------------------
 
     def startService(self) -> None:
         super().startService()
-        self._loop = ensureDeferred(self._run())
-        self._loop.addErrback(lambda f: None if f.check(CancelledError) else
-                              self.log.failure("messaging: slack: connection loop ended", f))
+        self.start_loop(self._run)
 
     def stop_receiving(self) -> None:
-        for pending in (self._waiting, self._loop):
-            if pending is not None and not pending.called:
-                pending.cancel()
-        self._waiting = self._loop = None
+        super().stop_receiving()
         if self._socket is not None:
             self._socket.sendClose(1000)
             self._socket = None
@@ -116,27 +100,20 @@ class SlackAdapter(Adapter):
     def close(self) -> Any:
         return self.api.close()
 
-    async def _wait_for(self, d: Any) -> Any:
-        self._waiting = d if isinstance(d, Deferred) else ensureDeferred(d)
-        try:
-            return await self._waiting
-        finally:
-            self._waiting = None
-
     async def _run(self) -> None:
         while self.running:
             try:
                 if self.secrets.get("bot_token") and self.bot_user is None:
-                    me = await self._wait_for(self.api.auth_test())
+                    me = await self.wait_for(self.api.auth_test())
                     self.bot_user = me.get("user_id")
                 if not self.listens():
                     self.set_state("connected", "" if self.secrets.get("bot_token") else "webhook")
                     return
-                url = await self._wait_for(self.api.connections_open())
+                url = await self.wait_for(self.api.connections_open())
                 self._closed = Deferred()
                 self._planned = False
-                self._socket = await self._wait_for(open_socket(self.reactor, url, self._frame, self._socket_closed))
-                code, reason = await self._wait_for(self._closed)
+                self._socket = await self.wait_for(open_socket(self.reactor, url, self._frame, self._socket_closed))
+                code, reason = await self.wait_for(self._closed)
                 self._socket = None
                 if self._planned == "link_disabled":
                     raise ApiError("Socket Mode was turned off for the app (link_disabled); turn it on in "
@@ -144,7 +121,7 @@ class SlackAdapter(Adapter):
                 if self._planned:
                     self.counters["reconnects"] += 1
                     if self.reactor.seconds() - (self.connected_at or 0) < STABLE_SECONDS:
-                        await self._wait_for(txtask.deferLater(self.reactor, self.next_delay(), lambda: None))
+                        await self.wait_for(txtask.deferLater(self.reactor, self.next_delay(), lambda: None))
                     continue  # Slack asked for a new connection: at once, unless that keeps happening
                 raise ApiError(f"Socket Mode connection lost (code {code}{', ' + reason if reason else ''})")
             except CancelledError:
@@ -167,7 +144,7 @@ class SlackAdapter(Adapter):
                            "app_token (the app token needs connections:write)", when)
         else:
             self.set_state("reconnecting", str(exc), when)
-        await self._wait_for(txtask.deferLater(self.reactor, delay, lambda: None))
+        await self.wait_for(txtask.deferLater(self.reactor, delay, lambda: None))
 
     def _socket_closed(self, proto: Any, code: int | None, reason: str) -> None:
         if self._closed is not None and not self._closed.called:

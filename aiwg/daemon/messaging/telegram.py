@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from twisted.internet import task as txtask
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred
 
 from aiwg.core import notice_formats
 from aiwg.core.backoff import Backoff
@@ -48,8 +48,6 @@ class TelegramAdapter(Adapter):
         self.bot_id: int | None = None
         self.offset: int | None = None
         self._offset_file = state_dir / "telegram.json" if state_dir is not None else None
-        self._loop: Deferred | None = None
-        self._waiting: Deferred | None = None
         # Two pollers take turns succeeding, so a 409 backs off on its own count,
         # forgotten only after CONFLICT_QUIET seconds without one.
         self._conflicts = Backoff(base=5.0, cap=300.0)
@@ -83,15 +81,7 @@ class TelegramAdapter(Adapter):
 
     def startService(self) -> None:
         super().startService()
-        self._loop = ensureDeferred(self._run())
-        self._loop.addErrback(lambda f: None if f.check(CancelledError) else
-                              self.log.failure("messaging: telegram: poll loop ended", f))
-
-    def stop_receiving(self) -> None:
-        for pending in (self._waiting, self._loop):
-            if pending is not None and not pending.called:
-                pending.cancel()
-        self._waiting = self._loop = None
+        self.start_loop(self._run)
 
     def close(self) -> Any:
         return self.api.close()
@@ -101,11 +91,11 @@ class TelegramAdapter(Adapter):
         while self.running:
             try:
                 if self.bot_id is None:
-                    me = await self._wait_for(self.api.call("getMe", {}))
+                    me = await self.wait_for(self.api.call("getMe", {}))
                     self.bot_id, self.bot_name = me.get("id"), me.get("username")
                     self._restore_offset()
                     self.set_state("connected", f"as @{self.bot_name}")
-                updates = await self._wait_for(self.api.get_updates(self.offset, timeout))
+                updates = await self.wait_for(self.api.get_updates(self.offset, timeout))
                 if self.state != "connected":
                     self.set_state("connected", f"as @{self.bot_name}")
                 if updates:
@@ -123,13 +113,6 @@ class TelegramAdapter(Adapter):
                 if not self.running:
                     return
                 await self._failed(TelegramError(0, f"{type(exc).__name__}: {exc}"))
-
-    async def _wait_for(self, d: Deferred) -> Any:
-        self._waiting = d
-        try:
-            return await d
-        finally:
-            self._waiting = None
 
     async def _failed(self, exc: TelegramError) -> None:
         self.counters["reconnects"] += 1
@@ -153,7 +136,7 @@ class TelegramAdapter(Adapter):
             self.set_state("reconnecting", f"rate limited: {exc.description}", when)
         else:
             self.set_state("reconnecting", exc.description, when)
-        await self._wait_for(txtask.deferLater(self.reactor, delay, lambda: None))
+        await self.wait_for(txtask.deferLater(self.reactor, delay, lambda: None))
 
     def _handle(self, update: Mapping[str, Any]) -> None:
         message = update.get("message")
