@@ -52,11 +52,10 @@ sys.path.insert(0, str(ROOT))
 
 from aiwg.client import DaemonClient  # noqa: E402
 from aiwg.core import cron  # noqa: E402
-from aiwg.instance import pid_alive  # noqa: E402
-from aiwg.paths import ProjectPaths  # noqa: E402
-from common import AIWG, PYTHON, pct, rss_mib, say  # noqa: E402
+import common  # noqa: E402
+from common import (CLK_TCK, PYTHON, BenchDaemon, Interference, exit_on_term, machine_jiffies,  # noqa: E402
+                    pct, rss_mib, say, schedstat_ns, verdict)
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 DEBOUNCE_MS = 100
 FILES_PER_DIR = 20
@@ -103,11 +102,7 @@ PYCACHE_PREFIX: str | None = None
 
 
 def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIWG_")}
-    if PYCACHE_PREFIX is not None:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = PYCACHE_PREFIX
-    return env
+    return common.clean_env(PYCACHE_PREFIX)
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -124,107 +119,14 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
 
 
-def cpu_ticks_with_children(pid: int) -> int:
-    """utime + stime + cutime + cstime: the process and the children it has reaped."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15])
-
-
-class Interference:
-    """CPU used by everything on the machine except the listed processes and the bench
-    itself, over a window, in % of one core."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
-        self.started = time.perf_counter()
-        self.machine = machine_jiffies()[0]
-        self.own = self._own()
-
-    def _own(self) -> float:
-        ticks = sum(cpu_ticks_with_children(pid) for pid in self.pids)
-        t = os.times()
-        return ticks / CLK_TCK + t.user + t.system + t.children_user + t.children_system
-
-    def other_pct(self) -> float:
-        elapsed = time.perf_counter() - self.started
-        busy = (machine_jiffies()[0] - self.machine) / CLK_TCK
-        return max(0.0, 100 * (busy - (self._own() - self.own)) / elapsed)
-
-
-def schedstat_ns(pid: int) -> int:
-    """CPU time of the process's live threads in ns (finer than clock ticks)."""
-    total = 0
-    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-        try:
-            total += int(stat.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
-
-
-def machine_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    total = sum(fields[:8])  # guest time is already counted in user
-    return total - idle, total
-
-
 # -- the daemon -------------------------------------------------------------------------
 
 
-class Daemon:
-    """A real daemon, started with `aiwg daemon start` in a project dir it does not own."""
+class Daemon(BenchDaemon):
+    """A real daemon in a project dir it does not own, with the bench's environment."""
 
     def __init__(self, project: Path, config: dict[str, Any]) -> None:
-        self.project = project
-        self.paths = ProjectPaths(project)
-        self.paths.aiwg_dir.mkdir(exist_ok=True)
-        self.paths.config_file.write_text(json.dumps(config))
-        self.pid = 0
-        self.attempted = False
-
-    def start(self) -> float:
-        """Start it; return the wall time of the `aiwg daemon start` command."""
-        self.attempted = True
-        started = time.perf_counter()
-        done = subprocess.run([AIWG, "daemon", "start", "--project", str(self.project)],
-                              capture_output=True, text=True, env=clean_env(),
-                              timeout=START_TIMEOUT, check=False)
-        elapsed = time.perf_counter() - started
-        if self.paths.pid_file.exists():
-            self.pid = int(self.paths.pid_file.read_text().strip() or 0)
-        if done.returncode != 0:
-            raise RuntimeError(f"aiwg daemon start failed ({done.returncode}): {done.stdout}{done.stderr}")
-        if not self.pid:
-            raise RuntimeError(f"no pid in {self.paths.pid_file} after start")
-        return elapsed
-
-    def stop(self) -> None:
-        if not self.attempted:
-            return
-        self.attempted = False
-        if not self.pid and self.paths.pid_file.exists():  # a start that timed out
-            self.pid = int(self.paths.pid_file.read_text().strip() or 0)
-        ok = False
-        try:
-            done = subprocess.run([AIWG, "daemon", "stop", "--project", str(self.project), "--timeout", "30"],
-                                  capture_output=True, text=True, env=clean_env(), timeout=60, check=False)
-            ok = done.returncode == 0
-            if not ok:
-                say(f"aiwg daemon stop failed ({done.returncode}): {done.stdout}{done.stderr}")
-        except subprocess.TimeoutExpired:
-            say("aiwg daemon stop timed out")
-        if not ok and self.pid and pid_alive(self.pid):
-            say(f"killing the daemon (pid {self.pid}) that this run started")
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.pid = 0
-
-    def client(self, timeout: float = 30) -> DaemonClient:
-        return DaemonClient(self.project, socket_path=self.paths.bind_socket(), timeout=timeout).connect()
+        super().__init__(project, config, clean_env(), START_TIMEOUT)
 
     def status(self) -> dict[str, Any]:
         with self.client() as client:
@@ -742,10 +644,6 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}×" if b else "–"
 
 
-def verdict(ok: bool, text: str) -> str:
-    return f"{'PASS' if ok else 'FAIL'} ({text})"
-
-
 def render(r: dict[str, Any]) -> str:
     lat, setup, idle = r["latency"], r["setup"], r["idle"]
     files, dirs = r["tree"]["src_files"], r["tree"]["src_dirs"]
@@ -834,11 +732,6 @@ def warm_bytecode_cache() -> None:
                    env=clean_env(), check=True, timeout=120, cwd=str(ROOT))
 
 
-def _exit_on_term(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
-    raise SystemExit(128 + signum)  # so that the finally clauses stop the daemons
-
-
 def run(settings: dict[str, Any]) -> dict[str, Any]:
     global PYCACHE_PREFIX
     tmp = Path(tempfile.mkdtemp(prefix="aiwg-bench-auto-"))
@@ -885,7 +778,7 @@ def run(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _exit_on_term)
+    signal.signal(signal.SIGTERM, exit_on_term)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer changes, a smaller tree, a shorter idle window")
     parser.add_argument("--json", action="store_true", help="print every number as JSON")

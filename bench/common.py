@@ -1,11 +1,19 @@
 """What the benchmark scripts share: where the venv's programs are, progress
-lines on stderr, a percentile, and a process's resident memory."""
+lines on stderr, a percentile, a process's resident memory and CPU time, how
+busy the rest of the machine was, a real daemon to start and stop, and the
+PASS/FAIL words of the reports."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -32,3 +40,142 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+# -- CPU accounting (Linux /proc) --------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def cpu_ticks_with_children(pid: int) -> int:
+    """utime + stime + cutime + cstime: the process and the children it has reaped."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[11:15])
+
+
+def schedstat_ns(pid: int) -> int:
+    """CPU time of the process's live threads in ns (finer than clock ticks)."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+class Interference:
+    """CPU used by everything on the machine except the listed processes and the bench
+    itself, over a window, in % of one core."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.started = time.perf_counter()
+        self.machine = machine_jiffies()[0]
+        self.own = self._own()
+
+    def _own(self) -> float:
+        ticks = sum(cpu_ticks_with_children(pid) for pid in self.pids)
+        t = os.times()
+        return ticks / CLK_TCK + t.user + t.system + t.children_user + t.children_system
+
+    def other_pct(self) -> float:
+        elapsed = time.perf_counter() - self.started
+        busy = (machine_jiffies()[0] - self.machine) / CLK_TCK
+        return max(0.0, 100 * (busy - (self._own() - self.own)) / elapsed)
+
+
+# -- a real daemon, and the report ------------------------------------------------------
+
+
+class BenchDaemon:
+    """A real daemon, started with `aiwg daemon start` in a project dir it does not own,
+    and stopped (killed if it will not stop) by `stop`, which is safe to call always."""
+
+    def __init__(self, project: Path, config: dict[str, Any], env: dict[str, str],
+                 start_timeout: float = 120.0) -> None:
+        from aiwg.paths import ProjectPaths
+
+        self.project = project
+        self.env = env
+        self.start_timeout = start_timeout
+        self.paths = ProjectPaths(project)
+        self.paths.aiwg_dir.mkdir(parents=True, exist_ok=True)
+        self.paths.config_file.write_text(json.dumps(config))
+        self.pid = 0
+        self.attempted = False
+
+    def start(self) -> float:
+        """Start it; return the wall time of the `aiwg daemon start` command."""
+        self.attempted = True
+        started = time.perf_counter()
+        done = subprocess.run([AIWG, "daemon", "start", "--project", str(self.project)],
+                              capture_output=True, text=True, env=self.env,
+                              timeout=self.start_timeout, check=False)
+        elapsed = time.perf_counter() - started
+        if self.paths.pid_file.exists():
+            self.pid = int(self.paths.pid_file.read_text().strip() or 0)
+        if done.returncode != 0:
+            raise RuntimeError(f"aiwg daemon start failed ({done.returncode}): {done.stdout}{done.stderr}")
+        if not self.pid:
+            raise RuntimeError(f"no pid in {self.paths.pid_file} after start")
+        return elapsed
+
+    def stop(self) -> None:
+        from aiwg.instance import pid_alive
+
+        if not self.attempted:
+            return
+        self.attempted = False
+        if not self.pid and self.paths.pid_file.exists():  # a start that timed out
+            self.pid = int(self.paths.pid_file.read_text().strip() or 0)
+        ok = False
+        try:
+            done = subprocess.run([AIWG, "daemon", "stop", "--project", str(self.project), "--timeout", "30"],
+                                  capture_output=True, text=True, env=self.env, timeout=60, check=False)
+            ok = done.returncode == 0
+            if not ok:
+                say(f"aiwg daemon stop failed ({done.returncode}): {done.stdout}{done.stderr}")
+        except subprocess.TimeoutExpired:
+            say("aiwg daemon stop timed out")
+        if not ok and self.pid and pid_alive(self.pid):
+            say(f"killing the daemon (pid {self.pid}) that this run started")
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.pid = 0
+
+    def client(self, timeout: float = 30) -> Any:
+        from aiwg.client import DaemonClient
+
+        return DaemonClient(self.project, socket_path=self.paths.bind_socket(), timeout=timeout).connect()
+
+
+def verdict(ok: bool, text: str) -> str:
+    return f"{'PASS' if ok else 'FAIL'} ({text})"
+
+
+def exit_on_term(signum: int, frame: Any) -> None:
+    """SIGTERM as SystemExit, so the benchmark's finally clauses stop what it started."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
+    raise SystemExit(128 + signum)
+
+
+def clean_env(pycache: str | None = None) -> dict[str, str]:
+    """The environment for the daemons and helpers a bench starts: none of the user's
+    AIWG_* settings, and with `pycache` bytecode compiled once into that directory
+    (off the source tree), whatever PYTHONDONTWRITEBYTECODE says."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIWG_")}
+    if pycache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = pycache
+    return env

@@ -68,7 +68,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import AIWG, PYTHON, pct, rss_mib, say  # noqa: E402
+from common import (PYTHON, BenchDaemon, Interference, clean_env, exit_on_term, pct, rss_mib, say,  # noqa: E402
+                    schedstat_ns, verdict)
 
 TOKEN = "424242:AAF-bench-telegram-token"
 DAEMON_CHAT = 1  # where the bridge sends (messaging.telegram.chat_ids)
@@ -90,7 +91,6 @@ NOISY_OTHER_CPU_PCT = 25.0
 #: A throughput round during which other processes used more than that is run again,
 #: at most this many times a run.
 MAX_RERUNS = 5
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROBLEM_KEYS = ("missing", "duplicates", "out_of_order", "unknown_texts", "not_html")
 
 
@@ -260,60 +260,14 @@ class TreqProcess(Helper):
 # -- the daemon -----------------------------------------------------------------------
 
 
-class Daemon:
-    """A real daemon, started with `aiwg daemon start` in a project dir it does not own."""
+class Daemon(BenchDaemon):
+    """A real daemon whose Telegram bridge talks to the fake."""
 
     def __init__(self, project: Path, config: dict[str, Any], env: dict[str, str]) -> None:
-        from aiwg.paths import ProjectPaths
+        super().__init__(project, config, env, START_TIMEOUT)
 
-        self.project = project
-        self.env = env
-        self.paths = ProjectPaths(project)
-        self.paths.aiwg_dir.mkdir(parents=True, exist_ok=True)
-        self.paths.config_file.write_text(json.dumps(config))
-        self.pid = 0
-        self.attempted = False
-
-    def start(self) -> None:
-        self.attempted = True
-        done = subprocess.run([AIWG, "daemon", "start", "--project", str(self.project)], capture_output=True,
-                              text=True, env=self.env, timeout=START_TIMEOUT, check=False)
-        if self.paths.pid_file.exists():
-            self.pid = int(self.paths.pid_file.read_text().strip() or 0)
-        if done.returncode != 0:
-            raise RuntimeError(f"aiwg daemon start failed ({done.returncode}): {done.stdout}{done.stderr}")
-        if not self.pid:
-            raise RuntimeError(f"no pid in {self.paths.pid_file} after start")
-
-    def stop(self) -> None:
-        from aiwg.instance import pid_alive
-
-        if not self.attempted:
-            return
-        self.attempted = False
-        if not self.pid and self.paths.pid_file.exists():  # a start that timed out
-            self.pid = int(self.paths.pid_file.read_text().strip() or 0)
-        ok = False
-        try:
-            done = subprocess.run([AIWG, "daemon", "stop", "--project", str(self.project), "--timeout", "30"],
-                                  capture_output=True, text=True, env=self.env, timeout=60, check=False)
-            ok = done.returncode == 0
-            if not ok:
-                say(f"aiwg daemon stop failed ({done.returncode}): {done.stdout}{done.stderr}")
-        except subprocess.TimeoutExpired:
-            say("aiwg daemon stop timed out")
-        if not ok and self.pid and pid_alive(self.pid):
-            say(f"killing the daemon (pid {self.pid}) that this run started")
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.pid = 0
-
-    def client(self) -> Any:
-        from aiwg.client import DaemonClient
-
-        return DaemonClient(self.project, socket_path=self.paths.bind_socket(), timeout=60).connect()
+    def client(self, timeout: float = 60) -> Any:
+        return super().client(timeout)
 
     def wait_connected(self) -> float:
         """Poll messaging.status until the Telegram bridge is connected; seconds waited."""
@@ -326,46 +280,6 @@ class Daemon:
                 if time.monotonic() - started > CONNECT_TIMEOUT:
                     raise RuntimeError(f"the Telegram bridge was not connected after {CONNECT_TIMEOUT:.0f} s: {found}")
                 time.sleep(0.02)
-
-
-def machine_busy_s() -> float:
-    """CPU time used on the whole machine (all CPUs, not idle or iowait), in s."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
-
-
-class Interference:
-    """CPU used by everything on the machine except the listed processes and the bench
-    itself, over a window, in % of one core (from /proc/stat and /proc/PID/stat)."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = pids
-        self.started = time.perf_counter()
-        self.machine = machine_busy_s()
-        self.own = self._own()
-
-    def _own(self) -> float:
-        ticks = 0
-        for pid in self.pids:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-        t = os.times()
-        return ticks / CLK_TCK + t.user + t.system + t.children_user + t.children_system
-
-    def other_pct(self) -> float:
-        elapsed = time.perf_counter() - self.started
-        return max(0.0, 100 * ((machine_busy_s() - self.machine) - (self._own() - self.own)) / elapsed)
-
-
-def cpu_ns(pid: int) -> int:
-    """CPU time of a process's live threads, in ns (/proc/PID/task/*/schedstat)."""
-    total = 0
-    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
-        try:
-            total += int(stat.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
 
 
 # -- the texts ------------------------------------------------------------------------
@@ -442,7 +356,7 @@ def emit_burst(daemon: Daemon, run: str, count: int) -> tuple[float, list[dict[s
 def burst_floor(fake: FakeProcess, floor: BareClient, count: int, project: str) -> dict[str, Any]:
     """The floor: `count` sendMessage calls back to back, one in flight."""
     fake.take(FLOOR_CHAT)
-    before = cpu_ns(fake.proc.pid)
+    before = schedstat_ns(fake.proc.pid)
     own = time.process_time()
     started = time.time()
     sent = []
@@ -457,33 +371,33 @@ def burst_floor(fake: FakeProcess, floor: BareClient, count: int, project: str) 
     latency = [line["t"] - t for line, t in zip(lines, sent)]
     return {"seconds": elapsed, "per_s": count / elapsed,
             "p50_ms": pct(latency, 0.5) * 1000, "p99_ms": pct(latency, 0.99) * 1000,
-            "fake_cpu_ms_per_msg": (cpu_ns(fake.proc.pid) - before) / 1e6 / count,
+            "fake_cpu_ms_per_msg": (schedstat_ns(fake.proc.pid) - before) / 1e6 / count,
             "client_cpu_ms_per_msg": (time.process_time() - own) * 1000 / count}
 
 
 def burst_treq(fake: FakeProcess, treq: TreqProcess, count: int, project: str) -> dict[str, Any]:
     """The second floor: the bridge's HTTP client alone sends `count` messages, one in flight."""
     fake.take(TREQ_CHAT)
-    before = cpu_ns(fake.proc.pid)
+    before = schedstat_ns(fake.proc.pid)
     answer = treq.burst(count, project)
     if not fake.wait(TREQ_CHAT, count, ARRIVAL_TIMEOUT):
         raise RuntimeError("the bare treq client's requests did not all reach the fake")
     lines = fake.take(TREQ_CHAT)
     elapsed = lines[-1]["t"] - answer["started"]
     return {"seconds": elapsed, "per_s": count / elapsed,
-            "fake_cpu_ms_per_msg": (cpu_ns(fake.proc.pid) - before) / 1e6 / count,
+            "fake_cpu_ms_per_msg": (schedstat_ns(fake.proc.pid) - before) / 1e6 / count,
             "client_cpu_ms_per_msg": answer["cpu_s"] * 1000 / count}
 
 
 def burst_daemon(daemon: Daemon, fake: FakeProcess, count: int, project: str, run: str) -> dict[str, Any]:
     """`count` emits pipelined, then every arrival at the fake."""
     fake.take(DAEMON_CHAT)
-    d_before, fk_before = cpu_ns(daemon.pid), cpu_ns(fake.proc.pid)
+    d_before, fk_before = schedstat_ns(daemon.pid), schedstat_ns(fake.proc.pid)
     started, payloads = emit_burst(daemon, run, count)
     emitted = time.time() - started
     complete = fake.wait(DAEMON_CHAT, count, BURST_TIMEOUT)
     lines = fake.take(DAEMON_CHAT)
-    d_cpu, fk_cpu = cpu_ns(daemon.pid) - d_before, cpu_ns(fake.proc.pid) - fk_before
+    d_cpu, fk_cpu = schedstat_ns(daemon.pid) - d_before, schedstat_ns(fake.proc.pid) - fk_before
     by_text = {expected_text(p, project): p["sent"] for p in payloads}
     latency = [line["t"] - by_text[line["text"]] for line in lines if line["text"] in by_text]
     elapsed = (lines[-1]["t"] - started) if lines else float("nan")
@@ -608,13 +522,6 @@ def warm_up(daemon: Daemon, fake: FakeProcess, floor: BareClient, treq: TreqProc
     fake.take(DAEMON_CHAT)
 
 
-def clean_env(pycache: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIWG_")}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = pycache  # compiled once, off the source tree
-    return env
-
-
 def run(count: int, rounds: int) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="aiwg-bench-msg-"))
     env = clean_env(str(tmp / "pycache"))
@@ -670,10 +577,6 @@ def run(count: int, rounds: int) -> dict[str, Any]:
 
 
 # -- report ---------------------------------------------------------------------------
-
-
-def verdict(ok: bool, text: str) -> str:
-    return f"{'PASS' if ok else 'FAIL'} ({text})"
 
 
 def render(r: dict[str, Any]) -> str:
@@ -738,11 +641,6 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _exit_on_term(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
-    raise SystemExit(128 + signum)  # so that the finally clauses stop the daemon and the fake
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1000, help="notifications per measurement (default 1,000)")
@@ -760,7 +658,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.count < 1 or args.rounds < 1:
         parser.error("--count and --rounds must be at least 1")
-    signal.signal(signal.SIGTERM, _exit_on_term)
+    signal.signal(signal.SIGTERM, exit_on_term)
     started = time.perf_counter()
     report = run(args.count, args.rounds)
     report["bench_seconds"] = time.perf_counter() - started
