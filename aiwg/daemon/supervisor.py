@@ -642,6 +642,11 @@ class Supervisor(Service):
             })
             self.log.info("task {task_id} awaits approval (source {source})", task_id=task.id, source=task.source)
             return self.store.get(task.id) or task
+        self._enqueue(task)
+        return self.store.get(task.id) or task
+
+    def _enqueue(self, task: Task) -> None:
+        """Into the run queue, announced, and started if a slot is free."""
         self.queue.push(task.id, task.priority, task.seq)
         self.bus.publish(
             "task:queued",
@@ -649,7 +654,6 @@ class Supervisor(Service):
              "source": task.source, "queueSize": len(self.queue)},
         )
         self._fill()
-        return self.store.get(task.id) or task
 
     def cancel(self, task_id: str) -> tuple[bool, Task | None]:
         """Cancel a queued (never starts) or running (group killed) task."""
@@ -688,13 +692,10 @@ class Supervisor(Service):
         self._drop_expiry(task_id)
         approved = task.moved(TaskState.QUEUED, metadata={**task.metadata, "approvedBy": by})
         self.store.save(approved)
-        self.queue.push(approved.id, approved.priority, approved.seq)
         self.log.info("task {task_id} approved by {by}", task_id=task_id, by=by)
         self.bus.publish("task:approved", {"taskId": task_id, "by": by, "prompt": task.prompt[:200],
                                            "source": task.source, "priority": task.priority})
-        self.bus.publish("task:queued", {"taskId": task_id, "priority": task.priority, "prompt": task.prompt[:80],
-                                         "source": task.source, "queueSize": len(self.queue)})
-        self._fill()
+        self._enqueue(approved)
         return True, approved
 
     def reject(self, task_id: str, by: str, reason: str | None = None) -> tuple[bool, Task | None]:
