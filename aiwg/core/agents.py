@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from attrs import frozen
 
@@ -117,10 +117,10 @@ def secret_values(base: Mapping[str, str], *layers: Mapping[str, str]) -> list[s
     return values
 
 
-def redact(text: str, secrets: list[str]) -> str:
+def redact(text: str, secrets: Iterable[str], mark: str = "[redacted]") -> str:
     for secret in secrets:
         if secret and secret in text:
-            text = text.replace(secret, "[redacted]")
+            text = text.replace(secret, mark)
     return text
 
 

@@ -23,6 +23,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, maybeDeferred
 from twisted.logger import Logger
 
+from aiwg.core.agents import redact
 from aiwg.core.backoff import Backoff
 from aiwg.core.messaging import Notice, split_text
 
@@ -73,6 +74,7 @@ class Adapter(Service):
         self.reactor = reactor
         self.section = section
         self.secrets = dict(secrets)
+        self._secret_values = [v for v in self.secrets.values() if len(v) >= 4]  # shorter: too common to hide
         self.inbound = inbound  # hub.inbound(Inbound)
         self.backoff = backoff or Backoff(base=1.0, cap=300.0)
         self.state = "starting"
@@ -110,10 +112,7 @@ class Adapter(Service):
     # -- state ----------------------------------------------------------------------
 
     def redact(self, text: str) -> str:
-        for value in self.secrets.values():
-            if value and len(value) >= 4:
-                text = text.replace(value, "[secret]")
-        return text
+        return redact(text, self._secret_values, "[secret]")
 
     def set_state(self, state: str, detail: str = "", next_attempt: float | None = None) -> None:
         detail = self.redact(detail)

@@ -16,6 +16,8 @@ from typing import Any, Awaitable, Callable, Iterable, Mapping, TypeVar
 from twisted.internet import task
 from twisted.internet.defer import succeed
 
+from aiwg.core.agents import redact
+
 T = TypeVar("T")
 #: How often one call is retried after 429s before its caller is told.
 MAX_RATE_LIMIT_RETRIES = 5
@@ -76,9 +78,7 @@ class JsonHttp:
         self.rate_limited = 0
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "[secret]")
-        return text
+        return redact(text, self._secrets, "[secret]")
 
     def close(self) -> Any:
         return self._pool.closeCachedConnections() if self._pool is not None else succeed(None)
