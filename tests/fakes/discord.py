@@ -941,13 +941,19 @@ class FakeDiscord(Resource):
             self.bad_frames.append(payload)
             self._close(proto, 4001, "Unknown opcode.")
 
-    def _identify(self, proto: _GatewayProtocol, d: Any) -> None:
+    def _bad_start(self, proto: _GatewayProtocol, d: Any) -> bool:
+        """Identify and Resume alike: once per connection, and an object."""
         if proto.session is not None:
             self._close(proto, 4005, "Already authenticated.")
-            return
+            return True
         if not isinstance(d, dict):
             self.bad_frames.append(d)
             self._close(proto, 4002, "Error while decoding payload.")
+            return True
+        return False
+
+    def _identify(self, proto: _GatewayProtocol, d: Any) -> None:
+        if self._bad_start(proto, d):
             return
         if d.get("token") != self.bot_token:
             self._close(proto, 4004, "Authentication failed.")
@@ -974,12 +980,7 @@ class FakeDiscord(Resource):
         self._mark_ready("READY")
 
     def _resume(self, proto: _GatewayProtocol, d: Any) -> None:
-        if proto.session is not None:
-            self._close(proto, 4005, "Already authenticated.")
-            return
-        if not isinstance(d, dict):
-            self.bad_frames.append(d)
-            self._close(proto, 4002, "Error while decoding payload.")
+        if self._bad_start(proto, d):
             return
         self.resumes.append(d)
         if d.get("token") != self.bot_token:
