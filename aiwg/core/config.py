@@ -23,6 +23,7 @@ from aiwg.core import strictjson
 from aiwg.core.cron import cron_problem, zone_problem
 from aiwg.core.events import pattern_problem
 from aiwg.core.globs import glob_problem
+from aiwg.core.messaging import SECRET_KEYS
 from aiwg.errors import ConfigError
 
 SCHEMA_RESOURCE = "daemon.schema.json"
@@ -241,7 +242,7 @@ def _explain(error: Any) -> Iterator[tuple[str, str]]:
                 yield from _explain(sub)
             return
     subschema = _schema_at(path) or error.schema
-    if len(path) == 3 and path[0] == "messaging" and path[2] in ("bot_token", "app_token", "webhook_url"):
+    if len(path) == 3 and path[0] == "messaging" and path[2] in SECRET_KEYS:
         yield "error", f"{where}: must be {describe(subschema)} (a secret: its value is not shown)"
         return
     yield "error", f"{where}: must be {describe(subschema)}, got {_show(error.instance)}"
@@ -363,7 +364,7 @@ def _messaging_checks(messaging: Any) -> tuple[list[str], list[str]]:
         if section.get("enabled") is not True:
             continue
         has = {key: isinstance(section.get(key), str) and bool(section.get(key, "").strip())
-               for key in ("bot_token", "app_token", "webhook_url")}
+               for key in SECRET_KEYS}
         if platform == "telegram" and not has["bot_token"]:
             problems.append(f'{where}.bot_token: required when the bridge is enabled, e.g. "${{TELEGRAM_BOT_TOKEN}}"')
         if platform in ("slack", "discord") and not (has["bot_token"] or has["webhook_url"]):

@@ -22,6 +22,8 @@ from typing import Any, Iterable, Mapping
 from attrs import frozen
 
 LIMITS = {"telegram": 4096, "slack": 40000, "discord": 2000}
+#: The keys of a bridge's settings that hold secrets (tokens, webhook URLs).
+SECRET_KEYS = ("bot_token", "app_token", "webhook_url")
 COMMANDS = ("status", "tasks", "task", "cancel", "approve", "reject", "reset", "help")
 SEVERITIES = ("info", "warning", "error")
 

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from aiwg import procfs
 from aiwg.core import agents
 from aiwg.core.config import Config
+from aiwg.core.messaging import SECRET_KEYS
 from aiwg.core.tasks import INTERRUPTED, RunQueue, Task, TaskState, make_task_id
 from aiwg.daemon.bus import EventBus
 from aiwg.daemon.logs import iso_utc, parse_iso
@@ -164,7 +165,7 @@ class SupervisorSettings:
             approval_expire_seconds=float(config.data["approvals"]["expire_hours"]) * 3600,
             bridge_secrets=tuple(
                 str(section[key]) for section in config.data["messaging"].values()
-                for key in ("bot_token", "app_token", "webhook_url") if section.get(key)
+                for key in SECRET_KEYS if section.get(key)
             ),
         )
 

@@ -25,12 +25,11 @@ from twisted.logger import Logger
 from aiwg.core.agents import expand
 from aiwg.core.config import Config
 from aiwg.core.events import Event, topic_matches
-from aiwg.core.messaging import (HELP, REFUSAL, Inbound, Notice, allowed, at_least, notice_for,
+from aiwg.core.messaging import (HELP, REFUSAL, SECRET_KEYS, Inbound, Notice, allowed, at_least, notice_for,
                                  parse_command, result_text, status_text, tasks_text)
 from aiwg.core.tasks import STATE_NAMES
 
 PLATFORMS = ("telegram", "slack", "discord")
-SECRET_KEYS = ("bot_token", "app_token", "webhook_url")
 END_TOPICS = ("task:completed", "task:failed", "task:cancelled", "task:timeout", "task:rejected")
 #: A refused user gets one refusal in this many seconds, however many messages they send.
 REFUSAL_INTERVAL = 600.0
