@@ -21,6 +21,7 @@ from attrs import frozen
 
 from aiwg.core import strictjson
 from aiwg.core.cron import cron_problem, zone_problem
+from aiwg.core.loops import LoopSpecError, spec_from_action
 from aiwg.core.events import pattern_problem
 from aiwg.core.globs import glob_problem
 from aiwg.core.messaging import SECRET_KEYS
@@ -303,6 +304,8 @@ def _semantic_problems(document: Mapping[str, Any]) -> list[str]:
                 f'"actions": {{"{action}": {{"prompt": "…"}}}}'
             )
     problems.extend(_watch_problems(document.get("watch")))
+    for name, action in (actions.items() if isinstance(actions, Mapping) else ()):
+        problems.extend(_loop_problems(f"actions.{name}", action))
     rules = document.get("rules")
     ids: dict[str, int] = {}
     for index, rule in enumerate(rules if isinstance(rules, list) else []):
@@ -321,12 +324,24 @@ def _semantic_problems(document: Mapping[str, Any]) -> list[str]:
                 topic = trigger.get("topic")
                 if isinstance(topic, str) and pattern_problem(topic):
                     problems.append(f"rules[{index}].trigger.topic: {pattern_problem(topic)}")
+            problems.extend(_loop_problems(f"rules[{index}].action", rule.get("action")))
             if rule_id in ids:
                 problems.append(
                     f"rules[{index}].id: '{rule_id}' is already used by rules[{ids[rule_id]}]"
                 )
             ids.setdefault(rule_id, index)
     return problems
+
+
+def _loop_problems(where: str, action: Any) -> list[str]:
+    """A loop asked for by an action: its keys make sense together."""
+    if not isinstance(action, Mapping):
+        return []
+    try:
+        spec_from_action(action)
+    except LoopSpecError as exc:
+        return [f"{where}.{exc}"]
+    return []
 
 
 #: The secret keys of each bridge, and the variable the docs suggest for each.

@@ -17,6 +17,8 @@ from typing import Any, Mapping
 from attrs import frozen
 
 DEFAULT_MAX_ITERATIONS = 5
+#: Minutes the check command may run before it counts as failed.
+DEFAULT_CHECK_TIMEOUT_MINUTES = 10.0
 #: How much of the check's output the next prompt carries (its end: where failures are).
 CHECK_TAIL_CHARS = 6000
 #: Metadata key of a loop's settings and progress in the task record.
@@ -33,11 +35,12 @@ class LoopSpec:
     max_iterations: int = DEFAULT_MAX_ITERATIONS
     budget_usd: float | None = None
     iteration_timeout_minutes: float | None = None
+    check_timeout_minutes: float = DEFAULT_CHECK_TIMEOUT_MINUTES
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> "LoopSpec":
         """From task metadata or a request (`until`, `maxIterations`, `budget`,
-        `iterationTimeout`), with each problem named."""
+        `iterationTimeout`, `checkTimeout`), with each problem named."""
         until = data.get("until")
         if not isinstance(until, str) or not until.strip():
             raise LoopSpecError("until: the check command must be a non-empty string, e.g. \"pytest -q\"")
@@ -51,9 +54,13 @@ class LoopSpec:
         if per_iteration is not None and (isinstance(per_iteration, bool)
                                           or not isinstance(per_iteration, (int, float)) or per_iteration <= 0):
             raise LoopSpecError(f"iterationTimeout: must be a positive number of minutes, got {per_iteration!r}")
+        check_timeout = data.get("checkTimeout", DEFAULT_CHECK_TIMEOUT_MINUTES)
+        if isinstance(check_timeout, bool) or not isinstance(check_timeout, (int, float)) or check_timeout <= 0:
+            raise LoopSpecError(f"checkTimeout: must be a positive number of minutes, got {check_timeout!r}")
         return cls(until=until.strip(), max_iterations=max_iterations,
                    budget_usd=float(budget) if budget is not None else None,
-                   iteration_timeout_minutes=float(per_iteration) if per_iteration is not None else None)
+                   iteration_timeout_minutes=float(per_iteration) if per_iteration is not None else None,
+                   check_timeout_minutes=float(check_timeout))
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"until": self.until, "maxIterations": self.max_iterations}
@@ -61,7 +68,88 @@ class LoopSpec:
             out["budget"] = self.budget_usd
         if self.iteration_timeout_minutes is not None:
             out["iterationTimeout"] = self.iteration_timeout_minutes
+        out["checkTimeout"] = self.check_timeout_minutes
         return out
+
+    def to_config(self) -> dict[str, Any]:
+        """As a rule's action or an `actions` entry writes it."""
+        wire = self.to_json()
+        return {key: wire[w] for key, w in CONFIG_KEYS.items() if w in wire}
+
+
+@frozen
+class LoopProgress:
+    """How far a loop has come, kept in the task's metadata beside its spec so
+    that a restarted daemon resumes after the last finished iteration."""
+
+    iteration: int = 0  # iterations finished (agent and check both ran)
+    spent_usd: float | None = None  # None: the agent never reported a cost
+    active_seconds: float = 0.0  # time spent in finished iterations (the overall timeout's clock)
+    last_exit: int | None = None  # the last check's exit status (None: it did not finish)
+    last_output: str | None = None  # the end of the last check's output
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "LoopProgress":
+        def number(key: str) -> float | None:
+            value = data.get(key)
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+        last = data.get("lastCheck") if isinstance(data.get("lastCheck"), Mapping) else {}
+        done = data.get("iteration")
+        exit_code = last.get("exitCode")
+        output = last.get("output")
+        return cls(
+            iteration=done if isinstance(done, int) and not isinstance(done, bool) and done > 0 else 0,
+            spent_usd=number("spentUsd"),
+            active_seconds=number("activeSeconds") or 0.0,
+            last_exit=exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) else None,
+            last_output=output if isinstance(output, str) else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"iteration": self.iteration, "activeSeconds": round(self.active_seconds, 3)}
+        if self.spent_usd is not None:
+            out["spentUsd"] = self.spent_usd
+        if self.iteration:
+            out["lastCheck"] = {"exitCode": self.last_exit, "output": self.last_output or ""}
+        return out
+
+    def finished(self, iteration: int, cost_usd: float | None, seconds: float,
+                 check_exit: int | None, check_output: str) -> "LoopProgress":
+        """The progress once iteration `iteration` has run its agent and its check."""
+        spent = self.spent_usd
+        if cost_usd is not None:
+            spent = (spent or 0.0) + cost_usd
+        return LoopProgress(iteration=iteration, spent_usd=spent, active_seconds=self.active_seconds + seconds,
+                            last_exit=check_exit, last_output=check_tail(check_output))
+
+
+def loop_metadata(spec: LoopSpec, progress: LoopProgress) -> dict[str, Any]:
+    """What a loop task keeps under metadata[LOOP_KEY]."""
+    return {**spec.to_json(), **progress.to_json()}
+
+
+#: A rule's or an action's loop keys (config, snake_case) → LoopSpec's (wire, camelCase).
+CONFIG_KEYS = {"until": "until", "max_iterations": "maxIterations", "budget": "budget",
+               "iteration_timeout": "iterationTimeout", "check_timeout": "checkTimeout"}
+
+
+def spec_from_action(action: Mapping[str, Any]) -> LoopSpec | None:
+    """The loop a rule's action or an `actions` entry asks for (None: a plain task);
+    a problem is named by its config key."""
+    given = {wire: action[key] for key, wire in CONFIG_KEYS.items() if action.get(key) is not None}
+    if not given:
+        return None
+    if "until" not in given:
+        keys = [k for k in CONFIG_KEYS if action.get(k) is not None]
+        raise LoopSpecError(f"until: required when {' and '.join(keys)} {'is' if len(keys) == 1 else 'are'} "
+                            "set (a loop needs its check command)")
+    try:
+        return LoopSpec.parse(given)
+    except LoopSpecError as exc:
+        wire, _, problem = str(exc).partition(": ")
+        key = next((k for k, w in CONFIG_KEYS.items() if w == wire), wire)
+        raise LoopSpecError(f"{key}: {problem}") from None
 
 
 def check_tail(output: str, limit: int = CHECK_TAIL_CHARS) -> str:
@@ -77,11 +165,12 @@ def iteration_prompt(original: str, iteration: int, spec: LoopSpec,
     given; each later one adds what the previous check said."""
     if iteration <= 1 or last_check_output is None:
         return original
+    how = f"still failed (exit status {last_exit})" if last_exit is not None else "did not finish"
     return (
         f"{original}\n\n"
         f"---\n"
         f"This is attempt {iteration} of at most {spec.max_iterations}. After the previous attempt the "
-        f"check `{spec.until}` still failed (exit status {last_exit}). The end of its output:\n\n"
+        f"check `{spec.until}` {how}. The end of its output:\n\n"
         f"{check_tail(last_check_output)}\n"
         f"---\n"
         f"Fix what the check reports, then stop; the check runs again after you."

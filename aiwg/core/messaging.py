@@ -152,6 +152,17 @@ def notice_for(topic: str, payload: Mapping[str, Any], project: str) -> Notice:
     elif topic == "task:approved" and task_id:
         title = f"Task {task_id} approved"
         fields += [("by", str(payload.get("by") or "?")), ("prompt", excerpt(str(payload.get("prompt") or ""), 200))]
+    elif topic == "task:iteration" and task_id:
+        code = payload.get("checkExitCode")
+        how = "check passed" if payload.get("passed") else (
+            f"check failed (exit {code})" if code is not None else "check did not finish")
+        title = f"Task {task_id}: iteration {payload.get('iteration')}/{payload.get('maxIterations')}, {how}"
+        if payload.get("prompt"):
+            fields.append(("prompt", excerpt(str(payload["prompt"]), 200)))
+        if payload.get("totalCostUsd") is not None:
+            fields.append(("spent", f"${float(payload['totalCostUsd']):.4g}"))
+        if payload.get("reason"):
+            fields.append(("ends", excerpt(str(payload["reason"]), 300)))
     elif topic.startswith("task:") and task_id:
         state = str(payload.get("state") or topic.split(":", 1)[1])
         title = f"Task {task_id} {state}"

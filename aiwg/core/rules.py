@@ -5,9 +5,12 @@ and the loop guard. Pure: times come in as `now`; nothing here fires anything.
 A rule is trigger → condition → action:
 - triggers: `file_change {pattern}` (a glob on project-relative paths), `schedule {cron}`,
   `event {topic}` (a topic pattern with `*`);
-- conditions: `always`, or `debounce {interval_ms}` (trailing: the service fires once
-  the rule's matching activity has been quiet that long);
-- action: `submit_task {prompt, priority?, timeout?, env?, retries?}`.
+- conditions: `always`; `debounce {interval_ms}` (trailing: the service fires once
+  the rule's matching activity has been quiet that long); `command {run, expect?,
+  timeout_seconds?}` (the service runs the command line and fires only when its
+  outcome is the expected one: `success`, exit 0, or `failure`);
+- action: `submit_task {prompt, priority?, timeout?, env?, retries?, until?, …}`
+  (with `until`, the task is a loop: see aiwg.core.loops).
 
 Prompts are templates: `{files}` (the changed paths, one per line), `{event.topic}`,
 `{event.payload.<key>}`, `{rule.id}`. Unknown placeholders are left as written.
@@ -23,8 +26,10 @@ from attrs import field, frozen
 
 from aiwg.core.events import topic_matches
 from aiwg.core.globs import matches as glob_matches
+from aiwg.core.loops import LoopSpec, spec_from_action
 
 DEFAULT_MAX_FIRES_PER_MINUTE = 10
+DEFAULT_COMMAND_TIMEOUT_SECONDS = 300.0
 DEFAULT_MAX_CHAIN_DEPTH = 3
 
 _PLACEHOLDER = re.compile(r"\{(files|rule\.id|event\.topic|event\.payload\.[A-Za-z0-9_.-]+)\}")
@@ -49,6 +54,17 @@ class Rule:
     max_fires_per_minute: int | None = None
     enabled: bool = True
     description: str = ""
+    loop: LoopSpec | None = None
+    command: str | None = None  # the `command` condition's command line
+    expect: str = "success"  # … and the outcome that lets the rule fire
+    command_timeout: float = DEFAULT_COMMAND_TIMEOUT_SECONDS
+
+    def condition_met(self, exit_code: int | None) -> bool:
+        """Whether a `command` condition's outcome lets the rule fire; a command
+        that did not finish (None) decides nothing."""
+        if exit_code is None:
+            return False
+        return (exit_code == 0) == (self.expect == "success")
 
     @property
     def trigger_text(self) -> str:
@@ -89,6 +105,10 @@ def rules_from_config(entries: Iterable[Mapping[str, Any]]) -> tuple[Rule, ...]:
                 max_fires_per_minute=entry.get("max_fires_per_minute"),
                 enabled=bool(entry.get("enabled", True)),
                 description=entry.get("description", ""),
+                loop=spec_from_action(action),
+                command=condition.get("run") if condition["type"] == "command" else None,
+                expect=condition.get("expect", "success"),
+                command_timeout=float(condition.get("timeout_seconds", DEFAULT_COMMAND_TIMEOUT_SECONDS)),
             )
         )
     return tuple(rules)

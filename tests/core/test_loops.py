@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from aiwg.core.loops import (CHECK_TAIL_CHARS, LoopSpec, LoopSpecError, Verdict, after_iteration,
-                             check_tail, iteration_prompt)
+from aiwg.core.loops import (CHECK_TAIL_CHARS, LoopProgress, LoopSpec, LoopSpecError, Verdict,
+                             after_iteration, check_tail, iteration_prompt, loop_metadata, spec_from_action)
 
 
 def test_spec_defaults_and_round_trip() -> None:
     spec = LoopSpec.parse({"until": "  pytest -q "})
     assert spec == LoopSpec(until="pytest -q", max_iterations=5)
-    full = LoopSpec.parse({"until": "make check", "maxIterations": 3, "budget": 2, "iterationTimeout": 10})
+    full = LoopSpec.parse({"until": "make check", "maxIterations": 3, "budget": 2, "iterationTimeout": 10,
+                           "checkTimeout": 3})
     assert LoopSpec.parse(full.to_json()) == full and full.budget_usd == 2.0
 
 
@@ -64,3 +65,41 @@ def test_limits_end_the_loop_with_the_reason() -> None:
     assert last.reason == ("the check `pytest -q` still fails after 3 iteration(s), the limit "
                            "(last agent run: exit status 2)")
     assert after_iteration(LoopSpec(until="x", max_iterations=9), 2, 1, 100.0) == Verdict("continue")  # no budget
+
+
+def test_check_timeout_has_a_default_and_is_checked() -> None:
+    assert LoopSpec.parse({"until": "x"}).check_timeout_minutes == 10.0
+    assert LoopSpec.parse({"until": "x", "checkTimeout": 0.5}).check_timeout_minutes == 0.5
+    with pytest.raises(LoopSpecError, match="^checkTimeout:"):
+        LoopSpec.parse({"until": "x", "checkTimeout": -1})
+
+
+def test_a_check_that_did_not_finish_is_said_so_in_the_next_prompt() -> None:
+    spec = LoopSpec(until="npm test", max_iterations=3)
+    later = iteration_prompt("Fix it", 2, spec, "partial output\n[the check timed out after 10 min]", None)
+    assert "`npm test` did not finish" in later and "exit status" not in later
+
+
+def test_progress_adds_up_and_survives_the_metadata_round_trip() -> None:
+    start = LoopProgress()
+    assert start.to_json() == {"iteration": 0, "activeSeconds": 0.0}
+    one = start.finished(1, None, 12.5, 1, "boom")
+    assert one.spent_usd is None  # an agent that reports no cost spends nothing we know of
+    two = one.finished(2, 0.25, 7.5, None, "x" * (CHECK_TAIL_CHARS * 2))
+    assert (two.iteration, two.spent_usd, two.active_seconds, two.last_exit) == (2, 0.25, 20.0, None)
+    assert len(two.last_output) <= CHECK_TAIL_CHARS + 40  # only the tail is kept
+    spec = LoopSpec(until="make", max_iterations=4)
+    stored = loop_metadata(spec, two)
+    assert LoopSpec.parse(stored) == spec and LoopProgress.from_json(stored) == two
+    assert LoopProgress.from_json({"iteration": "3", "spentUsd": True, "lastCheck": "?"}) == LoopProgress()
+
+
+def test_actions_name_their_loop_keys_in_config_terms() -> None:
+    assert spec_from_action({"prompt": "x"}) is None
+    spec = spec_from_action({"prompt": "x", "until": "make test", "max_iterations": 3, "check_timeout": 2})
+    assert spec == LoopSpec(until="make test", max_iterations=3, check_timeout_minutes=2.0)
+    assert spec_from_action(spec.to_config()) == spec
+    with pytest.raises(LoopSpecError, match=r"^until: required when max_iterations and budget are set"):
+        spec_from_action({"max_iterations": 3, "budget": 1})
+    with pytest.raises(LoopSpecError, match=r"^iteration_timeout: must be a positive number"):
+        spec_from_action({"until": "x", "iteration_timeout": 0})

@@ -94,6 +94,10 @@ def test_other_notices() -> None:
     assert health.title == "Daemon health degraded" and health.body == "- low disk space: 50 MiB free"
     throttled = notice_for("automation:throttled", {"ruleId": "loop", "reason": "fired 10 times"}, "p")
     assert throttled.title == "Automation throttled: rule loop" and ("reason", "fired 10 times") in throttled.fields
+    iteration = notice_for("task:iteration", {"taskId": "t-2", "iteration": 2, "maxIterations": 5, "passed": False,
+                                              "checkExitCode": 1, "totalCostUsd": 0.5, "prompt": "Fix it"}, "p")
+    assert iteration.title == "Task t-2: iteration 2/5, check failed (exit 1)"
+    assert ("spent", "$0.5") in iteration.fields and ("prompt", "Fix it") in iteration.fields
     custom = notice_for("deployment:complete", {"version": "1.2.3"}, "p")
     assert custom.title == "deployment:complete" and ("version", "1.2.3") in custom.fields
 
