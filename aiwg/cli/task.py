@@ -37,14 +37,38 @@ def task() -> None:
 @click.option("--agent", help="Passed to the agent as --agent NAME.")
 @click.option("--retries", type=click.IntRange(0, 100), default=0, help="Re-queue this many times if the daemon stops while it runs.")
 @click.option("--require-approval", is_flag=True, help="Wait in state awaiting_approval until `aiwg task approve ID`.")
+@click.option("--until", metavar="COMMAND", help="Loop: after each agent run, run COMMAND (through your shell, in the "
+              "project root); exit 0 completes the task, anything else runs the agent again with its output.")
+@click.option("--max-iterations", type=click.IntRange(1, 1000), help="Loop: iterations before the task fails (default 5).")
+@click.option("--budget", type=click.FloatRange(min=0, min_open=True), metavar="USD",
+              help="Loop: stop (failed) once the agent has reported spending this much in total.")
+@click.option("--iteration-timeout", type=click.FloatRange(min=0, min_open=True), metavar="MIN",
+              help="Loop: minutes one agent run may take (default daemon.action_timeout_minutes).")
+@click.option("--check-timeout", type=click.FloatRange(min=0, min_open=True), metavar="MIN",
+              help="Loop: minutes the check may take (default 10).")
 @click.option("--wait", "-w", is_flag=True, help="Wait, streaming output, and exit with the task's status.")
 @project_option
 @json_option
 @pass_context
 def submit(ctx: Context, prompt: str, priority: int, timeout: float | None, agent: str | None, retries: int,
-           require_approval: bool, wait: bool) -> None:
-    """Queue PROMPT for the agent (one argument; quote it)."""
+           require_approval: bool, until: str | None, max_iterations: int | None, budget: float | None,
+           iteration_timeout: float | None, check_timeout: float | None, wait: bool) -> None:
+    """Queue PROMPT for the agent (one argument; quote it). With --until, the task
+    is a loop: agent, check, agent again with what failed, until the check passes
+    or a limit is hit. For a loop, --timeout limits the whole loop."""
     params: dict[str, Any] = {"prompt": prompt, "priority": priority, "source": "cli", "retries": retries}
+    loop = {"maxIterations": max_iterations, "budget": budget, "iterationTimeout": iteration_timeout,
+            "checkTimeout": check_timeout}
+    loop = {k: v for k, v in loop.items() if v is not None}
+    if loop and until is None:
+        names = {"maxIterations": "--max-iterations", "budget": "--budget", "iterationTimeout": "--iteration-timeout",
+                 "checkTimeout": "--check-timeout"}
+        fail(f"{' and '.join(names[k] for k in loop)} need{'s' if len(loop) == 1 else ''} --until COMMAND "
+             "(a loop's check)", 2)
+    if until is not None:
+        if not until.strip():
+            fail("--until: the check command is empty", 2)
+        params.update(until=until, **loop)
     if require_approval:
         params["requireApproval"] = True
     if timeout is not None:
@@ -53,7 +77,7 @@ def submit(ctx: Context, prompt: str, priority: int, timeout: float | None, agen
         params["agent"] = agent
     with DaemonClient(ctx.paths.root) as client:
         if wait:
-            client.subscribe(["task:output", *END_TOPICS])
+            client.subscribe(["task:output", "task:iteration", *END_TOPICS])
         result = client.request("task.submit", params)
         if ctx.as_json and not wait:
             emit_json(result)
@@ -193,12 +217,70 @@ def get(ctx: Context, task_id: str, follow: bool) -> None:
     for key, value in rows:
         click.echo(f"{key + ':':<{width + 1}} {value}")
     click.echo(f"{'prompt:':<{width + 1}} {record['prompt']}")
+    loop = (record.get("metadata") or {}).get("loop")
+    if isinstance(loop, dict):
+        click.echo(f"{'loop:':<{width + 1}} until `{loop.get('until')}` passes, at most "
+                   f"{loop.get('maxIterations')} iteration(s)"
+                   + (f", budget ${loop['budget']:g}" if loop.get("budget") else ""))
+        _iterations_table(record.get("iterations") or [])
     if record.get("result"):
         click.echo("result:")
         click.echo(record["result"])
     elif record.get("output"):
         click.echo("output (tail):")
         click.echo(record["output"].rstrip("\n"))
+
+
+def _iterations_table(iterations: list[dict[str, Any]]) -> None:
+    """One line per finished iteration: how the agent and the check did, what it cost."""
+    if not iterations:
+        click.echo("iterations: none finished yet")
+        return
+    rows = [("#", "AGENT", "CHECK", "COST", "TOTAL", "TIME", "HEAD", "CHANGED", "OUTCOME")]
+    for it in iterations:
+        agent = it.get("agent") or {}
+        check = it.get("check") or {}
+        after = ((it.get("git") or {}).get("after") or {})
+        rows.append((
+            str(it.get("iteration", "?")),
+            _agent_cell(agent),
+            _check_cell(check),
+            f"${it['costUsd']:.4f}" if it.get("costUsd") is not None else "-",
+            f"${it['totalCostUsd']:.4f}" if it.get("totalCostUsd") is not None else "-",
+            duration(it.get("duration") or 0),
+            (after.get("head") or "-")[:8] if after else "-",
+            str(len(after.get("status") or [])) if after else "-",
+            it.get("outcome") or "-",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    click.echo("iterations:")
+    for row in rows:
+        click.echo("  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+def _agent_cell(agent: dict[str, Any]) -> str:
+    if not agent:
+        return "-"
+    error = agent.get("error")
+    if not error:
+        return "ok"
+    if "timed out" in error:
+        return "timeout"
+    if agent.get("signal") is not None:
+        return f"signal({agent['signal']})"
+    return f"fail({agent.get('exitCode')})"
+
+
+def _check_cell(check: dict[str, Any]) -> str:
+    if not check:
+        return "-"
+    if check.get("exitCode") == 0:
+        return "pass"
+    if check.get("timedOut"):
+        return "timeout"
+    if check.get("exitCode") is not None:
+        return f"fail({check['exitCode']})"
+    return "error"
 
 
 @task.command()
@@ -326,7 +408,7 @@ def _unknown_or_raise(exc: RpcError, task_id: str) -> None:
 def _follow(ctx: Context, client: DaemonClient, task_id: str, *, subscribed: bool) -> int:
     """Print the task's output from the start, then live, until it ends."""
     if not subscribed:
-        client.subscribe(["task:output", *END_TOPICS])
+        client.subscribe(["task:output", "task:iteration", *END_TOPICS])
     position = 0
     out = sys.stdout.buffer
 
@@ -362,6 +444,9 @@ def _follow(ctx: Context, client: DaemonClient, task_id: str, *, subscribed: boo
                         out.write(payload.get("chunk", "").encode("utf-8"))
                         out.flush()
                         position = start + length
+                elif event["topic"] == "task:iteration":
+                    if not ctx.as_json:
+                        click.echo(_iteration_line(payload), err=True)
                 else:
                     state = payload.get("state", event["topic"].split(":", 1)[1])
                     break
@@ -378,6 +463,16 @@ def _follow(ctx: Context, client: DaemonClient, task_id: str, *, subscribed: boo
     else:
         click.echo(f"task {task_id} {record['state']}", err=True)
     return EXIT_FOR_STATE.get(record["state"], 1)
+
+
+def _iteration_line(payload: dict[str, Any]) -> str:
+    """A loop's progress, one line: `── iteration 2/5: check failed (exit 1), $0.04 spent`."""
+    code = payload.get("checkExitCode")
+    how = "check passed" if payload.get("passed") else (
+        f"check failed (exit {code})" if code is not None else "check did not finish")
+    spent = payload.get("totalCostUsd")
+    return (f"── iteration {payload.get('iteration')}/{payload.get('maxIterations')}: {how}"
+            + (f", ${spent:.4g} spent" if spent is not None else ""))
 
 
 def _epoch(iso: str | None) -> float | None:

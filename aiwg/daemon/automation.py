@@ -5,7 +5,10 @@ Triggers come from the event bus (`file:changed` for `file_change` rules, any
 topic for `event` rules) and from one CronTimer per `schedule` rule. A
 `debounce` condition holds a rule's matching activity until it has been quiet
 for the interval, then fires once with every file gathered; `always` fires at
-once. Before a rule fires the loop guard checks its rate (fires per minute)
+once; `command` runs its command line (spawned, never on the reactor's time,
+with a timeout) and fires only if the outcome is the expected one — one run at
+a time per rule, with what triggers it meanwhile gathered for the next run. A
+rule whose action is a loop starts no new loop while its last one has not ended. Before a rule fires the loop guard checks its rate (fires per minute)
 and the chain depth: a task a rule submits records its depth, and the events
 of that task (their payload names it) are one level deeper.
 
@@ -40,6 +43,8 @@ MAX_FILES_IN_METADATA = 100
 DEPTH_CACHE = 4096
 
 Submit = Callable[..., Any]  # submit(spec: dict, source: str, metadata: dict) -> task
+#: run_command(line, timeout_seconds) -> Deferred[CommandResult]
+RunCommand = Callable[[str, float], Any]
 
 
 class RuleState:
@@ -54,6 +59,10 @@ class RuleState:
         self.last_task: str | None = None
         self.debouncer: Debouncer | None = None
         self.timer: CronTimer | None = None
+        self.checking = False  # its `command` condition is running
+        self.gathered: list[tuple[list[str], Event, int]] = []  # triggers meanwhile
+        self.last_check: dict[str, Any] | None = None
+        self.skipped = 0
 
 
 class AutomationEngine(Service):
@@ -61,8 +70,12 @@ class AutomationEngine(Service):
     log = Logger()
 
     def __init__(self, *, reactor: Any, bus: Any, config: Config, submit: Submit,
-                 task_depth: Callable[[str], int | None], state_file: Path) -> None:
+                 task_depth: Callable[[str], int | None], state_file: Path,
+                 run_command: RunCommand | None = None,
+                 task_state: Callable[[str], str | None] | None = None) -> None:
         self._reactor = reactor
+        self._run_command = run_command
+        self._task_state = task_state
         self._bus = bus
         self._submit = submit
         self._task_depth_lookup = task_depth
@@ -110,6 +123,7 @@ class AutomationEngine(Service):
             if old is not None:  # keep counters across a reload
                 state.fires, state.throttled = old.fires, old.throttled
                 state.last_fired, state.last_error, state.last_task = old.last_fired, old.last_error, old.last_task
+                state.skipped, state.last_check = old.skipped, old.last_check
             self.rules[rule.id] = state
         self._arm_schedules(config)
 
@@ -233,7 +247,70 @@ class AutomationEngine(Service):
                 )
             state.debouncer.push((files, event, depth), key=next(self._pushes))
             return
+        if rule.condition == "command":
+            self._check(state, files, event, depth)
+            return
         self._fire(state, files, event, depth)
+
+    def _check(self, state: RuleState, files: list[str], event: Event, depth: int) -> None:
+        """Run the rule's `command` condition; fire if its outcome is the expected one."""
+        if state.checking:
+            state.gathered.append((files, event, depth))
+            return
+        busy = self._loop_busy(state)
+        if busy:
+            self._skip(state, event, busy, quiet=True)
+            return
+        rule = state.rule
+        if self._run_command is None or rule.command is None:
+            self._skip(state, event, "this daemon cannot run a command condition")
+            return
+        state.checking = True
+        try:
+            running = self._run_command(rule.command, rule.command_timeout)
+        except Exception as exc:
+            state.checking = False
+            self._skip(state, event, f"could not run `{rule.command}`: {exc}")
+            return
+        running.addCallback(self._checked, state, files, event, depth)
+        running.addErrback(lambda failure: self.log.failure("automation rule {id}: command condition",
+                                                            failure, id=rule.id))
+
+    def _checked(self, result: Any, state: RuleState, files: list[str], event: Event, depth: int) -> None:
+        state.checking = False
+        rule = state.rule
+        state.last_check = {"exitCode": result.exit_code, "at": iso_utc(self._reactor.seconds()),
+                            "duration": round(result.duration, 3), "error": result.error}
+        if not self.running or self.rules.get(rule.id) is not state:
+            return  # stopped or reloaded meanwhile
+        if not self.globally_enabled or not self.is_enabled(rule.id):
+            state.gathered.clear()
+            return
+        if result.exit_code is None:
+            self._skip(state, event, f"the condition `{rule.command}` did not finish: {result.error}")
+        elif rule.condition_met(result.exit_code):
+            self.log.info("automation rule {id}: `{command}` exited {code}, as expected ({expect})",
+                          id=rule.id, command=rule.command, code=result.exit_code, expect=rule.expect)
+            self._fire(state, files, event, depth)
+        else:
+            self._skip(state, event, f"`{rule.command}` exited {result.exit_code}; the rule fires on "
+                                     f"{rule.expect}", quiet=True)
+        if state.gathered:  # what came in while it ran is checked against the tree as it is now
+            batch, state.gathered = state.gathered, []
+            gathered: dict[str, None] = {}
+            for paths, _, _ in batch:
+                gathered.update(dict.fromkeys(paths))
+            self._check(state, list(gathered), batch[-1][1], max(d for _, _, d in batch))
+
+    def _skip(self, state: RuleState, event: Event, reason: str, quiet: bool = False) -> None:
+        state.skipped += 1
+        if quiet:
+            self.log.info("automation rule {id} not fired: {reason}", id=state.rule.id, reason=reason)
+        else:
+            self.log.warn("automation rule {id} not fired: {reason}", id=state.rule.id, reason=reason)
+        self._record(state.rule.id, event, "skipped", reason=reason)
+        self._bus.publish("automation:skipped", {"ruleId": state.rule.id, "reason": reason,
+                                                 "trigger": event.topic})
 
     def _settled(self, state: RuleState, batch: list[tuple[list[str], Event, int]]) -> None:
         if not self.globally_enabled or not self.is_enabled(state.rule.id):
@@ -263,8 +340,25 @@ class AutomationEngine(Service):
 
     # -- firing --------------------------------------------------------------------
 
+    def _loop_busy(self, state: RuleState) -> str | None:
+        """Why a rule whose action is a loop must not start another: its last loop
+        has not ended (the loop's own edits would otherwise queue loop after loop)."""
+        if state.rule.loop is None or state.last_task is None or self._task_state is None:
+            return None
+        try:
+            current = self._task_state(state.last_task)
+        except Exception:
+            return None
+        if current in ("awaiting_approval", "queued", "running"):
+            return f"its loop {state.last_task} is still {current}"
+        return None
+
     def _fire(self, state: RuleState, files: list[str], event: Event, depth: int) -> None:
         rule = state.rule
+        busy = self._loop_busy(state)
+        if busy:
+            self._skip(state, event, busy, quiet=True)
+            return
         now = self._reactor.seconds()
         refusal = self.guard.admit(rule.id, now, depth, rule.max_fires_per_minute)
         if refusal is not None:
@@ -285,6 +379,8 @@ class AutomationEngine(Service):
             spec["agent"] = rule.agent
         if rule.env:
             spec["env"] = dict(rule.env)
+        if rule.loop is not None:
+            spec.update(rule.loop.to_config())
         metadata: dict[str, Any] = {"ruleId": rule.id, "trigger": event.topic, "chainDepth": depth + 1}
         if files:
             metadata["files"] = files[:MAX_FILES_IN_METADATA]
@@ -357,12 +453,17 @@ class AutomationEngine(Service):
         condition: dict[str, Any] = {"type": rule.condition}
         if rule.condition == "debounce":
             condition["interval_ms"] = rule.debounce_ms
+        if rule.condition == "command":
+            condition.update({"run": rule.command, "expect": rule.expect, "timeout_seconds": rule.command_timeout,
+                              "running": state.checking, "lastCheck": state.last_check,
+                              "skipped": state.skipped})
         out: dict[str, Any] = {
             "id": rule.id,
             "description": rule.description,
             "trigger": trigger,
             "condition": condition,
-            "action": {"type": "submit_task", "prompt": rule.prompt, "priority": rule.priority},
+            "action": {"type": "submit_task", "prompt": rule.prompt, "priority": rule.priority,
+                       **({"loop": rule.loop.to_json()} if rule.loop is not None else {})},
             "enabled": self.is_enabled(rule.id),
             "enabledBy": "override" if rule.id in self.overrides else "config",
             "cooldownMs": 0,

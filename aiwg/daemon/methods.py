@@ -197,7 +197,26 @@ def _whole_utf8(data: bytes) -> bytes:
 
 
 #: Metadata only the daemon writes: a client cannot claim an approval.
-RESERVED_METADATA = {"approvedBy", "rejectedBy", "approvalExpiresAt"}
+RESERVED_METADATA = {"approvedBy", "rejectedBy", "approvalExpiresAt", "loop"}
+
+
+def loop_from_params(until: str | None, **limits: Any) -> Any:
+    """A LoopSpec from task.submit's loop parameters (None without `until`), with a
+    bad one named as the parameter it came from."""
+    from aiwg.core.loops import LoopSpec, LoopSpecError
+
+    given = {k: v for k, v in limits.items() if v is not None}
+    if until is None:
+        if given:
+            names = sorted(given)
+            raise InvalidParams(f"Invalid parameter 'until': required when {' and '.join(names)} "
+                                f"{'is' if len(names) == 1 else 'are'} given (a loop needs its check command)")
+        return None
+    try:
+        return LoopSpec.parse({"until": until, **given})
+    except LoopSpecError as exc:
+        name, _, problem = str(exc).partition(": ")
+        raise InvalidParams(f"Invalid parameter '{name}': {problem}") from None
 
 
 def _unknown_task(task_id: str) -> InvalidParams:
@@ -225,12 +244,24 @@ class TaskMethods(Namespace):
         Param("retries", "integer", default=0, minimum=0, maximum=100, description="Times to re-queue the task if the daemon stops while it runs."),
         Param("requireApproval", "boolean", nullable=True, description="Wait in state awaiting_approval until "
               "approved (default: as approvals.require_for says for the source)."),
-        description="Queue a task for the agent.",
+        Param("until", "string", nullable=True, non_empty=True, description="Loop: after each agent run, this "
+              "command line runs in the project root through the user's shell; exit 0 completes the task, "
+              "anything else starts the next iteration with the check's output in the prompt."),
+        Param("maxIterations", "integer", nullable=True, minimum=1, maximum=1000,
+              description="Loop: iterations before the task fails (default 5)."),
+        Param("budget", "number", nullable=True, minimum=0.0001,
+              description="Loop: US dollars the agent may report spending, in total, before the task fails."),
+        Param("iterationTimeout", "number", nullable=True, minimum=0.001, maximum=525600,
+              description="Loop: minutes one agent run may take (default daemon.action_timeout_minutes)."),
+        Param("checkTimeout", "number", nullable=True, minimum=0.001, maximum=525600,
+              description="Loop: minutes the check may take (default 10); a check that runs out fails."),
+        description="Queue a task for the agent; with `until`, a loop that runs until the check passes.",
     )
     def jsonrpc_submit(
         self, ctx: CallContext, prompt: str, priority: int, timeout: float | None,
         agent: str | None, metadata: dict[str, Any] | None, source: str, retries: int,
-        requireApproval: bool | None,
+        requireApproval: bool | None, until: str | None, maxIterations: int | None,
+        budget: float | None, iterationTimeout: float | None, checkTimeout: float | None,
     ) -> dict[str, Any]:
         problem = source_problem(source)
         if problem:
@@ -241,10 +272,13 @@ class TaskMethods(Namespace):
         taken = sorted(set(metadata or {}) & RESERVED_METADATA)
         if taken:
             raise InvalidParams(f"Invalid parameter 'metadata': {', '.join(taken)} are written by the "
-                                "daemon (who approved a task, and when its approval expires)")
+                                "daemon (approvals, and a loop's settings and progress)")
+        loop = loop_from_params(until, maxIterations=maxIterations, budget=budget,
+                                iterationTimeout=iterationTimeout, checkTimeout=checkTimeout)
         task = self._supervisor.submit(
             prompt, priority=priority, timeout_minutes=timeout, agent=agent,
             metadata=metadata, source=source, retries=retries, require_approval=requireApproval,
+            loop=loop,
         )
         reply = {"taskId": task.id, "state": task.state.value, "priority": task.priority}
         # Answer once the task is on disk: a submitted task is never lost.
@@ -273,7 +307,10 @@ class TaskMethods(Namespace):
         task = self._supervisor.store.get(taskId)
         if task is None:
             raise _unknown_task(taskId)
-        return record_json(task)
+        record = record_json(task)
+        if "loop" in task.metadata:
+            record["iterations"] = self._supervisor.loops.iterations(task)
+        return record
 
     @method(
         Param("taskId", "string", required=True, non_empty=True),

@@ -26,6 +26,7 @@ from twisted.logger import Logger, globalLogPublisher
 from aiwg import __version__, instance
 from aiwg.configfile import load_config
 from aiwg.core.config import Config
+from aiwg.core.loops import spec_from_action
 from aiwg.daemon.bus import EventBus
 from aiwg.daemon.logs import RotatingFileObserver, iso_utc, stream_observer
 from aiwg.errors import CONFIG_INVALID, ConfigError, RpcError
@@ -341,6 +342,9 @@ class DaemonService(MultiService):
         extra: dict[str, Any] = {}
         if spec.get("env"):
             extra["env"] = dict(spec["env"])
+        loop = spec_from_action(spec)
+        if loop is not None:
+            extra["loop"] = loop
         return self.supervisor.submit(
             spec["prompt"],
             priority=int(spec.get("priority", 0)),
@@ -352,6 +356,13 @@ class DaemonService(MultiService):
             require_approval=True if spec.get("require_approval") else None,
             **extra,
         )
+
+    def task_state(self, task_id: str) -> str | None:
+        """A task's state, or None if there is no such task (or no supervisor)."""
+        supervisor = self.supervisor
+        store = getattr(supervisor, "store", None) if supervisor is not None else None
+        task = store.get(task_id) if store is not None else None
+        return task.state.value if task is not None else None
 
     def task_depth(self, task_id: str) -> int | None:
         """A task's automation chain depth (from its metadata), for the loop guard."""

@@ -14,7 +14,6 @@ exits; the record is final when its output has all been read.
 from __future__ import annotations
 
 import codecs
-import fcntl
 import fnmatch
 import os
 import shutil
@@ -28,7 +27,6 @@ from attrs import evolve, frozen
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet import process
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -36,10 +34,14 @@ from twisted.logger import Logger
 from aiwg import procfs
 from aiwg.core import agents
 from aiwg.core.config import Config
+from aiwg.core.loops import LOOP_KEY, LoopProgress, LoopSpec, loop_metadata
 from aiwg.core.messaging import SECRET_KEYS
 from aiwg.core.tasks import INTERRUPTED, RunQueue, Task, TaskState, make_task_id
 from aiwg.daemon.bus import EventBus
+from aiwg.daemon.commands import CommandRunner
+from aiwg.daemon.loop_runner import LoopRunner
 from aiwg.daemon.logs import iso_utc, parse_iso
+from aiwg.daemon.spawning import SessionLeaderProcess
 from aiwg.daemon.store import DuplicateTask, TaskStore
 from aiwg.errors import SHUTTING_DOWN, RpcError
 
@@ -54,75 +56,6 @@ ORPHAN_SWEEP_DELAY = 0.05
 #: How long the agent's resolved program and environment are reused for.
 LAUNCH_REUSE_SECONDS = 1.0
 
-
-
-#: Every signal whose disposition a child can inherit; all are reset to their
-#: default in the agent.
-_RESET_SIGNALS = tuple(sorted(set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}))
-#: Linux C libraries skip a posix_spawn close action whose descriptor is not open.
-_CLOSE_IGNORES_EBADF = sys.platform.startswith("linux")
-
-
-def _shuffled_fd_actions(fdmap: dict[int, int]) -> list[tuple[int, ...]]:
-    """posix_spawn file actions for a map in which some descriptor must move to a
-    number that another one occupies: Twisted's own ordering."""
-    fd_state = []
-    for fd in process._listOpenFDs():
-        try:
-            fd_state.append((fd, bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)))
-        except OSError:
-            pass
-    return process._getFileActions(fd_state, fdmap, doClose=os.POSIX_SPAWN_CLOSE, doDup2=os.POSIX_SPAWN_DUP2)
-
-
-class SessionLeaderProcess(process.Process):
-    """Twisted's Process, with the child started as the leader of a new session
-    (and so of a new process group), so that a timeout, a cancel or a stop can
-    signal the agent and everything it started as one group — without paying
-    for an extra exec of setsid(1) on every task. When Twisted forks instead of
-    spawning, the child calls setsid() itself before exec.
-
-    The posix_spawnp call is Twisted's, with `setsid=True` and two costs cut,
-    because the daemon spawns on the reactor thread: Twisted asks Python about
-    each of the 64 signals on every spawn to reset the ignored ones, where every
-    signal is reset here (exec resets the handled ones anyway); and it asks
-    whether each open descriptor is close-on-exec to plan the child's
-    descriptors, where here the child simply closes every descriptor it is not
-    given.
-    """
-
-    def _trySpawnInsteadOfFork(self, path: Any, uid: Any, gid: Any, executable: Any,
-                               args: Any, environment: Any, kwargs: Any) -> bool:
-        if (
-            uid is not None
-            or gid is not None
-            or (path is not None and os.path.abspath(path) != os.path.abspath("."))
-            or getattr(self._reactor, "_neverUseSpawn", False)
-        ):
-            return False
-        fdmap = kwargs["fdmap"]
-        if not _CLOSE_IGNORES_EBADF or any(parent in fdmap for parent in fdmap.values()):
-            actions = _shuffled_fd_actions(fdmap)  # the general case, as Twisted does it
-        else:
-            # Each given descriptor lands on its number in the child; every other one,
-            # close-on-exec or not (or closed since it was listed), is closed there:
-            # that costs the child less than asking about each costs us.
-            actions = [(os.POSIX_SPAWN_DUP2, parent, child) for child, parent in fdmap.items()]
-            actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in process._listOpenFDs() if fd not in fdmap]
-        try:
-            self.pid = os.posix_spawnp(
-                executable, args, os.environ if environment is None else environment,
-                file_actions=actions, setsigdef=_RESET_SIGNALS, setsid=True,
-            )
-            self.spawned_pid = self.pid  # Twisted clears pid if it reaps the child at once
-        except NotImplementedError:  # no POSIX_SPAWN_SETSID here: fork, and setsid below
-            return False
-        self.status = -1
-        return True
-
-    def _setupChild(self, fdmap: Any) -> None:
-        os.setsid()
-        super()._setupChild(fdmap)
 
 
 @frozen
@@ -220,11 +153,21 @@ class StartTimes:
 
 
 class Run:
-    """One running task: its process, output file, timers and why it is being stopped."""
+    """One running process of a task — its agent, or a loop's check — with its
+    output file, timers and why it is being stopped.
 
-    def __init__(self, supervisor: "Supervisor", task: Task, secrets: list[str]) -> None:
+    `kind` is "agent" for a plain task, "loop-agent" or "loop-check" for a phase of
+    a loop, whose output is appended to the task's log (it continues across the
+    iterations) and copied to the iteration's own file (`copy_to`)."""
+
+    def __init__(self, supervisor: "Supervisor", task: Task, secrets: list[str], kind: str = "agent",
+                 copy_to: Path | None = None) -> None:
         self.supervisor = supervisor
         self.task = task
+        self.kind = kind
+        self.copy_to = copy_to
+        self.copy: Any = None
+        self.copied = 0
         self.output: Any = None  # opened at the first byte: a silent agent costs no file
         self.secrets = sorted({s.encode() for s in secrets}, key=len, reverse=True)
         # A secret split across two reads must still be caught: keep back this many bytes.
@@ -248,6 +191,14 @@ class Run:
         self.kill_call: Any = None
         self.drain_call: Any = None
         self.ended: Deferred = Deferred()
+        self.started = supervisor.reactor.seconds()
+        if kind != "agent":  # a loop phase: the task's log goes on from where it is
+            self.written = self.emitted = _size(task.output_path)
+            self.truncated = self.written >= supervisor.settings.output_max_bytes
+
+    @property
+    def looping(self) -> bool:
+        return self.kind != "agent"
 
     # -- output ------------------------------------------------------------
 
@@ -283,6 +234,8 @@ class Run:
         offset = self.emitted  # position in the agent's output stream (= in the file, up to the cap)
         self.emitted += len(data)
         limit = self.supervisor.settings.output_max_bytes
+        if self.copy_to is not None and self.copied <= limit:
+            self._copy(data, limit)
         if not self.truncated:
             if self.output is None:
                 self.output = self._open_output()
@@ -306,15 +259,35 @@ class Run:
         )
 
     def _open_output(self) -> Any:
-        fd = os.open(str(self.task.output_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        mode = os.O_APPEND if self.looping else os.O_TRUNC
+        fd = os.open(str(self.task.output_path), os.O_WRONLY | os.O_CREAT | mode, 0o600)
         return os.fdopen(fd, "wb")
 
+    def _copy(self, data: bytes, limit: int) -> None:
+        """The iteration's own file, capped like the task's log."""
+        try:
+            if self.copy is None:
+                self.copy = open(os.open(str(self.copy_to), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+            room = max(0, limit - self.copied)
+            self.copy.write(data[:room])
+            if len(data) > room:
+                self.copy.write(f"\n[aiwg: output truncated at {limit} bytes]\n".encode())
+                self.copied = limit + 1
+            else:
+                self.copied += len(data)
+            self.copy.flush()
+        except OSError as exc:
+            self.supervisor.log.warn("task {task_id}: cannot write {path}: {error}", task_id=self.task.id,
+                                     path=str(self.copy_to), error=str(exc))
+            self.copy_to = None
+
     def close_output(self) -> None:
-        if self.output is not None:
-            try:
-                self.output.close()
-            except OSError:
-                pass
+        for handle in (self.output, self.copy):
+            if handle is not None:
+                try:
+                    handle.close()
+                except OSError:
+                    pass
 
     # -- signals -----------------------------------------------------------
 
@@ -405,6 +378,8 @@ class Supervisor(Service):
         self._cancelled_starts: set[str] = set()
         self._start_waiters: list[Deferred] = []
         self._expiries: dict[str, Any] = {}  # awaiting task id → its expiry timer
+        self.commands = CommandRunner(reactor)
+        self.loops = LoopRunner(self)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -437,6 +412,7 @@ class Supervisor(Service):
         if self._prune_loop is not None and self._prune_loop.running:
             self._prune_loop.stop()
         waiting = [run.ended for run in self.runs.values()] + [self._starts_settled()]
+        waiting += self.loops.stop_all()
         if self.runs:
             self.log.info(
                 "stopping {count} running task(s): SIGTERM, SIGKILL after {grace}s",
@@ -445,6 +421,7 @@ class Supervisor(Service):
             )
         for run in list(self.runs.values()):
             run.stop("shutdown", self.settings.shutdown_grace)
+        waiting += self.commands.stop()
 
         for call in (self._retry_fill, self._sweep_call, *self._expiries.values()):
             if call is not None and call.active():
@@ -465,7 +442,13 @@ class Supervisor(Service):
         now = self.reactor.seconds()
         for task in self.store.in_state(TaskState.RUNNING):
             killed = self._kill_leftover(task)
-            if task.attempts <= task.retries:
+            if LOOP_KEY in task.metadata:  # a loop resumes after its last finished iteration
+                done = LoopProgress.from_json(task.metadata[LOOP_KEY]).iteration
+                settled = task.moved(TaskState.QUEUED, pid=None, pgid=None,
+                                     error=f"interrupted: the daemon stopped in iteration {done + 1}; "
+                                           f"the loop resumes there")
+                what = f"re-queued to resume its loop at iteration {done + 1}"
+            elif task.attempts <= task.retries:
                 settled = task.moved(TaskState.QUEUED, pid=None, pgid=None, error=INTERRUPTED)
                 what = "re-queued (retry)"
             else:
@@ -598,16 +581,20 @@ class Supervisor(Service):
         retries: int = 0,
         env: Mapping[str, str] | None = None,
         require_approval: bool | None = None,
+        loop: LoopSpec | None = None,
     ) -> Task:
         """Queue a task. `env` adds to the agent's environment for this task only; its
         `${VAR}`s are expanded from the daemon's environment when the task starts, and
         only the templates are stored (the record shows the names). A task that needs
         approval (asked for, or its source is in `approvals.require_for`) waits in
         state awaiting_approval instead, outside the queue, until approved, rejected
-        or expired."""
+        or expired. A task with a `loop` runs its agent, then the loop's check, until
+        the check passes or a limit ends it (see LoopRunner)."""
         if not self._accepting:
             raise RpcError(SHUTTING_DOWN, "Supervisor is shutting down")
         metadata = dict(metadata or {})
+        if loop is not None:
+            metadata[LOOP_KEY] = loop_metadata(loop, LoopProgress())
         if env:
             metadata[ENV_KEY] = {str(k): str(v) for k, v in env.items()}
         gated = self.settings.needs_approval(source) if require_approval is None else require_approval
@@ -677,6 +664,8 @@ class Supervisor(Service):
         if task_id in self._starting:  # its running state is being committed
             self._cancelled_starts.add(task_id)
             return True, task
+        if task_id in self.loops.active:
+            return self.loops.cancel(task_id), task
         run = self.runs.get(task_id)
         if run is not None and run.reason is None and not run.exited:
             run.stop("cancel", self.settings.kill_grace)
@@ -755,8 +744,10 @@ class Supervisor(Service):
             if launch.executable is None:
                 self._fail_now(task, self.missing_agent_message(), started_at=self.reactor.seconds())
                 continue
+            resumed = LOOP_KEY in task.metadata and task.started_at is not None
             running = task.moved(
-                TaskState.RUNNING, started_at=self.reactor.seconds(), attempts=task.attempts + 1,
+                TaskState.RUNNING, started_at=task.started_at if resumed else self.reactor.seconds(),
+                attempts=task.attempts + 1,
                 error=None, output_path=task.output_path or str(self.actions_dir / f"{task.id}.log"),
             )
             self.store.save(running)
@@ -819,7 +810,10 @@ class Supervisor(Service):
         return d
 
     def _active_count(self) -> int:
-        return sum(1 for run in self.runs.values() if not run.exited)
+        """Slots taken: each running plain task until its agent exits, and each loop
+        from its first iteration to its end, checks and all."""
+        looping = self.loops.active
+        return sum(1 for run in self.runs.values() if not run.exited and run.task.id not in looping) + len(looping)
 
     def _current_launch(self) -> "AgentLaunch":
         """`_agent_launch()`, reused for a second: starts come in quick succession."""
@@ -857,9 +851,26 @@ class Supervisor(Service):
         self.bus.publish("task:failed", self._event_payload(failed))
 
     def _spawn(self, task: Task, launch: "AgentLaunch") -> None:
+        if LOOP_KEY in task.metadata:
+            self.loops.begin(task)
+            return
         resume = task.metadata.get("resumeSession")
         argv = agents.build_argv(self.settings.agent, task.prompt, task.agent,
                                  resume=resume if isinstance(resume, str) and resume else None)
+        env, secrets = self.task_env(task, launch)
+        try:
+            run = self.start_run(task, "agent", launch.executable, argv, env, secrets,
+                                 task.timeout_minutes or self.settings.timeout_minutes)
+        except Exception as exc:
+            self._fail_now(task, f"could not start the agent: {exc}")
+            return
+        self.log.info("task {task_id} started (pid {pid})", task_id=task.id, pid=run.pgid)
+        self.bus.publish("task:started", {"taskId": task.id, "pid": run.pgid, "priority": task.priority,
+                                          "source": task.source})
+
+    def task_env(self, task: Task, launch: "AgentLaunch") -> tuple[dict[str, str], list[str]]:
+        """The environment of a task's processes (the agent's, with the task's own
+        variables and its marker) and the values to redact from their output."""
         env = {**launch.env, procfs.TASK_MARKER: task.id}
         secrets = list(launch.secrets)
         own = task.metadata.get(ENV_KEY)
@@ -871,38 +882,43 @@ class Supervisor(Service):
                 self.log.warn("task {task_id}: environment variable(s) {names} are not set in the "
                               "daemon's environment; passed as empty", task_id=task.id,
                               names=", ".join(sorted(set(unset))))
-        try:
-            run = Run(self, task, secrets)
-            protocol = AgentProcessProtocol(run)
-            run.protocol = protocol
-            before = self._start_times.now()
-            transport = self._spawn_process(
-                protocol, launch.executable, argv, env, str(self.root), {0: self._devnull, 1: "r", 2: "r"}
-            )
-            after = self._start_times.now()
-        except Exception as exc:
-            self._fail_now(task, f"could not start the agent: {exc}")
-            return
-        # An agent that exits at once may be reaped before spawnProcess returns,
+        return env, secrets
+
+    def start_run(self, task: Task, kind: str, executable: str, argv: list[str], env: dict[str, str],
+                  secrets: list[str], minutes: float, copy_to: Path | None = None) -> Run:
+        """Spawn one of a task's processes in its own session, its pid recorded and
+        its timer set; raises if it cannot be spawned."""
+        run = Run(self, task, secrets, kind, copy_to)
+        protocol = AgentProcessProtocol(run)
+        run.protocol = protocol
+        before = self._start_times.now()
+        transport = self._spawn_process(
+            protocol, executable, argv, env, str(self.root), {0: self._devnull, 1: "r", 2: "r"}
+        )
+        after = self._start_times.now()
+        # A process that exits at once may be reaped before spawnProcess returns,
         # which leaves transport.pid None: the pid it had is kept aside.
         pid = transport.pid if transport.pid is not None else getattr(transport, "spawned_pid", None)
         run.transport = transport
-        run.pgid = pid  # the agent leads its own session and process group
+        run.pgid = pid  # it leads its own session and process group
         run.task = evolve(task, pid=pid, pgid=pid, proc_start=self._start_times.of(pid, before, after))
         self.store.save(run.task)
         self.runs[task.id] = run
-        self.started_count += 1
-        minutes = task.timeout_minutes or self.settings.timeout_minutes
+        if kind != "loop-check":
+            self.started_count += 1
         if not run.exited:  # it may have exited (and been reaped) already
             run.timeout_call = self.reactor.callLater(minutes * 60, self._timed_out, run, minutes)
-        self.log.info("task {task_id} started (pid {pid})", task_id=task.id, pid=pid)
-        self.bus.publish("task:started", {"taskId": task.id, "pid": pid, "priority": task.priority,
-                                          "source": task.source})
+        return run
 
     def _timed_out(self, run: Run, minutes: float) -> None:
         run.timeout_call = None
-        self.log.warn("task {task_id} timed out after {minutes} min", task_id=run.task.id, minutes=minutes)
-        run.stop("timeout", self.settings.kill_grace)
+        reason, what = {
+            "agent": ("timeout", "task {task_id} timed out after {minutes} min"),
+            "loop-agent": ("iteration-timeout", "task {task_id}: the agent's iteration timed out after {minutes} min"),
+            "loop-check": ("check-timeout", "task {task_id}: the check timed out after {minutes} min"),
+        }[run.kind]
+        self.log.warn(what, task_id=run.task.id, minutes=minutes)
+        run.stop(reason, self.settings.kill_grace)
 
     def _exited(self, run: Run, reason: Any) -> None:
         """The agent process is gone: free its slot and clear out its group."""
@@ -945,7 +961,8 @@ class Supervisor(Service):
                     pass
 
     def _ended(self, run: Run) -> None:
-        """All output is in: record the final state and tell everyone."""
+        """All output is in: record the final state and tell everyone (or, for a
+        phase of a loop, let the loop go on)."""
         run.flush_carry()
         if run.pgid is not None and self.group_alive(run.pgid):
             run.kill_now()  # the pipes closed, but something of the task still runs
@@ -953,7 +970,18 @@ class Supervisor(Service):
         run.close_output()
         self.runs.pop(run.task.id, None)
         self._sweep_soon()
-        final = self._final(run)
+        if run.looping:
+            try:
+                self.loops.phase_ended(run)
+            finally:
+                run.ended.callback(None)
+            return
+        self.settle(self._final(run), run)
+        run.ended.callback(None)
+        self._fill()  # the next start shares this commit
+
+    def settle(self, final: Task, run: Run | None = None) -> None:
+        """Record a task's state at the end of a run, log it and announce it."""
         self.store.save(final)
         topic = {
             TaskState.COMPLETED: "task:completed",
@@ -964,16 +992,19 @@ class Supervisor(Service):
         }[final.state]
         if final.state == TaskState.QUEUED:
             self.queue.push(final.id, final.priority, final.seq)
+        if run is not None:
+            code: Any = run.exit_code if run.exit_signal is None else f"signal {run.exit_signal}"
+        else:
+            code = final.exit_code
         self.log.info(
-            "task {task_id} {state} (exit {code}, {duration:.1f}s)",
+            "task {task_id} {state} (exit {code}, {duration:.1f}s){error}",
             task_id=final.id,
             state=final.state.value,
-            code=run.exit_code if run.exit_signal is None else f"signal {run.exit_signal}",
+            code=code,
             duration=final.duration or 0.0,
+            error=f": {final.error}" if final.error and final.state != TaskState.COMPLETED else "",
         )
         self.bus.publish(topic, self._event_payload(final))
-        run.ended.callback(None)
-        self._fill()  # the next start shares this commit
 
     def _final(self, run: Run) -> Task:
         task = run.task
@@ -1017,6 +1048,13 @@ class Supervisor(Service):
         last = bytes(run.stderr_tail).decode("utf-8", "replace").strip().splitlines()
         suffix = f": {last[-1][:500]}" if last else ""
         return f"agent exited with code {run.exit_code}{suffix}"
+
+    def run_command(self, line: str, timeout_seconds: float) -> Deferred:
+        """A command line the user wrote (a rule's `command` condition), run in the
+        project root through their shell with the agents' environment; fires with
+        a CommandResult. Ended by the daemon's stop like the agents."""
+        env = {k: v for k, v in self._current_launch().env.items()}
+        return self.commands.shell(line, cwd=str(self.root), env=env, timeout=timeout_seconds)
 
     # -- reload / status ---------------------------------------------------
 
@@ -1070,12 +1108,14 @@ class Supervisor(Service):
         except Exception:
             self.log.failure("pruning finished tasks failed")
             return
-        for _, path in removed:
+        for task_id, path in removed:
             if path:
                 try:
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
+            if (self.actions_dir / task_id).is_dir():  # a loop's iteration records
+                self.loops.records.remove(task_id)
         if removed:
             self.log.info("pruned {count} finished task(s) beyond retention", count=len(removed))
 
@@ -1108,7 +1148,8 @@ class Supervisor(Service):
             t = run.task
             running.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent,
                             "startedAt": iso_utc(t.started_at or 0), "pid": t.pid})
-        for task_id in self._starting:  # recorded as running, spawned in a moment
+        between = [i for i in self.loops.active if i not in self.runs]  # loops between two processes
+        for task_id in [*self._starting, *between]:  # recorded as running, spawned in a moment
             t = self.store.get(task_id)
             if t is not None:
                 running.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent,
@@ -1133,6 +1174,13 @@ class Supervisor(Service):
             "agent": self.settings.agent.program,
             "started": self.started_count,
         }
+
+
+def _size(path: str | None) -> int:
+    try:
+        return os.stat(path).st_size if path else 0
+    except OSError:
+        return 0
 
 
 def record_json(task: Task) -> dict[str, Any]:

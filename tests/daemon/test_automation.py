@@ -242,3 +242,109 @@ def test_reload_keeps_counters_and_applies_new_rules(tmp_path: Path) -> None:
     h.publish("go")
     assert [s for _, s, _ in h.submitted] == ["rule:r", "rule:new"]
     assert {r["id"]: r["fireCount"] for r in h.engine.status()["rules"]} == {"r": 1, "new": 1}
+
+
+class Commands:
+    """The command runner, held by the test: each run waits until the test answers it."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, float, Any]] = []
+
+    def __call__(self, line: str, timeout: float) -> Any:
+        from twisted.internet.defer import Deferred
+
+        d: Deferred = Deferred()
+        self.runs.append((line, timeout, d))
+        return d
+
+    def answer(self, index: int, exit_code: int | None, error: str | None = None) -> None:
+        from aiwg.daemon.commands import CommandResult
+
+        self.runs[index][2].callback(CommandResult(exit_code=exit_code, output="", duration=0.1, error=error))
+
+
+def command_harness(tmp_path: Path, expect: str | None = None) -> tuple[Harness, Commands]:
+    commands = Commands()
+    condition = {"type": "command", "run": "npm test", "timeout_seconds": 60}
+    if expect:
+        condition["expect"] = expect
+    h = Harness(tmp_path, [rule("fix", {"type": "file_change", "pattern": "src/**"}, "Fix:\n{files}",
+                                condition=condition, action={"until": "npm test", "max_iterations": 3})])
+    h.engine = AutomationEngine(reactor=h.clock, bus=h.bus, config=h.config, submit=h.submit,
+                                task_depth=lambda tid: h.depths.get(tid), state_file=h.state_file,
+                                run_command=commands)
+    h.engine.startService()
+    return h, commands
+
+
+def test_a_command_condition_fires_only_on_the_expected_outcome(tmp_path: Path) -> None:
+    h, commands = command_harness(tmp_path, expect="failure")
+    h.files("src/a.py")
+    assert [(line, timeout) for line, timeout, _ in commands.runs] == [("npm test", 60.0)]
+    assert h.submitted == []  # not before the command has answered
+    commands.answer(0, 0)  # the tests pass: nothing to fix
+    h.clock.advance(0)  # deliver the events
+    assert h.submitted == []
+    [skipped] = h.topics("automation:skipped")
+    assert skipped["reason"] == "`npm test` exited 0; the rule fires on failure"
+    h.files("src/b.py")
+    commands.answer(1, 1)  # now they fail
+    [(spec, source, metadata)] = h.submitted
+    assert spec["prompt"] == "Fix:\nsrc/b.py" and source == "rule:fix"
+    assert spec["until"] == "npm test" and spec["max_iterations"] == 3  # the action's loop goes along
+    status = h.engine.status()["rules"][0]
+    assert status["condition"]["skipped"] == 1 and status["condition"]["lastCheck"]["exitCode"] == 1
+    assert status["action"]["loop"]["until"] == "npm test"
+
+
+def test_triggers_during_a_run_are_gathered_for_one_more_run(tmp_path: Path) -> None:
+    h, commands = command_harness(tmp_path)  # expect success (the default)
+    h.files("src/a.py")
+    h.files("src/b.py")
+    h.files("src/c.py", "src/b.py")
+    assert len(commands.runs) == 1  # one at a time
+    commands.answer(0, 0)
+    assert [s["prompt"] for s, _, _ in h.submitted] == ["Fix:\nsrc/a.py"]
+    assert len(commands.runs) == 2  # the gathered triggers get their own run
+    commands.answer(1, 0)
+    assert [s["prompt"] for s, _, _ in h.submitted] == ["Fix:\nsrc/a.py", "Fix:\nsrc/b.py\nsrc/c.py"]
+
+
+def test_a_command_that_does_not_finish_decides_nothing(tmp_path: Path) -> None:
+    for expect in ("success", "failure"):
+        h, commands = command_harness(tmp_path, expect=expect)
+        h.files("src/a.py")
+        commands.answer(0, None, error="timed out after 60s")
+        h.clock.advance(0)
+        assert h.submitted == []
+        assert h.topics("automation:skipped")[0]["reason"] == (
+            "the condition `npm test` did not finish: timed out after 60s")
+        h.engine.stopService()
+
+
+def test_a_disabled_or_reloaded_rule_ignores_a_late_answer(tmp_path: Path) -> None:
+    h, commands = command_harness(tmp_path, expect="failure")
+    h.files("src/a.py")
+    h.engine.set_enabled(False, "fix")
+    commands.answer(0, 1)
+    assert h.submitted == []
+
+
+def test_a_loop_rule_starts_no_second_loop_while_its_last_one_runs(tmp_path: Path) -> None:
+    states: dict[str, str] = {}
+    h = Harness(tmp_path, [rule("fix", {"type": "file_change", "pattern": "src/**"}, "Fix it",
+                                action={"until": "make test"}),
+                           rule("plain", {"type": "file_change", "pattern": "src/**"}, "Note it")])
+    h.engine = AutomationEngine(reactor=h.clock, bus=h.bus, config=h.config, submit=h.submit,
+                                task_depth=lambda tid: h.depths.get(tid), state_file=h.state_file,
+                                task_state=states.get)
+    h.engine.startService()
+    h.files("src/a.py")
+    assert [source for _, source, _ in h.submitted] == ["rule:fix", "rule:plain"]
+    states["t-1"] = "running"  # the loop edits src/ as it works
+    h.files("src/a.py")
+    assert [source for _, source, _ in h.submitted] == ["rule:fix", "rule:plain", "rule:plain"]
+    assert h.topics("automation:skipped")[-1]["reason"] == "its loop t-1 is still running"
+    states["t-1"] = "failed"
+    h.files("src/a.py")
+    assert [source for _, source, _ in h.submitted][-2:] == ["rule:fix", "rule:plain"]

@@ -1,0 +1,376 @@
+# tests: tests/e2e/test_loops.py
+"""Ralph loops, run: the agent, then the check, until the check passes or a limit
+ends the task.
+
+A loop task holds its slot from its first iteration to its end. Each iteration
+takes a git snapshot, runs the agent (its prompt from `aiwg.core.loops`), runs
+the check through the user's shell, takes another snapshot, writes the
+iteration's record and saves the loop's progress in the task's metadata. Both
+processes are the supervisor's runs: own session, the task's marker, output
+into the task's log and the iteration's files, secrets redacted, cancel and
+stop handled alike. The progress is committed before the next iteration
+starts, so a daemon killed at any point resumes at the first unfinished
+iteration.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from attrs import evolve
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from aiwg.core import agents
+from aiwg.core.loops import (LOOP_KEY, LoopProgress, LoopSpec, LoopSpecError, after_iteration,
+                             iteration_prompt, loop_metadata)
+from aiwg.core.tasks import Task, TaskState
+from aiwg.daemon.commands import git_snapshot, user_shell
+from aiwg.daemon.iterations import AGENT_LOG, CHECK_LOG, IterationRecords, snapshot_json
+from aiwg.daemon.logs import iso_utc
+
+if TYPE_CHECKING:
+    from aiwg.daemon.supervisor import Run, Supervisor
+
+#: How much of the task's log its record keeps as the tail.
+TAIL_BYTES = 16 * 1024
+#: Ways a loop is stopped from outside (the run's `reason` is the same word).
+STOPS = ("cancel", "timeout", "shutdown")
+
+
+def is_loop(task: Task) -> bool:
+    return LOOP_KEY in task.metadata
+
+
+class LoopRun:
+    """One loop while this daemon drives it."""
+
+    def __init__(self, task: Task, spec: LoopSpec, progress: LoopProgress) -> None:
+        self.task_id = task.id
+        self.spec = spec
+        self.progress = progress
+        self.number = progress.iteration + 1
+        self.prompt = ""
+        self.iteration_started = 0.0
+        self.before: dict[str, Any] | None = None
+        self.after: dict[str, Any] | None = None
+        self.agent: dict[str, Any] | None = None
+        self.check: dict[str, Any] | None = None
+        self.stop_reason: str | None = None
+        self.deadline_call: Any = None
+        self.run: "Run | None" = None
+        self.done: Deferred = Deferred()
+
+
+class LoopRunner:
+    log = Logger()
+
+    def __init__(self, supervisor: "Supervisor") -> None:
+        self.sup = supervisor
+        self.records = IterationRecords(supervisor.actions_dir)
+        self.active: dict[str, LoopRun] = {}
+        # The daemon's own directory changes all the time: not the agent's doing.
+        own = os.path.relpath(supervisor.actions_dir.parent, supervisor.root)
+        self._own_files = () if own.startswith("..") else (own,)
+
+    # -- start, stop -------------------------------------------------------------
+
+    def begin(self, task: Task) -> None:
+        """Start (or resume) a loop task the supervisor has recorded as running."""
+        try:
+            spec = LoopSpec.parse(task.metadata[LOOP_KEY])
+        except LoopSpecError as exc:
+            self.sup._fail_now(task, f"invalid loop settings: {exc}")
+            return
+        progress = LoopProgress.from_json(task.metadata[LOOP_KEY])
+        loop = LoopRun(task, spec, progress)
+        self.active[task.id] = loop
+        if task.timeout_minutes:
+            remaining = task.timeout_minutes * 60 - progress.active_seconds
+            loop.deadline_call = self.sup.reactor.callLater(max(0.0, remaining), self._deadline, loop)
+        self.log.info(
+            "task {task_id}: loop {what} at iteration {n} of {max}, until `{until}` passes",
+            task_id=task.id, what="resumed" if progress.iteration else "started",
+            n=progress.iteration + 1, max=spec.max_iterations, until=spec.until,
+        )
+        self.sup.bus.publish("task:started", {
+            "taskId": task.id, "pid": None, "priority": task.priority, "source": task.source,
+            "iteration": progress.iteration + 1, "maxIterations": spec.max_iterations,
+        })
+        self._iterate(loop)
+
+    def cancel(self, task_id: str) -> bool:
+        loop = self.active.get(task_id)
+        if loop is None or loop.stop_reason is not None:
+            return False
+        self._stop(loop, "cancel")
+        return True
+
+    def stop_all(self) -> list[Deferred]:
+        """The daemon is stopping: every loop ends its current process and is queued
+        again, to resume at the same iteration."""
+        for loop in list(self.active.values()):
+            self._stop(loop, "shutdown")
+        return [loop.done for loop in self.active.values()]
+
+    def _deadline(self, loop: LoopRun) -> None:
+        loop.deadline_call = None
+        self.log.warn("task {task_id}: the loop's overall timeout is up", task_id=loop.task_id)
+        self._stop(loop, "timeout")
+
+    def _stop(self, loop: LoopRun, reason: str) -> None:
+        if loop.stop_reason is None:
+            loop.stop_reason = reason
+        run = loop.run
+        if run is not None and not run.exited:
+            grace = self.sup.settings.shutdown_grace if reason == "shutdown" else self.sup.settings.kill_grace
+            run.stop(reason, grace)
+        # Between two processes: the loop stops at its next step.
+
+    # -- one iteration -------------------------------------------------------------
+
+    def _task(self, loop: LoopRun) -> Task:
+        task = self.sup.store.get(loop.task_id)
+        assert task is not None, loop.task_id
+        return task
+
+    def _iterate(self, loop: LoopRun) -> None:
+        if loop.stop_reason is not None:
+            return self._stopped(loop)
+        task = self._task(loop)
+        loop.number = loop.progress.iteration + 1
+        loop.iteration_started = self.sup.reactor.seconds()
+        loop.before = loop.after = loop.agent = loop.check = None
+        loop.prompt = iteration_prompt(task.prompt, loop.number, loop.spec,
+                                       loop.progress.last_output, loop.progress.last_exit)
+        try:
+            self.records.begin(task.id, loop.number, loop.prompt)
+        except OSError as exc:
+            return self._finish(loop, TaskState.FAILED, f"cannot write the iteration's records: {exc}")
+        self._snapshot().addCallback(self._start_agent, loop)
+
+    def _snapshot(self) -> Deferred:
+        def failed(failure: Any) -> None:
+            self.log.failure("git snapshot failed", failure)
+            return None
+
+        env = self.sup._current_launch().env
+        return git_snapshot(self.sup.commands, str(self.sup.root), env, self._own_files).addErrback(failed)
+
+    def _start_agent(self, before: dict[str, Any] | None, loop: LoopRun) -> None:
+        loop.before = before
+        if loop.stop_reason is not None:
+            return self._stopped(loop)
+        task = self._task(loop)
+        launch = self.sup._current_launch()
+        if launch.executable is None:
+            return self._finish(loop, TaskState.FAILED, self.sup.missing_agent_message())
+        argv = agents.build_argv(self.sup.settings.agent, loop.prompt, task.agent)
+        env, secrets = self.sup.task_env(task, launch)
+        self._note(task, f"[aiwg: iteration {loop.number} of {loop.spec.max_iterations}: agent]\n")
+        minutes = loop.spec.iteration_timeout_minutes or self.sup.settings.timeout_minutes
+        try:
+            loop.run = self.sup.start_run(task, "loop-agent", launch.executable, argv, env, secrets, minutes,
+                                          copy_to=self.records.dir(task.id, loop.number) / AGENT_LOG)
+        except Exception as exc:
+            return self._finish(loop, TaskState.FAILED, f"could not start the agent: {exc}")
+
+    def phase_ended(self, run: "Run") -> None:
+        """One of a loop's processes has ended and its output is all in."""
+        loop = self.active.get(run.task.id)
+        if loop is None:
+            return
+        loop.run = None
+        if run.reason in STOPS and loop.stop_reason is None:
+            loop.stop_reason = run.reason  # stopped by the run's own timer (overall timeout)
+        if run.kind == "loop-agent":
+            self._agent_ended(loop, run)
+        else:
+            self._check_ended(loop, run)
+
+    def _agent_ended(self, loop: LoopRun, run: "Run") -> None:
+        parsed = agents.parse_result(self.sup.settings.agent.output, bytes(run.stdout).decode("utf-8", "replace"))
+        if run.reason == "iteration-timeout":
+            minutes = loop.spec.iteration_timeout_minutes or self.sup.settings.timeout_minutes
+            failure: str | None = f"the agent timed out after {minutes:g} min"
+        elif run.exit_code == 0 and run.exit_signal is None and not parsed.is_error:
+            failure = None
+        else:
+            failure = self.sup._failure_text(run, parsed)
+        loop.agent = {
+            "exitCode": run.exit_code, "signal": run.exit_signal, "costUsd": parsed.cost_usd,
+            "sessionId": parsed.session_id, "result": (parsed.result or "")[:2000] or None,
+            "error": failure, "duration": round(self.sup.reactor.seconds() - run.started, 3),
+        }
+        if loop.stop_reason is not None:
+            self._write_record(loop, outcome="interrupted", reason=loop.stop_reason)
+            return self._stopped(loop)
+        self._start_check(loop)
+
+    def _start_check(self, loop: LoopRun) -> None:
+        task = self._task(loop)
+        launch = self.sup._current_launch()
+        env, secrets = self.sup.task_env(task, launch)
+        shell = user_shell(env)
+        self._note(task, f"[aiwg: iteration {loop.number} of {loop.spec.max_iterations}: check `{loop.spec.until}`]\n")
+        try:
+            loop.run = self.sup.start_run(
+                task, "loop-check", shell, [shell, "-c", loop.spec.until], env, secrets,
+                loop.spec.check_timeout_minutes, copy_to=self.records.dir(task.id, loop.number) / CHECK_LOG,
+            )
+        except Exception as exc:
+            problem = f"could not start the check with {shell}: {exc}"
+            loop.check = {"command": loop.spec.until, "exitCode": None, "error": problem, "duration": 0.0}
+            self._snapshot().addCallback(self._iteration_done, loop, None, f"[{problem}]")
+
+    def _check_ended(self, loop: LoopRun, run: "Run") -> None:
+        output = bytes(run.tail).decode("utf-8", "replace")
+        problem = None
+        if run.reason == "check-timeout":
+            problem = f"the check timed out after {loop.spec.check_timeout_minutes:g} min"
+        elif run.exit_signal is not None:
+            problem = f"the check was killed by signal {run.exit_signal}"
+        exit_code = run.exit_code if problem is None and run.reason is None else None
+        loop.check = {
+            "command": loop.spec.until, "exitCode": exit_code, "signal": run.exit_signal,
+            "timedOut": run.reason == "check-timeout", "error": problem,
+            "duration": round(self.sup.reactor.seconds() - run.started, 3),
+        }
+        if run.reason in STOPS:  # killed by us before it could finish: the iteration did not finish
+            self._write_record(loop, outcome="interrupted", reason=loop.stop_reason)
+            return self._stopped(loop)
+        if problem:
+            output += f"\n[{problem}]"
+        self._snapshot().addCallback(self._iteration_done, loop, exit_code, output)
+
+    def _iteration_done(self, after: dict[str, Any] | None, loop: LoopRun, exit_code: int | None,
+                        output: str) -> None:
+        loop.after = after
+        agent = loop.agent or {}
+        seconds = self.sup.reactor.seconds() - loop.iteration_started
+        progress = loop.progress.finished(loop.number, agent.get("costUsd"), seconds, exit_code, output)
+        verdict = after_iteration(loop.spec, loop.number, exit_code, progress.spent_usd, agent.get("error"))
+        loop.progress = progress
+        self._write_record(loop, outcome=verdict.outcome, reason=verdict.reason, seconds=seconds)
+        task = self._task(loop)
+        self.sup.store.save(evolve(
+            task, metadata={**task.metadata, LOOP_KEY: loop_metadata(loop.spec, progress)},
+            cost_usd=progress.spent_usd, exit_code=exit_code,
+            result=agent.get("result") if agent.get("result") is not None else task.result,
+            session_id=agent.get("sessionId") or task.session_id,
+        ))
+        self.log.info(
+            "task {task_id}: iteration {n} of {max}: check {how}{cost}",
+            task_id=loop.task_id, n=loop.number, max=loop.spec.max_iterations,
+            how="passed" if exit_code == 0 else f"failed (exit {exit_code})" if exit_code is not None
+            else "did not finish",
+            cost=f", ${progress.spent_usd:.4g} spent" if progress.spent_usd is not None else "",
+        )
+        self.sup.bus.publish("task:iteration", {
+            "taskId": loop.task_id, "iteration": loop.number, "maxIterations": loop.spec.max_iterations,
+            "passed": exit_code == 0, "checkExitCode": exit_code, "costUsd": agent.get("costUsd"),
+            "totalCostUsd": progress.spent_usd, "outcome": verdict.outcome, "reason": verdict.reason,
+            "duration": int(seconds * 1000), "prompt": task.prompt[:200], "source": task.source,
+        })
+        if verdict.outcome == "completed":
+            return self._finish(loop, TaskState.COMPLETED, None)
+        if verdict.outcome == "failed":
+            return self._finish(loop, TaskState.FAILED, verdict.reason)
+        if loop.stop_reason is not None:
+            return self._stopped(loop, finished=True)
+        # Durable before the next iteration starts: a crash resumes after this one.
+        self.sup.store.commit().addErrback(
+            lambda failure: self.log.failure("cannot record the loop's progress", failure)
+        ).addCallback(lambda _: self._iterate(loop))
+
+    # -- records and the end -----------------------------------------------------------
+
+    def _note(self, task: Task, line: str) -> None:
+        """A marker line in the task's log, between the processes' outputs."""
+        data = line.encode()
+        offset = 0
+        try:
+            fd = os.open(str(task.output_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                offset = os.fstat(fd).st_size
+                if offset < self.sup.settings.output_max_bytes:
+                    os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError:
+            return
+        self.sup.bus.publish("task:output", {"taskId": task.id, "stream": "stdout", "chunk": line,
+                                             "offset": offset, "bytes": len(data)})
+
+    def _write_record(self, loop: LoopRun, outcome: str, reason: str | None = None,
+                      seconds: float | None = None) -> None:
+        if seconds is None:
+            seconds = self.sup.reactor.seconds() - loop.iteration_started
+        check = loop.check
+        record = {
+            "iteration": loop.number,
+            "startedAt": iso_utc(loop.iteration_started),
+            "duration": round(seconds, 3),
+            "agent": loop.agent,
+            "check": check,
+            "passed": bool(check and check.get("exitCode") == 0),
+            "costUsd": (loop.agent or {}).get("costUsd"),
+            "totalCostUsd": loop.progress.spent_usd,
+            "outcome": outcome,
+            "reason": reason,
+            "git": {"before": snapshot_json(loop.before), "after": snapshot_json(loop.after)},
+        }
+        try:
+            self.records.write(loop.task_id, loop.number, record)
+        except OSError as exc:
+            self.log.error("task {task_id}: cannot write the record of iteration {n}: {error}",
+                           task_id=loop.task_id, n=loop.number, error=str(exc))
+
+    def _stopped(self, loop: LoopRun, finished: bool = False) -> None:
+        """End a loop stopped from outside; `finished`: its current iteration had
+        run to the end (a resumed loop starts the next one)."""
+        reason, n = loop.stop_reason, loop.number
+        where = f"after iteration {n}" if finished else f"in iteration {n}"
+        if reason == "cancel":
+            self._finish(loop, TaskState.CANCELLED, f"cancelled while running ({where})")
+        elif reason == "timeout":
+            minutes = self._task(loop).timeout_minutes or 0
+            self._finish(loop, TaskState.TIMEOUT, f"the loop timed out after {minutes:g} min, {where}")
+        else:
+            resume = n + 1 if finished else n
+            self._finish(loop, TaskState.QUEUED,
+                         f"interrupted by a daemon stop {where}; the loop resumes at iteration {resume}")
+
+    def _finish(self, loop: LoopRun, state: TaskState, error: str | None) -> None:
+        self.active.pop(loop.task_id, None)
+        if loop.deadline_call is not None and loop.deadline_call.active():
+            loop.deadline_call.cancel()
+        task = self._task(loop)
+        tail, size = _log_tail(task.output_path)
+        final = task.moved(
+            state, error=error, pid=None, output_tail=tail, output_bytes=size,
+            finished_at=None if state == TaskState.QUEUED else self.sup.reactor.seconds(),
+            metadata={**task.metadata, LOOP_KEY: loop_metadata(loop.spec, loop.progress)},
+        )
+        self.sup.settle(final)
+        loop.done.callback(None)
+        self.sup._fill()
+
+    # -- reading -----------------------------------------------------------------------
+
+    def iterations(self, task: Task) -> list[dict[str, Any]]:
+        """A loop task's iteration records, for task.get."""
+        return self.records.read_all(task.id) if is_loop(task) else []
+
+
+def _log_tail(path: str | None) -> tuple[str, int]:
+    if not path:
+        return "", 0
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - TAIL_BYTES))
+            return handle.read().decode("utf-8", "replace"), size
+    except OSError:
+        return "", 0

@@ -1,0 +1,84 @@
+# tests: tests/daemon/test_supervisor.py
+"""Starting a child as the leader of a new session, and so of its own process
+group: a timeout, a cancel or a stop then signals it and everything it started
+as one group. Used for agents, loop checks and the daemon's own short commands.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+from typing import Any
+
+from twisted.internet import process
+
+
+#: Every signal whose disposition a child can inherit; all are reset to their
+#: default in the agent.
+_RESET_SIGNALS = tuple(sorted(set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}))
+#: Linux C libraries skip a posix_spawn close action whose descriptor is not open.
+_CLOSE_IGNORES_EBADF = sys.platform.startswith("linux")
+
+
+def _shuffled_fd_actions(fdmap: dict[int, int]) -> list[tuple[int, ...]]:
+    """posix_spawn file actions for a map in which some descriptor must move to a
+    number that another one occupies: Twisted's own ordering."""
+    fd_state = []
+    for fd in process._listOpenFDs():
+        try:
+            fd_state.append((fd, bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)))
+        except OSError:
+            pass
+    return process._getFileActions(fd_state, fdmap, doClose=os.POSIX_SPAWN_CLOSE, doDup2=os.POSIX_SPAWN_DUP2)
+
+
+class SessionLeaderProcess(process.Process):
+    """Twisted's Process, with the child started as the leader of a new session
+    (and so of a new process group), so that a timeout, a cancel or a stop can
+    signal the agent and everything it started as one group — without paying
+    for an extra exec of setsid(1) on every task. When Twisted forks instead of
+    spawning, the child calls setsid() itself before exec.
+
+    The posix_spawnp call is Twisted's, with `setsid=True` and two costs cut,
+    because the daemon spawns on the reactor thread: Twisted asks Python about
+    each of the 64 signals on every spawn to reset the ignored ones, where every
+    signal is reset here (exec resets the handled ones anyway); and it asks
+    whether each open descriptor is close-on-exec to plan the child's
+    descriptors, where here the child simply closes every descriptor it is not
+    given.
+    """
+
+    def _trySpawnInsteadOfFork(self, path: Any, uid: Any, gid: Any, executable: Any,
+                               args: Any, environment: Any, kwargs: Any) -> bool:
+        if (
+            uid is not None
+            or gid is not None
+            or (path is not None and os.path.abspath(path) != os.path.abspath("."))
+            or getattr(self._reactor, "_neverUseSpawn", False)
+        ):
+            return False
+        fdmap = kwargs["fdmap"]
+        if not _CLOSE_IGNORES_EBADF or any(parent in fdmap for parent in fdmap.values()):
+            actions = _shuffled_fd_actions(fdmap)  # the general case, as Twisted does it
+        else:
+            # Each given descriptor lands on its number in the child; every other one,
+            # close-on-exec or not (or closed since it was listed), is closed there:
+            # that costs the child less than asking about each costs us.
+            actions = [(os.POSIX_SPAWN_DUP2, parent, child) for child, parent in fdmap.items()]
+            actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in process._listOpenFDs() if fd not in fdmap]
+        try:
+            self.pid = os.posix_spawnp(
+                executable, args, os.environ if environment is None else environment,
+                file_actions=actions, setsigdef=_RESET_SIGNALS, setsid=True,
+            )
+            self.spawned_pid = self.pid  # Twisted clears pid if it reaps the child at once
+        except NotImplementedError:  # no POSIX_SPAWN_SETSID here: fork, and setsid below
+            return False
+        self.status = -1
+        return True
+
+    def _setupChild(self, fdmap: Any) -> None:
+        os.setsid()
+        super()._setupChild(fdmap)
