@@ -276,3 +276,64 @@ def test_a_command_condition_gates_a_rule_both_ways(project: Project) -> None:
     wait_for(lambda: prompts() == ["Fix the failing tests", "Write the release notes"]
              and skipped("ship-when-green") == 1)
     assert "`test ! -e" in project.log_text() and "the rule fires on success" in project.log_text()
+
+
+def test_an_iteration_timeout_kills_the_agent_and_the_check_still_runs(project: Project) -> None:
+    configure(project)
+    project.start()
+    check = write_check(project, passes_at=1)
+    task_id = submit(project, "Slow agent @sleep:60 @grandchild", "--until", check, "--iteration-timeout", "0.01")
+    record = finished(project, task_id)
+    assert record["state"] == "completed"  # the half-done work passed the check
+    [iteration] = record["iterations"]
+    assert iteration["agent"]["error"] == "the agent timed out after 0.01 min"
+    assert iteration["check"]["exitCode"] == 0
+    assert not alive(project.fake.runs()[0]["pid"])
+    assert all(not alive(pid) for pid in project.fake.grandchild_pids())
+
+
+def test_a_check_that_runs_out_of_time_counts_as_failed(project: Project) -> None:
+    configure(project)
+    project.start()
+    pid_file = project.root.parent / "check.pid"
+    task_id = submit(project, "Fix it", "--until", f"echo $$ > {pid_file}; sleep 60", "--check-timeout", "0.01",
+                     "--max-iterations", "2")
+    record = finished(project, task_id)
+    assert record["state"] == "failed" and "still fails after 2 iteration(s)" in record["error"]
+    assert [i["check"]["timedOut"] for i in record["iterations"]] == [True, True]
+    assert record["iterations"][0]["check"]["error"] == "the check timed out after 0.01 min"
+    assert "did not finish" in project.fake.runs()[1]["prompt"]
+    assert "the check timed out after 0.01 min" in project.fake.runs()[1]["prompt"]
+    assert not alive(int(pid_file.read_text()))
+
+
+def test_the_tasks_timeout_limits_the_whole_loop(project: Project) -> None:
+    configure(project)
+    project.start()
+    check = write_check(project, passes_at=0)
+    task_id = submit(project, "Keep trying @sleep:0.4", "--until", check, "--timeout", "0.02",
+                     "--max-iterations", "100")
+    record = finished(project, task_id)
+    assert record["state"] == "timeout"
+    assert record["error"].startswith("the loop timed out after 0.02 min")
+    assert 1 <= len(project.fake.runs()) < 10
+    assert all(not alive(run["pid"]) for run in project.fake.runs())
+
+
+def test_a_stop_mid_loop_resumes_it_at_the_next_start(project: Project) -> None:
+    configure(project)
+    project.start()
+    check = write_check(project, passes_at=2)
+    task_id = submit(project, "Fix it @sleep:60", "--until", check)
+    wait_for(lambda: project.fake.runs())
+    project.aiwg("daemon", "stop", check=True)
+    assert not alive(project.fake.runs()[0]["pid"])
+    project.start()
+    wait_for(lambda: len(project.fake.runs()) == 2, timeout=20)
+    assert project.fake.runs()[1]["prompt"] == "Fix it @sleep:60"  # iteration 1 again: it never finished
+    os.kill(project.fake.runs()[1]["pid"], signal.SIGTERM)
+    wait_for(lambda: len(project.fake.runs()) == 3, timeout=20)
+    os.kill(project.fake.runs()[2]["pid"], signal.SIGTERM)
+    record = finished(project, task_id)
+    assert record["state"] == "completed" and [i["iteration"] for i in record["iterations"]] == [1, 2]
+    assert "interrupted by a daemon stop in iteration 1; the loop resumes at iteration 1" in project.log_text()
