@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 DEFAULT_MAX_ITERATIONS = 5
 #: Minutes the check command may run before it counts as failed.
@@ -44,6 +44,8 @@ class LoopSpec:
         until = data.get("until")
         if not isinstance(until, str) or not until.strip():
             raise LoopSpecError("until: the check command must be a non-empty string, e.g. \"pytest -q\"")
+        if "\x00" in until:
+            raise LoopSpecError("until: the check command contains a NUL character")
         max_iterations = data.get("maxIterations", DEFAULT_MAX_ITERATIONS)
         if isinstance(max_iterations, bool) or not isinstance(max_iterations, int) or not 1 <= max_iterations <= 1000:
             raise LoopSpecError(f"maxIterations: must be an integer from 1 to 1000, got {max_iterations!r}")
@@ -83,6 +85,7 @@ class LoopProgress:
     that a restarted daemon resumes after the last finished iteration."""
 
     iteration: int = 0  # iterations finished (agent and check both ran)
+    crashes: int = 0  # times the daemon died while this loop ran (each resumes it)
     spent_usd: float | None = None  # None: the agent never reported a cost
     active_seconds: float = 0.0  # time spent in finished iterations (the overall timeout's clock)
     last_exit: int | None = None  # the last check's exit status (None: it did not finish)
@@ -98,8 +101,10 @@ class LoopProgress:
         done = data.get("iteration")
         exit_code = last.get("exitCode")
         output = last.get("output")
+        crashes = data.get("crashes")
         return cls(
             iteration=done if isinstance(done, int) and not isinstance(done, bool) and done > 0 else 0,
+            crashes=crashes if isinstance(crashes, int) and not isinstance(crashes, bool) and crashes > 0 else 0,
             spent_usd=number("spentUsd"),
             active_seconds=number("activeSeconds") or 0.0,
             last_exit=exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) else None,
@@ -112,6 +117,8 @@ class LoopProgress:
             out["spentUsd"] = self.spent_usd
         if self.iteration:
             out["lastCheck"] = {"exitCode": self.last_exit, "output": self.last_output or ""}
+        if self.crashes:
+            out["crashes"] = self.crashes
         return out
 
     def finished(self, iteration: int, cost_usd: float | None, seconds: float,
@@ -121,7 +128,13 @@ class LoopProgress:
         if cost_usd is not None:
             spent = (spent or 0.0) + cost_usd
         return LoopProgress(iteration=iteration, spent_usd=spent, active_seconds=self.active_seconds + seconds,
-                            last_exit=check_exit, last_output=check_tail(check_output))
+                            last_exit=check_exit, last_output=check_tail(check_output), crashes=self.crashes)
+
+    def interrupted(self, cost_usd: float | None, seconds: float) -> "LoopProgress":
+        """An iteration cut short still spent its money and its time: they count
+        against the budget and the loop's timeout when it runs again."""
+        spent = self.spent_usd if cost_usd is None else (self.spent_usd or 0.0) + cost_usd
+        return evolve(self, spent_usd=spent, active_seconds=self.active_seconds + seconds)
 
 
 def loop_metadata(spec: LoopSpec, progress: LoopProgress) -> dict[str, Any]:
@@ -153,7 +166,9 @@ def spec_from_action(action: Mapping[str, Any]) -> LoopSpec | None:
 
 
 def check_tail(output: str, limit: int = CHECK_TAIL_CHARS) -> str:
-    """The end of the check's output, marked when cut."""
+    """The end of the check's output, marked when cut. A NUL (binary output) cannot
+    travel in a prompt, which is a command-line argument: it is replaced."""
+    output = output.replace("\x00", "\ufffd")
     if len(output) <= limit:
         return output
     return "[… earlier output cut …]\n" + output[-limit:]

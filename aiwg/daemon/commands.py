@@ -55,6 +55,7 @@ class _Command(ProcessProtocol):
         self.error: str | None = None
         self.timed_out = False
         self.pid: int | None = None
+        self.exited = False
         self.calls: list[Any] = []
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -63,6 +64,7 @@ class _Command(ProcessProtocol):
             del self.output[: len(self.output) - self.limit]
 
     def processExited(self, reason: Any) -> None:
+        self.exited = True
         value = reason.value
         if isinstance(value, ProcessDone):
             self.exit_code = 0
@@ -123,19 +125,25 @@ class CommandRunner:
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
         self._running: set[_Command] = set()
+        self._stopped = False
 
     def run(self, argv: list[str], *, cwd: str, env: Mapping[str, str], timeout: float,
             limit: int = OUTPUT_LIMIT) -> Deferred:
         """Fires with a CommandResult; never errs (a command that cannot start is a
         result with `error` set)."""
         command = _Command(self, timeout, limit)
+        if self._stopped:
+            command.done.callback(CommandResult(exit_code=None, output="", duration=0.0,
+                                                error="not started: the daemon is stopping"))
+            return command.done
         executable = argv[0] if os.sep in argv[0] else shutil.which(argv[0], path=env.get("PATH", os.defpath))
         if executable is None:
             command.done.callback(CommandResult(exit_code=None, output="", duration=0.0,
                                                 error=f"{argv[0]!r} not found on PATH"))
             return command.done
-        devnull = os.open(os.devnull, os.O_RDONLY)
+        devnull = -1
         try:
+            devnull = os.open(os.devnull, os.O_RDONLY)
             transport = SessionLeaderProcess(
                 self.reactor, executable, argv, dict(env), cwd, command, None, None,
                 {0: devnull, 1: "r", 2: "r"},
@@ -145,8 +153,11 @@ class CommandRunner:
                                                 error=f"could not start {argv[0]!r}: {exc}"))
             return command.done
         finally:
-            os.close(devnull)
+            if devnull >= 0:
+                os.close(devnull)
         command.pid = transport.pid if transport.pid is not None else getattr(transport, "spawned_pid", None)
+        if command.exited:  # reaped during the spawn, before its pid was known here
+            command.signal(signal.SIGKILL)
         if not command.done.called:
             self._running.add(command)
             command.calls.append(self.reactor.callLater(timeout, command.expire))
@@ -164,8 +175,9 @@ class CommandRunner:
         return len(self._running)
 
     def stop(self) -> list[Deferred]:
-        """End every command in flight (SIGTERM, then SIGKILL); the Deferreds fire
-        as they end."""
+        """End every command in flight (SIGTERM, then SIGKILL) and start no more; the
+        Deferreds fire as they end."""
+        self._stopped = True
         waiting = []
         for command in list(self._running):
             command.error = command.error or "stopped: the daemon is stopping"

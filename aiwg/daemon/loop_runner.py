@@ -61,6 +61,7 @@ class LoopRun:
         self.deadline_call: Any = None
         self.run: "Run | None" = None
         self.done: Deferred = Deferred()
+        self.offset = 0  # where the task's output stream is (its log, and beyond once capped)
 
 
 class LoopRunner:
@@ -85,7 +86,14 @@ class LoopRunner:
             return
         progress = LoopProgress.from_json(task.metadata[LOOP_KEY])
         loop = LoopRun(task, spec, progress)
+        loop.offset = _size(task.output_path)
         self.active[task.id] = loop
+        if progress.iteration:  # resumed: its last verdict may already be final
+            verdict = after_iteration(spec, progress.iteration, progress.last_exit, progress.spent_usd)
+            if verdict.outcome != "continue":
+                loop.number = progress.iteration
+                state = TaskState.COMPLETED if verdict.outcome == "completed" else TaskState.FAILED
+                return self._guard(loop, self._finish, loop, state, verdict.reason)
         if task.timeout_minutes:
             remaining = task.timeout_minutes * 60 - progress.active_seconds
             loop.deadline_call = self.sup.reactor.callLater(max(0.0, remaining), self._deadline, loop)
@@ -98,7 +106,31 @@ class LoopRunner:
             "taskId": task.id, "pid": None, "priority": task.priority, "source": task.source,
             "iteration": progress.iteration + 1, "maxIterations": spec.max_iterations,
         })
-        self._iterate(loop)
+        self._guard(loop, self._iterate, loop)
+
+    def _guard(self, loop: LoopRun, step: Any, *args: Any) -> None:
+        """Run one step of a loop; a step that raises ends the loop `failed` rather
+        than leaving it (and its slot) stuck forever."""
+        try:
+            step(*args)
+        except Exception as exc:
+            self.log.failure("task {task_id}: the loop failed at an internal step", task_id=loop.task_id)
+            if self.active.get(loop.task_id) is not loop:
+                return
+            if loop.run is not None and not loop.run.exited:
+                loop.run.stop("cancel", self.sup.settings.kill_grace)
+            try:
+                self._finish(loop, TaskState.FAILED, f"internal error in the loop: {exc!r}")
+            except Exception:
+                self.log.failure("task {task_id}: cannot record the loop's failure", task_id=loop.task_id)
+                self.active.pop(loop.task_id, None)
+                if not loop.done.called:
+                    loop.done.callback(None)
+
+    def _then(self, loop: LoopRun, d: Deferred, step: Any, *args: Any) -> None:
+        """When `d` fires, the next step of the loop, guarded."""
+        d.addCallback(lambda result: self._guard(loop, step, result, loop, *args))
+        d.addErrback(lambda failure: self._guard(loop, failure.raiseException))
 
     def cancel(self, task_id: str) -> bool:
         loop = self.active.get(task_id)
@@ -137,7 +169,7 @@ class LoopRunner:
 
     def _iterate(self, loop: LoopRun) -> None:
         if loop.stop_reason is not None:
-            return self._stopped(loop)
+            return self._stopped(loop, finished=loop.progress.iteration >= loop.number)
         task = self._task(loop)
         loop.number = loop.progress.iteration + 1
         loop.iteration_started = self.sup.reactor.seconds()
@@ -148,7 +180,7 @@ class LoopRunner:
             self.records.begin(task.id, loop.number, loop.prompt)
         except OSError as exc:
             return self._finish(loop, TaskState.FAILED, f"cannot write the iteration's records: {exc}")
-        self._snapshot().addCallback(self._start_agent, loop)
+        self._then(loop, self._snapshot(), self._start_agent)
 
     def _snapshot(self) -> Deferred:
         def failed(failure: Any) -> None:
@@ -168,26 +200,25 @@ class LoopRunner:
             return self._finish(loop, TaskState.FAILED, self.sup.missing_agent_message())
         argv = agents.build_argv(self.sup.settings.agent, loop.prompt, task.agent)
         env, secrets = self.sup.task_env(task, launch)
-        self._note(task, f"[aiwg: iteration {loop.number} of {loop.spec.max_iterations}: agent]\n")
+        self._note(loop, task, f"[aiwg: iteration {loop.number} of {loop.spec.max_iterations}: agent]\n")
         minutes = loop.spec.iteration_timeout_minutes or self.sup.settings.timeout_minutes
         try:
             loop.run = self.sup.start_run(task, "loop-agent", launch.executable, argv, env, secrets, minutes,
-                                          copy_to=self.records.dir(task.id, loop.number) / AGENT_LOG)
+                                          copy_to=self.records.dir(task.id, loop.number) / AGENT_LOG,
+                                          offset=loop.offset)
         except Exception as exc:
             return self._finish(loop, TaskState.FAILED, f"could not start the agent: {exc}")
 
     def phase_ended(self, run: "Run") -> None:
         """One of a loop's processes has ended and its output is all in."""
         loop = self.active.get(run.task.id)
-        if loop is None:
+        if loop is None or (loop.run is not None and loop.run is not run):
             return
         loop.run = None
+        loop.offset = max(loop.offset, run.emitted)
         if run.reason in STOPS and loop.stop_reason is None:
             loop.stop_reason = run.reason  # stopped by the run's own timer (overall timeout)
-        if run.kind == "loop-agent":
-            self._agent_ended(loop, run)
-        else:
-            self._check_ended(loop, run)
+        self._guard(loop, self._agent_ended if run.kind == "loop-agent" else self._check_ended, loop, run)
 
     def _agent_ended(self, loop: LoopRun, run: "Run") -> None:
         parsed = agents.parse_result(self.sup.settings.agent.output, bytes(run.stdout).decode("utf-8", "replace"))
@@ -213,16 +244,18 @@ class LoopRunner:
         launch = self.sup._current_launch()
         env, secrets = self.sup.task_env(task, launch)
         shell = user_shell(env)
-        self._note(task, f"[aiwg: iteration {loop.number} of {loop.spec.max_iterations}: check `{loop.spec.until}`]\n")
+        self._note(loop, task, f"[aiwg: iteration {loop.number} of {loop.spec.max_iterations}: "
+                               f"check `{loop.spec.until}`]\n")
         try:
             loop.run = self.sup.start_run(
                 task, "loop-check", shell, [shell, "-c", loop.spec.until], env, secrets,
                 loop.spec.check_timeout_minutes, copy_to=self.records.dir(task.id, loop.number) / CHECK_LOG,
+                offset=loop.offset,
             )
         except Exception as exc:
             problem = f"could not start the check with {shell}: {exc}"
             loop.check = {"command": loop.spec.until, "exitCode": None, "error": problem, "duration": 0.0}
-            self._snapshot().addCallback(self._iteration_done, loop, None, f"[{problem}]")
+            self._then(loop, self._snapshot(), self._iteration_done, None, f"[{problem}]")
 
     def _check_ended(self, loop: LoopRun, run: "Run") -> None:
         output = bytes(run.tail).decode("utf-8", "replace")
@@ -242,7 +275,7 @@ class LoopRunner:
             return self._stopped(loop)
         if problem:
             output += f"\n[{problem}]"
-        self._snapshot().addCallback(self._iteration_done, loop, exit_code, output)
+        self._then(loop, self._snapshot(), self._iteration_done, exit_code, output)
 
     def _iteration_done(self, after: dict[str, Any] | None, loop: LoopRun, exit_code: int | None,
                         output: str) -> None:
@@ -280,28 +313,29 @@ class LoopRunner:
         if loop.stop_reason is not None:
             return self._stopped(loop, finished=True)
         # Durable before the next iteration starts: a crash resumes after this one.
-        self.sup.store.commit().addErrback(
-            lambda failure: self.log.failure("cannot record the loop's progress", failure)
-        ).addCallback(lambda _: self._iterate(loop))
+        committed = self.sup.store.commit().addErrback(
+            lambda failure: self.log.failure("cannot record the loop's progress", failure))
+        committed.addCallback(lambda _: self._guard(loop, self._iterate, loop))
 
     # -- records and the end -----------------------------------------------------------
 
-    def _note(self, task: Task, line: str) -> None:
-        """A marker line in the task's log, between the processes' outputs."""
+    def _note(self, loop: LoopRun, task: Task, line: str) -> None:
+        """A marker line in the task's log, between the processes' outputs (in the
+        file while it is under its cap; on the stream of events either way)."""
         data = line.encode()
-        offset = 0
         try:
             fd = os.open(str(task.output_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
-                offset = os.fstat(fd).st_size
-                if offset < self.sup.settings.output_max_bytes:
+                size = os.fstat(fd).st_size
+                if size == loop.offset and size + len(data) <= self.sup.settings.output_max_bytes:
                     os.write(fd, data)
             finally:
                 os.close(fd)
         except OSError:
             return
         self.sup.bus.publish("task:output", {"taskId": task.id, "stream": "stdout", "chunk": line,
-                                             "offset": offset, "bytes": len(data)})
+                                             "offset": loop.offset, "bytes": len(data)})
+        loop.offset += len(data)
 
     def _write_record(self, loop: LoopRun, outcome: str, reason: str | None = None,
                       seconds: float | None = None) -> None:
@@ -346,12 +380,16 @@ class LoopRunner:
         self.active.pop(loop.task_id, None)
         if loop.deadline_call is not None and loop.deadline_call.active():
             loop.deadline_call.cancel()
+        if loop.progress.iteration < loop.number and loop.iteration_started:  # cut short: it still cost
+            loop.progress = loop.progress.interrupted((loop.agent or {}).get("costUsd"),
+                                                      self.sup.reactor.seconds() - loop.iteration_started)
         task = self._task(loop)
         tail, size = _log_tail(task.output_path)
         final = task.moved(
             state, error=error, pid=None, output_tail=tail, output_bytes=size,
             finished_at=None if state == TaskState.QUEUED else self.sup.reactor.seconds(),
             metadata={**task.metadata, LOOP_KEY: loop_metadata(loop.spec, loop.progress)},
+            cost_usd=loop.progress.spent_usd,
         )
         self.sup.settle(final)
         loop.done.callback(None)
@@ -362,6 +400,13 @@ class LoopRunner:
     def iterations(self, task: Task) -> list[dict[str, Any]]:
         """A loop task's iteration records, for task.get."""
         return self.records.read_all(task.id) if is_loop(task) else []
+
+
+def _size(path: str | None) -> int:
+    try:
+        return os.stat(path).st_size if path else 0
+    except OSError:
+        return 0
 
 
 def _log_tail(path: str | None) -> tuple[str, int]:

@@ -55,6 +55,8 @@ SWEEP_INTERVAL_SECONDS = 10
 ORPHAN_SWEEP_DELAY = 0.05
 #: How long the agent's resolved program and environment are reused for.
 LAUNCH_REUSE_SECONDS = 1.0
+#: A loop is resumed after this many daemon crashes during it, not after the next.
+MAX_LOOP_CRASHES = 3
 
 
 
@@ -161,7 +163,7 @@ class Run:
     iterations) and copied to the iteration's own file (`copy_to`)."""
 
     def __init__(self, supervisor: "Supervisor", task: Task, secrets: list[str], kind: str = "agent",
-                 copy_to: Path | None = None) -> None:
+                 copy_to: Path | None = None, offset: int = 0) -> None:
         self.supervisor = supervisor
         self.task = task
         self.kind = kind
@@ -192,8 +194,9 @@ class Run:
         self.drain_call: Any = None
         self.ended: Deferred = Deferred()
         self.started = supervisor.reactor.seconds()
-        if kind != "agent":  # a loop phase: the task's log goes on from where it is
-            self.written = self.emitted = _size(task.output_path)
+        if kind != "agent":  # a loop phase: the task's log and its stream go on from where they are
+            self.written = _size(task.output_path)
+            self.emitted = max(offset, self.written)
             self.truncated = self.written >= supervisor.settings.output_max_bytes
 
     @property
@@ -442,12 +445,22 @@ class Supervisor(Service):
         now = self.reactor.seconds()
         for task in self.store.in_state(TaskState.RUNNING):
             killed = self._kill_leftover(task)
-            if LOOP_KEY in task.metadata:  # a loop resumes after its last finished iteration
-                done = LoopProgress.from_json(task.metadata[LOOP_KEY]).iteration
+            progress = LoopProgress.from_json(task.metadata[LOOP_KEY]) if LOOP_KEY in task.metadata else None
+            if progress is not None and progress.crashes < MAX_LOOP_CRASHES:
+                # A loop resumes after its last finished iteration.
+                done = progress.iteration
+                loop = {**task.metadata[LOOP_KEY], "crashes": progress.crashes + 1}
                 settled = task.moved(TaskState.QUEUED, pid=None, pgid=None,
+                                     metadata={**task.metadata, LOOP_KEY: loop},
                                      error=f"interrupted: the daemon stopped in iteration {done + 1}; "
                                            f"the loop resumes there")
                 what = f"re-queued to resume its loop at iteration {done + 1}"
+            elif progress is not None:  # the daemon keeps dying while it runs: no more
+                settled = task.moved(
+                    TaskState.FAILED, finished_at=now, pid=None,
+                    error=f"interrupted: the daemon died {progress.crashes + 1} times while this loop ran; "
+                          f"not resumed again (last in iteration {progress.iteration + 1})")
+                what = "failed"
             elif task.attempts <= task.retries:
                 settled = task.moved(TaskState.QUEUED, pid=None, pgid=None, error=INTERRUPTED)
                 what = "re-queued (retry)"
@@ -885,10 +898,10 @@ class Supervisor(Service):
         return env, secrets
 
     def start_run(self, task: Task, kind: str, executable: str, argv: list[str], env: dict[str, str],
-                  secrets: list[str], minutes: float, copy_to: Path | None = None) -> Run:
+                  secrets: list[str], minutes: float, copy_to: Path | None = None, offset: int = 0) -> Run:
         """Spawn one of a task's processes in its own session, its pid recorded and
         its timer set; raises if it cannot be spawned."""
-        run = Run(self, task, secrets, kind, copy_to)
+        run = Run(self, task, secrets, kind, copy_to, offset)
         protocol = AgentProcessProtocol(run)
         run.protocol = protocol
         before = self._start_times.now()

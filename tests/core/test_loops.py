@@ -103,3 +103,20 @@ def test_actions_name_their_loop_keys_in_config_terms() -> None:
         spec_from_action({"max_iterations": 3, "budget": 1})
     with pytest.raises(LoopSpecError, match=r"^iteration_timeout: must be a positive number"):
         spec_from_action({"until": "x", "iteration_timeout": 0})
+
+
+def test_a_nul_in_the_check_output_cannot_break_the_next_prompt() -> None:
+    spec = LoopSpec(until="x", max_iterations=3)
+    prompt = iteration_prompt("Fix", 2, spec, "binary\x00junk", 1)
+    assert "\x00" not in prompt and "binary\ufffdjunk" in prompt
+    with pytest.raises(LoopSpecError, match="^until: the check command contains a NUL"):
+        LoopSpec.parse({"until": "make\x00 test"})
+
+
+def test_an_interrupted_iteration_still_counts_its_cost_and_time() -> None:
+    progress = LoopProgress(iteration=2, spent_usd=0.5, active_seconds=30.0, last_exit=1, last_output="boom",
+                            crashes=1)
+    cut = progress.interrupted(0.25, 12.0)
+    assert (cut.iteration, cut.spent_usd, cut.active_seconds, cut.crashes) == (2, 0.75, 42.0, 1)
+    assert LoopProgress().interrupted(None, 5.0).spent_usd is None
+    assert LoopProgress.from_json(cut.to_json()) == cut
