@@ -63,6 +63,7 @@ class RuleState:
         self.gathered: list[tuple[list[str], Event, int]] = []  # triggers meanwhile
         self.last_check: dict[str, Any] | None = None
         self.skipped = 0
+        self.looked_up = False  # whether the store was asked for this rule's unfinished loop
 
 
 class AutomationEngine(Service):
@@ -72,10 +73,12 @@ class AutomationEngine(Service):
     def __init__(self, *, reactor: Any, bus: Any, config: Config, submit: Submit,
                  task_depth: Callable[[str], int | None], state_file: Path,
                  run_command: RunCommand | None = None,
-                 task_state: Callable[[str], str | None] | None = None) -> None:
+                 task_state: Callable[[str], str | None] | None = None,
+                 unfinished_loop: Callable[[str], str | None] | None = None) -> None:
         self._reactor = reactor
         self._run_command = run_command
         self._task_state = task_state
+        self._unfinished_loop = unfinished_loop
         self._bus = bus
         self._submit = submit
         self._task_depth_lookup = task_depth
@@ -124,6 +127,9 @@ class AutomationEngine(Service):
                 state.fires, state.throttled = old.fires, old.throttled
                 state.last_fired, state.last_error, state.last_task = old.last_fired, old.last_error, old.last_task
                 state.skipped, state.last_check = old.skipped, old.last_check
+                state.looked_up = old.looked_up
+                # A command still running for the old rule answers for the new one.
+                state.checking, state.gathered = old.checking, old.gathered
             self.rules[rule.id] = state
         self._arm_schedules(config)
 
@@ -281,8 +287,21 @@ class AutomationEngine(Service):
         rule = state.rule
         state.last_check = {"exitCode": result.exit_code, "at": iso_utc(self._reactor.seconds()),
                             "duration": round(result.duration, 3), "error": result.error}
-        if not self.running or self.rules.get(rule.id) is not state:
-            return  # stopped or reloaded meanwhile
+        if not self.running:
+            return
+        current = self.rules.get(rule.id)
+        if current is not state:  # reloaded meanwhile: the new rule checks it all again
+            if current is not None and current.checking:
+                current.checking = False
+                current.last_check = state.last_check
+                if current.rule.condition == "command":
+                    current.gathered.insert(0, (files, event, depth))
+                    self._check_gathered(current)
+                else:
+                    for paths, gathered_event, gathered_depth in [(files, event, depth), *current.gathered]:
+                        self._triggered(current, paths, gathered_event, gathered_depth)
+                    current.gathered = []
+            return
         if not self.globally_enabled or not self.is_enabled(rule.id):
             state.gathered.clear()
             return
@@ -295,12 +314,18 @@ class AutomationEngine(Service):
         else:
             self._skip(state, event, f"`{rule.command}` exited {result.exit_code}; the rule fires on "
                                      f"{rule.expect}", quiet=True)
-        if state.gathered:  # what came in while it ran is checked against the tree as it is now
-            batch, state.gathered = state.gathered, []
-            gathered: dict[str, None] = {}
-            for paths, _, _ in batch:
-                gathered.update(dict.fromkeys(paths))
-            self._check(state, list(gathered), batch[-1][1], max(d for _, _, d in batch))
+        self._check_gathered(state)
+
+    def _check_gathered(self, state: RuleState) -> None:
+        """What came in while the command ran, checked with one more run (against
+        the tree as it is now)."""
+        if not state.gathered:
+            return
+        batch, state.gathered = state.gathered, []
+        gathered: dict[str, None] = {}
+        for paths, _, _ in batch:
+            gathered.update(dict.fromkeys(paths))
+        self._check(state, list(gathered), batch[-1][1], max(d for _, _, d in batch))
 
     def _skip(self, state: RuleState, event: Event, reason: str, quiet: bool = False) -> None:
         state.skipped += 1
@@ -343,7 +368,15 @@ class AutomationEngine(Service):
     def _loop_busy(self, state: RuleState) -> str | None:
         """Why a rule whose action is a loop must not start another: its last loop
         has not ended (the loop's own edits would otherwise queue loop after loop)."""
-        if state.rule.loop is None or state.last_task is None or self._task_state is None:
+        if state.rule.loop is None:
+            return None
+        if state.last_task is None and not state.looked_up and self._unfinished_loop is not None:
+            state.looked_up = True  # after a restart: the loop it started may still run
+            try:
+                state.last_task = self._unfinished_loop(f"rule:{state.rule.id}")
+            except Exception:
+                self.log.failure("automation: looking up rule {id}'s loop", id=state.rule.id)
+        if state.last_task is None or self._task_state is None:
             return None
         try:
             current = self._task_state(state.last_task)
@@ -455,8 +488,7 @@ class AutomationEngine(Service):
             condition["interval_ms"] = rule.debounce_ms
         if rule.condition == "command":
             condition.update({"run": rule.command, "expect": rule.expect, "timeout_seconds": rule.command_timeout,
-                              "running": state.checking, "lastCheck": state.last_check,
-                              "skipped": state.skipped})
+                              "running": state.checking, "lastCheck": state.last_check})
         out: dict[str, Any] = {
             "id": rule.id,
             "description": rule.description,
@@ -473,6 +505,7 @@ class AutomationEngine(Service):
             "lastError": state.last_error,
             "lastTaskId": state.last_task,
             "throttledCount": state.throttled,
+            "skippedCount": state.skipped,
             "pending": state.debouncer.pending if state.debouncer is not None else 0,
         }
         if state.timer is not None and state.timer.next_fire:

@@ -293,7 +293,7 @@ def test_a_command_condition_fires_only_on_the_expected_outcome(tmp_path: Path) 
     assert spec["prompt"] == "Fix:\nsrc/b.py" and source == "rule:fix"
     assert spec["until"] == "npm test" and spec["max_iterations"] == 3  # the action's loop goes along
     status = h.engine.status()["rules"][0]
-    assert status["condition"]["skipped"] == 1 and status["condition"]["lastCheck"]["exitCode"] == 1
+    assert status["skippedCount"] == 1 and status["condition"]["lastCheck"]["exitCode"] == 1
     assert status["action"]["loop"]["until"] == "npm test"
 
 
@@ -348,3 +348,36 @@ def test_a_loop_rule_starts_no_second_loop_while_its_last_one_runs(tmp_path: Pat
     states["t-1"] = "failed"
     h.files("src/a.py")
     assert [source for _, source, _ in h.submitted][-2:] == ["rule:fix", "rule:plain"]
+
+
+def test_after_a_restart_the_loop_a_rule_started_is_found_in_the_store(tmp_path: Path) -> None:
+    states = {"t-old": "running"}
+    asked: list[str] = []
+    h = Harness(tmp_path, [rule("fix", {"type": "file_change", "pattern": "src/**"}, "Fix it",
+                                action={"until": "make test"})])
+    h.engine = AutomationEngine(reactor=h.clock, bus=h.bus, config=h.config, submit=h.submit,
+                                task_depth=lambda tid: h.depths.get(tid), state_file=h.state_file,
+                                task_state=states.get, unfinished_loop=lambda source: asked.append(source) or "t-old")
+    h.engine.startService()
+    h.files("src/a.py")
+    h.files("src/b.py")
+    assert h.submitted == [] and asked == ["rule:fix"]  # asked once, not at every trigger
+    assert h.topics("automation:skipped")[-1]["reason"] == "its loop t-old is still running"
+    states["t-old"] = "completed"
+    h.files("src/c.py")
+    assert [s["prompt"] for s, _, _ in h.submitted] == ["Fix it"]
+    assert h.engine.status()["rules"][0]["skippedCount"] == 2
+
+
+def test_a_reload_while_the_command_runs_hands_its_triggers_to_the_new_rule(tmp_path: Path) -> None:
+    h, commands = command_harness(tmp_path, expect="failure")
+    h.files("src/a.py")
+    h.engine.apply_config(validate({"rules": [rule(
+        "fix", {"type": "file_change", "pattern": "src/**"}, "Fix v2:\n{files}",
+        condition={"type": "command", "run": "npm run test:all"})]}, "test"))
+    h.files("src/b.py")  # the new rule waits for the running command too
+    assert len(commands.runs) == 1
+    commands.answer(0, 1)  # answered for the old rule: the new one checks everything again
+    assert [line for line, _, _ in commands.runs] == ["npm test", "npm run test:all"]
+    commands.answer(1, 0)
+    assert [s["prompt"] for s, _, _ in h.submitted] == ["Fix v2:\nsrc/a.py\nsrc/b.py"]
