@@ -147,22 +147,31 @@ CONFIG_KEYS = {"until": "until", "max_iterations": "maxIterations", "budget": "b
                "iteration_timeout": "iterationTimeout", "check_timeout": "checkTimeout"}
 
 
-def spec_from_action(action: Mapping[str, Any]) -> LoopSpec | None:
-    """The loop a rule's action or an `actions` entry asks for (None: a plain task);
-    a problem is named by its config key."""
-    given = {wire: action[key] for key, wire in CONFIG_KEYS.items() if action.get(key) is not None}
+def parse_loop(values: Mapping[str, Any], names: Mapping[str, str] | None = None,
+               when: str = "set") -> LoopSpec | None:
+    """The loop asked for by `values` (LoopSpec's keys; None or absent: not given),
+    None when nothing is; a problem is named as the caller spells the key (`names`,
+    from LoopSpec's key to the caller's), `when` saying how a value came."""
+    names = names or {}
+    given = {key: value for key, value in values.items() if value is not None}
     if not given:
         return None
     if "until" not in given:
-        keys = [k for k in CONFIG_KEYS if action.get(k) is not None]
-        raise LoopSpecError(f"until: required when {' and '.join(keys)} {'is' if len(keys) == 1 else 'are'} "
-                            "set (a loop needs its check command)")
+        shown = [names.get(key, key) for key in given]
+        raise LoopSpecError(f"{names.get('until', 'until')}: required when {' and '.join(shown)} "
+                            f"{'is' if len(shown) == 1 else 'are'} {when} (a loop needs its check command)")
     try:
         return LoopSpec.parse(given)
     except LoopSpecError as exc:
-        wire, _, problem = str(exc).partition(": ")
-        key = next((k for k, w in CONFIG_KEYS.items() if w == wire), wire)
-        raise LoopSpecError(f"{key}: {problem}") from None
+        key, _, problem = str(exc).partition(": ")
+        raise LoopSpecError(f"{names.get(key, key)}: {problem}") from None
+
+
+def spec_from_action(action: Mapping[str, Any]) -> LoopSpec | None:
+    """The loop a rule's action or an `actions` entry asks for (None: a plain task);
+    a problem is named by its config key."""
+    return parse_loop({wire: action.get(key) for key, wire in CONFIG_KEYS.items()},
+                      {wire: key for key, wire in CONFIG_KEYS.items()})
 
 
 def check_tail(output: str, limit: int = CHECK_TAIL_CHARS) -> str:

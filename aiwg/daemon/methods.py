@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiwg.core.conversations import conversation_id_problem
 from aiwg.core.events import Event, pattern_problem, topic_problem
+from aiwg.core.loops import LOOP_KEY, LoopSpecError, parse_loop
 from aiwg.daemon.logs import iso_utc
 from aiwg.core.tasks import STATE_NAMES, source_problem
 from aiwg.daemon.rpc import CallContext, MethodTable, Namespace, Param, method
@@ -197,23 +198,14 @@ def _whole_utf8(data: bytes) -> bytes:
 
 
 #: Metadata only the daemon writes: a client cannot claim an approval.
-RESERVED_METADATA = {"approvedBy", "rejectedBy", "approvalExpiresAt", "loop"}
+RESERVED_METADATA = {"approvedBy", "rejectedBy", "approvalExpiresAt", LOOP_KEY}
 
 
 def loop_from_params(until: str | None, **limits: Any) -> Any:
-    """A LoopSpec from task.submit's loop parameters (None without `until`), with a
-    bad one named as the parameter it came from."""
-    from aiwg.core.loops import LoopSpec, LoopSpecError
-
-    given = {k: v for k, v in limits.items() if v is not None}
-    if until is None:
-        if given:
-            names = sorted(given)
-            raise InvalidParams(f"Invalid parameter 'until': required when {' and '.join(names)} "
-                                f"{'is' if len(names) == 1 else 'are'} given (a loop needs its check command)")
-        return None
+    """A LoopSpec from task.submit's loop parameters (None without any), with a bad
+    one named as the parameter it came from."""
     try:
-        return LoopSpec.parse({"until": until, **given})
+        return parse_loop({"until": until, **dict(sorted(limits.items()))}, when="given")
     except LoopSpecError as exc:
         name, _, problem = str(exc).partition(": ")
         raise InvalidParams(f"Invalid parameter '{name}': {problem}") from None
@@ -308,7 +300,7 @@ class TaskMethods(Namespace):
         if task is None:
             raise _unknown_task(taskId)
         record = record_json(task)
-        if "loop" in task.metadata:
+        if LOOP_KEY in task.metadata:
             record["iterations"] = self._supervisor.loops.iterations(task)
         return record
 
