@@ -52,6 +52,9 @@ TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
 
 STATE_NAMES = tuple(s.value for s in TaskState)
 
+#: How much of a task's output its record keeps: the end, where the outcome is.
+OUTPUT_TAIL_BYTES = 16 * 1024
+
 #: A task interrupted by the daemon (crash or stop) is failed with this error,
 #: unless it asked for retries.
 INTERRUPTED = "interrupted: daemon stopped while the task was running"

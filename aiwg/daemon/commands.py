@@ -19,7 +19,7 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
-from aiwg.daemon.spawning import SessionLeaderProcess
+from aiwg.daemon.spawning import SessionLeaderProcess, close_output_pipes
 
 #: Output kept per command (its end: where the verdict usually is).
 OUTPUT_LIMIT = 256 * 1024
@@ -75,7 +75,7 @@ class _Command(ProcessProtocol):
                 self.exit_code = value.exitCode
         # Whatever it left running in its session would hold the pipes open.
         self.signal(signal.SIGKILL)
-        self.calls.append(self.runner.reactor.callLater(1.0, self._close_pipes))
+        self.calls.append(self.runner.reactor.callLater(1.0, close_output_pipes, self.transport))
 
     def processEnded(self, reason: Any) -> None:
         for call in self.calls:
@@ -107,14 +107,6 @@ class _Command(ProcessProtocol):
             os.killpg(self.pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
-
-    def _close_pipes(self) -> None:
-        if self.transport is not None:
-            for fd in (1, 2):
-                try:
-                    self.transport.closeChildFD(fd)
-                except Exception:
-                    pass
 
 
 class CommandRunner:

@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from aiwg.core import agents
 from aiwg.core.loops import (LOOP_KEY, LoopProgress, LoopSpec, LoopSpecError, after_iteration,
                              iteration_prompt, loop_metadata)
-from aiwg.core.tasks import Task, TaskState
+from aiwg.core.tasks import OUTPUT_TAIL_BYTES, Task, TaskState
 from aiwg.daemon.commands import git_snapshot, user_shell
 from aiwg.daemon.iterations import AGENT_LOG, CHECK_LOG, IterationRecords, snapshot_json
 from aiwg.daemon.logs import iso_utc
@@ -33,14 +33,8 @@ from aiwg.daemon.logs import iso_utc
 if TYPE_CHECKING:
     from aiwg.daemon.supervisor import Run, Supervisor
 
-#: How much of the task's log its record keeps as the tail.
-TAIL_BYTES = 16 * 1024
 #: Ways a loop is stopped from outside (the run's `reason` is the same word).
 STOPS = ("cancel", "timeout", "shutdown")
-
-
-def is_loop(task: Task) -> bool:
-    return LOOP_KEY in task.metadata
 
 
 class LoopRun:
@@ -61,7 +55,7 @@ class LoopRun:
         self.deadline_call: Any = None
         self.run: "Run | None" = None
         self.done: Deferred = Deferred()
-        self.offset = 0  # where the task's output stream is (its log, and beyond once capped)
+        self.offset = 0  # where the task's output stream is: at least its log's size, beyond it once capped
 
 
 class LoopRunner:
@@ -86,7 +80,6 @@ class LoopRunner:
             return
         progress = LoopProgress.from_json(task.metadata[LOOP_KEY])
         loop = LoopRun(task, spec, progress)
-        loop.offset = _size(task.output_path)
         self.active[task.id] = loop
         if progress.iteration:  # resumed: its last verdict may already be final
             verdict = after_iteration(spec, progress.iteration, progress.last_exit, progress.spent_usd)
@@ -225,7 +218,7 @@ class LoopRunner:
         if run.reason == "iteration-timeout":
             minutes = loop.spec.iteration_timeout_minutes or self.sup.settings.timeout_minutes
             failure: str | None = f"the agent timed out after {minutes:g} min"
-        elif run.exit_code == 0 and run.exit_signal is None and not parsed.is_error:
+        elif run.succeeded(parsed):
             failure = None
         else:
             failure = self.sup._failure_text(run, parsed)
@@ -327,6 +320,9 @@ class LoopRunner:
             fd = os.open(str(task.output_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
                 size = os.fstat(fd).st_size
+                # The stream goes past the file once the file is capped (a resumed loop's file
+                # holds what came before).
+                loop.offset = max(loop.offset, size)
                 if size == loop.offset and size + len(data) <= self.sup.settings.output_max_bytes:
                     os.write(fd, data)
             finally:
@@ -399,14 +395,7 @@ class LoopRunner:
 
     def iterations(self, task: Task) -> list[dict[str, Any]]:
         """A loop task's iteration records, for task.get."""
-        return self.records.read_all(task.id) if is_loop(task) else []
-
-
-def _size(path: str | None) -> int:
-    try:
-        return os.stat(path).st_size if path else 0
-    except OSError:
-        return 0
+        return self.records.read_all(task.id)
 
 
 def _log_tail(path: str | None) -> tuple[str, int]:
@@ -415,7 +404,7 @@ def _log_tail(path: str | None) -> tuple[str, int]:
     try:
         with open(path, "rb") as handle:
             size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - TAIL_BYTES))
+            handle.seek(max(0, size - OUTPUT_TAIL_BYTES))
             return handle.read().decode("utf-8", "replace"), size
     except OSError:
         return "", 0

@@ -357,30 +357,19 @@ class DaemonService(MultiService):
             **extra,
         )
 
+    def _stored_task(self, task_id: str) -> Any:
+        """A task from the supervisor's store; None without one or without a supervisor."""
+        store = getattr(self.supervisor, "store", None) if self.supervisor is not None else None
+        return store.get(task_id) if store is not None else None
+
     def task_state(self, task_id: str) -> str | None:
         """A task's state, or None if there is no such task (or no supervisor)."""
-        supervisor = self.supervisor
-        store = getattr(supervisor, "store", None) if supervisor is not None else None
-        task = store.get(task_id) if store is not None else None
+        task = self._stored_task(task_id)
         return task.state.value if task is not None else None
-
-    def unfinished_loop(self, source: str) -> str | None:
-        """The newest loop task from `source` that has not ended, if any."""
-        from aiwg.core.loops import LOOP_KEY
-        from aiwg.core.tasks import TaskState
-
-        store = getattr(self.supervisor, "store", None) if self.supervisor is not None else None
-        if store is None:
-            return None
-        found = [task for state in (TaskState.RUNNING, TaskState.QUEUED, TaskState.AWAITING_APPROVAL)
-                 for task in store.in_state(state) if task.source == source and LOOP_KEY in task.metadata]
-        return max(found, key=lambda t: t.seq).id if found else None
 
     def task_depth(self, task_id: str) -> int | None:
         """A task's automation chain depth (from its metadata), for the loop guard."""
-        supervisor = self.supervisor
-        store = getattr(supervisor, "store", None) if supervisor is not None else None
-        task = store.get(task_id) if store is not None else None
+        task = self._stored_task(task_id)
         if task is None:
             return None
         depth = (task.metadata or {}).get("chainDepth")

@@ -82,3 +82,16 @@ class SessionLeaderProcess(process.Process):
     def _setupChild(self, fdmap: Any) -> None:
         os.setsid()
         super()._setupChild(fdmap)
+
+
+def close_output_pipes(transport: Any) -> None:
+    """Close our ends of a child's stdout and stderr: a descendant that keeps them
+    open (it escaped the group, or ignores signals) must not hold its parent's
+    end forever."""
+    if transport is None:
+        return
+    for fd in (1, 2):
+        try:
+            transport.closeChildFD(fd)
+        except Exception:
+            pass

@@ -36,16 +36,15 @@ from aiwg.core import agents
 from aiwg.core.config import Config
 from aiwg.core.loops import LOOP_KEY, LoopProgress, LoopSpec, loop_metadata
 from aiwg.core.messaging import SECRET_KEYS
-from aiwg.core.tasks import INTERRUPTED, RunQueue, Task, TaskState, make_task_id
+from aiwg.core.tasks import INTERRUPTED, OUTPUT_TAIL_BYTES, RunQueue, Task, TaskState, make_task_id
 from aiwg.daemon.bus import EventBus
 from aiwg.daemon.commands import CommandRunner
 from aiwg.daemon.loop_runner import LoopRunner
 from aiwg.daemon.logs import iso_utc, parse_iso
-from aiwg.daemon.spawning import SessionLeaderProcess
+from aiwg.daemon.spawning import SessionLeaderProcess, close_output_pipes
 from aiwg.daemon.store import DuplicateTask, TaskStore
 from aiwg.errors import SHUTTING_DOWN, RpcError
 
-TAIL_BYTES = 16 * 1024
 #: Metadata key holding a task's own environment templates (never shown with values).
 ENV_KEY = "_env"
 RESULT_CAPTURE_BYTES = 4 * 1024 * 1024
@@ -203,6 +202,10 @@ class Run:
     def looping(self) -> bool:
         return self.kind != "agent"
 
+    def succeeded(self, parsed: agents.AgentResult) -> bool:
+        """The agent exited 0, by itself, without reporting an error."""
+        return self.exit_code == 0 and self.exit_signal is None and not parsed.is_error
+
     # -- output ------------------------------------------------------------
 
     def received(self, fd: int, data: bytes) -> None:
@@ -233,7 +236,7 @@ class Run:
             self.stderr_tail += data
             del self.stderr_tail[:-4096]
         self.tail += data
-        del self.tail[:-TAIL_BYTES]
+        del self.tail[:-OUTPUT_TAIL_BYTES]
         offset = self.emitted  # position in the agent's output stream (= in the file, up to the cap)
         self.emitted += len(data)
         limit = self.supervisor.settings.output_max_bytes
@@ -966,12 +969,7 @@ class Supervisor(Service):
             grace=self.settings.kill_grace,
         )
         run.kill_now()
-        if run.transport is not None:
-            for fd in (1, 2):
-                try:
-                    run.transport.closeChildFD(fd)
-                except Exception:
-                    pass
+        close_output_pipes(run.transport)
 
     def _ended(self, run: Run) -> None:
         """All output is in: record the final state and tell everyone (or, for a
@@ -1040,7 +1038,7 @@ class Supervisor(Service):
             return task.moved(TaskState.TIMEOUT, error=f"timed out after {minutes:g} min", **common)
         if run.reason == "cancel":
             return task.moved(TaskState.CANCELLED, error="cancelled while running", **common)
-        if run.exit_code == 0 and run.exit_signal is None and not parsed.is_error:
+        if run.succeeded(parsed):
             return task.moved(TaskState.COMPLETED, error=None, **common)
         if run.reason == "shutdown":  # stopped by us before it exited, and not a success
             if task.attempts <= task.retries:
@@ -1062,12 +1060,19 @@ class Supervisor(Service):
         suffix = f": {last[-1][:500]}" if last else ""
         return f"agent exited with code {run.exit_code}{suffix}"
 
+    def unfinished_loop(self, source: str) -> str | None:
+        """The newest loop task from `source` that has not ended, if any (a rule asks
+        once after a restart, to start no second loop beside it)."""
+        found = [task for state in (TaskState.RUNNING, TaskState.QUEUED, TaskState.AWAITING_APPROVAL)
+                 for task in self.store.in_state(state) if task.source == source and LOOP_KEY in task.metadata]
+        return max(found, key=lambda t: t.seq).id if found else None
+
     def run_command(self, line: str, timeout_seconds: float) -> Deferred:
         """A command line the user wrote (a rule's `command` condition), run in the
         project root through their shell with the agents' environment; fires with
         a CommandResult. Ended by the daemon's stop like the agents."""
-        env = {k: v for k, v in self._current_launch().env.items()}
-        return self.commands.shell(line, cwd=str(self.root), env=env, timeout=timeout_seconds)
+        return self.commands.shell(line, cwd=str(self.root), env=self._current_launch().env,
+                                   timeout=timeout_seconds)
 
     # -- reload / status ---------------------------------------------------
 

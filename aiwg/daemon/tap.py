@@ -88,7 +88,7 @@ def makeService(options: Options) -> Any:
     automation = AutomationEngine(
         reactor=reactor, bus=bus, config=config, submit=root.submit_spec,
         task_depth=root.task_depth, state_file=paths.daemon_dir / "automation.json",
-        run_command=supervisor.run_command, task_state=root.task_state, unfinished_loop=root.unfinished_loop,
+        run_command=supervisor.run_command, task_state=root.task_state, unfinished_loop=supervisor.unfinished_loop,
     )
     scheduler = Scheduler(
         reactor=reactor, bus=bus, config=config, submit=root.submit_spec,
