@@ -54,7 +54,7 @@ from aiwg.client import DaemonClient  # noqa: E402
 from aiwg.core import cron  # noqa: E402
 import common  # noqa: E402
 from common import (CLK_TCK, PYTHON, BenchDaemon, Interference, exit_on_term, machine_jiffies,  # noqa: E402
-                    pct, rss_mib, say, schedstat_ns, verdict)
+                    pct, rss_mib, say, schedstat_ns, timed_report, verdict)
 
 
 DEBOUNCE_MS = 100
@@ -783,15 +783,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer changes, a smaller tree, a shorter idle window")
     parser.add_argument("--json", action="store_true", help="print every number as JSON")
     args = parser.parse_args(argv)
-    started = time.perf_counter()
-    report = run(dict(QUICK if args.quick else FULL))
-    report["bench_seconds"] = time.perf_counter() - started
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(render(report))
-        print(f"\n(bench took {report['bench_seconds']:.0f} s)")
-    return 0
+    return timed_report(lambda: run(dict(QUICK if args.quick else FULL)), render, args.json)
 
 
 if __name__ == "__main__":

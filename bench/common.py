@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -162,6 +162,21 @@ class BenchDaemon:
 
 def verdict(ok: bool, text: str) -> str:
     return f"{'PASS' if ok else 'FAIL'} ({text})"
+
+
+def timed_report(produce: Callable[[], dict[str, Any]], render: Callable[[dict[str, Any]], str],
+                 as_json: bool) -> int:
+    """Run a benchmark, then print its report (as text, or every number as JSON)
+    with how long it took; the exit status of its command."""
+    started = time.perf_counter()
+    report = produce()
+    report["bench_seconds"] = time.perf_counter() - started
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(render(report))
+        print(f"\n(bench took {report['bench_seconds']:.0f} s)")
+    return 0
 
 
 def exit_on_term(signum: int, frame: Any) -> None:

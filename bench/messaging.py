@@ -69,7 +69,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from common import (PYTHON, BenchDaemon, Interference, clean_env, exit_on_term, pct, rss_mib, say,  # noqa: E402
-                    schedstat_ns, verdict)
+                    schedstat_ns, timed_report, verdict)
 
 TOKEN = "424242:AAF-bench-telegram-token"
 DAEMON_CHAT = 1  # where the bridge sends (messaging.telegram.chat_ids)
@@ -659,15 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.count < 1 or args.rounds < 1:
         parser.error("--count and --rounds must be at least 1")
     signal.signal(signal.SIGTERM, exit_on_term)
-    started = time.perf_counter()
-    report = run(args.count, args.rounds)
-    report["bench_seconds"] = time.perf_counter() - started
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(render(report))
-        print(f"\n(bench took {report['bench_seconds']:.0f} s)")
-    return 0
+    return timed_report(lambda: run(args.count, args.rounds), render, args.json)
 
 
 if __name__ == "__main__":

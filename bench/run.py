@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import math
 import multiprocessing
 import os
@@ -60,7 +59,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loadgen  # noqa: E402
 
-from common import AIWG, PYTHON, ROOT, say  # noqa: E402
+from common import AIWG, PYTHON, ROOT, exit_on_term, say, timed_report  # noqa: E402
 ECHO_SERVER = str(Path(__file__).resolve().parent / "echo_server.py")
 
 #: The project's targets.
@@ -326,6 +325,8 @@ class Daemon:
             raise RuntimeError(f"no pid in {pid_file} after start")
 
     def stop(self) -> None:
+        from aiwg.instance import pid_alive
+
         if not self.pid:
             return
         started = time.perf_counter()
@@ -341,7 +342,7 @@ class Daemon:
             ok = False
             say("aiwg daemon stop timed out")
         self.stop_seconds = time.perf_counter() - started
-        if not ok and _alive(self.pid):
+        if not ok and pid_alive(self.pid):
             say(f"killing the daemon (pid {self.pid}) that this run started")
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -354,14 +355,6 @@ class Daemon:
 
         with DaemonClient(self.project, socket_path=self.socket_path, timeout=10) as client:
             return client.call("daemon.status")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 # -- the measurements -------------------------------------------------------------
@@ -824,29 +817,16 @@ def _raise_timeout(signum: int, frame: Any) -> None:
     raise TimeoutError("a sequential measurement took more than 120 s")
 
 
-def _exit_on_term(signum: int, frame: Any) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
-    raise SystemExit(128 + signum)  # so that the finally clauses stop both servers
-
-
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGALRM, _raise_timeout)
-    signal.signal(signal.SIGTERM, _exit_on_term)
+    signal.signal(signal.SIGTERM, exit_on_term)  # the finally clauses stop both servers
     parser = argparse.ArgumentParser(description="Benchmark the aiwg daemon against floors "
                                      "measured in the same run.")
     parser.add_argument("--quick", action="store_true", help="one short round (noisier numbers)")
     parser.add_argument("--json", action="store_true", help="print every number as JSON")
     args = parser.parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)
-    started = time.perf_counter()
-    report = run(settings, args.quick)
-    report["bench_seconds"] = time.perf_counter() - started
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(render(report))
-        print(f"\n(bench took {report['bench_seconds']:.0f} s)")
-    return 0
+    return timed_report(lambda: run(settings, args.quick), render, args.json)
 
 
 if __name__ == "__main__":
