@@ -37,7 +37,7 @@ def status(ctx: Context) -> None:
         click.echo("No rules configured (add them under `rules` in .aiwg/daemon.json).")
         return
     width = max([34] + [len(_trigger_text(r)) for r in result["rules"]])
-    click.echo(f"{'RULE':<24} {'ON':<4} {'TRIGGER':<{width}} {'FIRES':>5} {'THROT':>5}  LAST FIRED")
+    click.echo(f"{'RULE':<24} {'ON':<4} {'TRIGGER':<{width}} {'FIRES':>5} {'THROT':>5} {'SKIP':>5}  LAST FIRED")
     for rule in result["rules"]:
         text = _trigger_text(rule)
         on = "yes" if rule["enabled"] else "no"
@@ -45,8 +45,10 @@ def status(ctx: Context) -> None:
             on += "*"
         click.echo(
             f"{rule['id'][:24]:<24} {on:<4} {text:<{width}} {rule['fireCount']:>5} "
-            f"{rule['throttledCount']:>5}  {rule['lastFired'] or '-'}"
+            f"{rule['throttledCount']:>5} {rule.get('skippedCount', 0):>5}  {rule['lastFired'] or '-'}"
         )
+        for line in _detail_lines(rule):
+            click.echo(f"    {line}")
         if rule.get("lastError"):
             click.echo(f"    last error: {rule['lastError']}")
     if any(r.get("enabledBy") == "override" for r in result["rules"]):
@@ -59,6 +61,27 @@ def _trigger_text(rule: dict) -> str:
     if rule["condition"]["type"] == "debounce":
         text += f" (+{rule['condition']['interval_ms']}ms)"
     return text
+
+
+def _detail_lines(rule: dict) -> list[str]:
+    """What the trigger column cannot hold: a command condition (and how its
+    last run went) and a loop action, each on a line of its own."""
+    lines = []
+    condition = rule["condition"]
+    if condition["type"] == "command":
+        line = f"if: {condition['run']}  (fires on {condition['expect']}, timeout {condition['timeout_seconds']:g}s)"
+        check = condition.get("lastCheck")
+        if condition.get("running"):
+            line += "; running now"
+        elif check:
+            outcome = check.get("error") or f"exit {check['exitCode']}"
+            line += f"; last: {outcome} at {check['at']}"
+        lines.append(line)
+    loop = rule.get("action", {}).get("loop")
+    if loop:
+        lines.append(f"loop: until {loop['until']}  (at most {loop['maxIterations']} iterations"
+                     + (f", budget ${loop['budget']:g}" if loop.get("budget") is not None else "") + ")")
+    return lines
 
 
 def _toggle(ctx: Context, rule: str | None, enabled: bool) -> None:

@@ -239,6 +239,8 @@ def test_a_rule_submits_a_loop(project: Project) -> None:
     record = finished(project, task["id"])
     assert record["state"] == "completed" and record["source"] == "rule:fixer"
     assert record["metadata"]["loop"]["maxIterations"] == 4 and len(record["iterations"]) == 2
+    table = project.aiwg("automation", "status", check=True).stdout.splitlines()
+    assert table[3].strip() == f"loop: until {check}  (at most 4 iterations)"
 
 
 def test_a_bad_loop_in_a_rule_is_a_config_error_naming_the_key(project: Project) -> None:
@@ -276,6 +278,13 @@ def test_a_command_condition_gates_a_rule_both_ways(project: Project) -> None:
     wait_for(lambda: prompts() == ["Fix the failing tests", "Write the release notes"]
              and skipped("ship-when-green") == 1)
     assert "`test ! -e" in project.log_text() and "the rule fires on success" in project.log_text()
+
+    table = project.aiwg("automation", "status", check=True).stdout.splitlines()
+    assert table[1].split()[3:7] == ["FIRES", "THROT", "SKIP", "LAST"]
+    row = table.index(next(line for line in table if line.startswith("ship-when-green ")))
+    assert table[row].split()[-4:-1] == ["1", "0", "1"]  # fired once, skipped once (the tests failed)
+    assert table[row + 1].strip().startswith(f"if: test ! -e {marker}  (fires on success, timeout")
+    assert "; last: exit 1 at " in table[row + 1]
 
 
 def test_an_iteration_timeout_kills_the_agent_and_the_check_still_runs(project: Project) -> None:
