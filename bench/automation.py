@@ -128,10 +128,6 @@ class Daemon(BenchDaemon):
     def __init__(self, project: Path, config: dict[str, Any]) -> None:
         super().__init__(project, config, clean_env(), START_TIMEOUT)
 
-    def status(self) -> dict[str, Any]:
-        with self.client() as client:
-            return client.call("daemon.status")
-
     def wait_watching(self) -> tuple[float, dict[str, Any], float]:
         """Poll daemon.status until the file watcher runs. Returns (seconds waited, its
         status, slowest status round trip meanwhile)."""

@@ -98,20 +98,29 @@ class Interference:
 
 class BenchDaemon:
     """A real daemon, started with `aiwg daemon start` in a project dir it does not own,
-    and stopped (killed if it will not stop) by `stop`, which is safe to call always."""
+    and stopped (killed if it will not stop) by `stop`, which is safe to call always.
+    Both commands are timed (`start_seconds`, `stop_seconds`)."""
 
-    def __init__(self, project: Path, config: dict[str, Any], env: dict[str, str],
-                 start_timeout: float = 120.0) -> None:
+    def __init__(self, project: Path, config: dict[str, Any] | None, env: dict[str, str],
+                 start_timeout: float = 120.0, stop_timeout: float = 30.0) -> None:
         from aiwg.paths import ProjectPaths
 
         self.project = project
         self.env = env
         self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
         self.paths = ProjectPaths(project)
         self.paths.aiwg_dir.mkdir(parents=True, exist_ok=True)
-        self.paths.config_file.write_text(json.dumps(config))
+        if config is not None:  # None: no configuration file, the defaults
+            self.paths.config_file.write_text(json.dumps(config))
         self.pid = 0
         self.attempted = False
+        self.start_seconds = float("nan")
+        self.stop_seconds = float("nan")
+
+    @property
+    def socket_path(self) -> str:
+        return str(self.paths.bind_socket())
 
     def start(self) -> float:
         """Start it; return the wall time of the `aiwg daemon start` command."""
@@ -120,14 +129,14 @@ class BenchDaemon:
         done = subprocess.run([AIWG, "daemon", "start", "--project", str(self.project)],
                               capture_output=True, text=True, env=self.env,
                               timeout=self.start_timeout, check=False)
-        elapsed = time.perf_counter() - started
+        self.start_seconds = time.perf_counter() - started
         if self.paths.pid_file.exists():
             self.pid = int(self.paths.pid_file.read_text().strip() or 0)
         if done.returncode != 0:
             raise RuntimeError(f"aiwg daemon start failed ({done.returncode}): {done.stdout}{done.stderr}")
         if not self.pid:
             raise RuntimeError(f"no pid in {self.paths.pid_file} after start")
-        return elapsed
+        return self.start_seconds
 
     def stop(self) -> None:
         from aiwg.instance import pid_alive
@@ -138,14 +147,18 @@ class BenchDaemon:
         if not self.pid and self.paths.pid_file.exists():  # a start that timed out
             self.pid = int(self.paths.pid_file.read_text().strip() or 0)
         ok = False
+        started = time.perf_counter()
         try:
-            done = subprocess.run([AIWG, "daemon", "stop", "--project", str(self.project), "--timeout", "30"],
-                                  capture_output=True, text=True, env=self.env, timeout=60, check=False)
+            done = subprocess.run([AIWG, "daemon", "stop", "--project", str(self.project),
+                                   "--timeout", f"{self.stop_timeout:g}"],
+                                  capture_output=True, text=True, env=self.env,
+                                  timeout=2 * self.stop_timeout, check=False)
             ok = done.returncode == 0
             if not ok:
                 say(f"aiwg daemon stop failed ({done.returncode}): {done.stdout}{done.stderr}")
         except subprocess.TimeoutExpired:
             say("aiwg daemon stop timed out")
+        self.stop_seconds = time.perf_counter() - started
         if not ok and self.pid and pid_alive(self.pid):
             say(f"killing the daemon (pid {self.pid}) that this run started")
             try:
@@ -158,6 +171,10 @@ class BenchDaemon:
         from aiwg.client import DaemonClient
 
         return DaemonClient(self.project, socket_path=self.paths.bind_socket(), timeout=timeout).connect()
+
+    def status(self) -> dict[str, Any]:
+        with self.client(timeout=10) as client:
+            return client.call("daemon.status")
 
 
 def verdict(ok: bool, text: str) -> str:

@@ -59,7 +59,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loadgen  # noqa: E402
 
-from common import AIWG, PYTHON, ROOT, exit_on_term, say, timed_report  # noqa: E402
+from common import AIWG, PYTHON, ROOT, BenchDaemon, exit_on_term, say, timed_report  # noqa: E402
+from common import clean_env as common_clean_env  # noqa: E402
 ECHO_SERVER = str(Path(__file__).resolve().parent / "echo_server.py")
 
 #: The project's targets.
@@ -237,13 +238,7 @@ PYCACHE_PREFIX: str | None = None
 
 
 def clean_env(bytecode_cache: bool = True) -> dict[str, str]:
-    env = dict(os.environ)
-    for name in ("AIWG_DAEMON_SOCKET", "AIWG_PROJECT"):
-        env.pop(name, None)
-    if bytecode_cache and PYCACHE_PREFIX is not None:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = PYCACHE_PREFIX
-    return env
+    return common_clean_env(PYCACHE_PREFIX if bytecode_cache else None)
 
 
 def warm_bytecode_cache(scratch: Path) -> None:
@@ -299,62 +294,11 @@ class EchoServer:
             self.proc.wait(timeout=10)
 
 
-class Daemon:
+class Daemon(BenchDaemon):
+    """The daemon under test: no configuration file, the defaults."""
+
     def __init__(self, project: Path) -> None:
-        self.project = project
-        self.socket_path = str(project / ".aiwg" / "daemon" / "daemon.sock")
-        self.pid = 0
-        self.start_seconds = float("nan")
-        self.stop_seconds = float("nan")
-
-    def start(self) -> None:
-        started = time.perf_counter()
-        done = subprocess.run(
-            [AIWG, "daemon", "start", "--project", str(self.project)],
-            capture_output=True, text=True, env=clean_env(), timeout=90, check=False,
-        )
-        self.start_seconds = time.perf_counter() - started
-        pid_file = self.project / ".aiwg" / "daemon.pid"
-        if pid_file.exists():
-            self.pid = int(pid_file.read_text().strip() or 0)
-        if done.returncode != 0:
-            raise RuntimeError(
-                f"aiwg daemon start failed ({done.returncode}): {done.stdout}{done.stderr}"
-            )
-        if not self.pid:
-            raise RuntimeError(f"no pid in {pid_file} after start")
-
-    def stop(self) -> None:
-        from aiwg.instance import pid_alive
-
-        if not self.pid:
-            return
-        started = time.perf_counter()
-        try:
-            done = subprocess.run(
-                [AIWG, "daemon", "stop", "--project", str(self.project), "--timeout", "20"],
-                capture_output=True, text=True, env=clean_env(), timeout=40, check=False,
-            )
-            ok = done.returncode == 0
-            if not ok:
-                say(f"aiwg daemon stop failed ({done.returncode}): {done.stdout}{done.stderr}")
-        except subprocess.TimeoutExpired:
-            ok = False
-            say("aiwg daemon stop timed out")
-        self.stop_seconds = time.perf_counter() - started
-        if not ok and pid_alive(self.pid):
-            say(f"killing the daemon (pid {self.pid}) that this run started")
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.pid = 0
-
-    def status(self) -> dict[str, Any]:
-        from aiwg.client import DaemonClient  # stdlib-only client, no Twisted
-
-        with DaemonClient(self.project, socket_path=self.socket_path, timeout=10) as client:
-            return client.call("daemon.status")
+        super().__init__(project, None, clean_env(), start_timeout=90, stop_timeout=20)
 
 
 # -- the measurements -------------------------------------------------------------

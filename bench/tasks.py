@@ -34,11 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aiwg.client import DaemonClient  # noqa: E402
-from aiwg.paths import ProjectPaths  # noqa: E402
-from common import pct, rss_mib  # noqa: E402
+from common import BenchDaemon, clean_env, pct, rss_mib  # noqa: E402
 
-AIWG = str(Path(sys.executable).parent / "aiwg")
 CONCURRENCY = 3
 #: The environment of the spawning benches' daemons, and so of their agents, and of
 #: the floor's children: the same for both, so that /bin/true does the same work
@@ -52,33 +49,16 @@ AGENT_ENV = {
 }
 
 
-class Daemon:
+class Daemon(BenchDaemon):
+    """A real daemon in a fresh temp project of its own, removed by `cleanup`."""
+
     def __init__(self, config: dict, env: dict[str, str] | None = None) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="aiwg-bench-", dir="/tmp"))
-        self.paths = ProjectPaths(self.dir)
-        self.paths.aiwg_dir.mkdir()
-        self.paths.config_file.write_text(json.dumps(config))
-        self.env = env if env is not None else {k: v for k, v in os.environ.items() if not k.startswith("AIWG_")}
-
-    def start(self) -> float:
-        started = time.perf_counter()
-        subprocess.run([AIWG, "daemon", "start", "--project", str(self.dir)], check=True,
-                       env=self.env, stdout=subprocess.DEVNULL)
-        return time.perf_counter() - started
-
-    def stop(self) -> None:
-        subprocess.run([AIWG, "daemon", "stop", "--project", str(self.dir), "--timeout", "120"],
-                       env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def pid(self) -> int:
-        return int(self.paths.pid_file.read_text())
-
-    def client(self) -> DaemonClient:
-        return DaemonClient(self.dir, socket_path=self.paths.bind_socket(), timeout=120).connect()
+        project = Path(tempfile.mkdtemp(prefix="aiwg-bench-", dir="/tmp"))
+        super().__init__(project, config, env if env is not None else clean_env(), stop_timeout=120)
 
     def cleanup(self) -> None:
         self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(self.project, ignore_errors=True)
 
 
 def bench_submit(count: int) -> dict:
@@ -88,7 +68,7 @@ def bench_submit(count: int) -> dict:
                      "agent": {"command": ["/bin/sh", "-c", "sleep 3600", "{prompt}"], "output": "text"}})
     try:
         daemon.start()
-        with daemon.client() as client:
+        with daemon.client(timeout=120) as client:
             client.call("task.submit", prompt="hold the slot")
             for _ in range(200):
                 client.call("ping")
@@ -123,7 +103,7 @@ def bench_spawn_latency(count: int) -> dict:
     try:
         daemon.start()
         latencies = []
-        with daemon.client() as client:
+        with daemon.client(timeout=120) as client:
             client.subscribe(["task:completed", "task:failed"])
             for i in range(count):
                 sent = time.time()
@@ -192,7 +172,7 @@ def bench_throughput(count: int, rounds: int) -> dict:
     try:
         daemon.start()
         rates, floors, submit_phases, done = [], [], [], 0
-        with daemon.client() as client:
+        with daemon.client(timeout=120) as client:
             client.call("ping")
             for r in range(rounds):
                 for side in ("daemon", "floor") if r % 2 == 0 else ("floor", "daemon"):
@@ -233,12 +213,12 @@ def bench_large_store(count: int) -> dict:
     daemon = Daemon(config)
     try:
         daemon.start()
-        idle_rss = rss_mib(daemon.pid())
+        idle_rss = rss_mib(daemon.pid)
         daemon.stop()
         _fill_store(daemon.paths.tasks_db, count)
         restart = daemon.start()
         time.sleep(0.5)
-        with daemon.client() as client:
+        with daemon.client(timeout=120) as client:
             stats = client.call("task.stats")
             assert stats["total"] == count, stats
             lists, stat_calls, pings = [], [], []
@@ -252,7 +232,7 @@ def bench_large_store(count: int) -> dict:
             "list_p50_ms": pct(lists, 0.5) * 1000, "list_p99_ms": pct(lists, 0.99) * 1000,
             "stats_p50_ms": pct(stat_calls, 0.5) * 1000, "stats_p99_ms": pct(stat_calls, 0.99) * 1000,
             "ping_p99_ms": pct(pings, 0.99) * 1000,
-            "rss_idle_mb": idle_rss, "rss_with_store_mb": rss_mib(daemon.pid()),
+            "rss_idle_mb": idle_rss, "rss_with_store_mb": rss_mib(daemon.pid),
         }
     finally:
         daemon.cleanup()
