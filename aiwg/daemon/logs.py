@@ -22,6 +22,7 @@ from twisted.python.logfile import LogFile
 from zope.interface import implementer
 
 from aiwg.core.config import LogSettings
+from aiwg.core.text import utf8_safe
 
 LEVELS = {
     "debug": LogLevel.debug,
@@ -85,7 +86,7 @@ def _message(event: dict[str, Any]) -> str:
     failure = event.get("log_failure")
     if isinstance(failure, Failure):
         text += "\n" + failure.getTraceback()
-    return text
+    return utf8_safe(text)  # a lone surrogate would lose the whole line
 
 
 def _namespace(event: dict[str, Any]) -> str:

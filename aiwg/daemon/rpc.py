@@ -18,10 +18,15 @@ from twisted.internet.defer import Deferred
 from txjsonrpc_ng import jsonrpclib
 from txjsonrpc_ng.jsonrpc import BaseSubhandler
 
+from aiwg.core.text import lone_surrogate
 from aiwg.errors import METHOD_NOT_FOUND, InvalidParams, RpcError
 
 _NO_DEFAULT = object()
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: How deep an object or array parameter may nest. Such values are stored, logged
+#: and re-encoded later, on deeper stacks: far below Python's recursion limit, so
+#: that no later step can fail where the request itself was accepted.
+MAX_NESTING = 64
 
 _TYPE_WORDS = {
     "string": "a string",
@@ -58,8 +63,15 @@ class Param:
             )
         if self.non_empty and (not value or (self.type == "string" and not value.strip())):
             raise InvalidParams(f"Invalid parameter '{self.name}': must not be empty")
-        if self.type == "string" and "\x00" in value:
-            raise InvalidParams(f"Invalid parameter '{self.name}': must not contain NUL characters")
+        if self.type == "string":
+            if "\x00" in value:
+                raise InvalidParams(f"Invalid parameter '{self.name}': must not contain NUL characters")
+            _check_text(value, self.name)
+        elif self.type == "string[]":
+            for item in value:
+                _check_text(item, self.name)
+        elif self.type in ("object", "array"):
+            _check_nested(value, self.name)
         if self.type == "integer" and not _INT64_MIN <= value <= _INT64_MAX:
             raise InvalidParams(f"Invalid parameter '{self.name}': out of range (64-bit integer), got {value}")
         if self.type == "number" and (value != value or value in (float("inf"), float("-inf"))):
@@ -221,6 +233,32 @@ def _is_type(value: Any, kind: str) -> bool:
     if kind == "string[]":
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     raise ValueError(f"unknown param type {kind}")
+
+
+def _check_text(value: str, name: str) -> None:
+    """A JSON string may hold an escaped lone surrogate (\\ud800), which is not
+    Unicode text: nothing can store, log or pass it on as UTF-8."""
+    bad = lone_surrogate(value)
+    if bad is not None:
+        raise InvalidParams(f"Invalid parameter '{name}': contains a lone UTF-16 surrogate "
+                            f"(\\u{ord(bad):04x}), which is not valid Unicode text")
+
+
+def _check_nested(value: Any, name: str) -> None:
+    """Every string (keys too) is text, and nothing nests deeper than MAX_NESTING."""
+    todo: list[tuple[Any, int]] = [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if depth > MAX_NESTING and type(item) in (dict, list):
+            raise InvalidParams(f"Invalid parameter '{name}': nested deeper than {MAX_NESTING} levels")
+        if type(item) is dict:
+            for key, child in item.items():
+                _check_text(key, name)
+                todo.append((child, depth + 1))
+        elif type(item) is list:
+            todo.extend((child, depth + 1) for child in item)
+        elif type(item) is str:
+            _check_text(item, name)
 
 
 def _show(value: Any) -> str:

@@ -26,6 +26,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 
 from aiwg.core.tasks import INTERRUPTED, STATE_NAMES, Task, TaskState
+from aiwg.core.text import utf8_safe
 
 SCHEMA_VERSION = 2
 
@@ -590,12 +591,18 @@ def _checked_row(task: Task) -> tuple[Any, ...]:
     return row
 
 
+def _text(value: str | None) -> str | None:
+    """A lone surrogate (from a JSON escape in an agent's reply or a chat message)
+    would fail the whole commit, and every later one with it."""
+    return None if value is None else utf8_safe(value)
+
+
 def _to_row(task: Task) -> tuple[Any, ...]:
     return (
-        task.id, task.prompt, task.priority, task.state.value, task.source, task.agent,
+        task.id, _text(task.prompt), task.priority, task.state.value, _text(task.source), _text(task.agent),
         task.created_at, task.started_at, task.finished_at, task.pid, task.pgid, task.proc_start,
-        task.exit_code, task.signal, task.timeout_minutes, task.error, task.output_path,
-        task.output_tail, task.output_bytes, task.result, task.session_id, task.cost_usd,
+        task.exit_code, task.signal, task.timeout_minutes, _text(task.error), _text(task.output_path),
+        _text(task.output_tail), task.output_bytes, _text(task.result), _text(task.session_id), task.cost_usd,
         _METADATA.encode(dict(task.metadata)) if task.metadata else "{}", task.retries, task.attempts,
     )
 

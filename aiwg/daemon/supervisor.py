@@ -37,6 +37,7 @@ from aiwg.core.config import Config
 from aiwg.core.loops import LOOP_KEY, LoopProgress, LoopSpec, loop_metadata
 from aiwg.core.messaging import SECRET_KEYS
 from aiwg.core.tasks import INTERRUPTED, OUTPUT_TAIL_BYTES, RunQueue, Task, TaskState, make_task_id
+from aiwg.core.text import utf8_safe
 from aiwg.daemon.bus import EventBus
 from aiwg.daemon.commands import CommandRunner
 from aiwg.daemon.loop_runner import LoopRunner
@@ -608,6 +609,7 @@ class Supervisor(Service):
         the check passes or a limit ends it (see LoopRunner)."""
         if not self._accepting:
             raise RpcError(SHUTTING_DOWN, "Supervisor is shutting down")
+        prompt = utf8_safe(prompt)  # what the agent gets is what the store keeps
         metadata = dict(metadata or {})
         if loop is not None:
             metadata[LOOP_KEY] = loop_metadata(loop, LoopProgress())

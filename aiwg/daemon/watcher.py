@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from aiwg import procfs
 from aiwg.core.config import Config
+from aiwg.core.text import display_path
 from aiwg.core.watching import ChangeSet, WatchEntry, WatchPlan, plan_from_config
 from aiwg.daemon.debounce import Debouncer
 from aiwg.daemon.logs import iso_utc
@@ -77,7 +78,7 @@ class _Translator:
         text = path.decode("utf-8", "surrogateescape") if isinstance(path, bytes) else str(path)
         if not text.startswith(self._prefix):
             return None
-        return text[len(self._prefix):]
+        return display_path(text[len(self._prefix):])  # a name that is not UTF-8: `bad\xff.txt`
 
     def _admits(self, relative: str, kind: str) -> bool:
         return not self._plan.ignore.ignores(relative) and self._entry.admits(relative, kind)

@@ -22,6 +22,11 @@ class Demo(Namespace):
     def jsonrpc_add(self, ctx: CallContext, a: int, b: int) -> int:
         return a + b
 
+    @method(Param("text", "string"), Param("data", "object"), Param("tags", "string[]"),
+            description="Take text and nested data.")
+    def jsonrpc_keep(self, ctx: CallContext, text: str | None, data: dict | None, tags: list | None) -> bool:
+        return True
+
     @method(description="Reply later.")
     def jsonrpc_later(self, ctx: CallContext) -> Deferred:
         d: Deferred = Deferred()
@@ -89,6 +94,29 @@ def test_invalid_params_name_the_parameter() -> None:
         "Invalid params: expected at most 2 positional parameter(s), got 3",
         "Invalid parameter 'a': must be an integer, got true",
     ]
+
+
+def test_lone_surrogates_and_deep_nesting_are_invalid_params() -> None:
+    """JSON lets a string hold an escaped lone surrogate, which no UTF-8 file or
+    database can take; and nesting deep enough to overflow a later encode must be
+    refused up front, naming the parameter, with the request's id."""
+    protocol, transport, _ = connect()
+    deep, allowed = ('{"a":' * n + "1" + "}" * n for n in (65, 64))
+    for params in ('{"text":"x\\ud800y"}', '{"data":{"k\\udc80":1}}', '{"data":{"k":["\\udfff"]}}',
+                   '{"tags":["ok","\\ud83d"]}', '{"data":' + deep + '}',
+                   '{"text":"pair \\ud83d\\ude00 ok","data":' + allowed + '}'):
+        protocol.dataReceived(b'{"jsonrpc":"2.0","method":"demo.keep","params":' + params.encode() + b',"id":7}\n')
+    answers = replies(transport)
+    assert [a["id"] for a in answers] == [7] * 6
+    assert [a.get("error", {}).get("message") for a in answers] == [
+        "Invalid parameter 'text': contains a lone UTF-16 surrogate (\\ud800), which is not valid Unicode text",
+        "Invalid parameter 'data': contains a lone UTF-16 surrogate (\\udc80), which is not valid Unicode text",
+        "Invalid parameter 'data': contains a lone UTF-16 surrogate (\\udfff), which is not valid Unicode text",
+        "Invalid parameter 'tags': contains a lone UTF-16 surrogate (\\ud83d), which is not valid Unicode text",
+        "Invalid parameter 'data': nested deeper than 64 levels",
+        None,  # a surrogate pair is one character; 64 levels are allowed
+    ]
+    assert answers[-1]["result"] is True
 
 
 def test_async_replies_may_come_out_of_order() -> None:

@@ -57,6 +57,26 @@ def test_an_unstorable_value_fails_its_own_write_only(tmp_path: Path) -> None:
     store.close()
 
 
+def test_text_with_lone_surrogates_is_stored_escaped_and_commits_go_on(tmp_path: Path) -> None:
+    """A lone surrogate (an agent's JSON reply, a chat message, a file name that is
+    not UTF-8) cannot be encoded for SQLite: stored as its escape, it can no longer
+    fail a commit, and with it every write after it."""
+    store = TaskStore(tmp_path / "t.db", Turns())
+    task = store.insert(Task(id="t-odd", prompt="fix src/bad\udcff.txt", metadata={"k": "\ud800"}))
+    running = task.moved(TaskState.RUNNING)
+    store.save(running)
+    store.save(running.moved(TaskState.COMPLETED, result="said \ud83d alone", error="e\udc80"))
+    store.insert(Task(id="t-next", prompt="next"))
+    store.flush()
+    store.close()
+    reopened = TaskStore(tmp_path / "t.db", Turns())
+    odd = reopened.get("t-odd")
+    assert (odd.prompt, odd.result, odd.error) == ("fix src/bad\\udcff.txt", "said \\ud83d alone", "e\\udc80")
+    assert odd.metadata == {"k": "\ud800"}  # JSON keeps its own escape
+    assert reopened.get("t-next").prompt == "next" and reopened.stats()["total"] == 2
+    reopened.close()
+
+
 def test_a_failed_commit_keeps_the_writes_and_retries(tmp_path: Path) -> None:
     turns = Turns()
     store = TaskStore(tmp_path / "t.db", turns)

@@ -193,6 +193,22 @@ def test_a_burst_of_twenty_writes_fires_one_task_listing_every_file(
     assert {c["kind"] for c in event["changes"]} == {"created"}
 
 
+def test_a_file_name_that_is_not_utf8_fires_its_rule_and_the_next_change_too(project: Project) -> None:
+    """Its stray bytes come from the OS as surrogates, which no UTF-8 file or row can
+    hold: the daemon names the file `bad\\xff.txt` everywhere and goes on."""
+    configure(project, watch=WATCH, rules=[file_rule("any", "src/**")])
+    (project.root / "src").mkdir()
+    start(project)
+    (project.root / "src").joinpath(b"bad\xff\xfe.txt".decode("utf-8", "surrogateescape")).write_text("x")
+    [task] = wait_rule_tasks(project, "any")
+    assert file_lines(task, "any: review") == ["src/bad\\xff\\xfe.txt"]
+    assert wait_finished(project, task["id"])["state"] == "completed"
+    write(project, "src/next.txt")
+    [_, second] = wait_rule_tasks(project, "any", count=2)
+    assert file_lines(second, "any: review") == ["src/next.txt"]
+    assert wait_finished(project, second["id"])["state"] == "completed"
+
+
 def test_ignored_and_non_matching_paths_fire_nothing(project: Project) -> None:
     configure(project, watch=WATCH, rules=[
         file_rule("ts", "src/**/*.ts"),

@@ -60,7 +60,10 @@ def strict_loads(raw: bytes) -> Any:
 
 
 def encode(message: Any) -> bytes:
-    return json.dumps(message, ensure_ascii=False).encode("utf-8") + b"\n"
+    try:
+        return json.dumps(message, ensure_ascii=False).encode("utf-8") + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate: only its escape can be sent
+        return json.dumps(message).encode("ascii") + b"\n"
 
 
 def request(method: Any, params: Any = _ABSENT, id: Any = _ABSENT) -> dict[str, Any]:
@@ -471,6 +474,13 @@ def test_rpc_discover_lists_methods_with_params(sock_path: Path, params: Any) ->
     assert recent == [("limit", "integer"), ("topic", "string")]
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
 INVALID_PARAMS_CASES = [
     pytest.param("ping", {"x": 1}, "'x'", id="unknown-name"),
     pytest.param("event.emit", {"Topic": "a:b"}, "'Topic'", id="names-are-case-sensitive"),
@@ -494,6 +504,12 @@ INVALID_PARAMS_CASES = [
     pytest.param("events.subscribe", {"topics": []}, "'topics'", id="subscribe-topics-empty"),
     pytest.param("events.subscribe", {"topics": [5]}, "'topics'", id="subscribe-topics-number"),
     pytest.param("events.subscribe", {"topics": ["a b"]}, "'topics'", id="subscribe-bad-pattern"),
+    pytest.param("task.submit", {"prompt": "fix \ud800 it"}, "'prompt': contains a lone UTF-16 surrogate",
+                 id="submit-prompt-lone-surrogate"),
+    pytest.param("event.emit", {"topic": "a:b", "payload": {"k\udc80": 1}}, "'payload': contains a lone",
+                 id="emit-payload-lone-surrogate"),
+    pytest.param("task.submit", {"prompt": "x", "metadata": _nested(70)}, "'metadata': nested deeper than 64",
+                 id="submit-metadata-too-deep"),
     pytest.param("ping", [1], "positional", id="ping-too-many-positional"),
     pytest.param("events.recent", [1, "a:*", 3], "positional", id="recent-too-many-positional"),
     pytest.param("events.recent", ["5"], "'limit'", id="recent-positional-wrong-type"),
