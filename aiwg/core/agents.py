@@ -117,6 +117,28 @@ def secret_values(base: Mapping[str, str], *layers: Mapping[str, str]) -> list[s
     return values
 
 
+def _as_bytes(text: str) -> bytes:
+    try:
+        return text.encode("utf-8", "surrogateescape")  # a value from a non-UTF-8 environment
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
+
+
+def secret_forms(secrets: Iterable[str]) -> list[bytes]:
+    """Each secret as an agent may print it: as it is, and escaped inside a JSON
+    string (non-ASCII kept, as JavaScript writes it, or escaped, as Python does).
+    A JSON reply is decoded later, after redaction, so an escaped secret missed in
+    the output would come back in the clear in the task's result. Longest first."""
+    forms: set[bytes] = set()
+    for secret in secrets:
+        if not secret:
+            continue
+        forms.add(_as_bytes(secret))
+        forms.add(_as_bytes(json.dumps(secret, ensure_ascii=False)[1:-1]))
+        forms.add(json.dumps(secret)[1:-1].encode("ascii"))
+    return sorted(forms, key=len, reverse=True)
+
+
 def redact(text: str, secrets: Iterable[str], mark: str = "[redacted]") -> str:
     for secret in secrets:
         if secret and secret in text:

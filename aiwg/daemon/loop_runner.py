@@ -214,7 +214,7 @@ class LoopRunner:
         self._guard(loop, self._agent_ended if run.kind == "loop-agent" else self._check_ended, loop, run)
 
     def _agent_ended(self, loop: LoopRun, run: "Run") -> None:
-        parsed = agents.parse_result(self.sup.settings.agent.output, bytes(run.stdout).decode("utf-8", "replace"))
+        parsed = run.parsed(self.sup.settings.agent.output)
         if run.reason == "iteration-timeout":
             minutes = loop.spec.iteration_timeout_minutes or self.sup.settings.timeout_minutes
             failure: str | None = f"the agent timed out after {minutes:g} min"

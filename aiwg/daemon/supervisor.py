@@ -171,7 +171,8 @@ class Run:
         self.copy: Any = None
         self.copied = 0
         self.output: Any = None  # opened at the first byte: a silent agent costs no file
-        self.secrets = sorted({s.encode() for s in secrets}, key=len, reverse=True)
+        self.secret_texts = tuple(secrets)
+        self.secrets = agents.secret_forms(secrets)
         # A secret split across two reads must still be caught: keep back this many bytes.
         self.holdback = max((len(s) for s in self.secrets), default=1) - 1
         self.carry: dict[int, bytes] = {1: b"", 2: b""}
@@ -202,6 +203,15 @@ class Run:
     @property
     def looping(self) -> bool:
         return self.kind != "agent"
+
+    def parsed(self, output: str) -> agents.AgentResult:
+        """The agent's report from its stdout, with the secrets redacted once more
+        after decoding (an escape the output's redaction could not know of)."""
+        parsed = agents.parse_result(output, bytes(self.stdout).decode("utf-8", "replace"))
+        if self.secret_texts and (parsed.result or parsed.subtype):
+            parsed = evolve(parsed, result=parsed.result and agents.redact(parsed.result, self.secret_texts),
+                            subtype=parsed.subtype and agents.redact(parsed.subtype, self.secret_texts))
+        return parsed
 
     def succeeded(self, parsed: agents.AgentResult) -> bool:
         """The agent exited 0, by itself, without reporting an error."""
@@ -1022,9 +1032,7 @@ class Supervisor(Service):
     def _final(self, run: Run) -> Task:
         task = run.task
         now = self.reactor.seconds()
-        parsed = agents.parse_result(
-            self.settings.agent.output, bytes(run.stdout).decode("utf-8", "replace")
-        )
+        parsed = run.parsed(self.settings.agent.output)
         common = dict(
             finished_at=now,
             exit_code=run.exit_code,

@@ -10,6 +10,7 @@ from aiwg.core.agents import (
     child_env,
     parse_result,
     redact,
+    secret_forms,
     secret_values,
 )
 
@@ -39,6 +40,15 @@ def test_secret_values_and_redaction() -> None:
     secrets = secret_values({"T": "supersecret"}, {"A": "${T}", "B": "literal-key", "C": "x"})
     assert secrets == ["supersecret", "literal-key"]
     assert redact("token=supersecret and literal-key", secrets) == "token=[redacted] and [redacted]"
+
+
+def test_secret_forms_cover_json_escapes_longest_first() -> None:
+    forms = secret_forms(['q"\\é-key', "plain-key", ""])
+    assert set(forms) == {
+        'q"\\é-key'.encode(), 'q\\"\\\\é-key'.encode(), b'q\\"\\\\\\u00e9-key', b"plain-key",
+    }
+    assert [len(f) for f in forms] == sorted((len(f) for f in forms), reverse=True)
+    assert secret_forms(["\udcff-from-a-latin1-env"]) == [b"\\udcff-from-a-latin1-env", b"\xff-from-a-latin1-env"]
 
 
 def test_parse_claude_json_result() -> None:

@@ -327,6 +327,28 @@ def test_secrets_from_agent_env_stay_out_of_logs_records_and_state(project: Proj
     assert "[redacted]" in record["output"]
 
 
+def test_secrets_printed_json_escaped_are_redacted_too(project: Project) -> None:
+    """claude's reply is JSON: a secret with a quote, a backslash or non-ASCII in it is
+    printed escaped, and comes back in the clear once the reply is decoded."""
+    secret = 'Xy7"q\\zz-é-SECRET'
+    project.env["MY_TOKEN"] = secret
+    project.write_config(json.dumps({"daemon": FAST["daemon"], "agent": {"env": {"API_TOKEN": "${MY_TOKEN}"}}}))
+    project.start()
+    done = submit(project, "tell @result-env:API_TOKEN @env-json:API_TOKEN")
+    failed = submit(project, "fail @env-json:API_TOKEN @exit:3")
+    completed = wait_state(project, done, "completed")
+    record = wait_state(project, failed, "failed")
+    assert completed["result"] == "the value is [redacted]"
+    assert record["error"] == 'agent exited with code 3: "[redacted]"'  # stderr's last line
+    project.aiwg("daemon", "stop", check=True)
+    texts = [json.dumps(completed), json.dumps(record), project.log_text(),
+             Path(completed["outputPath"]).read_text(), Path(record["outputPath"]).read_text(),
+             "".join(p.read_text() for p in project.paths.events_dir.glob("*.jsonl"))]
+    escaped = (json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1])
+    for text in texts:
+        assert secret not in text and all(form not in text for form in escaped)
+
+
 def test_output_is_capped_with_a_marker(project: Project) -> None:
     project.write_config(json.dumps({"daemon": {**FAST["daemon"], "task_output_max_mb": 0.01}}))
     project.start()

@@ -15,6 +15,8 @@ the prompt (the argument after -p):
   @session:ID     report this session id (default: "sess-<pid>")
   @cost:X         report total_cost_usd X (default 0.01)
   @env:NAME       print the value of environment variable NAME
+  @env-json:NAME  print that value JSON-escaped, on stdout and on stderr
+  @result-env:NAME  the result text is that value (JSON-escaped in the JSON reply)
   @orphan         leave a grandchild that ignores SIGTERM and closed its stdio (<pid>.orphan)
   @escape         leave a grandchild that called setsid and closed its stdio (<pid>.escaped)
   @escape-holding leave a grandchild that called setsid but keeps stdout open (<pid>.holder)
@@ -106,6 +108,12 @@ def main() -> int:
         sys.stdout.write("filler output line " + "x" * 60 + "\n")
     if "env" in directives:
         print(os.environ.get(directives["env"], ""))
+    if "env-json" in directives:
+        escaped = json.dumps(os.environ.get(directives["env-json"], ""))
+        print(escaped)
+        sys.stderr.write(escaped + "\n")
+    if "result-env" in directives:
+        directives["result"] = "the value is " + os.environ.get(directives["result-env"], "")
     if "stderr" in directives:
         sys.stderr.write(directives["stderr"] + "\n")
     sys.stdout.flush()
