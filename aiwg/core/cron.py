@@ -88,10 +88,19 @@ def zone_problem(name: str) -> str | None:
 
 
 def cron_problem(expression: str) -> str | None:
+    """Why `expression` cannot be scheduled: not a cron expression, or one that
+    matches no date at all (`0 0 31 2 *`), which croniter accepts and then fails
+    on when asked for its next time."""
+    from croniter import CroniterBadDateError, croniter
+
     try:
-        normalise(expression)
+        text = normalise(expression)
     except CronError as exc:
         return str(exc)
+    try:
+        croniter(text, datetime(2000, 1, 1, tzinfo=timezone.utc)).get_next(float)
+    except CroniterBadDateError:
+        return f"'{expression}' never fires: no date matches it (such as 31 February)"
     return None
 
 

@@ -90,6 +90,11 @@ def test_error_names_key_path_constraint_and_value() -> None:
         ({"rules": [{"id": "r", "trigger": {"type": "nope"}, "action": {"type": "submit_task", "prompt": "p"}}]},
          'rules[0] (r).trigger.type: must be one of "file_change", "schedule", "event", got \'nope\''),
         ({"schedule": {"jobs": [{"cron": "* * * * *", "action": "x"}]}}, "schedule.jobs[0].name: required"),
+        ({"schedule": {"jobs": [{"name": "never", "cron": "0 0 31 2 *", "action": "health-check"}]}},
+         "schedule.jobs[0] (never).cron: '0 0 31 2 *' never fires: no date matches it (such as 31 February)"),
+        ({"rules": [{"id": "r", "trigger": {"type": "schedule", "cron": "0 0 31 4 *"},
+                     "action": {"type": "submit_task", "prompt": "p"}}]},
+         "rules[0] (r).trigger.cron: '0 0 31 4 *' never fires: no date matches it (such as 31 February)"),
     ],
 )
 def test_errors(document: dict, expected: str) -> None:

@@ -52,6 +52,17 @@ def test_bad_expressions(bad: str) -> None:
         normalise(bad)
 
 
+@pytest.mark.parametrize("never", ["0 0 31 2 *", "0 0 30 2 *", "0 12 31 4,6,9,11 *"])
+def test_an_expression_that_matches_no_date_is_a_problem(never: str) -> None:
+    """croniter accepts it, then fails when asked for its next time."""
+    assert cron_problem(never) == f"'{never}' never fires: no date matches it (such as 31 February)"
+
+
+def test_rare_but_real_dates_are_fine() -> None:
+    assert cron_problem("0 0 29 2 *") is None  # every leap year
+    assert cron_problem("0 0 31 2 1") is None  # day of month OR day of week: Mondays in February
+
+
 def test_misfire_policy() -> None:
     assert on_wake(scheduled=100, now=100.2) == "fire"
     assert on_wake(scheduled=100, now=160) == "fire"
