@@ -489,11 +489,15 @@ def reload(ctx: Context) -> None:
             raise
     if ctx.as_json:
         emit_json(result)
+        if result.get("errors"):
+            sys.exit(EXIT_FAILURE)
         return
     changed = ", ".join(result.get("changed", [])) or "nothing changed"
     click.echo(f"configuration reloaded: {changed}")
     for warning in result.get("warnings", []):
         click.echo(f"aiwg: warning: {warning}", err=True)
+    if result.get("errors"):
+        fail("not applied (see the daemon log): " + "; ".join(result["errors"]), EXIT_FAILURE)
 
 
 # -- logs --------------------------------------------------------------------

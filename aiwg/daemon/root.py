@@ -235,8 +235,16 @@ class DaemonService(MultiService):
             self.log.warn("config {source}: {warning}", source=new.source, warning=warning)
         if self._observer is not None and hasattr(self._observer, "apply"):
             self._observer.apply(new.daemon.log)
+        errors = []
         for child in self:
-            _call(child, "apply_config", new, None)
+            # Validated above, so this is a bug; one subsystem's must not keep the
+            # others on the old settings, nor fail the reload without saying which.
+            try:
+                _call(child, "apply_config", new, None)
+            except Exception as exc:
+                self.log.failure("reload: {name} could not apply the new configuration and keeps its "
+                                 "previous settings", name=child.name)
+                errors.append(f"{child.name}: {exc}")
         self.reloads += 1
         self.log.info(
             "configuration reloaded from {source}; changed: {changed}",
@@ -244,12 +252,15 @@ class DaemonService(MultiService):
             changed=", ".join(changed) or "nothing",
         )
         self.bus.publish("daemon:reloaded", {"changed": changed, "config_hash": new.digest})
-        return {
+        result = {
             "reloaded": True,
             "changed": changed,
             "warnings": list(new.warnings),
             "config_hash": new.digest,
         }
+        if errors:
+            result["errors"] = errors
+        return result
 
     # -- logging -----------------------------------------------------------
 

@@ -67,6 +67,8 @@ class Recorder(Service):
         return list(self._problems)
 
     def apply_config(self, config: Any) -> None:
+        if self._fail_on == "apply":
+            raise RuntimeError(f"{self.name} choked on it")
         self.applied.append(config)
 
 
@@ -169,6 +171,19 @@ def test_reload_refused_when_a_child_rejects_it(tmp_path: Path) -> None:
     with pytest.raises(RpcError, match="cannot compile"):
         root.reload()
     assert a.applied == []  # check-then-apply: nobody applied anything
+    root.stopService()
+
+
+def test_a_child_that_fails_to_apply_is_named_and_the_others_still_apply(tmp_path: Path) -> None:
+    log: list[str] = []
+    a, b, c = Recorder("a", log), Recorder("b", log, fail_on="apply"), Recorder("c", log)
+    root, _ = make_root(tmp_path, a, b, c)
+    root.privilegedStartService()
+    root.startService()
+    (tmp_path / ".aiwg" / "daemon.json").write_text(json.dumps({"daemon": {"max_parallel_actions": 7}}))
+    result = root.reload()
+    assert result["errors"] == ["b: b choked on it"]
+    assert a.applied and c.applied and b.applied == []
     root.stopService()
 
 
