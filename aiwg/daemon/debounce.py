@@ -67,6 +67,15 @@ class Debouncer:
         if self._items:
             self._arm()
 
+    def take(self) -> list[Any]:
+        """Cancel the timer and hand back what is pending, unpublished, for the
+        caller to pass on (to the debouncer that replaces this one)."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        items, self._items = list(self._items.values()), {}
+        return items
+
     def stop(self) -> Deferred:
         """Cancel the timer, drop what is pending; fires when a running call has finished."""
         if self._timer is not None and self._timer.active():

@@ -9,6 +9,10 @@ ChangeSet and publishes it as one `file:changed` event.
 
 If the kernel's inotify limits are hit, the watcher says so in the log and in the
 daemon's health (naming `fs.inotify.max_user_watches`) and carries on by polling.
+
+A watch path that does not exist (yet, or any more: `rm -rf build && mkdir build`)
+is looked for every MISSING_CHECK_INTERVAL seconds and watched once it is there; the
+files already in it then are reported as created.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ POLL_INTERVAL = 2.0
 #: pool thread, at most this often, never on the reactor.
 WATCH_COUNT_MAX_AGE = 60.0
 WATCH_KINDS = ("created", "modified", "deleted", "moved")
+#: Seconds between looks for a watch path that is missing.
+MISSING_CHECK_INTERVAL = 1.0
 
 
 def _proc_sys(name: str) -> str:
@@ -46,18 +52,27 @@ def _proc_sys(name: str) -> str:
         return "unknown"
 
 
+def _text(path: Any) -> str:
+    return path.decode("utf-8", "surrogateescape") if isinstance(path, bytes) else str(path)
+
+
 class _Translator:
     """Runs in watchdog's thread: raw event → filtered, project-relative change."""
 
     def __init__(self, watcher: "FileWatcher", root: str, plan: WatchPlan, entry: WatchEntry, generation: int) -> None:
         self._watcher = watcher
         self._prefix = root.rstrip("/") + "/"
+        self._top = (self._prefix + entry.path).rstrip("/")
         self._plan = plan
         self._entry = entry
         self._generation = generation
 
     def dispatch(self, event: Any) -> None:
-        if event.is_directory or event.event_type not in WATCH_KINDS:
+        if event.is_directory:
+            if event.event_type == "deleted" and _text(event.src_path).rstrip("/") == self._top:
+                self._watcher._from_thread_gone(self._generation, self._entry.path or ".")
+            return
+        if event.event_type not in WATCH_KINDS:
             return
         src = self._relative(event.src_path)
         if event.event_type == "moved":
@@ -75,7 +90,7 @@ class _Translator:
             self._watcher._from_thread(self._generation, (src, event.event_type, None))
 
     def _relative(self, path: Any) -> str | None:
-        text = path.decode("utf-8", "surrogateescape") if isinstance(path, bytes) else str(path)
+        text = _text(path)
         if not text.startswith(self._prefix):
             return None
         return display_path(text[len(self._prefix):])  # a name that is not UTF-8: `bad\xff.txt`
@@ -116,6 +131,8 @@ class FileWatcher(Service):
         self._watch_count: int | None = None
         self._watch_count_at = 0.0
         self._counting = False
+        self._missing_check: Any = None  # the next look for missing watch paths
+        self.gone: list[str] = []  # watch paths deleted while watched
 
     @property
     def enabled(self) -> bool:
@@ -138,10 +155,13 @@ class FileWatcher(Service):
         self._generation += 1
         generation = self._generation
         self._debouncer = Debouncer(reactor=self._reactor, wait=plan.debounce_seconds, function=self._publish)
-        self.missing = [e.path or "." for e in plan.entries if not (self.root / e.path).exists()]
+        self.missing = [e.path or "." for e in plan.entries if not (self.root / e.path).is_dir()]
+        self.gone = [path for path in self.gone if path in self.missing]
         for path in self.missing:
-            self.log.warn("file watcher: watch path {path} does not exist (skipped; reload once it does)", path=path)
-        entries = [e for e in plan.entries if (self.root / e.path).exists()]
+            if path not in self.gone:
+                self.log.warn("file watcher: watch path {path} does not exist; watching it once it does", path=path)
+        entries = [e for e in plan.entries if (self.root / e.path).is_dir()]
+        self._look_for_missing_later()
         self.backend = "polling" if polling else "native"
         self.error = None
         d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(),
@@ -189,9 +209,11 @@ class FileWatcher(Service):
             observer, self.pruned = polling_observer(prune, self._poll_interval), True
         else:
             observer, self.pruned = native_observer(prune, on_limit)
-        from watchdog.events import FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent
+        from watchdog.events import (DirDeletedEvent, FileCreatedEvent, FileDeletedEvent, FileModifiedEvent,
+                                     FileMovedEvent)
 
-        wanted = [FileCreatedEvent, FileModifiedEvent, FileDeletedEvent, FileMovedEvent]
+        # Directory deletions only to notice a watch path itself going away.
+        wanted = [FileCreatedEvent, FileModifiedEvent, FileDeletedEvent, FileMovedEvent, DirDeletedEvent]
         for entry in entries:
             observer.schedule(_Translator(self, root, plan, entry, generation),
                               str(self.root / entry.path), recursive=True, event_filter=wanted)
@@ -209,6 +231,9 @@ class FileWatcher(Service):
 
     def _stop(self) -> Deferred:
         self._generation += 1
+        if self._missing_check is not None and self._missing_check.active():
+            self._missing_check.cancel()
+        self._missing_check = None
         observer, self._observer = self._observer, None
         with self._lock:
             self._pending = []
@@ -240,6 +265,54 @@ class FileWatcher(Service):
                 return
             self._drain_scheduled = True
         self._reactor.callFromThread(self._drain)
+
+    def _from_thread_gone(self, generation: int, path: str) -> None:
+        """Called in watchdog's thread: a watch path itself was deleted."""
+        self._reactor.callFromThread(self._gone, generation, path)
+
+    def _gone(self, generation: int, path: str) -> None:
+        if generation != self._generation or path in self.missing:
+            return
+        self.missing.append(path)
+        self.gone.append(path)
+        self.log.warn("file watcher: watch path {path} was deleted; watching it again once it exists", path=path)
+        self._look_for_missing_later()
+
+    def _look_for_missing_later(self) -> None:
+        if self.missing and self.running and (self._missing_check is None or not self._missing_check.active()):
+            self._missing_check = self._reactor.callLater(MISSING_CHECK_INTERVAL, self._look_for_missing)
+
+    def _look_for_missing(self) -> None:
+        """Watch what has appeared (by restarting the watch, which walks the tree
+        again); the files already in it are news to the rules: report them."""
+        self._missing_check = None
+        appeared = [path for path in self.missing if (self.root / path).is_dir()]
+        if not appeared:
+            self._look_for_missing_later()
+            return
+        self.log.info("file watcher: watch path {paths} exists now; watching it", paths=", ".join(appeared))
+        polling = self.backend == "polling"
+        plan = self.plan
+        self._drain()  # what is on its way (the deletions, say) goes on after the restart
+        carried = self._debouncer.take() if self._debouncer is not None else []
+        restart = self._stop()
+        restart.addCallback(lambda _: self._start(polling=polling) if self.running else None)
+        if plan is not None:
+            restart.addCallback(lambda _: self._report_present(plan, appeared, carried))
+
+    def _report_present(self, plan: WatchPlan, paths: list[str], carried: list[Any]) -> Deferred:
+        entries = [e for e in plan.entries if (e.path or ".") in paths]
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), _present_files,
+                              str(self.root), plan, entries)
+
+        def report(found: list[str]) -> None:
+            if self._debouncer is None:
+                return
+            self.events_received += len(found)
+            for change in [*carried, *((relative, "created", None) for relative in found)]:
+                self._debouncer.push(change, key=next(self._seq))
+
+        return d.addCallback(report)
 
     def _drain(self) -> None:
         with self._lock:
@@ -290,7 +363,7 @@ class FileWatcher(Service):
         """Restart the watch when its section changed — or when it is degraded, has a
         missing path or failed, so `aiwg daemon reload` retries after the fix."""
         section = config.section("watch")
-        retry = bool(self.degraded or self.missing or self.error)
+        retry = bool(self.degraded or self.error or self.missing)
         if section == self._section and not (retry and self.enabled):
             return
         self._section = section
@@ -322,6 +395,8 @@ class FileWatcher(Service):
             issues.append(self.degraded)
         if self.error and self.enabled:
             issues.append(f"file watcher not running: {self.error}")
+        for path in self.gone:
+            issues.append(f"file watcher: watch path {path} was deleted; watching it again once it exists")
         return issues
 
     def status(self) -> dict[str, Any]:
@@ -347,3 +422,27 @@ class FileWatcher(Service):
         if self.error:
             status["error"] = self.error
         return status
+
+
+#: At most this many files are reported for a watch path that appears.
+MAX_PRESENT_FILES = 10_000
+
+
+def _present_files(root: str, plan: WatchPlan, entries: list[WatchEntry]) -> list[str]:
+    """In a pool thread: the files under `entries` that the watch would report,
+    ignored trees not entered."""
+    import os
+
+    prefix = root.rstrip("/") + "/"
+    found: list[str] = []
+    for entry in entries:
+        for top, dirs, files in os.walk(os.path.join(root, entry.path)):
+            relative_top = top[len(prefix):] if top.startswith(prefix) else ""
+            dirs[:] = [d for d in dirs if not plan.ignore.ignores_dir(os.path.join(relative_top, d))]
+            for name in files:
+                relative = display_path(os.path.join(relative_top, name))
+                if not plan.ignore.ignores(relative) and entry.admits(relative, "created"):
+                    found.append(relative)
+                    if len(found) >= MAX_PRESENT_FILES:
+                        return found
+    return found

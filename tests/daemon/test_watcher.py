@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -185,11 +186,42 @@ async def test_missing_path_is_reported_not_fatal(tmp_path: Path) -> None:
         assert watcher.status()["missing"] == ["test"]
         (tmp_path / "src" / "a.ts").write_text("x")
         await until(lambda: published)
-        # Once the path exists, a reload of the unchanged file picks it up.
+        # Once the path exists it is watched, without a reload.
         (tmp_path / "test").mkdir()
-        watcher.apply_config(validate({"watch": {"enabled": True, "debounce_ms": 150, "paths": ["src/", "test/"]}}, "test"))
         await until(lambda: watcher.status().get("running") and watcher.status()["missing"] == [])
         (tmp_path / "test" / "b.ts").write_text("x")
         await until(lambda: any(e.get("paths") == ["test/b.ts"] for e in published))
+        assert watcher.health_issues() == []  # missing from the start is not a fault
+    finally:
+        await watcher.stopService()
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["native", "polling"])
+@pytest_twisted.ensureDeferred
+async def test_a_watch_path_deleted_and_made_again_is_watched_again(tmp_path: Path, polling: bool) -> None:
+    """`rm -rf build && mkdir build`: the kernel drops the watch with the directory.
+    The deletion is published (file by file where inotify reports them; watchdog's
+    polling only sees the directory go), the path is a health issue while it is gone,
+    and once it is back it is watched again; files already in it by then count as
+    created."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "old.ts").write_text("x")
+    watcher, published = make(tmp_path, paths=["src/"], use_polling=polling)
+    watcher.startService()
+    try:
+        await until(lambda: watcher.status().get("running"))
+        shutil.rmtree(tmp_path / "src")
+        await until(lambda: watcher.status()["missing"] == ["src"])
+        assert watcher.health_issues() == ["file watcher: watch path src was deleted; watching it again once it exists"]
+        if not polling:
+            await until(lambda: any(c["path"] == "src/old.ts" and c["kind"] == "deleted"
+                                    for e in published for c in e["changes"]))
+        (tmp_path / "src").mkdir()
+        (tmp_path / "src" / "early.ts").write_text("x")  # before the watch is back
+        await until(lambda: any("src/early.ts" in e["paths"] for e in published))
+        await until(lambda: watcher.status()["missing"] == [] and watcher.status()["running"])
+        assert watcher.health_issues() == []
+        (tmp_path / "src" / "later.ts").write_text("x")
+        await until(lambda: any("src/later.ts" in e["paths"] for e in published))
     finally:
         await watcher.stopService()
