@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from typing import Any
 
@@ -77,7 +78,14 @@ def run(argv: list[str] | None) -> None:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+        code = EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+        from aiwg.cli import render
+
+        # --json promises JSON on stdout even for a usage error, which click may
+        # raise before (or without) the option itself being parsed.
+        if render.JSON_ERRORS or "--json" in (sys.argv[1:] if argv is None else argv):
+            click.echo(json.dumps({"error": exc.format_message(), "exit_code": code}))
+        sys.exit(code)
     except RpcError as exc:
         fail(f"error {exc.code}: {exc.message}", exc.exit_code)
     except AiwgError as exc:

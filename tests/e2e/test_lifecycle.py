@@ -501,6 +501,17 @@ def test_json_errors_are_json_on_stdout(project: Project) -> None:
         assert body["exit_code"] == EXIT_NOT_RUNNING and "no daemon is running" in body["error"]
 
 
+@pytest.mark.parametrize("args, says", [
+    (["--json", "task", "submit"], "Missing argument 'PROMPT'."),
+    (["task", "list", "--state", "bogus", "--json"], "Invalid value for '--state'"),
+    (["--json", "daemon", "nonsense"], "No such command 'nonsense'."),
+    (["task", "submit", "x", "--priority", "abc", "--json"], "Invalid value for '--priority'"),
+])
+def test_usage_errors_are_json_on_stdout_too(project: Project, args: list[str], says: str) -> None:
+    result = project.aiwg(*args)
+    assert result.returncode == 2 and says in result.stderr
+    body = json.loads(result.stdout)
+    assert body["exit_code"] == 2 and body["error"].startswith(says)
 def test_a_client_that_never_reads_is_cut_off_and_the_daemon_lives_on(daemon: Project) -> None:
     import socket as socketlib
 
