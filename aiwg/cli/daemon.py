@@ -94,6 +94,8 @@ def start(ctx: Context, config: str | None, foreground: bool, with_tmux: bool = 
     paths = ctx.paths
     if not paths.root.is_dir():
         fail(f"--project {paths.root}: not a directory", EXIT_FAILURE)
+    if with_tmux and foreground:
+        fail("--tmux runs the daemon in the background; drop --foreground", EXIT_USAGE)
     running = _running_pid(paths)
     if running is not None:
         _report_already_running(ctx, paths, running)
@@ -110,8 +112,6 @@ def start(ctx: Context, config: str | None, foreground: bool, with_tmux: bool = 
     for warning in loaded.warnings:
         click.echo(f"aiwg: warning: {loaded.source}: {warning}", err=True)
     if with_tmux:
-        if foreground:
-            fail("--tmux runs the daemon in the background; drop --foreground", EXIT_USAGE)
         from aiwg import tmux
 
         try:

@@ -512,6 +512,14 @@ def test_usage_errors_are_json_on_stdout_too(project: Project, args: list[str], 
     assert result.returncode == 2 and says in result.stderr
     body = json.loads(result.stdout)
     assert body["exit_code"] == 2 and body["error"].startswith(says)
+
+
+def test_tmux_with_foreground_is_refused_even_when_a_daemon_runs(daemon: Project) -> None:
+    result = daemon.aiwg("daemon", "start", "--tmux", "--foreground")
+    assert result.returncode == 2 and "drop --foreground" in result.stderr
+    assert "already running" not in result.stdout + result.stderr
+
+
 def test_a_client_that_never_reads_is_cut_off_and_the_daemon_lives_on(daemon: Project) -> None:
     import socket as socketlib
 
