@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -115,3 +116,14 @@ def test_event_emit_and_recent_through_the_cli(daemon: Project) -> None:
 def test_unknown_command_is_a_usage_error(project: Project) -> None:
     result = project.aiwg("daemon", "explode")
     assert result.returncode == 2 and "No such command" in result.stderr
+
+
+def test_a_decision_is_signed_with_the_account_name_when_user_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pwd
+
+    from aiwg.cli.task import _user_name
+
+    monkeypatch.setenv("USER", "alice")
+    assert _user_name() == "alice"
+    monkeypatch.delenv("USER")
+    assert _user_name() == pwd.getpwuid(os.getuid()).pw_name

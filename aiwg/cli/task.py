@@ -303,8 +303,22 @@ def cancel(ctx: Context, task_id: str) -> None:
         fail(f"task {task_id} is already {result['state']}; nothing to cancel", 1)
 
 
+def _user_name() -> str:
+    """Who decides: $USER, else the account's name (a root shell or a service may
+    have no $USER), else the uid."""
+    name = os.environ.get("USER")
+    if name:
+        return name
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
 def _decide(ctx: Context, method: str, task_id: str, **params: Any) -> dict[str, Any]:
-    by = f"cli:{os.environ.get('USER') or os.getuid()}"
+    by = f"cli:{_user_name()}"
     with DaemonClient(ctx.paths.root) as client:
         try:
             result: dict[str, Any] = client.call(method, taskId=task_id, by=by, **params)
