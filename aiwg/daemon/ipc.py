@@ -94,7 +94,7 @@ class JsonRpcProtocol(LineReceiver):
 
     def __init__(self, factory: "IpcFactory") -> None:
         self.factory = factory
-        self.MAX_LENGTH = factory.max_line_bytes
+        self.MAX_LENGTH = factory.max_line_bytes + 1  # room for a CRLF's \r, checked below
         self.context = CallContext(connection=self)
         self.subscriptions: list[Any] = []
         self.connected_at = 0.0
@@ -112,9 +112,23 @@ class JsonRpcProtocol(LineReceiver):
 
     # -- framing -----------------------------------------------------------
 
+    def dataReceived(self, data: bytes) -> None:
+        why = LineReceiver.dataReceived(self, data)
+        # The byte of room for a \r: an unfinished message past the limit that does
+        # not end in one can only be too long, whatever comes next.
+        buffered = self._buffer
+        if len(buffered) > self.factory.max_line_bytes and not buffered.endswith(b"\r") and self.connected \
+                and not self.transport.disconnecting:
+            self._buffer = b""
+            self.lineLengthExceeded(buffered)
+        return why
+
     def lineReceived(self, line: bytes) -> None:
         if line.endswith(b"\r"):
             line = line[:-1]
+        elif len(line) > self.factory.max_line_bytes:  # the \r's byte of room, used by a message
+            self.lineLengthExceeded(line)
+            return
         if not line or line.isspace():
             return
         try:
@@ -135,7 +149,7 @@ class JsonRpcProtocol(LineReceiver):
         self._send(
             _error(
                 INVALID_REQUEST,
-                f"Invalid Request: message exceeds {self.MAX_LENGTH} bytes; closing connection",
+                f"Invalid Request: message exceeds {self.factory.max_line_bytes} bytes; closing connection",
                 None,
             )
         )
@@ -303,7 +317,7 @@ class IpcFactory(ServerFactory):
     def set_max_line_bytes(self, value: int) -> None:
         self.max_line_bytes = value
         for connection in self.connections:
-            connection.MAX_LENGTH = value
+            connection.MAX_LENGTH = value + 1
 
 
 class IpcServer(StreamServerEndpointService):

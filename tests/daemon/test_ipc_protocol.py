@@ -203,6 +203,21 @@ def test_line_too_long_gets_an_error_then_the_connection_closes() -> None:
     assert transport.disconnecting
 
 
+def test_the_limit_counts_the_message_not_its_line_ending() -> None:
+    """`\r\n` is accepted as a line end: its \r is no more part of the message than
+    the \n, so a message of exactly the limit fits with either, and one byte more
+    does not."""
+    request = b'{"jsonrpc":"2.0","method":"demo.add","params":{"a":1},"id":1}'
+    exact = request + b" " * (100 - len(request))
+    for ending in (b"\n", b"\r\n"):
+        protocol, transport, _ = connect(max_line=100)
+        protocol.dataReceived(exact + ending)
+        assert replies(transport) == [{"jsonrpc": "2.0", "result": 1, "id": 1}]
+        protocol.dataReceived(exact + b" " + ending)
+        [error] = replies(transport)
+        assert "exceeds 100 bytes" in error["error"]["message"] and transport.disconnecting
+
+
 def test_split_and_pipelined_input() -> None:
     protocol, transport, _ = connect()
     message = b'{"jsonrpc":"2.0","method":"demo.add","params":{"a":1,"b":1},"id":1}\n'
