@@ -316,3 +316,13 @@ class Adapter(Service):
         self._retry_call = None
         self.state = "stopped"
         return self.close()
+
+
+class ChannelBridge(Adapter):
+    """A bridge that posts notices to channels with its bot token, or, with only an
+    incoming webhook configured, to that webhook (Slack and Discord)."""
+
+    def notice_targets(self) -> list[Any]:
+        if self.secrets.get("bot_token"):
+            return [str(c) for c in self.section["channel_ids"]]
+        return [self.secrets["webhook_url"]] if self.secrets.get("webhook_url") else []

@@ -31,7 +31,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 
 from aiwg.core import notice_formats
 from aiwg.core.messaging import COMMANDS, LIMITS, Command, Inbound, Notice, split_text, umbrella
-from aiwg.daemon.messaging.adapter import Adapter, api_errors
+from aiwg.daemon.messaging.adapter import ChannelBridge, api_errors
 from aiwg.daemon.messaging.discord_api import DiscordApi
 from aiwg.daemon.messaging.http import ApiError
 from aiwg.daemon.messaging.websocket import open_socket
@@ -53,7 +53,7 @@ FRESH_SESSION = {4007, 4009}
 ZOMBIE_CLOSE = 4000  # any non-1000 code keeps the session resumable
 
 
-class DiscordAdapter(Adapter):
+class DiscordAdapter(ChannelBridge):
     platform = "discord"
     reply_limit = 2000
 
@@ -77,11 +77,6 @@ class DiscordAdapter(Adapter):
         return bool(self.secrets.get("bot_token"))
 
     # -- out --------------------------------------------------------------------
-
-    def notice_targets(self) -> list[Any]:
-        if self.secrets.get("bot_token"):
-            return [str(c) for c in self.section["channel_ids"]]
-        return [self.secrets["webhook_url"]] if self.secrets.get("webhook_url") else []
 
     def send_notice(self, target: Any, notice: Notice) -> Deferred:
         body = notice_formats.discord(notice)

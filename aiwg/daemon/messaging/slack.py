@@ -30,7 +30,7 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 
 from aiwg.core import notice_formats
 from aiwg.core.messaging import COMMANDS, LIMITS, Command, Inbound, Notice, slack_escape, split_text, umbrella
-from aiwg.daemon.messaging.adapter import STABLE_SECONDS, Adapter, api_errors
+from aiwg.daemon.messaging.adapter import STABLE_SECONDS, ChannelBridge, api_errors
 from aiwg.daemon.messaging.http import ApiError
 from aiwg.daemon.messaging.slack_api import AUTH, SlackApi
 from aiwg.daemon.messaging.websocket import open_socket
@@ -40,7 +40,7 @@ SEEN_EVENTS = 500
 _MENTION = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
 
 
-class SlackAdapter(Adapter):
+class SlackAdapter(ChannelBridge):
     platform = "slack"
     reply_limit = 8000  # escaping (`&amp;`) can make it five times longer: still within 40,000
 
@@ -59,11 +59,6 @@ class SlackAdapter(Adapter):
         return bool(self.secrets.get("app_token") and self.secrets.get("bot_token"))
 
     # -- out --------------------------------------------------------------------
-
-    def notice_targets(self) -> list[Any]:
-        if self.secrets.get("bot_token"):
-            return [str(c) for c in self.section["channel_ids"]]
-        return [self.secrets["webhook_url"]] if self.secrets.get("webhook_url") else []
 
     def send_notice(self, target: Any, notice: Notice) -> Deferred:
         body = notice_formats.slack(notice)
