@@ -60,6 +60,11 @@ class WatchPlan:
     def paths(self) -> list[str]:
         return [entry.path or "." for entry in self.entries]
 
+    def admits(self, entry: WatchEntry, relative: str, kind: str) -> bool:
+        """Is this change under `entry` reported: not ignored by `watch.ignore`, and
+        let through by the entry's own filter?"""
+        return not self.ignore.ignores(relative) and entry.admits(relative, kind)
+
 
 def plan_from_config(section: Mapping[str, Any]) -> WatchPlan:
     """The plan for a validated `watch` section. No paths means the whole project;

@@ -18,6 +18,7 @@ files already in it then are reported as created.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,7 @@ class _Translator:
         return display_path(text[len(self._prefix):])  # a name that is not UTF-8: `bad\xff.txt`
 
     def _admits(self, relative: str, kind: str) -> bool:
-        return not self._plan.ignore.ignores(relative) and self._entry.admits(relative, kind)
+        return self._plan.admits(self._entry, relative, kind)
 
 
 class FileWatcher(Service):
@@ -155,12 +156,12 @@ class FileWatcher(Service):
         self._generation += 1
         generation = self._generation
         self._debouncer = Debouncer(reactor=self._reactor, wait=plan.debounce_seconds, function=self._publish)
-        self.missing = [e.path or "." for e in plan.entries if not (self.root / e.path).is_dir()]
+        entries = [e for e in plan.entries if (self.root / e.path).is_dir()]
+        self.missing = [e.path or "." for e in plan.entries if e not in entries]
         self.gone = [path for path in self.gone if path in self.missing]
         for path in self.missing:
             if path not in self.gone:
                 self.log.warn("file watcher: watch path {path} does not exist; watching it once it does", path=path)
-        entries = [e for e in plan.entries if (self.root / e.path).is_dir()]
         self._look_for_missing_later()
         self.backend = "polling" if polling else "native"
         self.error = None
@@ -431,8 +432,6 @@ MAX_PRESENT_FILES = 10_000
 def _present_files(root: str, plan: WatchPlan, entries: list[WatchEntry]) -> list[str]:
     """In a pool thread: the files under `entries` that the watch would report,
     ignored trees not entered."""
-    import os
-
     prefix = root.rstrip("/") + "/"
     found: list[str] = []
     for entry in entries:
@@ -441,7 +440,7 @@ def _present_files(root: str, plan: WatchPlan, entries: list[WatchEntry]) -> lis
             dirs[:] = [d for d in dirs if not plan.ignore.ignores_dir(os.path.join(relative_top, d))]
             for name in files:
                 relative = display_path(os.path.join(relative_top, name))
-                if not plan.ignore.ignores(relative) and entry.admits(relative, "created"):
+                if plan.admits(entry, relative, "created"):
                     found.append(relative)
                     if len(found) >= MAX_PRESENT_FILES:
                         return found

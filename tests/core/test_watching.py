@@ -87,6 +87,14 @@ def test_plan_entries_apply_their_own_filters() -> None:
     assert not entry.admits("src/api.gen.ts", "modified")
 
 
+def test_the_plan_admits_what_neither_watch_ignore_nor_the_entry_filters_out() -> None:
+    plan = plan_from_config({"ignore": ["*.log"], "paths": [{"path": "src", "extensions": [".ts"]}]})
+    entry = plan.entries[0]
+    assert plan.admits(entry, "src/a.ts", "created")
+    assert not plan.admits(entry, "src/a.log", "created")  # watch.ignore
+    assert not plan.admits(entry, "src/a.js", "created")  # the entry's extensions
+
+
 def test_the_daemons_own_directory_is_always_ignored() -> None:
     plan = plan_from_config({"ignore": ["node_modules/", "*.log"]})
     assert plan.ignore.ignores(".aiwg/daemon/daemon.log")
