@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 from typing import Any
 
@@ -84,7 +83,7 @@ def run(argv: list[str] | None) -> None:
         # --json promises JSON on stdout even for a usage error, which click may
         # raise before (or without) the option itself being parsed.
         if render.JSON_ERRORS or "--json" in (sys.argv[1:] if argv is None else argv):
-            click.echo(json.dumps({"error": exc.format_message(), "exit_code": code}))
+            render.emit_error(exc.format_message(), code)
         sys.exit(code)
     except RpcError as exc:
         fail(f"error {exc.code}: {exc.message}", exc.exit_code)

@@ -72,8 +72,13 @@ def fail(message: str, code: int) -> None:
     """Exit with `code`: the message on stderr, and with --json a JSON object on stdout."""
     click.echo(f"aiwg: {message}", err=True)
     if JSON_ERRORS:
-        click.echo(json.dumps({"error": message, "exit_code": code}))
+        emit_error(message, code)
     sys.exit(code)
+
+
+def emit_error(message: str, code: int) -> None:
+    """A failure as --json promises it to scripts, on stdout."""
+    click.echo(json.dumps({"error": message, "exit_code": code}))
 
 
 def duration(seconds: float) -> str:
