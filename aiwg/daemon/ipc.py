@@ -94,7 +94,6 @@ class JsonRpcProtocol(LineReceiver):
 
     def __init__(self, factory: "IpcFactory") -> None:
         self.factory = factory
-        self.MAX_LENGTH = factory.max_line_bytes + 1  # room for a CRLF's \r, checked below
         self.context = CallContext(connection=self)
         self.subscriptions: list[Any] = []
         self.connected_at = 0.0
@@ -111,6 +110,12 @@ class JsonRpcProtocol(LineReceiver):
         self.subscriptions = []
 
     # -- framing -----------------------------------------------------------
+
+    @property
+    def MAX_LENGTH(self) -> int:  # type: ignore[override]
+        """LineReceiver's limit: the factory's (changed by a reload), plus room for
+        a CRLF's \r, which lineReceived checks for."""
+        return self.factory.max_line_bytes + 1
 
     def dataReceived(self, data: bytes) -> None:
         why = LineReceiver.dataReceived(self, data)
@@ -315,9 +320,7 @@ class IpcFactory(ServerFactory):
         return JsonRpcProtocol(self)
 
     def set_max_line_bytes(self, value: int) -> None:
-        self.max_line_bytes = value
-        for connection in self.connections:
-            connection.MAX_LENGTH = value + 1
+        self.max_line_bytes = value  # open connections read it from here
 
 
 class IpcServer(StreamServerEndpointService):

@@ -218,6 +218,17 @@ def test_the_limit_counts_the_message_not_its_line_ending() -> None:
         assert "exceeds 100 bytes" in error["error"]["message"] and transport.disconnecting
 
 
+def test_a_new_limit_applies_to_open_connections() -> None:
+    protocol, transport, _ = connect(max_line=100)
+    protocol.factory.set_max_line_bytes(200)  # what a reload does
+    request = b'{"jsonrpc":"2.0","method":"demo.add","params":{"a":1},"id":1}'
+    protocol.dataReceived(request + b" " * (150 - len(request)) + b"\n")
+    assert replies(transport) == [{"jsonrpc": "2.0", "result": 1, "id": 1}]
+    protocol.dataReceived(b"x" * 201)
+    [error] = replies(transport)
+    assert "exceeds 200 bytes" in error["error"]["message"] and transport.disconnecting
+
+
 def test_split_and_pipelined_input() -> None:
     protocol, transport, _ = connect()
     message = b'{"jsonrpc":"2.0","method":"demo.add","params":{"a":1,"b":1},"id":1}\n'
