@@ -92,6 +92,15 @@ class DaemonClient:
                 f"no daemon answers on {self.socket_path} (from ${SOCKET_ENV}): "
                 f"{exc.strerror or exc}"
             )
+        from aiwg import instance
+
+        pid = instance.holder(self.paths)
+        if pid is not None:  # alive, but its socket is gone or it does not accept
+            return (
+                f"the daemon (pid {pid or 'unknown'}) for {self.paths.root} does not answer on "
+                f"{self.socket_path}: {exc.strerror or exc}; a deleted socket is put back within "
+                "a few seconds, else restart it with `aiwg daemon restart`"
+            )
         return (
             f"no daemon is running for {self.paths.root}; "
             "start it with `aiwg daemon start`"

@@ -12,7 +12,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 import time
+from pathlib import Path
 
 from aiwg import procfs
 from aiwg.errors import AlreadyRunning
@@ -31,14 +33,14 @@ def ensure_dirs(paths: ProjectPaths) -> None:
         os.chmod(directory, 0o700)
 
 
-def acquire(paths: ProjectPaths) -> int:
+def acquire(paths: ProjectPaths, patience: float = ACQUIRE_PATIENCE_SECONDS) -> int:
     """Take the project's lock for this process and record our pid in it.
 
     Returns the open descriptor, which must stay open for the daemon's life.
     Raises AlreadyRunning naming the holder when another daemon has it.
     """
     fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    deadline = time.monotonic() + ACQUIRE_PATIENCE_SECONDS
+    deadline = time.monotonic() + patience
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -55,6 +57,53 @@ def acquire(paths: ProjectPaths) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def holds(fd: int, paths: ProjectPaths) -> bool:
+    """Whether the lock file on disk is still the one `fd` locks: deleting or
+    replacing it would let a second daemon take the project."""
+    try:
+        on_disk = os.stat(paths.lock_file)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
+
+
+def socket_answers(path: Path) -> bool:
+    """Whether something accepts connections on the Unix socket `path`: a
+    daemon, even one whose lock file was deleted. A refused or missing socket is
+    a dead daemon's, or none."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(1.0)
+    try:
+        sock.connect(os.fspath(path))
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True
+
+
+def refuse_if_answering(paths: ProjectPaths) -> None:
+    """Raise AlreadyRunning if a daemon answers on the project's socket, though
+    nobody held the lock: its lock file was deleted under it."""
+    if socket_answers(paths.bind_socket()):
+        pid = read_pid_file(paths)
+        raise AlreadyRunning(pid if pid is not None and pid_alive(pid) else None)
+
+
+def running_pid(paths: ProjectPaths) -> int | None:
+    """The pid of this project's daemon (0 if it has not written it yet), or None.
+    The lock says so; if the lock file was deleted under a daemon, the pid file
+    names it while the socket still answers."""
+    pid = holder(paths)
+    if pid is not None:
+        return pid
+    recorded = read_pid_file(paths)
+    if recorded is not None and pid_alive(recorded) and socket_answers(paths.bind_socket()):
+        return recorded
+    return None
 
 
 def release(fd: int) -> None:

@@ -234,11 +234,11 @@ def _print_already_running(ctx: Context, paths: ProjectPaths, pid: int, out: Any
 
 
 def _running_pid(paths: ProjectPaths, wait: float = 0.0) -> int | None:
-    """The pid holding the project's lock; with `wait`, give a starting daemon
-    time to write its pid."""
+    """The pid of the project's daemon (see instance.running_pid); with `wait`,
+    give a starting daemon time to write its pid."""
     deadline = time.monotonic() + wait
     while True:
-        pid = instance.holder(paths)
+        pid = instance.running_pid(paths)
         if pid is None or pid > 0 or time.monotonic() >= deadline:
             return pid
         time.sleep(0.05)
@@ -394,7 +394,7 @@ def status(ctx: Context) -> None:
     except DaemonNotRunning:
         result = None
     except AiwgError as exc:
-        pid = instance.holder(paths)
+        pid = instance.running_pid(paths)
         _say(
             ctx,
             {"running": True, "responding": False, "pid": pid, "error": str(exc)},
@@ -439,7 +439,7 @@ def _summary(info: Any) -> str:
 
 
 def _not_running_status(ctx: Context, paths: ProjectPaths) -> None:
-    pid = instance.holder(paths)
+    pid = instance.running_pid(paths)
     if pid is not None:
         _say(
             ctx,

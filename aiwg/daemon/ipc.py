@@ -19,14 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.endpoints import UNIXServerEndpoint
+from twisted.internet.task import LoopingCall
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
 
 from aiwg.core import strictjson
 from aiwg.daemon.rpc import CallContext, MethodTable
+from aiwg.daemon.unixport import OwnedSocketListener, OwnedSocketPort
 from aiwg.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, RpcError
 
 #: A client whose unsent replies or notifications exceed this is disconnected,
@@ -323,9 +326,17 @@ class IpcFactory(ServerFactory):
         self.max_line_bytes = value  # open connections read it from here
 
 
+#: How often the daemon checks that its socket file is still there.
+SOCKET_CHECK_SECONDS = 2.0
+
+
 class IpcServer(StreamServerEndpointService):
     """The listening socket: bound synchronously at start, so that when
-    `aiwg daemon start` returns, `ping` already answers."""
+    `aiwg daemon start` returns, `ping` already answers.
+
+    A socket file deleted while the daemon runs (a cleaner of /tmp, an
+    `rm -r .aiwg/daemon`) would leave it unreachable until a restart: it is
+    bound again within SOCKET_CHECK_SECONDS; open connections carry on."""
 
     name = "ipc"
     log = Logger()
@@ -336,7 +347,11 @@ class IpcServer(StreamServerEndpointService):
     ) -> None:
         self.socket_path = socket_path
         self._pointer_file = pointer_file
-        endpoint = UNIXServerEndpoint(reactor, str(socket_path), backlog=128, mode=0o600)
+        self._reactor = reactor
+        self._check: LoopingCall | None = None
+        self.problem: str | None = None
+        self.rebinds = 0
+        endpoint = UNIXServerEndpoint(OwnedSocketListener(reactor), str(socket_path), backlog=128, mode=0o600)
         super().__init__(endpoint, factory)
 
     @property
@@ -356,6 +371,59 @@ class IpcServer(StreamServerEndpointService):
         if self._pointer_file is not None:
             self._pointer_file.write_text(f"{self.socket_path}\n")
         self.log.info("listening on {path}", path=str(self.socket_path))
+
+    def startService(self) -> None:
+        super().startService()
+        self._check = LoopingCall(self.check_socket)
+        self._check.clock = self._reactor
+        self._check.start(SOCKET_CHECK_SECONDS, now=False)
+
+    def _port(self) -> OwnedSocketPort | None:
+        waiting = self._waitingForPort
+        port = waiting.result if waiting is not None and waiting.called else None
+        return port if isinstance(port, OwnedSocketPort) else None
+
+    def check_socket(self) -> None:
+        """Bind again if our socket file is gone; report (and leave alone) a file
+        that someone else put in its place."""
+        port = self._port()
+        if port is None or port.owns_path():
+            self.problem = None
+            return
+        if os.path.lexists(self.socket_path):
+            problem = (f"socket {self.socket_path} was replaced by another file; clients cannot "
+                       "reach this daemon: remove that file (it is bound again), or restart the daemon")
+            if problem != self.problem:
+                self.log.error("{problem}", problem=problem)
+            self.problem = problem
+            return
+        try:
+            _private_dir(self.socket_path.parent)
+            new = self._reactor_listen()
+        except Exception as exc:
+            problem = f"socket {self.socket_path} was deleted and cannot be bound again: {exc}"
+            if problem != self.problem:
+                self.log.error("{problem}", problem=problem)
+            self.problem = problem
+            return
+        self._waitingForPort = succeed(new)
+        port.stopListening()  # it no longer owns the path: it leaves the new socket alone
+        if self._pointer_file is not None:
+            self._pointer_file.write_text(f"{self.socket_path}\n")
+        self.problem = None
+        self.rebinds += 1
+        self.log.warn("socket {path} was deleted while the daemon ran; listening on it again",
+                      path=str(self.socket_path))
+
+    def _reactor_listen(self) -> OwnedSocketPort:
+        outcome: list[Any] = []
+        self.endpoint.listen(self.factory).addBoth(outcome.append)  # a Unix endpoint listens at once
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        return outcome[0]
+
+    def health_issues(self) -> list[str]:
+        return [self.problem] if self.problem else []
 
     def abort_start(self) -> None:
         """A later service failed to start: close the socket now, not on a reactor turn."""
@@ -381,6 +449,9 @@ class IpcServer(StreamServerEndpointService):
         return {"clients": self.clients, "socket": str(self.socket_path)}
 
     def stopService(self) -> Deferred:
+        if self._check is not None and self._check.running:
+            self._check.stop()
+        self._check = None
         d = super().stopService()
 
         def close_clients(passthrough: Any) -> Any:

@@ -1,41 +1,113 @@
-# tests: tests/e2e/test_lifecycle.py
+# tests: tests/e2e/test_lifecycle.py, tests/daemon/test_lock.py
 """InstanceLock service: holds the project's flock and owns the pid file."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from aiwg import instance
+from aiwg.errors import AlreadyRunning
 from aiwg.daemon.statefile import write_atomic
 from aiwg.paths import ProjectPaths
+
+#: How often the daemon checks that its lock file and pid file are still there.
+CHECK_INTERVAL_SECONDS = 2.0
 
 
 class InstanceLock(Service):
     """First to start, last to stop: nothing else may touch the project's
-    daemon files unless this process holds the lock."""
+    daemon files unless this process holds the lock.
+
+    An flock guards only the file it is on: if someone deletes `.lock` (or the
+    pid file) while the daemon runs, the next start would see nobody holding
+    it. So a start also refuses when a daemon answers on the project's socket,
+    and a running daemon puts back its lock and pid files within
+    CHECK_INTERVAL_SECONDS of their removal."""
 
     name = "lock"
     log = Logger()
 
-    def __init__(self, paths: ProjectPaths) -> None:
+    def __init__(self, paths: ProjectPaths, reactor: Any = None) -> None:
         self._paths = paths
+        self._reactor = reactor
         self._fd: int | None = None
+        self._check: LoopingCall | None = None
+        self.problem: str | None = None
 
     def privilegedStartService(self) -> None:
         instance.ensure_dirs(self._paths)
         self._fd = instance.acquire(self._paths)
-        write_atomic(self._paths.pid_file, f"{os.getpid()}\n".encode(), mode=0o644)
+        try:
+            instance.refuse_if_answering(self._paths)
+        except AlreadyRunning:
+            self.release()
+            raise
+        self._write_pid_file()
         super().privilegedStartService()
+
+    def startService(self) -> None:
+        super().startService()
+        if self._reactor is not None:
+            self._check = LoopingCall(self.check)
+            self._check.clock = self._reactor
+            self._check.start(CHECK_INTERVAL_SECONDS, now=False)
 
     def stopService(self) -> None:
         super().stopService()
+        if self._check is not None and self._check.running:
+            self._check.stop()
+        self._check = None
         self.release()
 
     def abort_start(self) -> None:
         self.release()
+
+    def _write_pid_file(self) -> None:
+        write_atomic(self._paths.pid_file, f"{os.getpid()}\n".encode(), mode=0o644)
+
+    def check(self) -> None:
+        """Put back a deleted lock file (locked again) or pid file."""
+        if self._fd is None:
+            return
+        try:
+            if not instance.holds(self._fd, self._paths):
+                self._relock()
+            if instance.read_pid_file(self._paths) != os.getpid():
+                self._write_pid_file()
+                self.log.warn("pid file {path} was removed or changed; wrote it again",
+                              path=str(self._paths.pid_file))
+        except OSError as exc:
+            self._report(f"cannot restore the daemon's lock or pid file in {self._paths.daemon_dir}: {exc}")
+
+    def _relock(self) -> None:
+        instance.ensure_dirs(self._paths)
+        try:
+            fd = instance.acquire(self._paths, patience=0)
+        except AlreadyRunning as exc:
+            self._report(
+                f"lock file {self._paths.lock_file} was replaced and another process "
+                f"(pid {exc.pid or 'unknown'}) holds it; stop the other daemon"
+            )
+            return
+        old, self._fd = self._fd, fd
+        if old is not None:
+            instance.release(old)
+        self.problem = None
+        self.log.warn("lock file {path} was removed while the daemon ran; created and locked it again",
+                      path=str(self._paths.lock_file))
+
+    def _report(self, problem: str) -> None:
+        if problem != self.problem:
+            self.log.error("{problem}", problem=problem)
+        self.problem = problem
+
+    def health_issues(self) -> list[str]:
+        return [self.problem] if self.problem else []
 
     def release(self) -> None:
         """Remove our pid file and drop the lock (idempotent; used on failed starts too)."""

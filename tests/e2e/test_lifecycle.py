@@ -460,11 +460,50 @@ def test_restart_count_counts_unclean_exits_only(project: Project) -> None:
 
 
 def test_ping_names_a_daemon_that_holds_the_lock_but_lost_its_socket(daemon: Project) -> None:
-    daemon.paths.default_socket.unlink()
+    socket_path = daemon.paths.default_socket
+    socket_path.unlink()
+    socket_path.write_text("in the way")  # not ours: the daemon leaves it alone
     result = daemon.aiwg("daemon", "ping")
     assert result.returncode == 1
     assert f"the daemon (pid {daemon.pid()}) holds the lock" in result.stderr
     assert daemon.aiwg("daemon", "status").returncode == 4
+    listed = daemon.aiwg("task", "list")
+    assert listed.returncode != 0
+    assert f"the daemon (pid {daemon.pid()})" in listed.stderr and str(socket_path) in listed.stderr
+    socket_path.unlink()  # out of the way: the daemon binds again
+    wait_for(lambda: daemon.aiwg("daemon", "ping").returncode == 0, timeout=15)
+    assert "socket" in daemon.paths.log_file.read_text()
+
+
+def test_a_deleted_socket_is_bound_again(daemon: Project) -> None:
+    pid = daemon.pid()
+    daemon.paths.default_socket.unlink()
+    pong = wait_for(lambda: (r := daemon.aiwg("daemon", "ping", "--json")).returncode == 0 and r, timeout=15)
+    assert json.loads(pong.stdout)["pid"] == pid
+    assert "was deleted while the daemon ran; listening on it again" in daemon.paths.log_file.read_text()
+    assert daemon.aiwg("daemon", "status", "--json", check=True)
+    stopped = daemon.aiwg("daemon", "stop", check=True)
+    assert f"stopped (pid {pid})" in stopped.stdout
+    assert not daemon.paths.default_socket.exists()
+    assert "Traceback" not in daemon.paths.log_file.read_text()
+
+
+def test_a_deleted_lock_file_does_not_let_a_second_daemon_start(daemon: Project) -> None:
+    pid = daemon.pid()
+    daemon.paths.lock_file.unlink()
+    status = daemon.aiwg("daemon", "status")  # before the daemon puts the file back
+    assert status.returncode == 0 and f"running (pid {pid})" in status.stdout
+    again = daemon.aiwg("daemon", "start")
+    assert again.returncode == 0, again.stderr
+    assert f"already running (pid {pid})" in again.stdout
+    assert json.loads(daemon.aiwg("daemon", "ping", "--json", check=True).stdout)["pid"] == pid
+    wait_for(lambda: instance.holder(daemon.paths) == pid, timeout=15)
+    assert "created and locked it again" in daemon.paths.log_file.read_text()
+    daemon.paths.pid_file.unlink()
+    wait_for(lambda: instance.read_pid_file(daemon.paths) == pid, timeout=15)
+    stopped = daemon.aiwg("daemon", "stop", check=True)
+    assert f"stopped (pid {pid})" in stopped.stdout
+    assert not alive(pid)
 
 
 def test_nan_in_the_config_is_refused_as_invalid_json(project: Project) -> None:

@@ -1,0 +1,56 @@
+# tests: tests/daemon/test_ipc_socket.py
+"""A listening Unix socket that removes its file only while the file is still
+its own. Twisted's port unlinks its path when it closes, whatever is there by
+then: a file someone deleted (a traceback at stop) or a socket bound since by
+someone else (theirs gone)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import tcp, unix
+
+
+class OwnedSocketPort(unix.Port):
+    """unix.Port that remembers the inode it bound."""
+
+    bound: tuple[int, int] | None = None
+
+    def __init__(self, fileName: str, *args: Any) -> None:
+        super().__init__(fileName, *args)
+        self.path = fileName
+
+    def startListening(self) -> None:
+        super().startListening()
+        info = os.lstat(self.path)
+        self.bound = (info.st_dev, info.st_ino)
+
+    def owns_path(self) -> bool:
+        """Whether the file at our path is still the socket we bound."""
+        try:
+            info = os.lstat(self.path)
+        except OSError:
+            return False
+        return self.bound == (info.st_dev, info.st_ino)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.owns_path():
+            os.unlink(self.path)
+        if self.lockFile is not None:
+            self.lockFile.unlock()
+        tcp.Port.connectionLost(self, reason)
+
+
+class OwnedSocketListener:
+    """What UNIXServerEndpoint needs of a reactor to listen: `listenUNIX`, which
+    makes an OwnedSocketPort on the given reactor."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def listenUNIX(self, address: str, factory: Any, backlog: int = 50, mode: int = 0o666,
+                   wantPID: int = 0) -> OwnedSocketPort:
+        port = OwnedSocketPort(address, factory, backlog, mode, self._reactor, wantPID)
+        port.startListening()
+        return port

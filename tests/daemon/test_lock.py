@@ -1,0 +1,83 @@
+"""InstanceLock: a deleted lock file or pid file is put back while the daemon
+runs, so that the next start still sees the project taken."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from aiwg import instance
+from aiwg.daemon.lock import CHECK_INTERVAL_SECONDS, InstanceLock
+from aiwg.errors import AlreadyRunning
+from aiwg.paths import ProjectPaths
+
+
+@pytest.fixture
+def started(tmp_path: Path):
+    paths = ProjectPaths(tmp_path)
+    clock = Clock()
+    lock = InstanceLock(paths, clock)
+    lock.privilegedStartService()
+    lock.startService()
+    yield paths, clock, lock
+    lock.stopService()
+
+
+def test_a_deleted_lock_file_is_created_and_locked_again(started) -> None:
+    paths, clock, lock = started
+    paths.lock_file.unlink()
+    assert instance.holder(paths) is None  # what a second start would see now
+    clock.advance(CHECK_INTERVAL_SECONDS)
+    assert instance.holder(paths) == os.getpid()
+    with pytest.raises(AlreadyRunning):
+        instance.acquire(paths, patience=0)
+    assert lock.health_issues() == []
+
+
+def test_a_deleted_pid_file_is_written_again(started) -> None:
+    paths, clock, lock = started
+    paths.pid_file.unlink()
+    clock.advance(CHECK_INTERVAL_SECONDS)
+    assert instance.read_pid_file(paths) == os.getpid()
+
+
+def test_a_whole_deleted_daemon_dir_comes_back(started) -> None:
+    paths, clock, lock = started
+    for name in (paths.lock_file, paths.pid_file):
+        name.unlink()
+    for directory in (paths.actions_dir, paths.events_dir):
+        directory.rmdir()
+    paths.daemon_dir.rmdir()
+    clock.advance(CHECK_INTERVAL_SECONDS)
+    assert instance.holder(paths) == os.getpid()
+    assert instance.read_pid_file(paths) == os.getpid()
+
+
+def test_a_lock_file_taken_by_someone_else_is_a_health_issue(started) -> None:
+    paths, clock, lock = started
+    paths.lock_file.unlink()
+    other = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(other, b"4242\n")
+        clock.advance(CHECK_INTERVAL_SECONDS)
+        [issue] = lock.health_issues()
+        assert str(paths.lock_file) in issue and "pid 4242" in issue
+        fcntl.flock(other, fcntl.LOCK_UN)
+        clock.advance(CHECK_INTERVAL_SECONDS)  # freed: ours again
+        assert lock.health_issues() == []
+        assert instance.holder(paths) == os.getpid()
+    finally:
+        os.close(other)
+
+
+def test_stop_stops_checking_and_releases(started) -> None:
+    paths, clock, lock = started
+    lock.stopService()
+    assert clock.getDelayedCalls() == []
+    assert instance.holder(paths) is None
+    assert not paths.pid_file.exists()
