@@ -35,7 +35,7 @@ from aiwg.errors import (
     ConfigError,
     DaemonNotRunning,
 )
-from aiwg.paths import ProjectPaths
+from aiwg.paths import SOCKET_ENV, ProjectPaths
 
 pass_context = click.make_pass_decorator(Context, ensure=True)
 
@@ -416,9 +416,10 @@ def status(ctx: Context) -> None:
         ("clients", result.get("clients")),
         ("config", f"{result['config']['path']} ({result['config']['hash']})"),
     ]
-    click.echo(kv_lines(rows))
-    for issue in result.get("health_issues", []):
-        click.echo(f"    ! {issue}")
+    lines = kv_lines(rows).splitlines()
+    health_row = [key for key, _ in rows].index("health")
+    issues = [f"    ! {issue}" for issue in result.get("health_issues", [])]
+    click.echo("\n".join(lines[:health_row + 1] + issues + lines[health_row + 1:]))
     click.echo("  subsystems:")
     for name, info in result.get("subsystems", {}).items():
         click.echo(f"    {name:<13} {_summary(info)}")
@@ -448,6 +449,14 @@ def _not_running_status(ctx: Context, paths: ProjectPaths) -> None:
             "does not answer",
         )
         sys.exit(EXIT_STATUS_UNKNOWN)
+    override = os.environ.get(SOCKET_ENV)
+    if override:
+        _say(
+            ctx,
+            {"running": False, "project": str(paths.root), "socket": override},
+            f"aiwg daemon: nothing answers on {override} (from ${SOCKET_ENV})",
+        )
+        sys.exit(EXIT_STATUS_NOT_RUNNING)
     stale = instance.read_pid_file(paths)
     note = ""
     if stale is not None:

@@ -258,6 +258,13 @@ def test_socket_env_override_is_honoured(daemon: Project, tmp_path: Path) -> Non
     )
     assert result.returncode == 0, result.stderr
     assert f"pid {daemon.pid()}" in result.stdout
+    dead = dict(env, AIWG_DAEMON_SOCKET=str(tmp_path / "nobody.sock"))
+    status = subprocess.run(
+        [str(Path(os.sys.executable).parent / "aiwg"), "daemon", "status"],
+        cwd=elsewhere, env=dead, capture_output=True, text=True, timeout=30,
+    )
+    assert status.returncode == 3
+    assert f"nothing answers on {tmp_path / 'nobody.sock'} (from $AIWG_DAEMON_SOCKET)" in status.stdout
 
 
 def test_modes_of_socket_and_directories(daemon: Project) -> None:

@@ -297,6 +297,9 @@ def test_missing_agent_binary_fails_at_once_and_health_says_so(project: Project)
     assert record["error"] == expected
     status = json.loads(project.aiwg("daemon", "status", "--json").stdout)
     assert status["health"] == "degraded" and expected in status["health_issues"]
+    lines = project.aiwg("daemon", "status").stdout.splitlines()
+    health = next(i for i, line in enumerate(lines) if line.strip().startswith("health:"))
+    assert "degraded" in lines[health] and lines[health + 1] == f"    ! {expected}"  # under health:
 
 
 def test_secrets_from_agent_env_stay_out_of_logs_records_and_state(project: Project) -> None:
