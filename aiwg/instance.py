@@ -12,9 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import socket
 import time
-from pathlib import Path
 
 from aiwg import procfs
 from aiwg.errors import AlreadyRunning
@@ -33,35 +31,65 @@ def ensure_dirs(paths: ProjectPaths) -> None:
         os.chmod(directory, 0o700)
 
 
+def _lock(fd: int, patience: float) -> bool:
+    """Take an exclusive flock on `fd`, retrying for `patience` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+
+def acquire_project(paths: ProjectPaths, patience: float = ACQUIRE_PATIENCE_SECONDS) -> int:
+    """Lock the project directory itself, which cannot be deleted along with the
+    files in .aiwg/: with `.lock` (or all of .aiwg/daemon) removed under a
+    running daemon, a second start still finds the project taken.
+
+    Returns the open descriptor; raises AlreadyRunning when another daemon has it.
+    """
+    fd = os.open(paths.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        locked = _lock(fd, patience)
+    except OSError:
+        os.close(fd)
+        raise
+    if not locked:
+        os.close(fd)
+        raise AlreadyRunning(_recorded_pid(paths) or None)
+    return fd
+
+
 def acquire(paths: ProjectPaths, patience: float = ACQUIRE_PATIENCE_SECONDS) -> int:
-    """Take the project's lock for this process and record our pid in it.
+    """Take the project's lock file for this process and record our pid in it:
+    what `holder` and people (`cat .aiwg/daemon/.lock`) read.
 
     Returns the open descriptor, which must stay open for the daemon's life.
     Raises AlreadyRunning naming the holder when another daemon has it.
     """
     fd = os.open(paths.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    deadline = time.monotonic() + patience
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                os.close(fd)
-                raise
-            if time.monotonic() >= deadline:
-                pid = _read_pid(fd)
-                os.close(fd)
-                raise AlreadyRunning(pid) from None
-            time.sleep(0.02)
+    try:
+        locked = _lock(fd, patience)
+    except OSError:
+        os.close(fd)
+        raise
+    if not locked:
+        pid = _read_pid(fd)
+        os.close(fd)
+        raise AlreadyRunning(pid)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 
 def holds(fd: int, paths: ProjectPaths) -> bool:
-    """Whether the lock file on disk is still the one `fd` locks: deleting or
-    replacing it would let a second daemon take the project."""
+    """Whether the lock file on disk is still the one `fd` locks (it may have
+    been deleted or replaced while the daemon ran)."""
     try:
         on_disk = os.stat(paths.lock_file)
     except OSError:
@@ -70,40 +98,28 @@ def holds(fd: int, paths: ProjectPaths) -> bool:
     return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
 
-def socket_answers(path: Path) -> bool:
-    """Whether something accepts connections on the Unix socket `path`: a
-    daemon, even one whose lock file was deleted. A refused or missing socket is
-    a dead daemon's, or none."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(1.0)
+def _recorded_pid(paths: ProjectPaths) -> int:
+    """The pid in the pid file if that process is alive, else 0 (not known)."""
+    pid = read_pid_file(paths)
+    return pid if pid is not None and pid_alive(pid) else 0
+
+
+def _project_locked(paths: ProjectPaths) -> bool:
     try:
-        sock.connect(os.fspath(path))
+        fd = os.open(paths.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
     finally:
-        sock.close()
-    return True
-
-
-def refuse_if_answering(paths: ProjectPaths) -> None:
-    """Raise AlreadyRunning if a daemon answers on the project's socket, though
-    nobody held the lock: its lock file was deleted under it."""
-    if socket_answers(paths.bind_socket()):
-        pid = read_pid_file(paths)
-        raise AlreadyRunning(pid if pid is not None and pid_alive(pid) else None)
-
-
-def running_pid(paths: ProjectPaths) -> int | None:
-    """The pid of this project's daemon (0 if it has not written it yet), or None.
-    The lock says so; if the lock file was deleted under a daemon, the pid file
-    names it while the socket still answers."""
-    pid = holder(paths)
-    if pid is not None:
-        return pid
-    recorded = read_pid_file(paths)
-    if recorded is not None and pid_alive(recorded) and socket_answers(paths.bind_socket()):
-        return recorded
-    return None
+        os.close(fd)
 
 
 def release(fd: int) -> None:
@@ -116,8 +132,17 @@ def release(fd: int) -> None:
 def holder(paths: ProjectPaths) -> int | None:
     """The pid of the daemon holding this project's lock, or None if nobody holds it.
 
-    Returns 0 when the lock is held but the holder has not written its pid yet.
+    Returns 0 when the lock is held but the holder's pid is not known yet (it
+    has not written it, or its lock and pid files were deleted and it has not
+    put them back yet).
     """
+    pid = _lock_file_holder(paths)
+    if pid is None and _project_locked(paths):
+        return _recorded_pid(paths)
+    return pid
+
+
+def _lock_file_holder(paths: ProjectPaths) -> int | None:
     try:
         fd = os.open(paths.lock_file, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:

@@ -1,10 +1,9 @@
-"""The single-instance lock's helpers: who holds it, and whether a daemon whose
-lock file was deleted still answers on the socket."""
+"""The single-instance lock: the project directory's flock keeps a second daemon
+out even when the files under .aiwg/ are deleted; `.lock` names the holder."""
 
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,6 @@ def paths(tmp_path: Path) -> ProjectPaths:
     return paths
 
 
-def listen(path: Path) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(os.fspath(path))
-    sock.listen(1)
-    return sock
-
-
 def test_holds_follows_the_file_on_disk(paths: ProjectPaths) -> None:
     fd = instance.acquire(paths)
     try:
@@ -40,45 +32,24 @@ def test_holds_follows_the_file_on_disk(paths: ProjectPaths) -> None:
         instance.release(fd)
 
 
-def test_socket_answers_only_when_something_listens(paths: ProjectPaths) -> None:
-    path = paths.bind_socket()
-    assert not instance.socket_answers(path)  # no file
-    sock = listen(path)
-    assert instance.socket_answers(path)
-    sock.close()  # the file stays: a dead daemon's socket
-    assert path.exists()
-    assert not instance.socket_answers(path)
-    path.unlink()
-    path.write_text("not a socket")
-    assert not instance.socket_answers(path)
-
-
-def test_a_start_is_refused_while_a_daemon_answers_without_its_lock_file(paths: ProjectPaths) -> None:
-    sock = listen(paths.bind_socket())
+def test_the_project_lock_outlives_its_files(paths: ProjectPaths) -> None:
+    project = instance.acquire_project(paths)
+    lock = instance.acquire(paths)
     try:
+        assert instance.holder(paths) == os.getpid()
+        paths.lock_file.unlink()
+        assert instance.holder(paths) == 0  # held; no pid file to name it
         paths.pid_file.write_text(f"{os.getpid()}\n")
-        with pytest.raises(AlreadyRunning) as raised:
-            instance.refuse_if_answering(paths)
-        assert raised.value.pid == os.getpid()
+        assert instance.holder(paths) == os.getpid()
         paths.pid_file.write_text("999999999\n")  # names nobody alive
-        with pytest.raises(AlreadyRunning) as raised:
-            instance.refuse_if_answering(paths)
-        assert raised.value.pid is None
+        assert instance.holder(paths) == 0
+        with pytest.raises(AlreadyRunning):
+            instance.acquire_project(paths, patience=0)
     finally:
-        sock.close()
-    instance.refuse_if_answering(paths)  # the socket is dead now: no refusal
-
-
-def test_running_pid_falls_back_to_the_pid_file_while_the_socket_answers(paths: ProjectPaths) -> None:
-    assert instance.running_pid(paths) is None
-    paths.pid_file.write_text(f"{os.getpid()}\n")
-    assert instance.running_pid(paths) is None  # a pid file alone proves nothing
-    sock = listen(paths.bind_socket())
-    try:
-        assert instance.running_pid(paths) == os.getpid()
-    finally:
-        sock.close()
-    assert instance.running_pid(paths) is None
+        instance.release(lock)
+        instance.release(project)
+    assert instance.holder(paths) is None
+    instance.release(instance.acquire_project(paths, patience=0))
 
 
 def test_acquire_without_patience_fails_at_once(paths: ProjectPaths) -> None:

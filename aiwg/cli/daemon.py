@@ -98,6 +98,8 @@ def start(ctx: Context, config: str | None, foreground: bool, with_tmux: bool = 
         fail("--tmux runs the daemon in the background; drop --foreground", EXIT_USAGE)
     running = _running_pid(paths)
     if running is not None:
+        if running == 0:  # held, pid not written yet (or being put back): give it a moment
+            running = _running_pid(paths, wait=3.0) or 0
         _report_already_running(ctx, paths, running)
         if with_tmux:
             _tmux_for_running(ctx, paths, config)
@@ -142,7 +144,7 @@ def start(ctx: Context, config: str | None, foreground: bool, with_tmux: bool = 
         err = sys.__stderr__ or sys.stderr
         if not ok:
             if message.startswith("AlreadyRunning"):
-                pid = _running_pid(paths, wait=2.0) or 0
+                pid = _running_pid(paths, wait=3.0) or 0
                 return _print_already_running(ctx, paths, pid, out)
             err.write(f"aiwg: failed to start the daemon for {paths.root}: {message}\n")
             if paths.log_file.exists():
@@ -226,22 +228,33 @@ def _print_already_running(ctx: Context, paths: ProjectPaths, pid: int, out: Any
     if ctx.as_json:
         import json
 
-        out.write(json.dumps({"started": False, "already_running": True, "pid": pid}) + "\n")
+        out.write(json.dumps({"started": False, "already_running": True, "pid": pid or None}) + "\n")
     else:
-        out.write(f"aiwg daemon already running (pid {pid}) for {paths.root}\n")
+        out.write(f"aiwg daemon already running (pid {pid or 'unknown'}) for {paths.root}\n")
     out.flush()
     return EXIT_OK
 
 
 def _running_pid(paths: ProjectPaths, wait: float = 0.0) -> int | None:
-    """The pid of the project's daemon (see instance.running_pid); with `wait`,
-    give a starting daemon time to write its pid."""
+    """The pid holding the project's lock (0: held, pid not known yet); with
+    `wait`, give a starting daemon time to write its pid, or a daemon whose pid
+    file was deleted time to write it again. Asks the daemon itself meanwhile."""
     deadline = time.monotonic() + wait
     while True:
-        pid = instance.running_pid(paths)
+        pid = instance.holder(paths)
+        if pid == 0:
+            pid = _pid_from_ping(paths)
         if pid is None or pid > 0 or time.monotonic() >= deadline:
             return pid
         time.sleep(0.05)
+
+
+def _pid_from_ping(paths: ProjectPaths) -> int:
+    try:
+        with DaemonClient(paths.root, socket_path=paths.client_socket(), timeout=2) as client:
+            return int(client.call("ping").get("pid") or 0)
+    except (AiwgError, ValueError, TypeError):
+        return 0
 
 
 # -- stop --------------------------------------------------------------------
@@ -262,7 +275,7 @@ def _running_pid(paths: ProjectPaths, wait: float = 0.0) -> int | None:
 def stop(ctx: Context, timeout: float) -> None:
     """Stop the daemon gracefully (SIGTERM) and wait until it has exited."""
     paths = ctx.paths
-    pid = _running_pid(paths, wait=1.0)
+    pid = _running_pid(paths, wait=3.0)
     if pid is None:
         if os.environ.get("AIWG_DAEMON_SOCKET"):
             _stop_remote(ctx, paths, timeout)
@@ -394,7 +407,12 @@ def status(ctx: Context) -> None:
     except DaemonNotRunning:
         result = None
     except AiwgError as exc:
-        pid = instance.running_pid(paths)
+        override = os.environ.get(SOCKET_ENV)
+        if override:
+            _say(ctx, {"running": True, "responding": False, "socket": override, "error": str(exc)},
+                 f"the daemon on {override} (from ${SOCKET_ENV}) does not answer: {exc}")
+            sys.exit(EXIT_STATUS_UNKNOWN)
+        pid = _running_pid(paths)
         _say(
             ctx,
             {"running": True, "responding": False, "pid": pid, "error": str(exc)},
@@ -440,7 +458,15 @@ def _summary(info: Any) -> str:
 
 
 def _not_running_status(ctx: Context, paths: ProjectPaths) -> None:
-    pid = instance.running_pid(paths)
+    override = os.environ.get(SOCKET_ENV)
+    if override:  # the daemon meant is the one at that socket, not this project's
+        _say(
+            ctx,
+            {"running": False, "project": str(paths.root), "socket": override},
+            f"aiwg daemon: nothing answers on {override} (from ${SOCKET_ENV})",
+        )
+        sys.exit(EXIT_STATUS_NOT_RUNNING)
+    pid = _running_pid(paths)
     if pid is not None:
         _say(
             ctx,
@@ -449,14 +475,6 @@ def _not_running_status(ctx: Context, paths: ProjectPaths) -> None:
             "does not answer",
         )
         sys.exit(EXIT_STATUS_UNKNOWN)
-    override = os.environ.get(SOCKET_ENV)
-    if override:
-        _say(
-            ctx,
-            {"running": False, "project": str(paths.root), "socket": override},
-            f"aiwg daemon: nothing answers on {override} (from ${SOCKET_ENV})",
-        )
-        sys.exit(EXIT_STATUS_NOT_RUNNING)
     stale = instance.read_pid_file(paths)
     note = ""
     if stale is not None:

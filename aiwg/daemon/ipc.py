@@ -387,33 +387,45 @@ class IpcServer(StreamServerEndpointService):
         """Bind again if our socket file is gone; report (and leave alone) a file
         that someone else put in its place."""
         port = self._port()
-        if port is None or port.owns_path():
-            self.problem = None
+        if port is None:
+            return
+        if port.owns_path():
+            self._report(self._restore_pointer())
             return
         if os.path.lexists(self.socket_path):
-            problem = (f"socket {self.socket_path} was replaced by another file; clients cannot "
-                       "reach this daemon: remove that file (it is bound again), or restart the daemon")
-            if problem != self.problem:
-                self.log.error("{problem}", problem=problem)
-            self.problem = problem
+            self._report(f"socket {self.socket_path} was replaced by another file; clients cannot "
+                         "reach this daemon: remove that file (it is bound again), or restart the daemon")
             return
         try:
             _private_dir(self.socket_path.parent)
             new = self._reactor_listen()
         except Exception as exc:
-            problem = f"socket {self.socket_path} was deleted and cannot be bound again: {exc}"
-            if problem != self.problem:
-                self.log.error("{problem}", problem=problem)
-            self.problem = problem
+            self._report(f"socket {self.socket_path} was deleted and cannot be bound again: {exc}")
             return
         self._waitingForPort = succeed(new)
         port.stopListening()  # it no longer owns the path: it leaves the new socket alone
-        if self._pointer_file is not None:
-            self._pointer_file.write_text(f"{self.socket_path}\n")
-        self.problem = None
         self.rebinds += 1
         self.log.warn("socket {path} was deleted while the daemon ran; listening on it again",
                       path=str(self.socket_path))
+        self._report(self._restore_pointer())
+
+    def _restore_pointer(self) -> str | None:
+        """Write the pointer file (long project paths) if it is missing or wrong; a problem, or None."""
+        if self._pointer_file is None:
+            return None
+        wanted = f"{self.socket_path}\n"
+        try:
+            if not self._pointer_file.exists() or self._pointer_file.read_text() != wanted:
+                self._pointer_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._pointer_file.write_text(wanted)
+        except OSError as exc:
+            return f"cannot write {self._pointer_file}, which tells clients where the socket is: {exc}"
+        return None
+
+    def _report(self, problem: str | None) -> None:
+        if problem is not None and problem != self.problem:
+            self.log.error("{problem}", problem=problem)
+        self.problem = problem
 
     def _reactor_listen(self) -> OwnedSocketPort:
         outcome: list[Any] = []

@@ -23,11 +23,11 @@ class InstanceLock(Service):
     """First to start, last to stop: nothing else may touch the project's
     daemon files unless this process holds the lock.
 
-    An flock guards only the file it is on: if someone deletes `.lock` (or the
-    pid file) while the daemon runs, the next start would see nobody holding
-    it. So a start also refuses when a daemon answers on the project's socket,
-    and a running daemon puts back its lock and pid files within
-    CHECK_INTERVAL_SECONDS of their removal."""
+    An flock guards only the file it is on, and `.lock` can be deleted while
+    the daemon runs: so the daemon also locks the project directory itself,
+    which is what keeps a second daemon out, and puts back its lock and pid
+    files within CHECK_INTERVAL_SECONDS of their removal, for the readers of
+    `.lock` and `daemon.pid`."""
 
     name = "lock"
     log = Logger()
@@ -36,15 +36,16 @@ class InstanceLock(Service):
         self._paths = paths
         self._reactor = reactor
         self._fd: int | None = None
+        self._project_fd: int | None = None
         self._check: LoopingCall | None = None
         self.problem: str | None = None
 
     def privilegedStartService(self) -> None:
         instance.ensure_dirs(self._paths)
-        self._fd = instance.acquire(self._paths)
+        self._project_fd = instance.acquire_project(self._paths)
         try:
-            instance.refuse_if_answering(self._paths)
-        except AlreadyRunning:
+            self._fd = instance.acquire(self._paths)
+        except BaseException:
             self.release()
             raise
         self._write_pid_file()
@@ -75,31 +76,34 @@ class InstanceLock(Service):
         if self._fd is None:
             return
         try:
-            if not instance.holds(self._fd, self._paths):
-                self._relock()
+            if not instance.holds(self._fd, self._paths) and not self._relock():
+                return
             if instance.read_pid_file(self._paths) != os.getpid():
                 self._write_pid_file()
                 self.log.warn("pid file {path} was removed or changed; wrote it again",
                               path=str(self._paths.pid_file))
         except OSError as exc:
-            self._report(f"cannot restore the daemon's lock or pid file in {self._paths.daemon_dir}: {exc}")
+            self._report(f"cannot restore the daemon's lock file {self._paths.lock_file} "
+                         f"or pid file {self._paths.pid_file}: {exc}")
+            return
+        self.problem = None
 
-    def _relock(self) -> None:
+    def _relock(self) -> bool:
         instance.ensure_dirs(self._paths)
         try:
             fd = instance.acquire(self._paths, patience=0)
         except AlreadyRunning as exc:
             self._report(
-                f"lock file {self._paths.lock_file} was replaced and another process "
-                f"(pid {exc.pid or 'unknown'}) holds it; stop the other daemon"
+                f"lock file {self._paths.lock_file} was replaced, and another process "
+                f"(pid {exc.pid or 'unknown'}) holds the new one"
             )
-            return
+            return False
         old, self._fd = self._fd, fd
         if old is not None:
             instance.release(old)
-        self.problem = None
         self.log.warn("lock file {path} was removed while the daemon ran; created and locked it again",
                       path=str(self._paths.lock_file))
+        return True
 
     def _report(self, problem: str) -> None:
         if problem != self.problem:
@@ -111,12 +115,14 @@ class InstanceLock(Service):
 
     def release(self) -> None:
         """Remove our pid file and drop the lock (idempotent; used on failed starts too)."""
-        if self._fd is None:
-            return
-        if instance.read_pid_file(self._paths) == os.getpid():
-            try:
-                self._paths.pid_file.unlink()
-            except FileNotFoundError:
-                pass
-        instance.release(self._fd)
-        self._fd = None
+        if self._fd is not None:
+            if instance.read_pid_file(self._paths) == os.getpid():
+                try:
+                    self._paths.pid_file.unlink()
+                except FileNotFoundError:
+                    pass
+            instance.release(self._fd)
+            self._fd = None
+        if self._project_fd is not None:
+            instance.release(self._project_fd)
+            self._project_fd = None

@@ -27,10 +27,20 @@ def started(tmp_path: Path):
     lock.stopService()
 
 
+def test_a_second_lock_is_refused_even_without_the_lock_file(started) -> None:
+    paths, clock, lock = started
+    for name in (paths.lock_file, paths.pid_file):
+        name.unlink()
+    second = InstanceLock(paths, Clock())
+    with pytest.raises(AlreadyRunning):
+        second.privilegedStartService()
+    assert not paths.lock_file.exists() and not paths.pid_file.exists()  # it touched nothing
+
+
 def test_a_deleted_lock_file_is_created_and_locked_again(started) -> None:
     paths, clock, lock = started
     paths.lock_file.unlink()
-    assert instance.holder(paths) is None  # what a second start would see now
+    assert instance.holder(paths) == os.getpid()  # the project directory's lock, and the pid file
     clock.advance(CHECK_INTERVAL_SECONDS)
     assert instance.holder(paths) == os.getpid()
     with pytest.raises(AlreadyRunning):
@@ -67,6 +77,8 @@ def test_a_lock_file_taken_by_someone_else_is_a_health_issue(started) -> None:
         clock.advance(CHECK_INTERVAL_SECONDS)
         [issue] = lock.health_issues()
         assert str(paths.lock_file) in issue and "pid 4242" in issue
+        clock.advance(CHECK_INTERVAL_SECONDS)  # said once, not every check
+        assert lock.health_issues() == [issue]
         fcntl.flock(other, fcntl.LOCK_UN)
         clock.advance(CHECK_INTERVAL_SECONDS)  # freed: ours again
         assert lock.health_issues() == []
@@ -75,9 +87,25 @@ def test_a_lock_file_taken_by_someone_else_is_a_health_issue(started) -> None:
         os.close(other)
 
 
+def test_a_problem_clears_once_the_files_are_back(started) -> None:
+    paths, clock, lock = started
+    paths.pid_file.unlink()
+    paths.pid_file.mkdir()  # in the way of the pid file
+    clock.advance(CHECK_INTERVAL_SECONDS)
+    [issue] = lock.health_issues()
+    assert str(paths.pid_file) in issue
+    paths.pid_file.rmdir()
+    clock.advance(CHECK_INTERVAL_SECONDS)
+    assert lock.health_issues() == []
+    assert instance.read_pid_file(paths) == os.getpid()
+
+
 def test_stop_stops_checking_and_releases(started) -> None:
     paths, clock, lock = started
     lock.stopService()
     assert clock.getDelayedCalls() == []
     assert instance.holder(paths) is None
     assert not paths.pid_file.exists()
+    again = InstanceLock(paths, Clock())  # both locks free: a new start takes them
+    again.privilegedStartService()
+    again.stopService()

@@ -495,6 +495,32 @@ def test_a_deleted_socket_is_bound_again(daemon: Project) -> None:
     assert "Traceback" not in daemon.paths.log_file.read_text()
 
 
+def test_nothing_deleted_under_a_daemon_lets_a_second_one_start(daemon: Project, tmp_path: Path) -> None:
+    pid = daemon.pid()
+    for name in (daemon.paths.lock_file, daemon.paths.pid_file, daemon.paths.default_socket):
+        name.unlink()
+    # twistd directly: the daemon itself refuses, not only the CLI's check before it
+    direct = subprocess.run(
+        [TWISTD, "--pidfile", "", "-n", "aiwg", "--project", str(daemon.root)],
+        cwd=tmp_path, env=daemon.env, capture_output=True, text=True, timeout=60,
+    )
+    assert direct.returncode != 0
+    assert "already running" in direct.stdout + direct.stderr
+    again = daemon.aiwg("daemon", "start")
+    assert again.returncode == 0, again.stderr
+    assert f"already running (pid {pid})" in again.stdout
+    wait_for(lambda: daemon.aiwg("daemon", "ping").returncode == 0, timeout=15)
+    assert json.loads(daemon.aiwg("daemon", "ping", "--json", check=True).stdout)["pid"] == pid
+    shutil.rmtree(daemon.paths.daemon_dir)  # everything in .aiwg/daemon at once
+    assert daemon.aiwg("daemon", "start").returncode == 0
+    wait_for(lambda: instance.holder(daemon.paths) == pid and daemon.aiwg("daemon", "ping").returncode == 0,
+              timeout=15)
+    stopped = daemon.aiwg("daemon", "stop", check=True)
+    assert f"stopped (pid {pid})" in stopped.stdout
+    assert not alive(pid)
+    assert daemon.aiwg("daemon", "status").returncode == 3
+
+
 def test_a_deleted_lock_file_does_not_let_a_second_daemon_start(daemon: Project) -> None:
     pid = daemon.pid()
     daemon.paths.lock_file.unlink()
@@ -504,7 +530,8 @@ def test_a_deleted_lock_file_does_not_let_a_second_daemon_start(daemon: Project)
     assert again.returncode == 0, again.stderr
     assert f"already running (pid {pid})" in again.stdout
     assert json.loads(daemon.aiwg("daemon", "ping", "--json", check=True).stdout)["pid"] == pid
-    wait_for(lambda: instance.holder(daemon.paths) == pid, timeout=15)
+    wait_for(lambda: daemon.paths.lock_file.exists() and instance.holder(daemon.paths) == pid, timeout=15)
+    wait_for(lambda: "created and locked it again" in daemon.paths.log_file.read_text())
     assert "created and locked it again" in daemon.paths.log_file.read_text()
     daemon.paths.pid_file.unlink()
     wait_for(lambda: instance.read_pid_file(daemon.paths) == pid, timeout=15)
