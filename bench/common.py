@@ -72,6 +72,21 @@ def schedstat_ns(pid: int) -> int:
     return total
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time (utime + stime) of each live thread of `pid`, by "name/tid" (the main
+    thread's tid is the pid)."""
+    times: dict[str, float] = {}
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        times[f"{name}/{stat.parent.name}"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return times
+
+
 class Interference:
     """CPU used by everything on the machine except the listed processes and the bench
     itself, over a window, in % of one core."""

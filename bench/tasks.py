@@ -10,6 +10,8 @@
    counts N completed and a task.list (which waits for every pending commit) has
    answered, so the last final state is on disk. Daemon and floor give /bin/true the
    same environment (AGENT_ENV). Five daemon/floor pairs (one with --quick); medians.
+   Beside it, the CPU time per task of the whole machine for each side (/proc/stat) and
+   of the daemon's threads: the reactor's, and the others' (the store's commit thread).
 4. task.list (limit 20) and task.stats p99, and daemon restart time, with 100,000 tasks
    stored; RSS idle (empty store) and with 100,000 stored.
 
@@ -34,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import BenchDaemon, clean_env, pct, rss_mib  # noqa: E402
+from common import CLK_TCK, BenchDaemon, clean_env, machine_jiffies, pct, rss_mib, thread_cpu_seconds  # noqa: E402
 
 CONCURRENCY = 3
 #: The environment of the spawning benches' daemons, and so of their agents, and of
@@ -145,10 +147,13 @@ def launch():
         started[0] += 1
         t = time.time()
         reactor.spawnProcess(P(t), argv[0], argv, env=env, childFDs={0: "w", 1: "r", 2: "r"})
-t0 = time.perf_counter()
+def busy():  # jiffies the machine's CPUs were not idle (/proc/stat)
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+    return sum(f) - f[3] - f[4]
+b0, t0 = busy(), time.perf_counter()
 reactor.callWhenRunning(launch)
 reactor.run()
-print(time.perf_counter() - t0)
+print(time.perf_counter() - t0, busy() - b0)
 for l in latencies: print(l)
 """
 
@@ -159,7 +164,7 @@ def _twisted_spawn_latency(count: int, stamp_file: Path) -> list[float]:
          "/bin/sh", "-c", f"date +%s.%N >> {stamp_file}", "x"],
         check=True, capture_output=True, text=True, env=AGENT_ENV,
     ).stdout.split()
-    return [float(x) for x in out[1:]]
+    return [float(x) for x in out[2:]]
 
 
 def bench_throughput(count: int, rounds: int) -> dict:
@@ -172,13 +177,18 @@ def bench_throughput(count: int, rounds: int) -> dict:
     try:
         daemon.start()
         rates, floors, submit_phases, done = [], [], [], 0
+        cpu: dict[str, list[float]] = {"floor_machine": [], "daemon_machine": [], "reactor": [], "others": []}
         with daemon.client(timeout=120) as client:
             client.call("ping")
             for r in range(rounds):
                 for side in ("daemon", "floor") if r % 2 == 0 else ("floor", "daemon"):
                     if side == "floor":
-                        floors.append(count / _floor_seconds(count))
+                        seconds, busy = _floor_run(count)
+                        floors.append(count / seconds)
+                        cpu["floor_machine"].append(_ms_per_task(busy, count))
                         continue
+                    busy_before = machine_jiffies()[0]
+                    threads_before = thread_cpu_seconds(daemon.pid)
                     started = time.perf_counter()
                     # Pipelined, as a script submitting a batch would: each reply still
                     # waits for its task to be on disk, but many share one commit.
@@ -189,22 +199,33 @@ def bench_throughput(count: int, rounds: int) -> dict:
                         time.sleep(0.005)
                     client.call("task.list", limit=1)  # answers once every pending write is committed
                     rates.append(count / (time.perf_counter() - started))
+                    cpu["daemon_machine"].append(_ms_per_task(machine_jiffies()[0] - busy_before, count))
+                    used = {k: v - threads_before.get(k, 0.0) for k, v in thread_cpu_seconds(daemon.pid).items()}
+                    cpu["reactor"].append(1000 * sum(v for k, v in used.items() if k.endswith(f"/{daemon.pid}")) / count)
+                    cpu["others"].append(1000 * sum(v for k, v in used.items() if not k.endswith(f"/{daemon.pid}")) / count)
         ratios = [d / f for d, f in zip(rates, floors)]
         return {"tasks": count, "rounds": rounds,
                 "daemon_tasks_per_s": statistics.median(rates), "floor_spawns_per_s": statistics.median(floors),
                 "ratio": statistics.median(ratios), "submit_phase_s": statistics.median(submit_phases),
+                "cpu_ms_per_task": {k: statistics.median(v) for k, v in cpu.items()},
                 "elapsed_s": statistics.median(count / r for r in rates),
                 "per_round": {"daemon_tasks_per_s": rates, "floor_spawns_per_s": floors, "ratio": ratios}}
     finally:
         daemon.cleanup()
 
 
-def _floor_seconds(count: int) -> float:
+def _ms_per_task(jiffies: int, count: int) -> float:
+    """CPU time of the whole machine (both CPUs), per task, in ms."""
+    return 1000 * jiffies / CLK_TCK / count
+
+
+def _floor_run(count: int) -> tuple[float, int]:
+    """The floor's seconds, and the machine's busy jiffies meanwhile (its start-up excluded)."""
     out = subprocess.run(
         [sys.executable, "-c", FLOOR_SPAWN, str(count), str(CONCURRENCY), "-", "/bin/true", "x"],
         check=True, capture_output=True, text=True, env=AGENT_ENV,
     ).stdout.split()
-    return float(out[0])
+    return float(out[0]), int(out[1])
 
 
 def bench_large_store(count: int) -> dict:
@@ -277,6 +298,7 @@ def main() -> None:
         print(json.dumps(results, indent=2))
         return
     s, l, t, b = results["submit"], results["spawn_latency"], results["throughput"], results["large_store"]
+    c = t["cpu_ms_per_task"]
     rows = [
         ("task.submit p50 / p99 (ms)", f"{s['submit_p50_ms']:.2f} / {s['submit_p99_ms']:.2f}",
          f"ping {s['ping_p50_ms']:.2f} / {s['ping_p99_ms']:.2f}", ""),
@@ -287,6 +309,8 @@ def main() -> None:
          f"/bin/true {t['floor_spawns_per_s']:.0f}/s", _verdict(t["ratio"] >= 0.7, f"ratio {t['ratio']:.2f} ≥ 0.7")),
         ("  all submits answered after (s)", f"{t['submit_phase_s']:.3f} of {t['elapsed_s']:.3f}", "", ""),
         ("  ratio per round", " ".join(f"{r:.2f}" for r in t["per_round"]["ratio"]), "", ""),
+        ("  machine CPU per task (ms)", f"{c['daemon_machine']:.2f}", f"{c['floor_machine']:.2f}", ""),
+        ("  daemon threads per task (ms)", f"reactor {c['reactor']:.2f}, others {c['others']:.2f}", "", ""),
         (f"task.list p50 / p99 ({b['stored']} stored, ms)", f"{b['list_p50_ms']:.2f} / {b['list_p99_ms']:.2f}",
          f"ping p99 {b['ping_p99_ms']:.2f}", _verdict(b["list_p99_ms"] < 10, "p99 < 10 ms")),
         (f"task.stats p50 / p99 ({b['stored']} stored, ms)", f"{b['stats_p50_ms']:.2f} / {b['stats_p99_ms']:.2f}",
