@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import select
-import sys
 import traceback
 from types import SimpleNamespace
 from typing import Any, Callable

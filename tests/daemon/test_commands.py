@@ -9,7 +9,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import pytest_twisted
 
 from aiwg.daemon.commands import CommandRunner, git_snapshot, user_shell

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, task
-from twisted.internet.defer import Deferred
 
 from aiwg import procfs
 from aiwg.core.config import validate
