@@ -46,23 +46,43 @@ def _lock(fd: int, patience: float) -> bool:
             time.sleep(0.02)
 
 
-def acquire_project(paths: ProjectPaths, patience: float = ACQUIRE_PATIENCE_SECONDS) -> int:
+def acquire_project(paths: ProjectPaths, patience: float = ACQUIRE_PATIENCE_SECONDS) -> int | None:
     """Lock the project directory itself, which cannot be deleted along with the
     files in .aiwg/: with `.lock` (or all of .aiwg/daemon) removed under a
     running daemon, a second start still finds the project taken.
 
-    Returns the open descriptor; raises AlreadyRunning when another daemon has it.
+    Returns the open descriptor, or None where the file system cannot flock a
+    directory (NFS emulates flock with write locks): then `.lock` alone guards.
+    Raises AlreadyRunning when another process has it; its pid is not known
+    here (anything may flock a directory, so the pid file is not trusted).
     """
     fd = os.open(paths.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         locked = _lock(fd, patience)
-    except OSError:
+    except OSError as exc:
         os.close(fd)
+        if exc.errno in _CANNOT_LOCK_DIRECTORY:
+            return None
         raise
     if not locked:
         os.close(fd)
-        raise AlreadyRunning(_recorded_pid(paths) or None)
+        raise AlreadyRunning(None)
     return fd
+
+
+#: What flock(2) on a directory gives where the file system cannot do it.
+_CANNOT_LOCK_DIRECTORY = {errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL}
+
+
+def same_directory(fd: int, paths: ProjectPaths) -> bool:
+    """Whether the project directory is still the one `fd` has open (it may have
+    been deleted, or deleted and made again)."""
+    try:
+        on_disk = os.stat(paths.root)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
 
 def acquire(paths: ProjectPaths, patience: float = ACQUIRE_PATIENCE_SECONDS) -> int:
@@ -98,12 +118,6 @@ def holds(fd: int, paths: ProjectPaths) -> bool:
     return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
 
-def _recorded_pid(paths: ProjectPaths) -> int:
-    """The pid in the pid file if that process is alive, else 0 (not known)."""
-    pid = read_pid_file(paths)
-    return pid if pid is not None and pid_alive(pid) else 0
-
-
 def _project_locked(paths: ProjectPaths) -> bool:
     try:
         fd = os.open(paths.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -114,6 +128,8 @@ def _project_locked(paths: ProjectPaths) -> bool:
     except OSError as exc:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             return True
+        if exc.errno in _CANNOT_LOCK_DIRECTORY:
+            return False
         raise
     else:
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -132,13 +148,14 @@ def release(fd: int) -> None:
 def holder(paths: ProjectPaths) -> int | None:
     """The pid of the daemon holding this project's lock, or None if nobody holds it.
 
-    Returns 0 when the lock is held but the holder's pid is not known yet (it
-    has not written it, or its lock and pid files were deleted and it has not
-    put them back yet).
+    Returns 0 when it is held but the holder's pid is not known: it has not
+    written it yet, or its `.lock` was deleted and only the project directory's
+    lock is held (by the daemon, until it puts `.lock` back, or by some other
+    program: ask the daemon over its socket before trusting any pid).
     """
     pid = _lock_file_holder(paths)
     if pid is None and _project_locked(paths):
-        return _recorded_pid(paths)
+        return 0
     return pid
 
 

@@ -38,13 +38,13 @@ def test_the_project_lock_outlives_its_files(paths: ProjectPaths) -> None:
     try:
         assert instance.holder(paths) == os.getpid()
         paths.lock_file.unlink()
-        assert instance.holder(paths) == 0  # held; no pid file to name it
         paths.pid_file.write_text(f"{os.getpid()}\n")
-        assert instance.holder(paths) == os.getpid()
-        paths.pid_file.write_text("999999999\n")  # names nobody alive
+        # Held, by someone: anything may flock a directory, so no pid file is trusted.
         assert instance.holder(paths) == 0
-        with pytest.raises(AlreadyRunning):
+        with pytest.raises(AlreadyRunning) as raised:
             instance.acquire_project(paths, patience=0)
+        assert raised.value.pid is None
+        assert instance.same_directory(project, paths)
     finally:
         instance.release(lock)
         instance.release(project)
@@ -58,5 +58,22 @@ def test_acquire_without_patience_fails_at_once(paths: ProjectPaths) -> None:
         with pytest.raises(AlreadyRunning) as raised:
             instance.acquire(paths, patience=0)
         assert raised.value.pid == os.getpid()
+    finally:
+        instance.release(fd)
+
+
+def test_same_directory_sees_a_project_deleted_and_made_again(tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    root.mkdir()
+    paths = ProjectPaths(root)
+    fd = instance.acquire_project(paths)
+    assert fd is not None
+    try:
+        assert instance.same_directory(fd, paths)
+        root.rmdir()
+        assert not instance.same_directory(fd, paths)
+        root.mkdir()
+        assert not instance.same_directory(fd, paths)
+        assert instance.holder(paths) is None  # the new directory is nobody's
     finally:
         instance.release(fd)

@@ -129,7 +129,7 @@ def start(ctx: Context, config: str | None, foreground: bool, with_tmux: bool = 
             code = launcher.run(paths, config, foreground=True, on_report=lambda ok, m: 0)
         except AiwgError as exc:
             if exc.__class__.__name__ == "AlreadyRunning":
-                _report_already_running(ctx, paths, _running_pid(paths) or 0)
+                _report_already_running(ctx, paths, _running_pid(paths, wait=3.0) or 0)
                 return
             fail(f"failed to start: {exc}", EXIT_FAILURE)
             return
@@ -145,7 +145,7 @@ def start(ctx: Context, config: str | None, foreground: bool, with_tmux: bool = 
         if not ok:
             if message.startswith("AlreadyRunning"):
                 pid = _running_pid(paths, wait=3.0) or 0
-                return _print_already_running(ctx, paths, pid, out)
+                return _print_already_running(ctx, paths, pid, out, err)
             err.write(f"aiwg: failed to start the daemon for {paths.root}: {message}\n")
             if paths.log_file.exists():
                 err.write(f"aiwg: see {paths.log_file}\n")
@@ -221,16 +221,37 @@ def _tmux_for_running(ctx: Context, paths: ProjectPaths, config: str | None) -> 
 
 
 def _report_already_running(ctx: Context, paths: ProjectPaths, pid: int) -> None:
-    _print_already_running(ctx, paths, pid, sys.stdout)
+    code = _print_already_running(ctx, paths, pid, sys.stdout)
+    if code != EXIT_OK:
+        sys.exit(code)
 
 
-def _print_already_running(ctx: Context, paths: ProjectPaths, pid: int, out: Any) -> int:
+def _unknown_holder(paths: ProjectPaths) -> str:
+    """What to say when the project is locked but no daemon answers or names itself."""
+    return (
+        f"the project directory {paths.root} is locked, but no daemon answers on "
+        f"{paths.client_socket()} or has recorded its pid; if no aiwg daemon runs for it, another "
+        f"program holds an flock on the directory (`fuser -v {paths.root}` names it)"
+    )
+
+
+def _print_already_running(ctx: Context, paths: ProjectPaths, pid: int, out: Any, err: Any = None) -> int:
+    if not pid:
+        message = f"cannot start: {_unknown_holder(paths)}"
+        (err or sys.stderr).write(f"aiwg: {message}\n")
+        (err or sys.stderr).flush()
+        if ctx.as_json:
+            import json
+
+            out.write(json.dumps({"error": message, "exit_code": EXIT_FAILURE}) + "\n")
+            out.flush()
+        return EXIT_FAILURE
     if ctx.as_json:
         import json
 
-        out.write(json.dumps({"started": False, "already_running": True, "pid": pid or None}) + "\n")
+        out.write(json.dumps({"started": False, "already_running": True, "pid": pid}) + "\n")
     else:
-        out.write(f"aiwg daemon already running (pid {pid or 'unknown'}) for {paths.root}\n")
+        out.write(f"aiwg daemon already running (pid {pid}) for {paths.root}\n")
     out.flush()
     return EXIT_OK
 
@@ -284,11 +305,11 @@ def stop(ctx: Context, timeout: float) -> None:
         _say(ctx, {"stopped": False, "running": False}, f"aiwg daemon is not running for {paths.root}")
         return
     if pid <= 0:
-        fail("the daemon holds its lock but has not recorded its pid; try again", EXIT_FAILURE)
+        fail(f"not stopped: {_unknown_holder(paths)}", EXIT_FAILURE)
     # The lock file names the holder; when the daemon answers, its own word is surer
     # (a daemon that has just taken the lock may not have rewritten the file yet).
     try:
-        with DaemonClient(paths.root, socket_path=paths.bind_socket(), timeout=2) as client:
+        with DaemonClient(paths.root, socket_path=paths.client_socket(), timeout=2) as client:
             pid = int(client.call("ping").get("pid") or pid)
     except AiwgError:
         pass
@@ -415,8 +436,8 @@ def status(ctx: Context) -> None:
         pid = _running_pid(paths)
         _say(
             ctx,
-            {"running": True, "responding": False, "pid": pid, "error": str(exc)},
-            f"aiwg daemon (pid {pid}) is running but not answering: {exc}",
+            {"running": True, "responding": False, "pid": pid or None, "error": str(exc)},
+            f"aiwg daemon (pid {pid or 'unknown'}) is running but not answering: {exc}",
         )
         sys.exit(EXIT_STATUS_UNKNOWN)
     if result is None:
@@ -466,13 +487,13 @@ def _not_running_status(ctx: Context, paths: ProjectPaths) -> None:
             f"aiwg daemon: nothing answers on {override} (from ${SOCKET_ENV})",
         )
         sys.exit(EXIT_STATUS_NOT_RUNNING)
-    pid = _running_pid(paths)
+    pid = _running_pid(paths, wait=3.0)
     if pid is not None:
         _say(
             ctx,
-            {"running": True, "responding": False, "pid": pid},
+            {"running": True, "responding": False, "pid": pid or None},
             f"aiwg daemon (pid {pid}) holds the lock but its socket {paths.client_socket()} "
-            "does not answer",
+            "does not answer" if pid else f"aiwg daemon: {_unknown_holder(paths)}",
         )
         sys.exit(EXIT_STATUS_UNKNOWN)
     stale = instance.read_pid_file(paths)

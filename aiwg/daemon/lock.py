@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
@@ -32,9 +32,11 @@ class InstanceLock(Service):
     name = "lock"
     log = Logger()
 
-    def __init__(self, paths: ProjectPaths, reactor: Any = None) -> None:
+    def __init__(self, paths: ProjectPaths, reactor: Any = None,
+                 on_project_gone: Callable[[], Any] | None = None) -> None:
         self._paths = paths
         self._reactor = reactor
+        self._on_project_gone = on_project_gone
         self._fd: int | None = None
         self._project_fd: int | None = None
         self._check: LoopingCall | None = None
@@ -43,6 +45,10 @@ class InstanceLock(Service):
     def privilegedStartService(self) -> None:
         instance.ensure_dirs(self._paths)
         self._project_fd = instance.acquire_project(self._paths)
+        if self._project_fd is None:
+            self.log.warn("cannot lock the project directory {root} on this file system (NFS?); "
+                          "deleting {lock} while the daemon runs would let a second daemon start",
+                          root=str(self._paths.root), lock=str(self._paths.lock_file))
         try:
             self._fd = instance.acquire(self._paths)
         except BaseException:
@@ -74,6 +80,15 @@ class InstanceLock(Service):
     def check(self) -> None:
         """Put back a deleted lock file (locked again) or pid file."""
         if self._fd is None:
+            return
+        if self._project_fd is not None and not instance.same_directory(self._project_fd, self._paths):
+            # Deleted (and maybe made again): putting files back would plant them
+            # in a new project, beside a daemon of its own. This one is done.
+            self._report(f"project directory {self._paths.root} was deleted while the daemon ran; stopping")
+            if self._check is not None and self._check.running:
+                self._check.stop()
+            if self._on_project_gone is not None:
+                self._on_project_gone()
             return
         try:
             if not instance.holds(self._fd, self._paths) and not self._relock():

@@ -108,7 +108,7 @@ def makeService(options: Options) -> Any:
     methods = build_method_table(root)
 
     # Start order. Stop order is the reverse: IPC stays up while workers drain.
-    InstanceLock(paths, reactor).setServiceParent(root)
+    InstanceLock(paths, reactor, on_project_gone=lambda: root.request_stop("the project directory was deleted")).setServiceParent(root)
     EventLog(bus=bus, directory=paths.events_dir, settings=config.daemon.events).setServiceParent(root)
     store.setServiceParent(root)  # closes after the final state write, which reads it
     Heartbeat(

@@ -40,7 +40,7 @@ def test_a_second_lock_is_refused_even_without_the_lock_file(started) -> None:
 def test_a_deleted_lock_file_is_created_and_locked_again(started) -> None:
     paths, clock, lock = started
     paths.lock_file.unlink()
-    assert instance.holder(paths) == os.getpid()  # the project directory's lock, and the pid file
+    assert instance.holder(paths) == 0  # still held (the project directory), pid not known
     clock.advance(CHECK_INTERVAL_SECONDS)
     assert instance.holder(paths) == os.getpid()
     with pytest.raises(AlreadyRunning):
@@ -109,3 +109,26 @@ def test_stop_stops_checking_and_releases(started) -> None:
     again = InstanceLock(paths, Clock())  # both locks free: a new start takes them
     again.privilegedStartService()
     again.stopService()
+
+
+def test_a_deleted_project_directory_stops_the_daemon_and_plants_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    root.mkdir()
+    paths = ProjectPaths(root)
+    clock, gone = Clock(), []
+    lock = InstanceLock(paths, clock, on_project_gone=lambda: gone.append(True))
+    lock.privilegedStartService()
+    lock.startService()
+    try:
+        import shutil
+
+        shutil.rmtree(root)
+        root.mkdir()  # a new project of the same name
+        clock.advance(CHECK_INTERVAL_SECONDS)
+        assert gone == [True]
+        assert list(root.iterdir()) == []  # no .aiwg put back into someone else's directory
+        assert "deleted" in lock.health_issues()[0]
+        clock.advance(10 * CHECK_INTERVAL_SECONDS)
+        assert gone == [True]  # said once
+    finally:
+        lock.stopService()

@@ -515,10 +515,38 @@ def test_nothing_deleted_under_a_daemon_lets_a_second_one_start(daemon: Project,
     assert daemon.aiwg("daemon", "start").returncode == 0
     wait_for(lambda: instance.holder(daemon.paths) == pid and daemon.aiwg("daemon", "ping").returncode == 0,
               timeout=15)
+    status = json.loads(daemon.aiwg("daemon", "status", "--json").stdout)
+    assert status["health"] == "degraded"
+    assert any("tasks.db was deleted while the daemon ran" in issue for issue in status["health_issues"])
     stopped = daemon.aiwg("daemon", "stop", check=True)
     assert f"stopped (pid {pid})" in stopped.stdout
     assert not alive(pid)
     assert daemon.aiwg("daemon", "status").returncode == 3
+
+
+def test_a_deleted_project_directory_stops_its_daemon(daemon: Project) -> None:
+    pid = daemon.pid()
+    shutil.rmtree(daemon.root)
+    daemon.root.mkdir()  # a new project where the old one was
+    wait_for(lambda: not alive(pid), timeout=30)
+    assert not (daemon.root / ".aiwg").exists()  # nothing planted in the new one
+    assert daemon.aiwg("daemon", "status").returncode == 3
+
+
+def test_a_foreign_flock_on_the_project_directory_is_named(project: Project) -> None:
+    holder = subprocess.Popen(["flock", "-x", str(project.root), "sleep", "60"], start_new_session=True)
+    try:
+        wait_for(lambda: instance.holder(project.paths) == 0)
+        result = project.aiwg("daemon", "start")
+        assert result.returncode == 1
+        assert f"the project directory {project.root} is locked" in result.stderr
+        assert "fuser -v" in result.stderr
+        assert project.aiwg("daemon", "stop").returncode == 1  # and no pid is signalled
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)  # flock and the sleep that shares its lock
+        holder.wait()
+    wait_for(lambda: instance.holder(project.paths) is None)
+    assert project.aiwg("daemon", "start").returncode == 0
 
 
 def test_a_deleted_lock_file_does_not_let_a_second_daemon_start(daemon: Project) -> None:
