@@ -16,7 +16,7 @@ import time
 
 from aiwg import procfs
 from aiwg.errors import AlreadyRunning
-from aiwg.paths import ProjectPaths
+from aiwg.paths import ProjectPaths, is_open_file
 
 #: A probe holds a shared lock for microseconds; a starting daemon retries this
 #: long before it concludes that another daemon owns the project.
@@ -77,12 +77,7 @@ _CANNOT_LOCK_DIRECTORY = {errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EIN
 def same_directory(fd: int, paths: ProjectPaths) -> bool:
     """Whether the project directory is still the one `fd` has open (it may have
     been deleted, or deleted and made again)."""
-    try:
-        on_disk = os.stat(paths.root)
-    except OSError:
-        return False
-    held = os.fstat(fd)
-    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
+    return is_open_file(fd, paths.root)
 
 
 def acquire(paths: ProjectPaths, patience: float = ACQUIRE_PATIENCE_SECONDS) -> int:
@@ -110,12 +105,7 @@ def acquire(paths: ProjectPaths, patience: float = ACQUIRE_PATIENCE_SECONDS) -> 
 def holds(fd: int, paths: ProjectPaths) -> bool:
     """Whether the lock file on disk is still the one `fd` locks (it may have
     been deleted or replaced while the daemon ran)."""
-    try:
-        on_disk = os.stat(paths.lock_file)
-    except OSError:
-        return False
-    held = os.fstat(fd)
-    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
+    return is_open_file(fd, paths.lock_file)
 
 
 def _project_locked(paths: ProjectPaths) -> bool:

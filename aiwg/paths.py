@@ -44,6 +44,22 @@ def _socket_name(root: Path) -> str:
     return f"{slug}-{digest}.sock"
 
 
+def file_identity(path: str | os.PathLike[str], *, follow: bool = True) -> tuple[int, int] | None:
+    """(device, inode) of what is at `path` now, or None if nothing is: tells a
+    file apart from one deleted and made again under the same name."""
+    try:
+        info = os.stat(path) if follow else os.lstat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def is_open_file(fd: int, path: str | os.PathLike[str]) -> bool:
+    """Whether `path` still names the file that `fd` has open."""
+    held = os.fstat(fd)
+    return file_identity(path) == (held.st_dev, held.st_ino)
+
+
 class ProjectPaths:
     """Every file of one project's daemon, derived from the project root.
 

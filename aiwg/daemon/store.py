@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 
 from aiwg.core.tasks import INTERRUPTED, STATE_NAMES, Task, TaskState
 from aiwg.core.text import utf8_safe
+from aiwg.paths import file_identity
 
 SCHEMA_VERSION = 2
 
@@ -683,14 +684,6 @@ def open_store(
     return store
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
-
-
 class StoreService(Service):
     """Owns the database connections and the commit thread: opened after the lock
     is taken (never before twistd forks: a thread would not survive the fork),
@@ -713,12 +706,12 @@ class StoreService(Service):
             schedule=lambda flush, delay: self._clock.callLater(delay, flush),
             deliver=self._clock.callFromThread,
         )
-        self._opened = _identity(self._db_path)
+        self._opened = file_identity(self._db_path)
 
     def health_issues(self) -> list[str]:
         """The database file deleted under the daemon (`rm -r .aiwg/daemon`): it
         goes on writing to the deleted file, and the next start has none of it."""
-        if self.store is None or self._opened is None or _identity(self._db_path) == self._opened:
+        if self.store is None or self._opened is None or file_identity(self._db_path) == self._opened:
             return []
         return [f"task store {self._db_path} was deleted while the daemon ran; what it holds is lost "
                 "when the daemon stops: export it now (aiwg task export > tasks.json) and restart"]

@@ -11,6 +11,8 @@ from typing import Any
 
 from twisted.internet import tcp, unix
 
+from aiwg.paths import file_identity
+
 
 class OwnedSocketPort(unix.Port):
     """unix.Port that remembers the inode it bound."""
@@ -23,16 +25,11 @@ class OwnedSocketPort(unix.Port):
 
     def startListening(self) -> None:
         super().startListening()
-        info = os.lstat(self.path)
-        self.bound = (info.st_dev, info.st_ino)
+        self.bound = file_identity(self.path, follow=False)
 
     def owns_path(self) -> bool:
         """Whether the file at our path is still the socket we bound."""
-        try:
-            info = os.lstat(self.path)
-        except OSError:
-            return False
-        return self.bound == (info.st_dev, info.st_ino)
+        return self.bound is not None and file_identity(self.path, follow=False) == self.bound
 
     def connectionLost(self, reason: Any) -> None:
         if self.owns_path():
