@@ -215,6 +215,11 @@ def _unknown_task(task_id: str) -> InvalidParams:
     return InvalidParams(f"Task not found: {task_id} (parameter 'taskId')", {"taskId": task_id})
 
 
+def _not_awaiting_approval(task_id: str, state: str) -> InvalidParams:
+    return InvalidParams(f"Invalid parameter 'taskId': task {task_id} is not awaiting approval "
+                         f"(it is {state})", {"taskId": task_id, "state": state})
+
+
 class TaskMethods(Namespace):
     """AIWG's task.* methods (same names, params and result fields), plus task.output."""
 
@@ -324,8 +329,7 @@ class TaskMethods(Namespace):
         if task is None:
             raise _unknown_task(taskId)
         if not approved:
-            raise InvalidParams(f"Invalid parameter 'taskId': task {taskId} is not awaiting approval "
-                                f"(it is {task.state.value})", {"taskId": taskId, "state": task.state.value})
+            raise _not_awaiting_approval(taskId, task.state.value)
         return {"approved": True, "state": task.state.value}
 
     @method(
@@ -339,8 +343,7 @@ class TaskMethods(Namespace):
         if task is None:
             raise _unknown_task(taskId)
         if not rejected:
-            raise InvalidParams(f"Invalid parameter 'taskId': task {taskId} is not awaiting approval "
-                                f"(it is {task.state.value})", {"taskId": taskId, "state": task.state.value})
+            raise _not_awaiting_approval(taskId, task.state.value)
         return {"rejected": True, "state": task.state.value}
 
     @method(description="Counts of tasks by state.")
