@@ -14,7 +14,7 @@ atomic save) is the real one `modified`.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from attrs import frozen
 
@@ -222,3 +222,71 @@ def matching_paths(pattern_matches: Any, changes: Iterable[Change]) -> list[str]
         if any(pattern_matches(p) for p in change.paths):
             out.append(change.path)
     return out
+
+
+# -- which kernel watches cover a tree -------------------------------------------
+
+#: A directory → its subdirectories (absolute paths, symbolic links left out).
+Subdirs = Callable[[str], list[str]]
+
+
+def watch_cover(top: str, subdirs: Subdirs, ignored: Callable[[str], bool]) -> list[tuple[str, bool]]:
+    """The watches, `(directory, recursive)`, that see every change under `top`
+    while keeping ignored trees (node_modules/, .git/) out of the kernel.
+
+    A subtree with nothing to leave out is one recursive watch; a directory with
+    an ignored tree somewhere below gets a watch of its own entries only, and the
+    same question is asked of each of its subdirectories that is not ignored.
+    An ignored directory with no subdirectories of its own (`__pycache__/`) is
+    not worth leaving out: splitting a recursive watch around it costs more
+    watches than it saves, so it is watched and its events are filtered.
+    """
+    # Post-order over the tree without recursion (deep trees exist).
+    children: dict[str, list[str]] = {}
+    skipped: dict[str, bool] = {}
+    stack = [top]
+    order: list[str] = []
+    while stack:
+        directory = stack.pop()
+        order.append(directory)
+        kept = []
+        for child in subdirs(directory):
+            if ignored(child) and subdirs(child):
+                skipped[directory] = True
+                continue
+            kept.append(child)
+        children[directory] = kept
+        stack.extend(kept)
+    clean: dict[str, bool] = {}
+    for directory in reversed(order):
+        clean[directory] = not skipped.get(directory) and all(clean[c] for c in children[directory])
+    cover: list[tuple[str, bool]] = []
+    stack = [top]
+    while stack:
+        directory = stack.pop()
+        if clean[directory]:
+            cover.append((directory, True))
+            continue
+        cover.append((directory, False))
+        # Under a watch of its own entries, an ignored leaf needs no watch at all.
+        stack.extend(c for c in reversed(children[directory]) if not ignored(c))
+    return cover
+
+
+# -- what a rescan finds changed -------------------------------------------------
+
+#: A file's identity for change detection: (mtime in ns, size, inode).
+Stamp = tuple[int, int, int]
+
+
+def snapshot_diff(before: Mapping[str, Stamp], after: Mapping[str, Stamp]) -> list[tuple[str, str]]:
+    """`(path, kind)` for what differs between two listings of the same tree,
+    sorted by path: what a rescan after lost events reports, once."""
+    changes = [(path, "deleted") for path in before if path not in after]
+    for path, stamp in after.items():
+        old = before.get(path)
+        if old is None:
+            changes.append((path, "created"))
+        elif old != stamp:
+            changes.append((path, "modified"))
+    return sorted(changes)

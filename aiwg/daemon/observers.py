@@ -1,124 +1,258 @@
-# tests: tests/daemon/test_watcher.py
-"""watchdog observers that never descend into ignored trees, and that tell us when
-the kernel's inotify limits are hit.
+# tests: tests/daemon/test_observers.py, tests/daemon/test_watcher.py
+"""Kernel watches that leave ignored trees out, through watchdog's public API only.
 
-watchdog's inotify backend adds one kernel watch per directory below a watched
-path, `node_modules/` included, and quietly drops the errors for all but the top
-directory — so a project over `fs.inotify.max_user_watches` would look watched
-while half of it is not. The watch group below skips ignored directories and
-reports ENOSPC/EMFILE. It leans on watchdog's watch-group internals (pinned in
-pyproject.toml); if they ever change shape we fall back to the stock observer,
-which watches more but still works, and say so.
+watchdog's recursive inotify watch adds one kernel watch per directory below its
+path, `node_modules/` included. It has no public way to skip a subtree, so a
+`TreeWatch` schedules several watches instead (`core.watching.watch_cover`): one
+recursive watch for each subtree with nothing to leave out, and a watch of its own
+entries for each directory above an ignored tree. It then keeps that cover true
+as directories come and go below those flat watches. Nothing here reaches into
+watchdog's private state: an earlier design subclassed its inotify watch group,
+and watchdog 7.1.1 reshaped that group so that every file event was silently lost.
 
-The polling observer gets the same pruning through its `listdir` hook.
+Whether the watches really deliver is proved by behaviour, not assumed: `probe`
+makes changes in a scratch tree watched through the same observer and waits for
+them. The watcher falls back to the stock recursive watch, then to polling, when a
+probe fails.
+
+The polling observer gets the same pruning through its public `listdir` hook.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
+import threading
 from typing import Any, Callable, Iterator
 
 from twisted.logger import Logger
 
+from aiwg.core.watching import watch_cover
+
 log = Logger()
 
-Prune = Callable[[str], bool]  # absolute directory path → skip it and all below?
+Ignored = Callable[[str], bool]  # absolute directory path → leave it (and all below) out?
 LimitHit = Callable[[OSError], None]
 
 LIMIT_ERRNOS = (errno.ENOSPC, errno.EMFILE)
+#: Seconds a probe waits for its own changes to arrive.
+PROBE_TIMEOUT = 3.0
 
 
-def native_observer(prune: Prune, on_limit: LimitHit) -> tuple[Any, bool]:
-    """An inotify observer (or the platform's native one); the flag says whether
-    ignored trees are pruned from the kernel watches."""
+def watched_event_classes() -> list[Any]:
+    """The event classes the watches ask for: file changes, the directory changes
+    that keep a cover true, and lost events (a kernel queue overflow)."""
+    from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, EventsLostEvent,
+                                 FileCreatedEvent, FileDeletedEvent, FileModifiedEvent, FileMovedEvent)
+
+    return [FileCreatedEvent, FileModifiedEvent, FileDeletedEvent, FileMovedEvent,
+            DirCreatedEvent, DirDeletedEvent, DirMovedEvent, EventsLostEvent]
+
+
+def watchdog_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
-    except ImportError:  # not Linux: the platform's own observer, events filtered later
-        from watchdog.observers import Observer
-
-        return Observer(), False
-    observer = InotifyObserver()
-    try:
-        group = _pruned_group(InotifyWatchGroup, prune, on_limit)
-        emitter = _emitter_with_group(InotifyEmitter, group)
-        if not hasattr(observer, "_emitter_class"):
-            raise AttributeError("_emitter_class")
-        observer._emitter_class = emitter
-    except (AttributeError, TypeError) as exc:
-        log.warn(
-            "file watcher: this watchdog version cannot skip ignored directories ({error}); "
-            "they are watched but their events are dropped",
-            error=str(exc),
-        )
-        return observer, False
-    return observer, True
+        return version("watchdog")
+    except PackageNotFoundError:
+        return "unknown"
 
 
-def polling_observer(prune: Prune, interval: float) -> Any:
+def native_observer() -> Any:
+    """The platform's native observer (inotify on Linux)."""
+    from watchdog.observers import Observer
+
+    return Observer()
+
+
+def polling_observer(ignored: Ignored, interval: float) -> Any:
     from watchdog.observers.polling import PollingObserverVFS
 
     def listdir(path: Any) -> Iterator[os.DirEntry]:
         with os.scandir(path) as entries:
             for entry in entries:
-                if entry.is_dir(follow_symlinks=False) and prune(entry.path):
+                if entry.is_dir(follow_symlinks=False) and ignored(entry.path):
                     continue
                 yield entry
 
     return PollingObserverVFS(stat=os.stat, listdir=listdir, polling_interval=interval)
 
 
-def _pruned_group(base: Any, prune: Prune, on_limit: LimitHit) -> Any:
-    for name in ("_add_all_callbacks", "_add_callback", "_inotify_fd", "_callback", "_id"):
-        if name not in dir(base) and name not in getattr(base, "__dataclass_fields__", {}):
-            raise AttributeError(name)
+def _text(path: Any) -> str:
+    return os.fsdecode(path) if isinstance(path, bytes) else str(path)
 
-    class PrunedWatchGroup(base):  # type: ignore[misc, valid-type]
-        def _add_all_callbacks(self, path: bytes) -> None:
-            if path != self.path and prune(os.fsdecode(path)):
-                return
-            is_dir = os.path.isdir(path)
-            self._add_callback(path)
-            if not (is_dir and self.is_recursive):
-                return
-            for top, dirnames, _ in os.walk(path, followlinks=self.follow_symlink):
-                kept = []
-                for dirname in dirnames:
-                    full = os.path.join(top, dirname)
-                    if prune(os.fsdecode(full)):
-                        continue
-                    if not self.follow_symlink and os.path.islink(full):
-                        continue
-                    kept.append(dirname)
-                    self._add_callback(full)
-                dirnames[:] = kept
 
-        def _add_callback(self, path: bytes) -> None:
-            if path in self._active_callbacks_by_path:
-                return  # a new directory seen both by its event and by a walk
+def _subdirs(path: str) -> list[str]:
+    try:
+        with os.scandir(path) as entries:
+            return [entry.path for entry in entries if entry.is_dir(follow_symlinks=False)]
+    except OSError:  # gone, or unreadable: nothing below to watch
+        return []
+
+
+class _Router:
+    """The handler of every watch of one tree: keeps the cover true, then passes
+    the event on. Runs in watchdog's dispatch thread."""
+
+    def __init__(self, tree: "TreeWatch", top: str, handler: Any, ignored: Ignored) -> None:
+        self.tree = tree
+        self.top = top
+        self.handler = handler
+        self.ignored = ignored
+
+    def dispatch(self, event: Any) -> None:
+        if event.is_directory and self.tree.prunes:
+            for created in self.tree.follow(self, event):
+                self.handler.dispatch(created)
+        self.handler.dispatch(event)
+
+
+class TreeWatch:
+    """The watches of one observer, scheduled as the cover of each watched tree.
+
+    With `prunes` false it is the stock arrangement: one recursive watch per tree,
+    ignored trees included (their events are filtered by the handler).
+    """
+
+    def __init__(self, observer: Any, *, prunes: bool) -> None:
+        self.observer = observer
+        self.prunes = prunes
+        self._lock = threading.RLock()
+        self._watches: dict[str, Any] = {}  # directory → ObservedWatch
+        self._flat: set[str] = set()  # directories watched for their own entries only
+        self._routers: dict[str, _Router] = {}
+
+    @property
+    def watch_count(self) -> int:
+        return len(self._watches)
+
+    def add(self, top: str, handler: Any, ignored: Ignored) -> None:
+        """Watch the tree at `top` (walks it: not on the reactor). Raises the
+        OSError of a watch that cannot be added for `top` itself."""
+        top = os.path.abspath(top)
+        router = _Router(self, top, handler, ignored)
+        with self._lock:
+            self._routers[top] = router
+            self._grow(router, top)
+
+    def remove(self, top: str) -> None:
+        top = os.path.abspath(top)
+        with self._lock:
+            self._routers.pop(top, None)
+            self._shrink(top)
+
+    def _grow(self, router: _Router, directory: str) -> None:
+        if self.prunes:
+            cover = watch_cover(directory, _subdirs, router.ignored)
+        else:
+            cover = [(directory, True)]
+        events = watched_event_classes()
+        for path, recursive in cover:
+            if path in self._watches:
+                continue
             try:
-                wd = self._inotify_fd.add_callback(path, self.event_mask, self._callback, self._id)
+                watch = self.observer.schedule(router, path, recursive=recursive, event_filter=events)
+            except OSError as exc:
+                if path == directory or exc.errno in LIMIT_ERRNOS:
+                    raise
+                continue  # a directory that vanished while the tree was walked
+            self._watches[path] = watch
+            if not recursive:
+                self._flat.add(path)
+
+    def _shrink(self, directory: str) -> None:
+        prefix = directory.rstrip("/") + "/"
+        for path in [p for p in self._watches if p == directory or p.startswith(prefix)]:
+            watch = self._watches.pop(path)
+            self._flat.discard(path)
+            try:
+                self.observer.unschedule(watch)
+            except KeyError:  # already gone with its directory
+                pass
+
+    def follow(self, router: _Router, event: Any) -> list[Any]:
+        """A directory event: keep the cover true. Returns created-file events for
+        what a directory new under a flat watch already holds (it may have been
+        filled before its watch was added: `mkdir -p a/b && touch a/b/c`)."""
+        from watchdog.events import FileCreatedEvent
+
+        kind = event.event_type
+        source = _text(event.src_path).rstrip("/")
+        arrived: str | None = None
+        with self._lock:
+            if kind == "deleted":
+                if source in self._watches:
+                    self._shrink(source)
+                return []
+            if kind == "moved":
+                self._shrink(source)
+                destination = _text(event.dest_path).rstrip("/")
+                if os.path.dirname(destination) in self._flat:
+                    arrived = destination
+            elif kind == "created" and os.path.dirname(source) in self._flat:
+                arrived = source
+            if arrived is None or router.ignored(arrived) or arrived in self._watches:
+                return []
+            try:
+                self._grow(router, arrived)
             except OSError as exc:
                 if exc.errno in LIMIT_ERRNOS:
-                    on_limit(exc)
-                if path == self.path:
                     raise
-                return  # a directory that vanished mid-walk
-            self._active_callbacks_by_path[path] = wd
-            self._active_callbacks_by_watch[wd] = path
-
-    return PrunedWatchGroup
+                return []  # gone again already
+        return [FileCreatedEvent(path) for path in _files_below(arrived, router.ignored)]
 
 
-def _emitter_with_group(base: Any, group: Any) -> Any:
-    class PrunedEmitter(base):  # type: ignore[misc, valid-type]
-        def on_thread_start(self) -> None:
-            self._inotify = group(
-                self._inotify_fd,
-                os.fsencode(self.watch.path),
-                is_recursive=self.watch.is_recursive,
-                event_mask=self.get_event_mask_from_filter(),
-                follow_symlink=self.watch.follow_symlink,
-            )
+def _files_below(top: str, ignored: Ignored) -> list[str]:
+    found = []
+    for directory, dirnames, filenames in os.walk(top):
+        dirnames[:] = [d for d in dirnames if not ignored(os.path.join(directory, d))]
+        found.extend(os.path.join(directory, name) for name in filenames)
+    return found
 
-    return PrunedEmitter
+
+class _ProbeHandler:
+    def __init__(self, expected: set[str]) -> None:
+        self.expected = expected
+        self.seen: set[str] = set()
+        self.done = threading.Event()
+
+    def dispatch(self, event: Any) -> None:
+        if event.is_directory or event.event_type not in ("created", "modified", "moved"):
+            return
+        path = _text(event.dest_path if event.event_type == "moved" else event.src_path)
+        if path in self.expected:
+            self.seen.add(path)
+            if self.seen >= self.expected:
+                self.done.set()
+
+
+def probe(tree: TreeWatch, directory: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Make changes in a scratch tree watched through `tree`'s running observer and
+    wait for them: None when every one arrived, else what did not. The scratch
+    tree has an ignored subtree, so a pruning TreeWatch gives it a flat watch and a
+    recursive one, and a directory made during the probe must be followed."""
+    directory = os.path.abspath(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(os.path.join(directory, "skip", "inner"))
+    os.makedirs(os.path.join(directory, "deep", "er"))
+    targets = {
+        "a file in a flat-watched directory": os.path.join(directory, "flat.txt"),
+        "a file in a recursively watched tree": os.path.join(directory, "deep", "er", "deep.txt"),
+        "a file in a directory made after the watch": os.path.join(directory, "fresh", "new.txt"),
+    }
+    handler = _ProbeHandler(set(targets.values()))
+    skip = os.path.join(directory, "skip")
+    try:
+        tree.add(directory, handler, lambda path: path == skip)
+        for path in targets.values():
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write("probe\n")
+        if handler.done.wait(timeout):
+            return None
+        missing = [what for what, path in targets.items() if path not in handler.seen]
+        return f"no event within {timeout:g} s for {', '.join(missing)}"
+    finally:
+        tree.remove(directory)
+        shutil.rmtree(directory, ignore_errors=True)

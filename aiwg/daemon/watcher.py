@@ -7,8 +7,18 @@ exclude (`.aiwg/daemon/` always); the rest crosses to the reactor in batches wit
 `callFromThread`. On the reactor a trailing debouncer gathers a burst into a
 ChangeSet and publishes it as one `file:changed` event.
 
-If the kernel's inotify limits are hit, the watcher says so in the log and in the
-daemon's health (naming `fs.inotify.max_user_watches`) and carries on by polling.
+Ignored trees are kept out of the kernel's watches (observers.TreeWatch), and
+whether the watches deliver is proved at every start by a probe through the same
+observer. When the probe fails the watcher falls back to watchdog's stock recursive
+watch (ignored trees watched, their events dropped), then to polling, and says
+"file watcher degraded: …" in the log, the health and the status, naming the
+watchdog version and the cause. If the kernel's inotify limits are hit, the
+watcher says so (naming `fs.inotify.max_user_watches`) and carries on by polling.
+
+Events the kernel dropped (its queue overflowed: watchdog's EventsLostEvent) are
+never silent: the watched trees are rescanned and compared with what was known,
+the real differences are reported once, and the loss is published and shown in
+the health for a while.
 
 A watch path that does not exist (yet, or any more: `rm -rf build && mkdir build`)
 is looked for every MISSING_CHECK_INTERVAL seconds and watched once it is there; the
@@ -31,10 +41,12 @@ from twisted.logger import Logger
 from aiwg import procfs
 from aiwg.core.config import Config
 from aiwg.core.text import display_path
-from aiwg.core.watching import ChangeSet, WatchEntry, WatchPlan, plan_from_config
+from aiwg.core.watching import ChangeSet, Stamp, WatchEntry, WatchPlan, plan_from_config, snapshot_diff
 from aiwg.daemon.debounce import Debouncer
 from aiwg.daemon.logs import iso_utc
-from aiwg.daemon.observers import native_observer, polling_observer
+from aiwg.daemon.observers import (LIMIT_ERRNOS, TreeWatch, native_observer, polling_observer, probe,
+                                   watchdog_version)
+from aiwg.paths import ProjectPaths
 
 #: Seconds between scans when polling (use_polling, or after an inotify limit).
 POLL_INTERVAL = 2.0
@@ -44,6 +56,11 @@ WATCH_COUNT_MAX_AGE = 60.0
 WATCH_KINDS = ("created", "modified", "deleted", "moved")
 #: Seconds between looks for a watch path that is missing.
 MISSING_CHECK_INTERVAL = 1.0
+#: How long a loss of kernel events stays in the daemon's health.
+EVENTS_LOST_SHOWN_FOR = 600.0
+#: Files whose state is remembered for a rescan after lost events; beyond this a
+#: rescan can tell only what it finds, not what changed.
+MAX_INDEXED_FILES = 200_000
 
 
 def _proc_sys(name: str) -> str:
@@ -69,9 +86,16 @@ class _Translator:
         self._generation = generation
 
     def dispatch(self, event: Any) -> None:
+        if event.event_type == "events_lost":
+            self._watcher._from_thread_lost(self._generation)
+            return
         if event.is_directory:
-            if event.event_type == "deleted" and _text(event.src_path).rstrip("/") == self._top:
-                self._watcher._from_thread_gone(self._generation, self._entry.path or ".")
+            if event.event_type == "deleted":
+                path = _text(event.src_path).rstrip("/")
+                if path == self._top:
+                    self._watcher._from_thread_gone(self._generation, self._entry.path or ".")
+                elif (relative := self._relative(path)) is not None:
+                    self._watcher._from_thread_dir_gone(self._generation, self._entry, relative)
             return
         if event.event_type not in WATCH_KINDS:
             return
@@ -105,9 +129,19 @@ class FileWatcher(Service):
     log = Logger()
 
     def __init__(self, *, reactor: Any, root: Path, bus: Any, config: Config,
-                 poll_interval: float = POLL_INTERVAL) -> None:
+                 poll_interval: float = POLL_INTERVAL, native_observer: Any = native_observer) -> None:
         self._reactor = reactor
         self.root = Path(root).resolve()
+        self._probe_dir = ProjectPaths(self.root).daemon_dir / "watch-probe"
+        self._native_observer = native_observer
+        self._tree: TreeWatch | None = None
+        self.fallback: str | None = None  # why the watches are not the first choice
+        self._index: dict[str, Stamp] = {}  # admitted files as last seen: what a rescan compares with
+        self._rescanning = False
+        self._rescan_again = False
+        self.events_lost = 0
+        self.last_events_lost: float | None = None
+        self.last_recovered = 0
         self._bus = bus
         self._section = config.section("watch")
         self._poll_interval = poll_interval
@@ -169,11 +203,17 @@ class FileWatcher(Service):
                               self._build_observer, plan, entries, generation, polling)
         self._starting = d
 
-        def started(observer: Any) -> None:
+        def started(built: tuple[TreeWatch, str, str | None]) -> None:
+            tree, backend, note = built
             if generation != self._generation:  # stopped or restarted meanwhile
-                self._stop_observer_in_thread(observer)  # its Deferred is nobody's to wait on
+                self._stop_observer_in_thread(tree.observer)  # its Deferred is nobody's to wait on
                 return
-            self._observer = observer
+            self._tree, self._observer = tree, tree.observer
+            self.backend, self.pruned = backend, tree.prunes or backend == "polling"
+            self.fallback = note
+            if note:
+                self.log.warn("{message}", message=note)
+                self._bus.publish("health:degraded", {"issues": [note], "subsystem": "file_watcher"})
             self.log.info(
                 "file watcher started ({backend}{pruned}) on {paths}; ignoring {ignore}",
                 backend=self.backend, pruned=", ignored trees not watched" if self.pruned else "",
@@ -185,7 +225,7 @@ class FileWatcher(Service):
             exc = failure.value
             if generation != self._generation:
                 return
-            if not polling and getattr(exc, "errno", None) in (28, 24):  # ENOSPC, EMFILE
+            if not polling and getattr(exc, "errno", None) in LIMIT_ERRNOS:
                 self._limit(exc)
                 return
             self.error = str(exc)
@@ -195,47 +235,67 @@ class FileWatcher(Service):
         d.addBoth(lambda _: setattr(self, "_starting", None) if self._starting is d else None)
         return d
 
-    def _build_observer(self, plan: WatchPlan, entries: list[WatchEntry], generation: int, polling: bool) -> Any:
-        """In a pool thread: walking a big tree to add watches must not block the reactor."""
-        root = str(self.root)
+    def _build_observer(self, plan: WatchPlan, entries: list[WatchEntry], generation: int,
+                        polling: bool) -> tuple[TreeWatch, str, str | None]:
+        """In a pool thread (walking a big tree must not block the reactor): the
+        running watches, their backend, and why they are not the first choice.
 
-        def prune(path: str) -> bool:
-            prefix = root.rstrip("/") + "/"
+        Native watches are kept only once a probe through the same observer has
+        seen its own changes arrive: first with ignored trees left out, then
+        watchdog's stock recursive watch, then polling."""
+        prefix = str(self.root).rstrip("/") + "/"
+
+        def ignored(path: str) -> bool:
             return path.startswith(prefix) and plan.ignore.ignores_dir(path[len(prefix):])
 
-        def on_limit(exc: OSError) -> None:
-            self._reactor.callFromThread(self._limit, exc)
+        index = _index_files(str(self.root), plan, entries)
+        with self._lock:
+            self._index = index
+        causes: list[str] = []
+        if not polling:
+            for prunes in (True, False):
+                tree = self._started_tree(TreeWatch(self._native_observer(), prunes=prunes),
+                                          plan, entries, generation, ignored)
+                cause = probe(tree, str(self._probe_dir))
+                if cause is None:
+                    self._watch_count, self._watch_count_at = procfs.inotify_watch_count(), self._reactor.seconds()
+                    return tree, "native", self._degraded_note(causes, "watchdog's stock recursive watch "
+                                                               "(ignored trees are watched, their events dropped)")
+                causes.append(f"{'with ignored trees left out' if prunes else 'stock recursive watch'}: {cause}")
+                self._stop_observer(tree.observer)
+        tree = self._started_tree(TreeWatch(polling_observer(ignored, self._poll_interval), prunes=False),
+                                  plan, entries, generation, ignored)
+        return tree, "polling", self._degraded_note(causes, f"polling every {self._poll_interval:g} s")
 
-        if polling:
-            observer, self.pruned = polling_observer(prune, self._poll_interval), True
-        else:
-            observer, self.pruned = native_observer(prune, on_limit)
-        from watchdog.events import (DirDeletedEvent, FileCreatedEvent, FileDeletedEvent, FileModifiedEvent,
-                                     FileMovedEvent)
+    @staticmethod
+    def _degraded_note(causes: list[str], fallback: str) -> str | None:
+        if not causes:
+            return None
+        return (f"file watcher degraded: native watches did not deliver a probe change with watchdog "
+                f"{watchdog_version()} ({'; '.join(causes)}); using {fallback}. "
+                "Pin watchdog to a release this version was tested with, and report it")
 
-        # Directory deletions only to notice a watch path itself going away.
-        wanted = [FileCreatedEvent, FileModifiedEvent, FileDeletedEvent, FileMovedEvent, DirDeletedEvent]
-        for entry in entries:
-            observer.schedule(_Translator(self, root, plan, entry, generation),
-                              str(self.root / entry.path), recursive=True, event_filter=wanted)
+    def _started_tree(self, tree: TreeWatch, plan: WatchPlan, entries: list[WatchEntry], generation: int,
+                      ignored: Any) -> TreeWatch:
+        root = str(self.root)
         try:
-            observer.start()
+            for entry in entries:
+                tree.add(str(self.root / entry.path), _Translator(self, root, plan, entry, generation), ignored)
+            tree.observer.start()
         except BaseException:
             try:
-                observer.stop()
+                tree.observer.stop()
             except Exception:
                 pass
             raise
-        if not polling:
-            self._watch_count, self._watch_count_at = procfs.inotify_watch_count(), self._reactor.seconds()
-        return observer
+        return tree
 
     def _stop(self) -> Deferred:
         self._generation += 1
         if self._missing_check is not None and self._missing_check.active():
             self._missing_check.cancel()
         self._missing_check = None
-        observer, self._observer = self._observer, None
+        observer, self._observer, self._tree = self._observer, None, None
         with self._lock:
             self._pending = []
         if self._debouncer is not None:
@@ -257,15 +317,90 @@ class FileWatcher(Service):
     # -- events ------------------------------------------------------------
 
     def _from_thread(self, generation: int, change: tuple[str, str, str | None]) -> None:
-        """Called in watchdog's thread: queue the change, wake the reactor once per batch."""
+        """Called in watchdog's thread: remember the file's state for a later rescan,
+        queue the change, wake the reactor once per batch."""
+        path, kind, source = change
+        stamp = _stamp(str(self.root / path)) if kind != "deleted" else None
         with self._lock:
             if generation != self._generation:
                 return
+            if source is not None:
+                self._index.pop(source, None)
+            if stamp is None:
+                self._index.pop(path, None)
+            elif path in self._index or len(self._index) < MAX_INDEXED_FILES:
+                self._index[path] = stamp
             self._pending.append(change)
             if self._drain_scheduled:
                 return
             self._drain_scheduled = True
         self._reactor.callFromThread(self._drain)
+
+    def _from_thread_dir_gone(self, generation: int, entry: WatchEntry, directory: str) -> None:
+        """Called in watchdog's thread: a directory under a watch path was deleted or
+        moved away. The files known in it that were not reported gone one by one
+        (a move out of the tree reports none) are reported deleted."""
+        prefix = directory.rstrip("/") + "/"
+        with self._lock:
+            known = [path for path in self._index if path.startswith(prefix)]
+        for path in known:
+            if self.plan is not None and self.plan.admits(entry, path, "deleted"):
+                self._from_thread(generation, (path, "deleted", None))
+
+    def _from_thread_lost(self, generation: int) -> None:
+        """Called in watchdog's thread: the kernel dropped events (one call per watch)."""
+        self._reactor.callFromThread(self._events_lost, generation)
+
+    def _events_lost(self, generation: int) -> None:
+        if generation != self._generation or self.plan is None:
+            return
+        if self._rescanning:
+            self._rescan_again = True
+            return
+        self.events_lost += 1
+        self.last_events_lost = self._reactor.seconds()
+        self.last_recovered = 0
+        self.log.warn("file watcher: the kernel dropped file events (inotify queue overflow); rescanning "
+                      "{paths} to find what changed", paths=", ".join(self.plan.paths))
+        self._rescan(generation)
+
+    def _rescan(self, generation: int, *, again: bool = False) -> Deferred:
+        """Compare the watched trees with what was known; report the differences.
+        Every watch reports the same loss, so the reports that arrive during a
+        rescan cause one more, which reports only what it finds new."""
+        self._rescanning, self._rescan_again = True, False
+        plan = self.plan
+        entries = [e for e in plan.entries if (self.root / e.path).is_dir()] if plan else []
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), _index_files, str(self.root),
+                              plan, entries)
+
+        def compare(found: dict[str, Stamp]) -> None:
+            if generation != self._generation or self._debouncer is None:
+                return
+            with self._lock:
+                changes = snapshot_diff(self._index, found)
+                self._index = found
+            self.last_recovered += len(changes)
+            self.events_received += len(changes)
+            for path, kind in changes:
+                self._debouncer.push((path, kind, None), key=next(self._seq))
+            if again and not changes:
+                return
+            self._bus.publish("file:events_lost", {"paths": plan.paths if plan else [], "recovered": len(changes),
+                                                   "count": self.events_lost})
+            self.log.warn("file watcher: rescan after lost events found {n} change(s)", n=len(changes))
+
+        def failed(failure: Any) -> None:
+            self.log.error("file watcher: rescan after lost events failed: {error}", error=str(failure.value))
+
+        def done(_: Any) -> None:
+            self._rescanning = False
+            if self._rescan_again and generation == self._generation:
+                self._rescan(generation, again=True)
+
+        d.addCallbacks(compare, failed)
+        d.addBoth(done)
+        return d
 
     def _from_thread_gone(self, generation: int, path: str) -> None:
         """Called in watchdog's thread: a watch path itself was deleted."""
@@ -394,6 +529,14 @@ class FileWatcher(Service):
         issues = []
         if self.degraded:
             issues.append(self.degraded)
+        elif self.fallback and self._observer is not None:
+            issues.append(self.fallback)
+        if self.last_events_lost is not None and self._reactor.seconds() - self.last_events_lost < EVENTS_LOST_SHOWN_FOR:
+            issues.append(
+                f"file watcher: the kernel dropped file events at {iso_utc(self.last_events_lost)} (inotify queue "
+                f"overflow, {self.events_lost} time(s) since start); a rescan found {self.last_recovered} change(s). "
+                "If it recurs, raise fs.inotify.max_queued_events or watch fewer paths"
+            )
         if self.error and self.enabled:
             issues.append(f"file watcher not running: {self.error}")
         for path in self.gone:
@@ -418,11 +561,45 @@ class FileWatcher(Service):
         if self.backend == "native" and self._observer is not None:
             status["kernel_watches"] = self._watch_count
             self._refresh_watch_count()
-        if self.degraded:
-            status["degraded"] = self.degraded
+        if self.degraded or self.fallback:
+            status["degraded"] = self.degraded or self.fallback
+        if self.events_lost:
+            status["events_lost"] = {"count": self.events_lost, "last": iso_utc(self.last_events_lost),
+                                     "recovered": self.last_recovered}
         if self.error:
             status["error"] = self.error
         return status
+
+
+def _stamp(path: str) -> Stamp | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _index_files(root: str, plan: WatchPlan | None, entries: list[WatchEntry]) -> dict[str, Stamp]:
+    """In a pool thread: the state of every file the watch would report, ignored
+    trees not entered; what a rescan after lost events compares with."""
+    index: dict[str, Stamp] = {}
+    if plan is None:
+        return index
+    prefix = root.rstrip("/") + "/"
+    for entry in entries:
+        for top, dirs, files in os.walk(os.path.join(root, entry.path)):
+            relative_top = top[len(prefix):] if top.startswith(prefix) else ""
+            dirs[:] = [d for d in dirs if not plan.ignore.ignores_dir(os.path.join(relative_top, d))]
+            for name in files:
+                relative = display_path(os.path.join(relative_top, name))
+                if not plan.admits(entry, relative, "modified") and not plan.admits(entry, relative, "created"):
+                    continue
+                stamp = _stamp(os.path.join(top, name))
+                if stamp is not None:
+                    index[relative] = stamp
+                    if len(index) >= MAX_INDEXED_FILES:
+                        return index
+    return index
 
 
 #: At most this many files are reported for a watch path that appears.

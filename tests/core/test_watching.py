@@ -11,6 +11,8 @@ from aiwg.core.watching import (
     changes_from_payload,
     matching_paths,
     plan_from_config,
+    snapshot_diff,
+    watch_cover,
     watch_path_problem,
 )
 from aiwg.core.globs import matches
@@ -109,3 +111,70 @@ def test_the_daemons_own_directory_is_always_ignored() -> None:
 @pytest.mark.parametrize("path", ["../elsewhere", "/etc", "src/../../x"])
 def test_paths_outside_the_project_are_refused(path: str) -> None:
     assert "outside the project" in (watch_path_problem(path) or "")
+
+
+# -- watch_cover ------------------------------------------------------------------
+
+def cover_of(tree: dict[str, list[str]], ignored: set[str]) -> list[tuple[str, bool]]:
+    def subdirs(path: str) -> list[str]:
+        return [f"{path}/{name}" for name in tree.get(path, [])]
+
+    return sorted(watch_cover("/p", subdirs, lambda path: path.rsplit("/", 1)[-1] in ignored))
+
+
+def test_a_tree_with_nothing_ignored_is_one_recursive_watch() -> None:
+    tree = {"/p": ["src", "docs"], "/p/src": ["a", "b"]}
+    assert cover_of(tree, set()) == [("/p", True)]
+
+
+def test_an_ignored_tree_is_left_out_and_its_siblings_stay_recursive() -> None:
+    tree = {"/p": ["src", "node_modules", "docs"], "/p/node_modules": ["dep"], "/p/node_modules/dep": ["lib"],
+            "/p/src": ["a"]}
+    assert cover_of(tree, {"node_modules"}) == [("/p", False), ("/p/docs", True), ("/p/src", True)]
+
+
+def test_only_the_spine_above_a_deep_ignored_tree_is_watched_flat() -> None:
+    tree = {"/p": ["web", "lib"], "/p/web": ["app", "node_modules"], "/p/web/node_modules": ["x"],
+            "/p/web/app": ["pages"]}
+    assert cover_of(tree, {"node_modules"}) == [("/p", False), ("/p/lib", True), ("/p/web", False),
+                                                ("/p/web/app", True)]
+
+
+def test_an_ignored_leaf_does_not_split_a_recursive_watch() -> None:
+    tree = {"/p": ["pkg"], "/p/pkg": ["__pycache__", "sub"], "/p/pkg/sub": ["__pycache__"]}
+    assert cover_of(tree, {"__pycache__"}) == [("/p", True)]
+
+
+def test_an_ignored_leaf_under_a_flat_watch_gets_no_watch() -> None:
+    tree = {"/p": ["node_modules", "__pycache__", "src"], "/p/node_modules": ["dep"]}
+    assert cover_of(tree, {"node_modules", "__pycache__"}) == [("/p", False), ("/p/src", True)]
+
+
+def test_an_ignored_top_with_subdirectories_is_still_watched_itself() -> None:
+    # The watch path is what the user asked for: ignoring applies below it.
+    tree = {"/p": ["a"], "/p/a": ["b"]}
+    assert cover_of(tree, {"p"}) == [("/p", True)]
+
+
+def test_a_deep_tree_needs_no_recursion() -> None:
+    tree = {}
+    path = "/p"
+    for i in range(5000):
+        tree[path] = [f"d{i}"]
+        path = f"{path}/d{i}"
+    tree[path] = ["node_modules"]
+    tree[f"{path}/node_modules"] = ["x"]
+    cover = cover_of(tree, {"node_modules"})
+    assert len(cover) == 5001 and all(not recursive for _, recursive in cover)
+
+
+# -- snapshot_diff ----------------------------------------------------------------
+
+def test_snapshot_diff_names_each_change_once() -> None:
+    before = {"a": (1, 10, 1), "b": (1, 10, 2), "c": (1, 10, 3)}
+    after = {"a": (1, 10, 1), "b": (2, 11, 2), "d": (1, 1, 4)}
+    assert snapshot_diff(before, after) == [("b", "modified"), ("c", "deleted"), ("d", "created")]
+
+
+def test_a_file_replaced_by_another_inode_is_modified() -> None:
+    assert snapshot_diff({"a": (1, 1, 1)}, {"a": (1, 1, 9)}) == [("a", "modified")]

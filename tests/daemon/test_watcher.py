@@ -34,21 +34,27 @@ async def quiet(seconds: float) -> None:
     await task.deferLater(reactor, seconds, lambda: None)
 
 
-def make(root: Path, **watch: Any) -> tuple[FileWatcher, list[dict]]:
+def make(root: Path, native_observer: Any = None, **watch: Any) -> tuple[FileWatcher, list[dict]]:
     bus = EventBus(reactor=reactor)
     published: list[dict] = []
-    bus.subscribe(["file:changed", "health:degraded"], lambda e: published.append({"topic": e.topic, **e.payload}))
+    bus.subscribe(["file:changed", "health:degraded", "file:events_lost"],
+                  lambda e: published.append({"topic": e.topic, **e.payload}))
     section = {"enabled": True, "debounce_ms": 150, **watch}
+    extra = {"native_observer": native_observer} if native_observer else {}
     watcher = FileWatcher(reactor=reactor, root=root, bus=bus, config=validate({"watch": section}, "test"),
-                          poll_interval=0.2)
+                          poll_interval=0.2, **extra)
     return watcher, published
+
+
+def changed(published: list[dict]) -> list[list[str]]:
+    return [e["paths"] for e in published if e["topic"] == "file:changed"]
 
 
 def tree(root: Path) -> None:
     for i in range(20):
         (root / "src" / f"pkg{i}").mkdir(parents=True)
         (root / "node_modules" / f"dep{i}" / "lib").mkdir(parents=True)
-    (root / ".aiwg" / "daemon").mkdir(parents=True)
+    (root / ".aiwg" / "daemon" / "events").mkdir(parents=True)  # as the daemon makes it
 
 
 @linux_only
@@ -222,5 +228,82 @@ async def test_a_watch_path_deleted_and_made_again_is_watched_again(tmp_path: Pa
         assert watcher.health_issues() == []
         (tmp_path / "src" / "later.ts").write_text("x")
         await until(lambda: any("src/later.ts" in e["paths"] for e in published))
+    finally:
+        await watcher.stopService()
+
+
+@linux_only
+@pytest_twisted.ensureDeferred
+async def test_watches_that_do_not_deliver_fall_back_to_the_stock_watch_and_say_so(tmp_path: Path) -> None:
+    """The way watchdog 7.1.1 broke the previous design: kernel watches added,
+    their events never routed. The probe at start sees it, the stock recursive
+    watch takes over, rules keep firing, and the health names the degradation."""
+    from tests.fakes.observers import deaf_to_flat_watches
+
+    tree(tmp_path)
+    watcher, published = make(tmp_path, native_observer=deaf_to_flat_watches, ignore=["node_modules/"])
+    watcher.startService()
+    try:
+        await until(lambda: watcher.status().get("running"), timeout=15)
+        status = watcher.status()
+        assert status["backend"] == "native" and status["ignored_trees_watched"] is True
+        assert status["degraded"].startswith("file watcher degraded:")
+        issues = watcher.health_issues()
+        assert len(issues) == 1 and "watchdog " in issues[0] and "stock recursive watch" in issues[0]
+        assert "a file in a flat-watched directory" in issues[0]
+        await until(lambda: any(e["topic"] == "health:degraded" for e in published))  # the bus delivers later
+        (tmp_path / "src" / "pkg4" / "a.ts").write_text("x")
+        (tmp_path / "node_modules" / "dep4" / "b.js").write_text("x")
+        await until(lambda: changed(published))
+        await quiet(0.4)
+        assert changed(published) == [["src/pkg4/a.ts"]]
+    finally:
+        await watcher.stopService()
+
+
+@linux_only
+@pytest_twisted.ensureDeferred
+async def test_lost_events_are_found_by_a_rescan_and_reported(tmp_path: Path) -> None:
+    """An inotify queue overflow: the changes made while events were being dropped
+    come back from a rescan, each once; the loss is published and in the health."""
+    from watchdog.events import EventsLostEvent
+
+    tree(tmp_path)
+    (tmp_path / "src" / "pkg1" / "kept.ts").write_text("same")
+    (tmp_path / "src" / "pkg1" / "edited.ts").write_text("before")
+    (tmp_path / "src" / "pkg1" / "removed.ts").write_text("x")
+    watcher, published = make(tmp_path, ignore=["node_modules/"])
+    watcher.startService()
+    try:
+        await until(lambda: watcher.status().get("running"))
+        (tmp_path / "src" / "pkg1" / "seen.ts").write_text("reported the usual way")
+        await until(lambda: changed(published))
+        # The kernel drops what happens next (the queue overflowed): nothing is routed.
+        routers = list(watcher._tree._routers.values())
+        saved = [r.handler for r in routers]
+        for router in routers:
+            router.handler = type("Dropped", (), {"dispatch": lambda self, event: None})()
+        (tmp_path / "src" / "pkg1" / "edited.ts").write_text("after, and longer")
+        (tmp_path / "src" / "pkg1" / "removed.ts").unlink()
+        (tmp_path / "src" / "pkg7" / "new.ts").write_text("x")
+        (tmp_path / "node_modules" / "dep1" / "ignored.js").write_text("x")
+        await quiet(0.3)
+        for router, handler in zip(routers, saved):
+            router.handler = handler
+        # watchdog then queues one EventsLostEvent for each watch of the observer.
+        for watch in list(watcher._tree._watches.values()):
+            watcher._observer.event_queue.put((EventsLostEvent(watch.path, is_directory=True), watch))
+        await until(lambda: any(e["topic"] == "file:events_lost" for e in published))
+        await until(lambda: len(changed(published)) == 2)
+        await quiet(0.5)
+        second = [e for e in published if e["topic"] == "file:changed"][1]
+        assert sorted((c["path"], c["kind"]) for c in second["changes"]) == [
+            ("src/pkg1/edited.ts", "modified"), ("src/pkg1/removed.ts", "deleted"), ("src/pkg7/new.ts", "created")]
+        assert len(changed(published)) == 2  # once, however many watches reported the loss
+        lost = [e for e in published if e["topic"] == "file:events_lost"]
+        assert lost[0]["recovered"] == 3
+        assert watcher.status()["events_lost"]["count"] == 1
+        issues = watcher.health_issues()
+        assert len(issues) == 1 and "dropped file events" in issues[0] and "3 change(s)" in issues[0]
     finally:
         await watcher.stopService()
