@@ -18,8 +18,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.internet.protocol import ServerFactory
@@ -330,9 +330,11 @@ class IpcFactory(ServerFactory):
 SOCKET_CHECK_SECONDS = 2.0
 
 
-class IpcServer(StreamServerEndpointService):
+class IpcServer(Service):
     """The listening socket: bound synchronously at start, so that when
-    `aiwg daemon start` returns, `ping` already answers.
+    `aiwg daemon start` returns, `ping` already answers. (A plain Service that
+    keeps its port: Twisted's StreamServerEndpointService would need its private
+    `_waitingForPort` and `_raiseSynchronously` for both.)
 
     A socket file deleted while the daemon runs (a cleaner of /tmp, an
     `rm -r .aiwg/daemon`) would leave it unreachable until a restart: it is
@@ -340,7 +342,6 @@ class IpcServer(StreamServerEndpointService):
 
     name = "ipc"
     log = Logger()
-    _raiseSynchronously = True
 
     def __init__(
         self, *, reactor: Any, socket_path: Path, pointer_file: Path | None, factory: IpcFactory
@@ -351,8 +352,9 @@ class IpcServer(StreamServerEndpointService):
         self._check: LoopingCall | None = None
         self.problem: str | None = None
         self.rebinds = 0
-        endpoint = UNIXServerEndpoint(OwnedSocketListener(reactor), str(socket_path), backlog=128, mode=0o600)
-        super().__init__(endpoint, factory)
+        self.endpoint = UNIXServerEndpoint(OwnedSocketListener(reactor), str(socket_path), backlog=128, mode=0o600)
+        self.factory = factory
+        self.port: Any = None
 
     @property
     def clients(self) -> int:
@@ -367,21 +369,22 @@ class IpcServer(StreamServerEndpointService):
                 os.unlink(self.socket_path)
         except FileNotFoundError:
             pass
-        super().privilegedStartService()
+        Service.privilegedStartService(self)
+        self.port = self._reactor_listen()  # raises here, so that start fails with the reason
         if self._pointer_file is not None:
             self._pointer_file.write_text(f"{self.socket_path}\n")
         self.log.info("listening on {path}", path=str(self.socket_path))
 
     def startService(self) -> None:
-        super().startService()
+        if self.port is None:
+            self.privilegedStartService()
+        Service.startService(self)
         self._check = LoopingCall(self.check_socket)
         self._check.clock = self._reactor
         self._check.start(SOCKET_CHECK_SECONDS, now=False)
 
     def _port(self) -> OwnedSocketPort | None:
-        waiting = self._waitingForPort
-        port = waiting.result if waiting is not None and waiting.called else None
-        return port if isinstance(port, OwnedSocketPort) else None
+        return self.port if isinstance(self.port, OwnedSocketPort) else None
 
     def check_socket(self) -> None:
         """Bind again if our socket file is gone; report (and leave alone) a file
@@ -402,7 +405,7 @@ class IpcServer(StreamServerEndpointService):
         except Exception as exc:
             self._report(f"socket {self.socket_path} was deleted and cannot be bound again: {exc}")
             return
-        self._waitingForPort = succeed(new)
+        self.port = new
         port.stopListening()  # it no longer owns the path: it leaves the new socket alone
         self.rebinds += 1
         self.log.warn("socket {path} was deleted while the daemon ran; listening on it again",
@@ -439,7 +442,7 @@ class IpcServer(StreamServerEndpointService):
 
     def abort_start(self) -> None:
         """A later service failed to start: close the socket now, not on a reactor turn."""
-        port = self._waitingForPort.result if self._waitingForPort is not None else None
+        port = self.port
         if port is not None and getattr(port, "socket", None) is not None:
             port.stopReading()
             port.socket.close()
@@ -464,7 +467,9 @@ class IpcServer(StreamServerEndpointService):
         if self._check is not None and self._check.running:
             self._check.stop()
         self._check = None
-        d = super().stopService()
+        Service.stopService(self)
+        port, self.port = self.port, None
+        d = maybeDeferred(port.stopListening) if port is not None else succeed(None)
 
         def close_clients(passthrough: Any) -> Any:
             for connection in list(self.factory.connections):

