@@ -19,7 +19,7 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
-from aiwg.daemon.spawning import SessionLeaderProcess, close_output_pipes
+from aiwg.daemon.spawning import close_output_pipes, spawn_session_leader
 
 #: Output kept per command (its end: where the verdict usually is).
 OUTPUT_LIMIT = 256 * 1024
@@ -136,10 +136,8 @@ class CommandRunner:
         devnull = -1
         try:
             devnull = os.open(os.devnull, os.O_RDONLY)
-            transport = SessionLeaderProcess(
-                self.reactor, executable, argv, dict(env), cwd, command, None, None,
-                {0: devnull, 1: "r", 2: "r"},
-            )
+            transport = spawn_session_leader(self.reactor, command, executable, argv, dict(env), cwd,
+                                             {0: devnull, 1: "r", 2: "r"})
         except Exception as exc:
             command.done.callback(CommandResult(exit_code=None, output="", duration=0.0,
                                                 error=f"could not start {argv[0]!r}: {exc}"))

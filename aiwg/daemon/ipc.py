@@ -11,7 +11,6 @@ the configured limit gets an error before the connection is closed.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import stat
@@ -23,10 +22,13 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succe
 from twisted.internet.endpoints import UNIXServerEndpoint
 from twisted.internet.task import LoopingCall
 from twisted.internet.protocol import ServerFactory
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from zope.interface import implementer
 from twisted.python.failure import Failure
 
+from aiwg import compat
 from aiwg.core import strictjson
 from aiwg.daemon.rpc import CallContext, MethodTable
 from aiwg.daemon.unixport import OwnedSocketListener, OwnedSocketPort
@@ -38,27 +40,27 @@ MAX_PENDING_OUTPUT = 8 * 1024 * 1024
 
 # ASCII output: a lone surrogate that arrived as a legal \ud800 escape goes back
 # out as an escape, not as bytes that are not UTF-8. No NaN/Infinity: not JSON.
-_encoder = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+_dumps = compat.compact_dumps()
 
 
-def _unserialisable(value: Any) -> Any:
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+@implementer(IPushProducer)
+class _Backlog:
+    """What a transport holds unsent, counted through Twisted's public flow control
+    (it pauses a streaming producer once its buffer is full): used only where the
+    transport's own queue cannot be read (compat transport-queue)."""
 
+    def __init__(self) -> None:
+        self.paused = False
+        self.bytes = 0
 
-try:  # the C encoder, built once (JSONEncoder.encode rebuilds it on every call)
-    from json.encoder import c_make_encoder, encode_basestring_ascii
+    def pauseProducing(self) -> None:
+        self.paused = True
 
-    _c_encode = c_make_encoder(
-        None, _unserialisable, encode_basestring_ascii, None, ":", ",", False, False, False
-    ) if c_make_encoder is not None else None
-except ImportError:  # pragma: no cover - CPython always has it
-    _c_encode = None
+    def resumeProducing(self) -> None:
+        self.paused, self.bytes = False, 0
 
-
-def _dumps(value: Any) -> str:
-    if _c_encode is None:
-        return _encoder.encode(value)
-    return "".join(_c_encode(value, 0))
+    def stopProducing(self) -> None:
+        self.paused = False
 
 
 _scan = strictjson.decoder.scan_once
@@ -99,12 +101,16 @@ class JsonRpcProtocol(LineReceiver):
         self.factory = factory
         self.context = CallContext(connection=self)
         self.subscriptions: list[Any] = []
+        self.backlog: _Backlog | None = None  # only where the transport queue cannot be read
         self.connected_at = 0.0
 
     # -- connection --------------------------------------------------------
 
     def connectionMade(self) -> None:
         self.factory.connections.add(self)
+        if not compat.TRANSPORT_QUEUE.works():
+            self.backlog = _Backlog()
+            self.transport.registerProducer(self.backlog, True)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.factory.connections.discard(self)
@@ -124,10 +130,10 @@ class JsonRpcProtocol(LineReceiver):
         why = LineReceiver.dataReceived(self, data)
         # The byte of room for a \r: an unfinished message past the limit that does
         # not end in one can only be too long, whatever comes next.
-        buffered = self._buffer
-        if len(buffered) > self.factory.max_line_bytes and not buffered.endswith(b"\r") and self.connected \
-                and not self.transport.disconnecting:
-            self._buffer = b""
+        buffered = compat.unfinished_line(self)
+        if buffered is not None and len(buffered) > self.factory.max_line_bytes and not buffered.endswith(b"\r") \
+                and self.connected and not self.transport.disconnecting:
+            compat.drop_unfinished_line(self)
             self.lineLengthExceeded(buffered)
         return why
 
@@ -262,7 +268,12 @@ class JsonRpcProtocol(LineReceiver):
         transport = self.transport
         if transport is None or getattr(transport, "disconnected", False):
             return
-        pending = len(getattr(transport, "dataBuffer", b"")) + getattr(transport, "_tempDataLen", 0)
+        pending = compat.queued_output(transport)
+        if pending is None:
+            backlog = self.backlog
+            if backlog is not None and backlog.paused:
+                backlog.bytes += len(data)
+            pending = backlog.bytes if backlog is not None else 0
         if pending > MAX_PENDING_OUTPUT:
             self.log.warn(
                 "closing a connection that does not read its replies ({pending} bytes unsent)",
@@ -276,8 +287,7 @@ class JsonRpcProtocol(LineReceiver):
         sock = getattr(transport, "socket", None)
         if (
             sock is not None
-            and not transport.dataBuffer
-            and not transport._tempDataBuffer
+            and compat.nothing_queued(transport)
             and not transport.disconnecting
             and transport.producer is None
         ):

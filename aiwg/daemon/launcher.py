@@ -17,9 +17,19 @@ import traceback
 from types import SimpleNamespace
 from typing import Any, Callable
 
-from twisted.scripts._twistd_unix import ServerOptions, UnixApplicationRunner
+from twisted.scripts.twistd import ServerOptions, runApp
 
+from aiwg import compat
 from aiwg.paths import ProjectPaths
+
+try:
+    # twistd's Unix runner lives in a private module; _Runner overrides two of its
+    # methods (aiwg/compat.py: twistd-runner). When they stop behaving as expected,
+    # `aiwg daemon start` runs twistd as a child process instead, and the
+    # foreground daemon runs through twistd's public runApp.
+    from twisted.scripts._twistd_unix import UnixApplicationRunner
+except ImportError:  # pragma: no cover - the check reports it
+    UnixApplicationRunner = object  # type: ignore[assignment, misc]
 
 #: How long the waiting parent waits for the daemon to report start-up.
 START_REPORT_TIMEOUT = 60.0
@@ -91,8 +101,117 @@ def run(
     (the waiting parent exits from inside twistd with on_report's code).
     Foreground: returns when the daemon stops; raises if it cannot start."""
     options = _Options()
-    options.parseOptions(twistd_argv(paths, config, foreground))
+    argv = twistd_argv(paths, config, foreground)
+    options.parseOptions(argv)
+    if foreground:
+        if compat.TWISTD_RUNNER.works():
+            _Runner(options).run()  # as runApp, but a stop by signal exits 0
+        else:
+            runApp(options)  # twistd's public entry; a stop by SIGTERM exits by that signal
+        return 0
+    if not compat.TWISTD_RUNNER.works():
+        import sys
+
+        sys.stderr.write(f"aiwg: warning: {compat.TWISTD_RUNNER.problem}: running twistd as a child process\n")
+        _run_twistd_child(argv, on_report)
     runner = _Runner(options)
     runner.on_report = on_report  # type: ignore[method-assign]
     runner.run()
     return 0
+
+
+def _run_twistd_child(argv: list[str], on_report: Callable[[bool, str], int]) -> None:
+    """The public way: twistd as a child process, which waits for the daemon's
+    report itself (cut to 100 bytes, on its stderr). Exits this process with
+    on_report's code."""
+    import subprocess
+    import sys
+
+    code = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+    done = subprocess.run([sys.executable, "-c", code, *argv], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True)
+    if done.returncode == 0:
+        status = on_report(True, "")
+    else:
+        text = " ".join((done.stderr or done.stdout).split())
+        status = on_report(False, text or f"twistd exited with status {done.returncode}")
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        if stream is not None:
+            stream.flush()
+    os._exit(status)
+
+
+class _Exited(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"os._exit({code})")
+        self.code = code
+
+
+def check_runner() -> None:
+    """Prove, without forking, that twistd's runner still calls the two methods
+    _Runner overrides: the waiting parent's exit code comes from _waitForStart,
+    and a failed start is reported through _formatChildException. os.fork,
+    os._exit and startApplication are stood in for while it runs (the CLI is
+    single-threaded here). Raises compat.HookBroken."""
+    options = _Options()
+    options.parseOptions(["--pidfile=", "--nodaemon", "aiwg"])
+    runner = _Runner(options)
+    seen: dict[str, Any] = {}
+
+    def wait_for_start(read_pipe: int) -> int:
+        seen["waited"] = read_pipe
+        return 7
+
+    def exit_(code: int) -> None:
+        raise _Exited(code)
+
+    pipes: list[int] = []
+    real_pipe, real_fork, real_exit = os.pipe, os.fork, os._exit
+
+    def pipe() -> tuple[int, int]:
+        r, w = real_pipe()
+        pipes.extend((r, w))
+        os.write(w, b"0")  # whatever reads the report finds one: nothing blocks
+        return r, w
+
+    runner._waitForStart = wait_for_start  # type: ignore[method-assign]
+    os.pipe, os.fork, os._exit = pipe, (lambda: 4242), exit_  # type: ignore[assignment]
+    try:
+        try:
+            runner.daemonize(object())
+        except _Exited as exited:
+            compat.expect(exited.code == 7 and "waited" in seen,
+                          f"the waiting parent exited with {exited.code}, not _waitForStart's 7")
+        else:
+            raise compat.HookBroken("daemonize returned in the parent instead of exiting")
+    finally:
+        os.pipe, os.fork, os._exit = real_pipe, real_fork, real_exit
+        for fd in pipes:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    r, w = os.pipe()
+    try:
+        runner.config["statusPipe"] = w
+        runner.application = None
+        runner.removePID = lambda pidfile: None  # type: ignore[method-assign]
+
+        def fail_to_start(application: Any) -> None:
+            raise ValueError("x" * 300)
+
+        runner.startApplication = fail_to_start  # type: ignore[method-assign]
+        try:
+            runner.postApplication()
+        except ValueError:
+            pass
+        report = os.read(r, 65536)
+        compat.expect(report.startswith(b"1 ValueError: ") and len(report) > 200,
+                      f"a failed start reported {report[:40]!r}... ({len(report)} bytes), "
+                      "not through _formatChildException")
+    finally:
+        os.close(r)
+        try:
+            os.close(w)
+        except OSError:
+            pass  # postApplication closes it

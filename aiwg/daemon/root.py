@@ -23,7 +23,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger, globalLogPublisher
 
-from aiwg import __version__, instance
+from aiwg import __version__, compat, instance
 from aiwg.configfile import load_config
 from aiwg.core.config import Config
 from aiwg.core.loops import spec_from_action
@@ -115,6 +115,8 @@ class DaemonService(MultiService):
         )
         for warning in self.config.warnings:
             self.log.warn("config {source}: {warning}", source=self.config.source, warning=warning)
+        for problem in compat.check():  # checked by behaviour, before anything uses them
+            self.log.warn("dependency hook not in use: {problem}", problem=problem)
 
     def startService(self) -> None:
         self.restart_count = self._previous_restart_count()
@@ -305,6 +307,7 @@ class DaemonService(MultiService):
         issues = [issue for _, found in child_issues for issue in found]
         if disk_problem:
             issues.append(disk_problem)
+        issues += [f"dependency hook not in use: {problem}" for problem in compat.degraded()]
         return {
             "status": "degraded" if issues else "healthy",
             "last_check": iso_utc(self.now()),
@@ -396,6 +399,7 @@ class DaemonService(MultiService):
             "published": self.bus.published,
             "subscribers": self.bus.subscriber_count,
         }
+        subsystems["compat"] = compat.status()
         for absent in ("supervisor", "file_watcher", "scheduler", "automation", "messaging"):
             subsystems.setdefault(absent, {"enabled": False})
         return subsystems

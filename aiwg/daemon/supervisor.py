@@ -42,7 +42,7 @@ from aiwg.daemon.bus import EventBus
 from aiwg.daemon.commands import CommandRunner
 from aiwg.daemon.loop_runner import LoopRunner
 from aiwg.daemon.logs import iso_utc, parse_iso
-from aiwg.daemon.spawning import SessionLeaderProcess, close_output_pipes
+from aiwg.daemon.spawning import close_output_pipes, spawn_session_leader
 from aiwg.daemon.store import DuplicateTask, TaskStore
 from aiwg.errors import SHUTTING_DOWN, RpcError
 
@@ -530,7 +530,7 @@ class Supervisor(Service):
         self, protocol: Any, executable: str, argv: list[str], env: dict[str, str], path: str,
         child_fds: dict[int, Any],
     ) -> Any:
-        return SessionLeaderProcess(self.reactor, executable, argv, env, path, protocol, None, None, child_fds)
+        return spawn_session_leader(self.reactor, protocol, executable, argv, env, path, child_fds)
 
     def _become_subreaper(self) -> bool:
         """Linux: orphans of our agents (even ones that left their process group with

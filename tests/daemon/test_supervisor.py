@@ -19,7 +19,8 @@ from aiwg.core.tasks import TaskState
 from aiwg.daemon.bus import EventBus
 from aiwg.daemon.store import TaskStore
 from aiwg.daemon import supervisor as supervisor_module
-from aiwg.daemon.supervisor import SessionLeaderProcess, StartTimes, Supervisor, SupervisorSettings, process_start_time
+from aiwg.daemon.spawning import SessionLeaderProcess
+from aiwg.daemon.supervisor import StartTimes, Supervisor, SupervisorSettings, process_start_time
 from tests.daemon.test_store import Delivered
 from tests.fakes.process_reactor import FakeProcessReactor
 
