@@ -47,19 +47,28 @@ class AgentResult:
     subtype: str | None = None
 
 
+#: Linux's limit on one argv element (MAX_ARG_STRLEN, 32 pages), its NUL included.
+MAX_ARGUMENT_BYTES = 128 * 1024
+
+
 def build_argv(settings: AgentSettings, prompt: str, agent: str | None = None,
                resume: str | None = None) -> list[str]:
-    """The command line for one run: `{prompt}` replaced, extra args appended, and
-    `--resume <session>` when a chat turn continues an agent session."""
+    """The command line for one run: the template's options, extra args, `--agent`,
+    `--resume <session>` when a chat turn continues an agent session, and the prompt.
+
+    A prompt is never read as an option, whoever wrote it (a chat user, a rule, a
+    file name): a `{prompt}` element of its own, or none in the template, puts it
+    last, after `--`, which ends the options for every common parser (Claude Code's,
+    codex's, argparse, yargs); a `{prompt}` inside an element (`--message={prompt}`)
+    is that option's value, whatever it starts with."""
     argv: list[str] = []
-    placed = False
+    embedded = False
     for part in settings.command:
         if part == "{prompt}":
-            argv.append(prompt)
-            placed = True
-        elif "{prompt}" in part:
+            continue
+        if "{prompt}" in part:
             argv.append(part.replace("{prompt}", prompt))
-            placed = True
+            embedded = True
         else:
             argv.append(part)
     argv.extend(settings.args)
@@ -67,9 +76,29 @@ def build_argv(settings: AgentSettings, prompt: str, agent: str | None = None,
         argv.extend(["--agent", agent])
     if resume:
         argv.extend(["--resume", resume])
-    if not placed:
-        argv.append(prompt)
+    if not embedded:
+        argv.extend(["--", prompt])
     return argv
+
+
+def argument_bytes(text: str) -> int:
+    """How many bytes `text` takes as one argv element (with its NUL)."""
+    try:
+        return len(text.encode("utf-8", "surrogateescape")) + 1
+    except UnicodeEncodeError:
+        return len(text.encode("utf-8", "surrogatepass")) + 1
+
+
+def prompt_problem(settings: AgentSettings, prompt: str) -> str | None:
+    """Why this prompt cannot be given to the agent (None: it can): checked when a
+    task is submitted, so that it is refused then rather than failed at spawn."""
+    template = next((part for part in settings.command if "{prompt}" in part and part != "{prompt}"), "{prompt}")
+    size = argument_bytes(template.replace("{prompt}", prompt))
+    if size > MAX_ARGUMENT_BYTES:
+        return (f"the prompt is {size - 1:,} bytes; one command-line argument holds at most "
+                f"{MAX_ARGUMENT_BYTES - 1:,} bytes (128 KiB) on Linux: shorten it, or put the text in a file "
+                "and name the file in the prompt")
+    return None
 
 
 def expand(template: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:

@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from aiwg import procfs
 from aiwg.core import agents
 from aiwg.core.config import Config
-from aiwg.core.loops import LOOP_KEY, LoopProgress, LoopSpec, loop_metadata
+from aiwg.core.loops import CHECK_TAIL_CHARS, LOOP_KEY, LoopProgress, LoopSpec, iteration_prompt, loop_metadata
 from aiwg.core.messaging import SECRET_KEYS
 from aiwg.core.tasks import INTERRUPTED, OUTPUT_TAIL_BYTES, RunQueue, Task, TaskState, make_task_id
 from aiwg.core.text import utf8_safe
@@ -44,7 +44,7 @@ from aiwg.daemon.loop_runner import LoopRunner
 from aiwg.daemon.logs import iso_utc, parse_iso
 from aiwg.daemon.spawning import close_output_pipes, spawn_session_leader
 from aiwg.daemon.store import DuplicateTask, TaskStore
-from aiwg.errors import SHUTTING_DOWN, RpcError
+from aiwg.errors import SHUTTING_DOWN, InvalidParams, RpcError
 
 #: Metadata key holding a task's own environment templates (never shown with values).
 ENV_KEY = "_env"
@@ -620,6 +620,15 @@ class Supervisor(Service):
         if not self._accepting:
             raise RpcError(SHUTTING_DOWN, "Supervisor is shutting down")
         prompt = utf8_safe(prompt)  # what the agent gets is what the store keeps
+        problem = agents.prompt_problem(self.settings.agent, prompt)
+        if problem is None and loop is not None:  # later iterations add the end of the check's output
+            longest = iteration_prompt(prompt, loop.max_iterations, loop, "\U0001f600" * (CHECK_TAIL_CHARS + 1), 1)
+            if agents.prompt_problem(self.settings.agent, longest) is not None:
+                problem = ("with the end of the check's output that a later iteration adds (up to "
+                           f"{CHECK_TAIL_CHARS:,} characters), the prompt would not fit in one command-line "
+                           f"argument ({agents.MAX_ARGUMENT_BYTES - 1:,} bytes on Linux): shorten it")
+        if problem is not None:
+            raise InvalidParams(f"Invalid params: prompt: {problem}", {"param": "prompt"})
         metadata = dict(metadata or {})
         if loop is not None:
             metadata[LOOP_KEY] = loop_metadata(loop, LoopProgress())

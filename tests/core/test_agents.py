@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
+
+import pytest
 
 from aiwg.core.agents import (
+    MAX_ARGUMENT_BYTES,
     AgentSettings,
     build_argv,
+    prompt_problem,
     child_env,
     parse_result,
     redact,
@@ -15,18 +21,81 @@ from aiwg.core.agents import (
 )
 
 
-def test_default_argv_keeps_the_prompt_as_one_element() -> None:
+def test_default_argv_keeps_the_prompt_as_one_element_after_the_options() -> None:
     prompt = "fix it; rm -rf / $(id)\nnow"
-    assert build_argv(AgentSettings(), prompt) == ["claude", "-p", prompt, "--output-format", "json"]
+    assert build_argv(AgentSettings(), prompt) == ["claude", "-p", "--output-format", "json", "--", prompt]
 
 
 def test_templates_args_and_agent() -> None:
     codex = AgentSettings(command=("codex", "exec", "{prompt}"), args=("--sandbox", "workspace-write"), output="text")
-    assert build_argv(codex, "hi") == ["codex", "exec", "hi", "--sandbox", "workspace-write"]
+    assert build_argv(codex, "hi") == ["codex", "exec", "--sandbox", "workspace-write", "--", "hi"]
     aider = AgentSettings(command=("aider", "--message={prompt}", "--yes"))
     assert build_argv(aider, "x y") == ["aider", "--message=x y", "--yes"]
-    assert build_argv(AgentSettings(command=("tool",)), "p") == ["tool", "p"]
-    assert build_argv(AgentSettings(), "p", agent="reviewer")[-2:] == ["--agent", "reviewer"]
+    assert build_argv(AgentSettings(command=("tool",)), "p") == ["tool", "--", "p"]
+    assert build_argv(AgentSettings(), "p", agent="reviewer")[-4:] == ["--agent", "reviewer", "--", "p"]
+    assert build_argv(AgentSettings(), "p", resume="s-1")[-4:] == ["--resume", "s-1", "--", "p"]
+
+
+def _parser(options: dict[str, bool], prompt_option: str | None = None) -> argparse.ArgumentParser:
+    """A model of an agent CLI's parser: `options` maps each option to whether it takes
+    a value; the prompt is `prompt_option`'s value, or the positional argument.
+    argparse treats `--` and `--opt=value` as commander (claude), clap (codex),
+    yargs (gemini) and argparse (aider) do."""
+    parser = argparse.ArgumentParser(exit_on_error=False, add_help=False)
+    for option, takes_value in options.items():
+        parser.add_argument(option, **({} if takes_value else {"action": "store_true"}))
+    if prompt_option is None:
+        parser.add_argument("prompt", nargs="?")
+    return parser
+
+
+#: The templates docs/configuration.md documents, with a model of each CLI's options.
+DOCUMENTED = {
+    "claude": (AgentSettings(), {"-p": False, "--output-format": True, "--dangerously-skip-permissions": False,
+                                 "--agent": True, "--resume": True}, None),
+    "codex": (AgentSettings(command=("codex", "exec", "{prompt}"), args=("--sandbox", "workspace-write"),
+                            output="text"), {"exec": False, "--sandbox": True, "--dangerously-skip-permissions": False},
+              None),
+    "gemini": (AgentSettings(command=("gemini", "--prompt={prompt}"), args=("--approval-mode=yolo",), output="text"),
+               {"--prompt": True, "--approval-mode": True, "--yolo": False}, "--prompt"),
+    "aider": (AgentSettings(command=("aider", "--message={prompt}"), args=("--yes-always", "--no-auto-commits"),
+                            output="text"), {"--message": True, "--yes-always": False, "--no-auto-commits": False},
+              "--message"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED))
+# (A prompt of exactly "--" is left out: argparse, aider's parser, drops that value.)
+@pytest.mark.parametrize("prompt", ["--dangerously-skip-permissions", "-p", "--yolo", "-- --sandbox x", "-"])
+def test_a_prompt_that_looks_like_an_option_is_read_as_the_prompt(name: str, prompt: str) -> None:
+    settings, options, prompt_option = DOCUMENTED[name]
+    argv = build_argv(settings, prompt)
+    program, *rest = argv
+    if name == "codex":
+        rest = rest[1:]  # the subcommand
+        options = {k: v for k, v in options.items() if k != "exec"}
+    parsed = vars(_parser(options, prompt_option).parse_args(rest))
+    got = parsed[prompt_option.lstrip("-")] if prompt_option else parsed["prompt"]
+    assert got == prompt
+    assert not parsed.get("dangerously_skip_permissions") and not parsed.get("yolo")
+
+
+def test_the_documented_templates_are_the_ones_tested() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    for name, (settings, _, _) in DOCUMENTED.items():
+        if name == "claude":
+            continue
+        assert json.dumps(list(settings.command)) in docs, f"{name}'s template in docs/configuration.md changed"
+
+
+def test_a_prompt_over_one_argument_is_refused_with_the_limit() -> None:
+    assert prompt_problem(AgentSettings(), "x" * (MAX_ARGUMENT_BYTES - 1)) is None
+    problem = prompt_problem(AgentSettings(), "x" * MAX_ARGUMENT_BYTES)
+    assert problem is not None and "131,071 bytes (128 KiB)" in problem and "131,072 bytes" in problem
+    # Multi-byte text counts in bytes, and an embedded template counts its own text too.
+    assert prompt_problem(AgentSettings(), "é" * 65536) is not None
+    aider = AgentSettings(command=("aider", "--message={prompt}"))
+    assert prompt_problem(aider, "x" * (MAX_ARGUMENT_BYTES - 5)) is not None
 
 
 def test_child_env_drops_nesting_guards_and_expands_vars() -> None:

@@ -63,7 +63,7 @@ def test_each_timeout_fires_at_its_minute(tmp_path: Path) -> None:
     assert record["check"]["timedOut"] is True and record["outcome"] == "continue"
     assert f"task:iteration {task.id}" in topics
     second = reactor.spawned[2]
-    assert "did not finish" in second.args[2]
+    assert "did not finish" in second.args[-1]
     reactor.advance(59.9)
     assert reactor.signals[-1] == (check.pid, signal.SIGTERM)
     reactor.advance(0.1)  # 4 minutes in all since the start: the loop's own timeout
@@ -91,7 +91,7 @@ def test_a_loop_holds_its_slot_from_first_iteration_to_last(tmp_path: Path) -> N
     reactor.advance(0)
     final = supervisor.store.get(looping.id)
     assert final.state == TaskState.COMPLETED and final.cost_usd == 0.5
-    assert reactor.spawned[2].args[2] == "other"  # now the slot is free
+    assert reactor.spawned[2].args[-1] == "other"  # now the slot is free
     supervisor.stopService()
 
 

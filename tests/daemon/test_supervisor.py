@@ -67,7 +67,7 @@ def test_spawn_uses_setsid_devnull_project_cwd_and_a_clean_env(tmp_path: Path) -
     supervisor, reactor, _ = make(tmp_path)
     task = supervisor.submit("hello; $(x)")
     [process] = reactor.spawned
-    assert process.args == [sys.executable, "-p", "hello; $(x)"]
+    assert process.args == [sys.executable, "-p", "--", "hello; $(x)"]
     assert process.executable == sys.executable
     assert process.path == str(tmp_path)
     assert isinstance(process.child_fds[0], int) and process.child_fds[1] == "r" and process.child_fds[2] == "r"

@@ -89,8 +89,9 @@ def test_agent_runs_in_project_root_with_devnull_stdin_own_group_and_clean_env(p
         "$(touch /tmp/aiwg-pwned) `id` ; rm -rf / && echo | cat",
         "naïve café — 日本語 ✓ 🚀",
         "--looks-like-a-flag",
+        "--dangerously-skip-permissions",
     ],
-    ids=["quotes", "newlines", "shell-metacharacters", "non-ascii", "leading-dashes"],
+    ids=["quotes", "newlines", "shell-metacharacters", "non-ascii", "leading-dashes", "an-agent-option"],
 )
 def test_prompts_reach_argv_unchanged(project: Project, prompt: str) -> None:
     configure(project)
@@ -98,8 +99,23 @@ def test_prompts_reach_argv_unchanged(project: Project, prompt: str) -> None:
     task_id = submit(project, prompt)
     wait_state(project, task_id, "completed", "failed")
     [run] = project.fake.runs()
-    assert run["argv"][run["argv"].index("-p") + 1] == prompt
+    # After every option and `--`: the agent reads it as the prompt, never as an option.
+    assert run["argv"][1:] == ["-p", "--output-format", "json", "--", prompt]
+    assert run["prompt"] == prompt
     assert not Path("/tmp/aiwg-pwned").exists()
+
+
+def test_a_prompt_longer_than_one_argument_is_refused_and_leaves_no_task(project: Project) -> None:
+    configure(project)
+    project.start()
+    with project.client() as client:
+        with pytest.raises(RpcError) as refused:
+            client.call("task.submit", prompt="x" * 200 * 1024)
+        assert refused.value.code == INVALID_PARAMS
+        assert "204,800 bytes" in refused.value.message and "131,071 bytes (128 KiB)" in refused.value.message
+        stats = client.call("task.stats")
+        assert client.call("task.list") == [] and stats.get("queued", 0) == 0
+    assert project.fake.runs() == []
 
 
 def test_priority_then_fifo_with_one_slot(project: Project) -> None:

@@ -2,7 +2,7 @@
 
 It records how it was run (argv, cwd, env, process group, whether stdin is
 /dev/null) to $FAKE_CLAUDE_RECORDS/<pid>.json, then obeys directives found in
-the prompt (the argument after -p):
+the prompt (after `--`, or the argument after -p):
 
   @sleep:S        sleep S seconds (in small steps, so signals land promptly)
   @exit:N         exit with status N
@@ -38,7 +38,11 @@ def main() -> int:
     argv = sys.argv[1:]
     records = os.environ.get("FAKE_CLAUDE_RECORDS", "/tmp")
     prompt = ""
-    if "-p" in argv:
+    if "--" in argv:  # what ends the options, as for the real CLI's parser
+        index = argv.index("--")
+        prompt = " ".join(argv[index + 1:])
+        argv = argv[:index]
+    elif "-p" in argv:
         index = argv.index("-p")
         if index + 1 < len(argv):
             prompt = argv[index + 1]
