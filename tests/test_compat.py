@@ -109,6 +109,22 @@ def test_transport_queue_renamed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert compat.nothing_queued(object()) is False  # never send around a queue we cannot see
 
 
+def test_session_spawn_check_with_a_child_that_ends_before_it_is_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Twisted reaps a child that has already exited when it registers it: the
+    check must take the exit status from there (it once failed the hook for it)."""
+    real = os.posix_spawnp
+
+    def spawn_and_let_it_end(*args: Any, **kwargs: Any) -> int:
+        pid = real(*args, **kwargs)
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # ended, still to be reaped
+        return pid
+
+    monkeypatch.setattr(os, "posix_spawnp", spawn_and_let_it_end)
+    from aiwg.daemon.spawning import check_session_leader
+
+    check_session_leader(os.getcwd())
+
+
 def test_session_spawn_helpers_removed(monkeypatch: pytest.MonkeyPatch) -> None:
     from twisted.internet import process
 

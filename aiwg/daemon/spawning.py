@@ -119,22 +119,33 @@ class _Writers:
         pass
 
 
+class _Outcome(ProcessProtocol):
+    code: int | None = None
+
+    def processEnded(self, reason: Any) -> None:
+        self.code = reason.value.exitCode
+
+
 def check_session_leader(cwd: str) -> None:
     """Start a shell through SessionLeaderProcess in `cwd` and wait for it (a few
     milliseconds, on the calling thread): it exits 0 only if it leads its own
     process group. Raises compat.HookBroken otherwise."""
     shell = shutil.which("sh") or "/bin/sh"
+    outcome = _Outcome()
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
-        child = SessionLeaderProcess(_Writers(), shell, ["sh", "-c", "kill -0 -$$"], {}, cwd, ProcessProtocol(),
+        child = SessionLeaderProcess(_Writers(), shell, ["sh", "-c", "kill -0 -$$"], {}, cwd, outcome,
                                      None, None, {0: devnull, 1: devnull, 2: devnull})
     finally:
         os.close(devnull)
     pid = child.pid if child.pid is not None else getattr(child, "spawned_pid", None)
     compat.expect(pid is not None, "no pid for the spawned child")
-    process.unregisterReapProcessHandler(pid, child)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+    if process.reapProcessHandlers.get(pid) is child:  # not reaped while it was being registered
+        process.unregisterReapProcessHandler(pid, child)
+        _, status = os.waitpid(pid, 0)
+        code: int | None = os.waitstatus_to_exitcode(status)
+    else:
+        code = outcome.code
     way = "posix_spawn" if os.path.abspath(cwd) == os.path.abspath(".") else "fork"
     compat.expect(code == 0, f"a child started by {way} does not lead its own process group (exit {code})")
 
