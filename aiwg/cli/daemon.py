@@ -540,12 +540,13 @@ def reload(ctx: Context) -> None:
         if result.get("errors"):
             sys.exit(EXIT_FAILURE)
         return
+    if result.get("errors"):
+        fail("reload not applied, the daemon keeps its running configuration (see the daemon log): "
+             + "; ".join(result["errors"]), EXIT_FAILURE)
     changed = ", ".join(result.get("changed", [])) or "nothing changed"
     click.echo(f"configuration reloaded: {changed}")
     for warning in result.get("warnings", []):
         click.echo(f"aiwg: warning: {warning}", err=True)
-    if result.get("errors"):
-        fail("not applied (see the daemon log): " + "; ".join(result["errors"]), EXIT_FAILURE)
 
 
 # -- logs --------------------------------------------------------------------

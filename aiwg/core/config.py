@@ -114,6 +114,34 @@ class Config:
         return changed
 
 
+#: Environment variable names whose literal values in a config file are secrets.
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|PRIVATE_?KEY|CREDENTIAL", re.IGNORECASE)
+
+
+def literal_secrets(data: Mapping[str, Any]) -> list[str]:
+    """Key paths of secrets written literally in a configuration (not `${VAR}`):
+    the messaging bridges' tokens and webhook URLs, and env entries named like a
+    secret (`API_KEY`, `GITHUB_TOKEN`) in `agent.env`, `actions` and rule actions."""
+    from aiwg.core.messaging import SECRET_KEYS
+
+    def literal(value: Any) -> bool:
+        return isinstance(value, str) and bool(value) and "${" not in value
+
+    found = []
+    for platform, section in (data.get("messaging") or {}).items():
+        if isinstance(section, Mapping):
+            found += [f"messaging.{platform}.{key}" for key in SECRET_KEYS if literal(section.get(key))]
+    envs: list[tuple[str, Any]] = [("agent.env", (data.get("agent") or {}).get("env"))]
+    envs += [(f"actions.{name}.env", (action or {}).get("env")) for name, action in (data.get("actions") or {}).items()
+             if isinstance(action, Mapping)]
+    envs += [(f"rules[{index}].action.env", ((rule or {}).get("action") or {}).get("env"))
+             for index, rule in enumerate(data.get("rules") or []) if isinstance(rule, Mapping)]
+    for where, env in envs:
+        if isinstance(env, Mapping):
+            found += [f"{where}.{name}" for name, value in env.items() if _SECRET_NAME.search(name) and literal(value)]
+    return found
+
+
 def defaults() -> dict[str, Any]:
     """The configuration a project gets with no daemon.json at all."""
     filled = _fill_defaults(schema(), {})

@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger, globalLogPublisher
 
 from aiwg import __version__, compat, instance
-from aiwg.configfile import load_config
+from aiwg.configfile import exposure, load_config
 from aiwg.core.config import Config
 from aiwg.core.loops import spec_from_action
 from aiwg.daemon.bus import EventBus
@@ -232,21 +232,22 @@ class DaemonService(MultiService):
             self.bus.publish("daemon:reload_failed", {"problems": exc.problems})
             raise RpcError(CONFIG_INVALID, str(exc), {"problems": exc.problems}) from None
         changed = new.changed_sections(self.config)
-        self.config = new
+        previous = self.config
+        errors, applied = self._apply_everywhere(new)
+        if errors:
+            # All or nothing: what applied goes back to the running configuration,
+            # which stays in force with its hash.
+            self.log.error("reload not applied ({errors}); going back to the running configuration",
+                           errors="; ".join(errors))
+            undone, _ = self._apply_everywhere(previous, only=applied)
+            for problem in undone:
+                self.log.error("reload: could not go back to the running configuration: {problem}",
+                               problem=problem)
+            self.bus.publish("daemon:reload_failed", {"problems": errors})
+            return {"reloaded": False, "changed": [], "warnings": list(new.warnings),
+                    "config_hash": previous.digest, "errors": errors}
         for warning in new.warnings:
             self.log.warn("config {source}: {warning}", source=new.source, warning=warning)
-        if self._observer is not None and hasattr(self._observer, "apply"):
-            self._observer.apply(new.daemon.log)
-        errors = []
-        for child in self:
-            # Validated above, so this is a bug; one subsystem's must not keep the
-            # others on the old settings, nor fail the reload without saying which.
-            try:
-                _call(child, "apply_config", new, None)
-            except Exception as exc:
-                self.log.failure("reload: {name} could not apply the new configuration and keeps its "
-                                 "previous settings", name=child.name)
-                errors.append(f"{child.name}: {exc}")
         self.reloads += 1
         self.log.info(
             "configuration reloaded from {source}; changed: {changed}",
@@ -254,15 +255,31 @@ class DaemonService(MultiService):
             changed=", ".join(changed) or "nothing",
         )
         self.bus.publish("daemon:reloaded", {"changed": changed, "config_hash": new.digest})
-        result = {
+        return {
             "reloaded": True,
             "changed": changed,
             "warnings": list(new.warnings),
             "config_hash": new.digest,
         }
-        if errors:
-            result["errors"] = errors
-        return result
+
+    def _apply_everywhere(self, config: Config, only: list[Any] | None = None) -> tuple[list[str], list[Any]]:
+        """Apply `config` to the log and every child (or the children in `only`);
+        returns the failures, named, and the children that applied it. Validated
+        beforehand, so a failure is a bug: it is logged with its traceback."""
+        self.config = config
+        if self._observer is not None and hasattr(self._observer, "apply"):
+            self._observer.apply(config.daemon.log)
+        errors: list[str] = []
+        applied: list[Any] = []
+        for child in (only if only is not None else list(self)):
+            try:
+                _call(child, "apply_config", config, None)
+            except Exception as exc:
+                self.log.failure("reload: {name} could not apply the configuration", name=child.name)
+                errors.append(f"{child.name}: {exc}")
+            else:
+                applied.append(child)
+        return errors, applied
 
     # -- logging -----------------------------------------------------------
 
@@ -308,6 +325,9 @@ class DaemonService(MultiService):
         if disk_problem:
             issues.append(disk_problem)
         issues += [f"dependency hook not in use: {problem}" for problem in compat.degraded()]
+        exposed = exposure(self.config)  # looked at anew: a chmod clears it
+        if exposed is not None:
+            issues.append(exposed)
         return {
             "status": "degraded" if issues else "healthy",
             "last_check": iso_utc(self.now()),

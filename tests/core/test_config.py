@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from typing import Any, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,17 +71,17 @@ def test_the_guides_example_config_is_valid() -> None:
 
 def test_error_names_key_path_constraint_and_value() -> None:
     assert problems({"daemon": {"max_parallel_actions": "three"}}) == [
-        "daemon.max_parallel_actions: must be an integer ≥ 1, got 'three'"
+        "daemon.max_parallel_actions: must be an integer ≥ 1 and ≤ 256, got 'three'"
     ]
 
 
 @pytest.mark.parametrize(
     "document, expected",
     [
-        ({"daemon": {"max_parallel_actions": 0}}, "daemon.max_parallel_actions: must be an integer ≥ 1, got 0"),
-        ({"daemon": {"max_parallel_actions": 2.5}}, "daemon.max_parallel_actions: must be an integer ≥ 1, got 2.5"),
-        ({"daemon": {"max_parallel_actions": True}}, "daemon.max_parallel_actions: must be an integer ≥ 1, got true"),
-        ({"daemon": {"heartbeat_interval_seconds": 0}}, "daemon.heartbeat_interval_seconds: must be a number > 0 and ≤ 86400, got 0"),
+        ({"daemon": {"max_parallel_actions": 0}}, "daemon.max_parallel_actions: must be an integer ≥ 1 and ≤ 256, got 0"),
+        ({"daemon": {"max_parallel_actions": 2.5}}, "daemon.max_parallel_actions: must be an integer ≥ 1 and ≤ 256, got 2.5"),
+        ({"daemon": {"max_parallel_actions": True}}, "daemon.max_parallel_actions: must be an integer ≥ 1 and ≤ 256, got true"),
+        ({"daemon": {"heartbeat_interval_seconds": 0}}, "daemon.heartbeat_interval_seconds: must be a number ≥ 1 and ≤ 86400, got 0"),
         ({"daemon": {"log": {"level": "loud"}}}, 'daemon.log.level: must be one of "debug", "info", "warn", "error", got \'loud\''),
         ({"daemon": {"log": {"max_files": 0}}}, "daemon.log.max_files: must be an integer ≥ 1 and ≤ 1000, got 0"),
         ({"watch": {"enabled": "yes"}}, "watch.enabled: must be true or false, got 'yes'"),
@@ -323,3 +325,98 @@ def test_a_mistyped_secret_is_named_but_never_shown() -> None:
         config.validate({"messaging": {"telegram": {"bot_token": 123456789}}}, "daemon.json")
     [problem] = caught.value.problems
     assert problem.startswith("messaging.telegram.bot_token: must be a string") and "123456789" not in problem
+
+
+# -- every number is bounded, and the docs say the same bounds -----------------------
+
+def _numbers(node: Any, path: str = "") -> Iterator[tuple[str, dict]]:
+    if isinstance(node, dict):
+        kind = node.get("type")
+        if kind in ("number", "integer"):
+            yield path, node
+        for key, value in node.items():
+            yield from _numbers(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _numbers(value, f"{path}/{index}")
+
+
+def test_every_number_in_the_schema_has_a_minimum_and_a_maximum() -> None:
+    from aiwg.core.config import schema
+
+    unbounded = [path for path, node in _numbers(schema())
+                 if "maximum" not in node or not ({"minimum", "exclusiveMinimum"} & node.keys())]
+    assert unbounded == []
+
+
+@pytest.mark.parametrize("document, key", [
+    ({"daemon": {"heartbeat_interval_seconds": 1e-300}}, "daemon.heartbeat_interval_seconds"),
+    ({"daemon": {"task_output_max_mb": 1e308}}, "daemon.task_output_max_mb"),
+    ({"daemon": {"ipc": {"max_line_bytes": 1e20}}}, "daemon.ipc.max_line_bytes"),
+    ({"daemon": {"max_parallel_actions": 10**9}}, "daemon.max_parallel_actions"),
+    ({"watch": {"debounce_ms": 10**12}}, "watch.debounce_ms"),
+    ({"chat": {"max_turns": 10**12}}, "chat.max_turns"),
+])
+def test_absurd_numbers_are_refused_naming_the_key(document: dict, key: str) -> None:
+    found = problems(document)
+    assert len(found) == 1 and found[0].startswith(f"{key}: must be a")
+
+
+def test_the_configuration_reference_states_the_schemas_bounds() -> None:
+    from aiwg.core.config import schema
+
+    def node_for(key: str) -> dict:
+        node: Any = schema()
+        for part in key.replace("[]", ".[]").split("."):
+            node = node["items"] if part == "[]" else (
+                node["additionalProperties"] if part == "<name>" else node["properties"][part])
+        return node
+
+    def number(value: Any) -> str:
+        value = int(value) if isinstance(value, float) and value.is_integer() else value
+        return f"{value:,}" if isinstance(value, int) and abs(value) >= 10000 else str(value)
+
+    checked = 0
+    for line in (ROOT / "docs" / "configuration.md").read_text().splitlines():
+        match = re.match(r"^\| `([a-z_.\[\]<>]+)` \| (number|integer) \| [^|]* \| ([^|]*) \|", line)
+        if not match:
+            continue
+        node, constraint = node_for(match.group(1)), match.group(3)
+        low = (f"≥ {number(node['minimum'])}" if "minimum" in node else f"> {number(node['exclusiveMinimum'])}")
+        assert f"{low}, ≤ {number(node['maximum'])}" in constraint, match.group(1)
+        checked += 1
+    assert checked >= 35
+
+
+# -- secrets written literally in a file others can read -----------------------------
+
+def test_literal_secrets_are_named_and_variables_are_not() -> None:
+    from aiwg.core.config import literal_secrets
+
+    data = {
+        "messaging": {"telegram": {"bot_token": "123:abc"}, "slack": {"bot_token": "${SLACK_TOKEN}",
+                                                                        "webhook_url": "https://hooks/x"}},
+        "agent": {"env": {"ANTHROPIC_API_KEY": "sk-1", "NODE_ENV": "production", "GH_TOKEN": "${GH}"}},
+        "actions": {"deploy": {"env": {"DEPLOY_PASSWORD": "hunter2"}}},
+        "rules": [{"action": {"env": {"Secret_Thing": "x"}}}],
+    }
+    assert literal_secrets(data) == ["messaging.telegram.bot_token", "messaging.slack.webhook_url",
+                                     "agent.env.ANTHROPIC_API_KEY", "actions.deploy.env.DEPLOY_PASSWORD",
+                                     "rules[0].action.env.Secret_Thing"]
+
+
+def test_a_readable_file_with_a_literal_token_warns_with_the_chmod(tmp_path: Path) -> None:
+    import os
+
+    paths = ProjectPaths(tmp_path)
+    paths.aiwg_dir.mkdir()
+    paths.config_file.write_text(json.dumps({"messaging": {"telegram": {"bot_token": "123:abc"}}}))
+    os.chmod(paths.config_file, 0o644)
+    [warning] = [w for w in load_config(paths).warnings if "chmod" in w]
+    assert "messaging.telegram.bot_token" in warning and "readable by group and others (mode 0644)" in warning
+    assert f"chmod 600 {paths.config_file}" in warning
+    os.chmod(paths.config_file, 0o600)
+    assert not [w for w in load_config(paths).warnings if "chmod" in w]
+    paths.config_file.write_text(json.dumps({"messaging": {"telegram": {"bot_token": "${TG}"}}}))
+    os.chmod(paths.config_file, 0o644)
+    assert not [w for w in load_config(paths).warnings if "chmod" in w]

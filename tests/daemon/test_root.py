@@ -156,7 +156,7 @@ def test_reload_refuses_an_invalid_file_and_keeps_the_old_config(tmp_path: Path)
     with pytest.raises(RpcError) as caught:
         root.reload()
     assert caught.value.code == CONFIG_INVALID
-    assert caught.value.data == {"problems": ["daemon.max_parallel_actions: must be an integer ≥ 1, got 'three'"]}
+    assert caught.value.data == {"problems": ["daemon.max_parallel_actions: must be an integer ≥ 1 and ≤ 256, got 'three'"]}
     assert root.config is before and a.applied == []
     root.stopService()
 
@@ -174,16 +174,23 @@ def test_reload_refused_when_a_child_rejects_it(tmp_path: Path) -> None:
     root.stopService()
 
 
-def test_a_child_that_fails_to_apply_is_named_and_the_others_still_apply(tmp_path: Path) -> None:
+def test_a_child_that_fails_to_apply_is_named_and_nothing_changes(tmp_path: Path) -> None:
+    """All or nothing: those that applied go back, and the running configuration
+    and its hash stay in force."""
     log: list[str] = []
     a, b, c = Recorder("a", log), Recorder("b", log, fail_on="apply"), Recorder("c", log)
     root, _ = make_root(tmp_path, a, b, c)
     root.privilegedStartService()
     root.startService()
+    before = root.config
     (tmp_path / ".aiwg" / "daemon.json").write_text(json.dumps({"daemon": {"max_parallel_actions": 7}}))
     result = root.reload()
-    assert result["errors"] == ["b: b choked on it"]
-    assert a.applied and c.applied and b.applied == []
+    assert result["reloaded"] is False and result["errors"] == ["b: b choked on it"]
+    assert result["config_hash"] == before.digest and root.config is before
+    assert root.status()["config"]["hash"] == before.digest and root.reloads == 0
+    assert [cfg.daemon.max_parallel_actions for cfg in a.applied] == [7, before.daemon.max_parallel_actions]
+    assert [cfg.daemon.max_parallel_actions for cfg in c.applied] == [7, before.daemon.max_parallel_actions]
+    assert b.applied == []
     root.stopService()
 
 

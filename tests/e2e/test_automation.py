@@ -144,7 +144,9 @@ def file_lines(task: dict[str, Any], header: str) -> list[str]:
 
 
 def agent_prompt(run: dict[str, Any]) -> str:
-    return run["argv"][run["argv"].index("-p") + 1]
+    argv = run["argv"]
+    assert argv[-2] == "--", argv  # the prompt comes last, after every option
+    return argv[-1]
 
 
 def rule_status(project: Project, rule_id: str) -> dict[str, Any]:
@@ -237,9 +239,9 @@ def test_ignored_and_non_matching_paths_fire_nothing(project: Project) -> None:
 def test_the_daemons_own_directory_never_fires_even_for_a_match_everything_rule(
     project: Project, polling: bool,
 ) -> None:
-    # The heartbeat rewrites .aiwg/daemon/heartbeat and state.json five times a second here.
+    # The heartbeat rewrites .aiwg/daemon/heartbeat and state.json every second here (its minimum).
     configure(project, watch={**WATCH, "use_polling": polling},
-              daemon={"heartbeat_interval_seconds": 0.2},
+              daemon={"heartbeat_interval_seconds": 1},
               rules=[file_rule("everything", "**", prompt="seen:\n{files}")])
     start(project)
     write(project, ".aiwg/daemon/scratch.txt", ".aiwg/daemon/sub/x.ts",

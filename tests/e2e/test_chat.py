@@ -81,7 +81,9 @@ def resume_arg(run: dict[str, Any]) -> str | None:
 
 
 def agent_prompt(run: dict[str, Any]) -> str:
-    return run["argv"][run["argv"].index("-p") + 1]
+    argv = run["argv"]
+    assert argv[-2] == "--", argv  # the prompt comes last, after every option
+    return argv[-1]
 
 
 #: A follow-up's answer from the fake, which says so when it resumed a session.

@@ -135,7 +135,7 @@ def test_bad_config_fails_fast_naming_the_key_and_leaves_nothing(project: Projec
     result = project.aiwg("daemon", "start")
     assert time.monotonic() - started < 10
     assert result.returncode == EXIT_NOT_CONFIGURED
-    assert "daemon.max_parallel_actions: must be an integer ≥ 1, got 'three'" in result.stderr
+    assert "daemon.max_parallel_actions: must be an integer ≥ 1 and ≤ 256, got 'three'" in result.stderr
     assert not project.running()
     assert not project.paths.pid_file.exists()
     assert not project.paths.default_socket.exists()

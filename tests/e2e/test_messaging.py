@@ -8,6 +8,7 @@ keeps serving the fakes meanwhile; waits are bounded polls.
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any, Callable
 
@@ -537,6 +538,12 @@ async def test_discord_webhook_only_notifications(project: Project, discord: Fak
 async def test_a_literal_token_works_with_a_warning_and_stays_secret(project: Project, telegram: FakeTelegram) -> None:
     await start(project, telegram_config(telegram, bot_token=TELEGRAM_TOKEN))
     await bridge_state(project, "telegram", "connected")
+    # Written with the usual umask, the file is readable by others: said, as ssh does for keys.
+    status = await call(project, "daemon.status")
+    exposed = [i for i in status["health_issues"] if f"chmod 600 {project.paths.config_file}" in i]
+    assert len(exposed) == 1 and "messaging.telegram.bot_token written literally" in exposed[0]
+    assert any(f"chmod 600 {project.paths.config_file}" in w for w in status["config"]["warnings"])
+    os.chmod(project.paths.config_file, 0o600)
     telegram.message("/status", user_id=ALICE)
     [answer] = await eventually(lambda: telegram_texts(telegram))
     assert answer.startswith("aiwg daemon for proj: healthy")

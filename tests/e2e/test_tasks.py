@@ -78,7 +78,7 @@ def test_agent_runs_in_project_root_with_devnull_stdin_own_group_and_clean_env(p
     assert run["stdin"] == "/dev/null"
     assert run["pgid"] == run["pid"] and run["sid"] == run["pid"]
     assert "CLAUDECODE" not in run["env"] and "CLAUDE_CODE_ENTRYPOINT" not in run["env"]
-    assert run["argv"][1:] == ["-p", "inspect @sleep:0.2", "--output-format", "json"]
+    assert run["argv"][1:] == ["-p", "--output-format", "json", "--", "inspect @sleep:0.2"]
 
 
 @pytest.mark.parametrize(
