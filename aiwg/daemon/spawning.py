@@ -150,6 +150,21 @@ def check_session_leader(cwd: str) -> None:
     compat.expect(code == 0, f"a child started by {way} does not lead its own process group (exit {code})")
 
 
+def has_exited(pid: int) -> bool:
+    """Has our child `pid` exited (a zombie not yet reaped)? Looks without reaping."""
+    try:
+        found = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # reaped already, or not our child
+        return False
+    return found is not None and found.si_pid == pid
+
+
+def reap_exited() -> None:
+    """Let Twisted reap every child that has exited now, as its SIGCHLD handler
+    would on its next turn: their processEnded runs before this returns."""
+    process.reapAllProcesses()
+
+
 def close_output_pipes(transport: Any) -> None:
     """Close our ends of a child's stdout and stderr: a descendant that keeps them
     open (it escaped the group, or ignores signals) must not hold its parent's

@@ -42,7 +42,7 @@ from aiwg.daemon.bus import EventBus
 from aiwg.daemon.commands import CommandRunner
 from aiwg.daemon.loop_runner import LoopRunner
 from aiwg.daemon.logs import iso_utc, parse_iso
-from aiwg.daemon.spawning import close_output_pipes, spawn_session_leader
+from aiwg.daemon.spawning import close_output_pipes, has_exited, reap_exited, spawn_session_leader
 from aiwg.daemon.store import DuplicateTask, TaskStore
 from aiwg.errors import SHUTTING_DOWN, InvalidParams, RpcError
 
@@ -367,6 +367,7 @@ class Supervisor(Service):
         random_bytes: Callable[[int], bytes] = os.urandom,
         killpg: Callable[[int, int], None] = os.killpg,
         spawn: Callable[..., Any] | None = None,
+        has_exited: Callable[[int], bool] = has_exited,
     ) -> None:
         self.reactor = reactor
         self._store = store  # the store service opens it after the lock, before we start
@@ -377,6 +378,7 @@ class Supervisor(Service):
         self.environ = dict(os.environ if environ is None else environ)
         self._random = random_bytes
         self.killpg = killpg
+        self._has_exited = has_exited
         self._spawn_process = spawn or self._spawn_session_leader
         self.queue = RunQueue()
         self.runs: dict[str, Run] = {}
@@ -949,6 +951,14 @@ class Supervisor(Service):
 
     def _timed_out(self, run: Run, minutes: float) -> None:
         run.timeout_call = None
+        if run.pgid is not None and self._has_exited(run.pgid):
+            # It ended before its deadline, and the timer ran late (the daemon was
+            # paused, overloaded, or the clock jumped): its own exit stands. Reap it now.
+            reap_exited()
+            if run.exited or self._has_exited(run.pgid):
+                self.log.info("task {task_id}: its agent had already exited when its timeout came due; "
+                              "its own exit status stands", task_id=run.task.id)
+                return
         reason, what = {
             "agent": ("timeout", "task {task_id} timed out after {minutes} min"),
             "loop-agent": ("iteration-timeout", "task {task_id}: the agent's iteration timed out after {minutes} min"),

@@ -51,6 +51,7 @@ def make(tmp_path: Path, deliver: Any = None, **overrides: Any) -> tuple[Supervi
         settings=settings, environ={"PATH": os.environ["PATH"], "CLAUDECODE": "1"},
         killpg=reactor.killpg, random_bytes=os.urandom,
         spawn=lambda proto, exe, argv, env, path, fds: reactor.spawnProcess(proto, exe, argv, env=env, path=path, childFDs=fds),
+        has_exited=overrides.pop("has_exited", lambda pid: False),
     )
     supervisor.startService()
     reactor.advance(0)
@@ -76,6 +77,22 @@ def test_spawn_uses_setsid_devnull_project_cwd_and_a_clean_env(tmp_path: Path) -
     process.finish(0)
     assert state(supervisor, task.id) == TaskState.COMPLETED
     supervisor.stopService()
+
+
+def test_a_timeout_due_after_the_agent_exited_does_not_relabel_it(tmp_path: Path) -> None:
+    """The daemon was paused (SIGSTOP) past the deadline while the agent exited in
+    time: when the reactor runs again the timer is due before the exit is reaped.
+    The exit status the kernel already holds wins."""
+    exited: set[int] = set()
+    supervisor, reactor, _ = make(tmp_path, has_exited=lambda pid: pid in exited)
+    task = supervisor.submit("quick", timeout_minutes=1)
+    [process] = reactor.spawned
+    exited.add(process.pid)  # it ended at 1 s; nothing has reaped it yet
+    reactor.advance(60)  # the paused reactor wakes with the timer overdue
+    assert reactor.signals == []
+    process.finish(0)  # SIGCHLD handled next
+    record = supervisor.store.get(task.id)
+    assert record.state == TaskState.COMPLETED and record.error is None
 
 
 def test_timeout_terms_then_kills_the_group_after_the_grace(tmp_path: Path) -> None:
@@ -441,3 +458,19 @@ async def test_the_agent_leads_its_session_with_fds_0_to_2_and_default_signals(
     assert report["sid"] == report["pid"] == report["pgid"]
     assert report["fds"] == [0, 1, 2, 3]  # 3: the listing itself
     assert not report["ignored"] & (1 << (signal.SIGUSR2 - 1))
+
+
+def test_has_exited_sees_an_unreaped_child_without_reaping_it() -> None:
+    import subprocess
+
+    from aiwg.daemon.spawning import has_exited
+
+    child = subprocess.Popen(["sleep", "0.2"])
+    assert not has_exited(child.pid)
+    deadline = 5.0
+    while not has_exited(child.pid) and deadline > 0:
+        deadline -= 0.01
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # blocks until it has ended, reaps nothing
+    assert has_exited(child.pid)
+    assert child.wait(timeout=5) == 0  # still ours to reap
+    assert not has_exited(child.pid)

@@ -118,6 +118,23 @@ def test_a_prompt_longer_than_one_argument_is_refused_and_leaves_no_task(project
     assert project.fake.runs() == []
 
 
+def test_a_pause_of_the_daemon_does_not_turn_a_finished_task_into_a_timeout(project: Project) -> None:
+    """SIGSTOP of the daemon past a task's deadline while its agent finishes in
+    time: after SIGCONT the task is completed, not timed out."""
+    configure(project)
+    daemon = project.start()
+    task_id = submit(project, "quick @sleep:0.3", timeout=0.02)  # a 1.2 s timeout
+    wait_state(project, task_id, "running")
+    os.kill(daemon, signal.SIGSTOP)
+    try:
+        time.sleep(3)
+    finally:
+        os.kill(daemon, signal.SIGCONT)
+    task = wait_state(project, task_id, "completed", "timeout", "failed")
+    assert task["state"] == "completed" and task.get("error") is None
+    assert "its own exit status stands" in project.log_text()
+
+
 def test_priority_then_fifo_with_one_slot(project: Project) -> None:
     configure(project, max_parallel_actions=1)
     project.start()
