@@ -30,6 +30,8 @@ class AgentSettings:
     args: tuple[str, ...] = ()
     env: Mapping[str, str] = {}
     output: str = "claude-json"
+    #: The agent's parser takes `--` as the end of its options (most do).
+    end_of_options: bool = True
 
     @property
     def program(self) -> str:
@@ -60,7 +62,11 @@ def build_argv(settings: AgentSettings, prompt: str, agent: str | None = None,
     file name): a `{prompt}` element of its own, or none in the template, puts it
     last, after `--`, which ends the options for every common parser (Claude Code's,
     codex's, argparse, yargs); a `{prompt}` inside an element (`--message={prompt}`)
-    is that option's value, whatever it starts with."""
+    is that option's value, whatever it starts with. With `end_of_options` off
+    (a parser that does not know `--`, such as `sh -c`), the prompt stays where
+    `{prompt}` is, and prompt_problem refuses one that starts with `-`."""
+    if not settings.end_of_options:
+        return _as_written(settings, prompt, agent, resume)
     argv: list[str] = []
     embedded = False
     for part in settings.command:
@@ -81,6 +87,18 @@ def build_argv(settings: AgentSettings, prompt: str, agent: str | None = None,
     return argv
 
 
+def _as_written(settings: AgentSettings, prompt: str, agent: str | None, resume: str | None) -> list[str]:
+    argv = [part.replace("{prompt}", prompt) for part in settings.command]
+    argv.extend(settings.args)
+    if agent:
+        argv.extend(["--agent", agent])
+    if resume:
+        argv.extend(["--resume", resume])
+    if not any("{prompt}" in part for part in settings.command):
+        argv.append(prompt)
+    return argv
+
+
 def argument_bytes(text: str) -> int:
     """How many bytes `text` takes as one argv element (with its NUL)."""
     try:
@@ -92,6 +110,11 @@ def argument_bytes(text: str) -> int:
 def prompt_problem(settings: AgentSettings, prompt: str) -> str | None:
     """Why this prompt cannot be given to the agent (None: it can): checked when a
     task is submitted, so that it is refused then rather than failed at spawn."""
+    standalone = not any("{prompt}" in part and part != "{prompt}" for part in settings.command)
+    if not settings.end_of_options and standalone and prompt.startswith("-"):
+        return ("the prompt starts with '-', and this agent's command line (agent.end_of_options: false) "
+                "has no way to tell it from an option: reword it, or give the prompt as an option's value "
+                "(`--message={prompt}`)")
     template = next((part for part in settings.command if "{prompt}" in part and part != "{prompt}"), "{prompt}")
     size = argument_bytes(template.replace("{prompt}", prompt))
     if size > MAX_ARGUMENT_BYTES:
@@ -212,4 +235,5 @@ def settings_from_config(section: Mapping[str, Any]) -> AgentSettings:
         args=tuple(section.get("args") or ()),
         env=dict(section.get("env") or {}),
         output=str(section.get("output") or "claude-json"),
+        end_of_options=bool(section.get("end_of_options", True)),
     )

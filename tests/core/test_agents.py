@@ -139,3 +139,13 @@ def test_old_cost_field_and_garbage() -> None:
     assert parse_result("claude-json", "plain text answer").result == "plain text answer"
     assert parse_result("text", "  answer \n").result == "answer"
     assert parse_result("claude-json", "").result is None
+
+
+def test_a_parser_without_end_of_options_keeps_the_template_and_refuses_dash_prompts() -> None:
+    wrapper = AgentSettings(command=("sh", "-c", 'echo "$0"', "{prompt}"), end_of_options=False)
+    assert build_argv(wrapper, "hello") == ["sh", "-c", 'echo "$0"', "hello"]
+    assert prompt_problem(wrapper, "hello") is None
+    problem = prompt_problem(wrapper, "-rf /")
+    assert problem is not None and "starts with '-'" in problem and "agent.end_of_options: false" in problem
+    joined = AgentSettings(command=("tool", "--message={prompt}"), end_of_options=False)
+    assert prompt_problem(joined, "-fine as a value") is None

@@ -500,7 +500,7 @@ def test_a_file_rule_whose_task_rewrites_its_own_files_is_throttled(project: Pro
     # The agent here appends to the file the rule watches: each task triggers the next. A
     # file:changed event names no task, so only the rate limit can stop this loop.
     configure(project, watch=WATCH,
-              agent={"command": ["sh", "-c", 'echo "$0" >> src/generated.ts', "{prompt}"]},
+              agent={"command": ["sh", "-c", 'echo "$0" >> src/generated.ts', "{prompt}"], "end_of_options": False},
               rules=[file_rule("regen", "src/**/*.ts", prompt="regenerate",
                                max_fires_per_minute=3)])
     (project.root / "src").mkdir()
