@@ -27,6 +27,7 @@ QUEUE_FULL = -32002
 SUBSYSTEM_UNAVAILABLE = -32003
 CONFIG_INVALID = -32010
 SHUTTING_DOWN = -32011
+STORE_UNWRITABLE = -32012  # the task store could not be written (a full disk, a read-only file system)
 
 
 # CLI exit statuses (LSB init-script conventions where they apply).

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from twisted.python.failure import Failure
 
 from aiwg import compat
 from aiwg.core import strictjson
+from aiwg.daemon.logs import iso_utc
 from aiwg.daemon.rpc import CallContext, MethodTable
 from aiwg.daemon.unixport import OwnedSocketListener, OwnedSocketPort
 from aiwg.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, RpcError
@@ -37,6 +40,8 @@ from aiwg.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, RpcError
 #: A client whose unsent replies or notifications exceed this is disconnected,
 #: so a stuck client cannot make the daemon buffer without bound.
 MAX_PENDING_OUTPUT = 8 * 1024 * 1024
+#: How many internal errors `daemon status` keeps (by incident id).
+MAX_INCIDENTS_KEPT = 20
 
 # ASCII output: a lone surrogate that arrived as a legal \ud800 escape goes back
 # out as an escape, not as bytes that are not UTF-8. No NaN/Infinity: not JSON.
@@ -235,6 +240,10 @@ class JsonRpcProtocol(LineReceiver):
             )
         else:
             self.log.failure("internal error {incident} in {method}", incident=incident, method=name)
+        # Kept in memory too (daemon status shows them): the log may be what failed.
+        self.factory.incidents.append({"incident": incident, "method": name,
+                                       "error": type(exc).__name__,  # the details are for the log only
+                                       "at": iso_utc(self.factory.clock())})
         return _error(
             INTERNAL_ERROR,
             f"Internal error (incident {incident}; see the daemon log)",
@@ -324,10 +333,13 @@ def _fired(value: Any) -> Deferred:
 class IpcFactory(ServerFactory):
     noisy = False
 
-    def __init__(self, methods: MethodTable, max_line_bytes: int) -> None:
+    def __init__(self, methods: MethodTable, max_line_bytes: int, clock: Any = None) -> None:
         self.methods = methods
+        self.clock = clock or time.time  # the reactor's seconds, in the daemon
         self.max_line_bytes = max_line_bytes
         self.connections: set[JsonRpcProtocol] = set()
+        #: The latest internal errors (-32603), findable by their incident id.
+        self.incidents: deque[dict[str, str]] = deque(maxlen=MAX_INCIDENTS_KEPT)
 
     def buildProtocol(self, addr: Any) -> JsonRpcProtocol:
         return JsonRpcProtocol(self)
@@ -471,7 +483,10 @@ class IpcServer(Service):
         self.factory.set_max_line_bytes(config.daemon.ipc.max_line_bytes)
 
     def status(self) -> dict[str, Any]:
-        return {"clients": self.clients, "socket": str(self.socket_path)}
+        status: dict[str, Any] = {"clients": self.clients, "socket": str(self.socket_path)}
+        if self.factory.incidents:
+            status["incidents"] = list(self.factory.incidents)
+        return status
 
     def stopService(self) -> Deferred:
         if self._check is not None and self._check.running:

@@ -16,7 +16,7 @@ from aiwg.core.loops import LOOP_KEY, LoopSpecError, parse_loop
 from aiwg.daemon.logs import iso_utc
 from aiwg.core.tasks import STATE_NAMES, source_problem
 from aiwg.daemon.rpc import CallContext, MethodTable, Namespace, Param, method
-from aiwg.errors import InvalidParams
+from aiwg.errors import STORE_UNWRITABLE, InvalidParams, RpcError
 
 if TYPE_CHECKING:
     from aiwg.daemon.root import DaemonService
@@ -278,8 +278,17 @@ class TaskMethods(Namespace):
             loop=loop,
         )
         reply = {"taskId": task.id, "state": task.state.value, "priority": task.priority}
-        # Answer once the task is on disk: a submitted task is never lost.
-        return self._supervisor.store.when_durable().addCallback(lambda _: reply)
+        # Answer once the task is on disk: a submitted task is never lost. One that
+        # cannot be written never existed: the client may retry without running it twice.
+        return self._supervisor.store.when_durable().addCallbacks(
+            lambda _: reply, self._not_durable, errbackArgs=(task.id,))
+
+    def _not_durable(self, failure: Any, task_id: str) -> Any:
+        why = str(failure.value)
+        if not self._supervisor.withdraw(task_id, why):
+            return {"taskId": task_id, "state": "queued"}  # it reached the disk after all
+        raise RpcError(STORE_UNWRITABLE, f"the task could not be written to the task store, so it was not "
+                       f"submitted: {why}", {"reason": why})
 
     @method(
         Param("state", "string", nullable=True, description="Only tasks in this state."),

@@ -318,6 +318,23 @@ class TaskStore:
         self._counts[task.state.value] += 1
         self._written()
 
+    def withdraw(self, task_id: str) -> bool:
+        """Forget a task whose insert never reached the disk (its commit failed and
+        its submitter was told so): it never existed. False if it is on disk."""
+        if self._inflight is not None and task_id in self._inflight[1]:
+            try:
+                self.flush()  # settle the commit under way first (a full disk fails it fast)
+            except Exception:
+                pass
+        last = self._unsaved.get(task_id)
+        if last is None or self._state_on_disk(task_id) is not None:
+            return False
+        del self._unsaved[task_id]
+        if last.batch == self._batch:
+            self._open_writes = max(0, self._open_writes - 1)
+        self._counts[last.task.state.value] -= 1
+        return True
+
     def _written(self) -> None:
         if self._schedule is None:
             self.flush()

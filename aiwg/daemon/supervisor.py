@@ -183,6 +183,7 @@ class Run:
         self.written = 0
         self.emitted = 0
         self.truncated = False
+        self.output_problem: str | None = None  # why the output file stopped being written, if it did
         self.tail = bytearray()
         self.stdout = bytearray()
         self.stderr_tail = bytearray()
@@ -254,16 +255,19 @@ class Run:
         if self.copy_to is not None and self.copied <= limit:
             self._copy(data, limit)
         if not self.truncated:
-            if self.output is None:
-                self.output = self._open_output()
-            room = max(0, limit - self.written)
-            chunk = data[:room]
-            self.output.write(chunk)
-            self.written += len(chunk)
-            if len(data) > room:
-                self.output.write(f"\n[aiwg: output truncated at {limit} bytes]\n".encode())
-                self.truncated = True
-            self.output.flush()
+            try:
+                if self.output is None:
+                    self.output = self._open_output()
+                room = max(0, limit - self.written)
+                chunk = data[:room]
+                self.output.write(chunk)
+                self.written += len(chunk)
+                if len(data) > room:
+                    self.output.write(f"\n[aiwg: output truncated at {limit} bytes]\n".encode())
+                    self.truncated = True
+                self.output.flush()
+            except OSError as exc:
+                self._output_failed(exc)
         self.supervisor.bus.publish(
             "task:output",
             {
@@ -274,6 +278,21 @@ class Run:
                 "bytes": len(data),
             },
         )
+
+    def _output_failed(self, exc: OSError) -> None:
+        """The task's output file cannot be written (a full disk, a read-only or
+        failing file system): stop writing it, keep draining the agent's pipes (it
+        runs on), and say why, in the log, the health and the task's error."""
+        self.truncated = True
+        self.output_problem = (f"the daemon could not write the task's output to {self.task.output_path}: "
+                               f"{exc.strerror or exc}; the output was cut there")
+        handle, self.output = self.output, None
+        if handle is not None:
+            try:
+                handle.close()
+            except OSError:
+                pass
+        self.supervisor.output_write_failed(self.task.id, exc)
 
     def _open_output(self) -> Any:
         mode = os.O_APPEND if self.looping else os.O_TRUNC
@@ -379,6 +398,7 @@ class Supervisor(Service):
         self._random = random_bytes
         self.killpg = killpg
         self._has_exited = has_exited
+        self.output_problem: str | None = None  # task output that could not be written, while it lasts
         self._spawn_process = spawn or self._spawn_session_leader
         self.queue = RunQueue()
         self.runs: dict[str, Run] = {}
@@ -395,6 +415,7 @@ class Supervisor(Service):
         self._launch: tuple[float, agents.AgentSettings, AgentLaunch] | None = None
         self._starting: dict[str, Task] = {}  # id → queued version, while running is being committed
         self._cancelled_starts: set[str] = set()
+        self._withdrawn: set[str] = set()  # withdrawn while their running state was being committed
         self._start_waiters: list[Deferred] = []
         self._expiries: dict[str, Any] = {}  # awaiting task id → its expiry timer
         self.commands = CommandRunner(reactor)
@@ -805,7 +826,9 @@ class Supervisor(Service):
             self.log.warn("agent.env refers to unset variable(s): {names}", names=", ".join(launch.unset))
         for queued, running in starting:
             self._starting.pop(running.id, None)
-            if running.id in self._cancelled_starts:
+            if running.id in self._withdrawn:
+                self._withdrawn.discard(running.id)
+            elif running.id in self._cancelled_starts:
                 self._cancelled_starts.discard(running.id)
                 self._cancel_unstarted(running)
             elif not self._accepting:
@@ -814,10 +837,28 @@ class Supervisor(Service):
                 self._spawn(running, launch)
         self._wake_starts()
 
+    def withdraw(self, task_id: str, why: str) -> bool:
+        """A submitted task that could not be made durable, whose submitter was told
+        so: it never existed (out of the queue, the counts and the store), so a
+        retry by the client cannot run it twice. False if it is on disk after all."""
+        if not self.store.withdraw(task_id):
+            return False
+        self.queue.remove(task_id)
+        expiry = self._expiries.pop(task_id, None)
+        if expiry is not None and expiry.active():
+            expiry.cancel()
+        if task_id in self._starting:
+            self._withdrawn.add(task_id)
+        self.bus.publish("task:withdrawn", {"taskId": task_id, "error": why})
+        return True
+
     def _not_recorded(self, failure: Any, starting: list[tuple[Task, Task]]) -> None:
         self.log.failure("cannot record tasks as running; not starting them (retrying shortly)", failure)
         for queued, running in starting:
             self._starting.pop(running.id, None)
+            if running.id in self._withdrawn:
+                self._withdrawn.discard(running.id)
+                continue
             if running.id in self._cancelled_starts:
                 self._cancelled_starts.discard(running.id)
                 self._cancel_unstarted(running)
@@ -1018,7 +1059,7 @@ class Supervisor(Service):
             finally:
                 run.ended.callback(None)
             return
-        self.settle(self._final(run), run)
+        self.settle(self._with_output_problem(run, self._final(run)), run)
         run.ended.callback(None)
         self._fill()  # the next start shares this commit
 
@@ -1075,6 +1116,12 @@ class Supervisor(Service):
             return task.moved(TaskState.FAILED, error=INTERRUPTED, **common)
         return task.moved(TaskState.FAILED, error=self._failure_text(run, parsed), **common)
 
+    def _with_output_problem(self, run: Run, task: Task) -> Task:
+        """A run whose output could not be written says so in its error."""
+        if run.output_problem is None or task.state == TaskState.COMPLETED:
+            return task
+        return evolve(task, error=f"{task.error}; {run.output_problem}" if task.error else run.output_problem)
+
     def _failure_text(self, run: Run, parsed: agents.AgentResult) -> str:
         if parsed.is_error:
             detail = parsed.result or parsed.subtype or "error"
@@ -1130,10 +1177,34 @@ class Supervisor(Service):
         path = self._current_launch().executable
         return {"command": self.settings.agent.program, "found": path is not None, "path": path}
 
+    def output_write_failed(self, task_id: str, exc: OSError) -> None:
+        """A task's output could not be written: remembered for the health until the
+        file system has room again."""
+        if self.output_problem is None:
+            self.log.error("task {task_id}: cannot write its output under {path}: {error}; the agent runs on, "
+                           "its output is no longer kept", task_id=task_id, path=str(self.actions_dir),
+                           error=exc.strerror or str(exc))
+        self.output_problem = (f"cannot write task output under {self.actions_dir}: {exc.strerror or exc} "
+                               f"(task {task_id}); free some space or fix the file system")
+
+    def _output_writable(self) -> bool:
+        """Has the file system under the actions directory room again (1 MiB)?"""
+        try:
+            info = os.statvfs(self.actions_dir)
+        except OSError:
+            return False
+        return info.f_bavail * info.f_frsize >= 1024 * 1024 and os.access(self.actions_dir, os.W_OK)
+
     def health_issues(self) -> list[str]:
+        issues = []
         if not self.agent_check()["found"]:
-            return [self.missing_agent_message()]
-        return []
+            issues.append(self.missing_agent_message())
+        if self.output_problem is not None:
+            if self._output_writable():
+                self.output_problem = None
+            else:
+                issues.append(self.output_problem)
+        return issues
 
     def _housekeeping(self) -> None:
         """Every few seconds: sweep orphans; every few minutes: prune old tasks."""

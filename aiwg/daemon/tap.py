@@ -123,7 +123,7 @@ def makeService(options: Options) -> Any:
         reactor=reactor,
         socket_path=socket_path,
         pointer_file=None if socket_path == paths.default_socket else paths.socket_pointer,
-        factory=IpcFactory(methods, config.daemon.ipc.max_line_bytes),
+        factory=IpcFactory(methods, config.daemon.ipc.max_line_bytes, clock=reactor.seconds),
     ).setServiceParent(root)
     # Stops after the supervisor: the outcomes of the tasks a stop ends are still notified.
     messaging.setServiceParent(root)

@@ -161,6 +161,11 @@ def test_internal_errors_do_not_leak_and_are_logged(caplog: Any) -> None:
     assert "secret" not in json.dumps(reply) and "Traceback" not in json.dumps(reply)
     assert "incident" in reply["error"]["message"]
     assert any(e.get("log_failure") is not None and "demo.crash" == e.get("method") for e in seen)
+    # Kept in memory as well, for when the log cannot be written (a full disk).
+    [kept] = list(protocol.factory.incidents)
+    assert f"incident {kept['incident']};" in reply["error"]["message"]
+    assert kept["method"] == "demo.crash" and kept["error"] == "KeyError" and kept["at"]
+    assert "secret" not in json.dumps(list(protocol.factory.incidents))
 
 
 def test_application_errors_carry_code_and_data() -> None:

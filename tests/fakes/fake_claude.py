@@ -5,6 +5,7 @@ It records how it was run (argv, cwd, env, process group, whether stdin is
 the prompt (after `--`, or the argument after -p):
 
   @sleep:S        sleep S seconds (in small steps, so signals land promptly)
+  @until:NAME     before anything else, wait (30 s at most) for <records>/NAME to exist
   @exit:N         exit with status N
   @ignore-term    ignore SIGTERM (only SIGKILL stops it)
   @grandchild     start a grandchild that writes its pid to <records>/<pid>.grandchild and sleeps
@@ -75,6 +76,10 @@ def main() -> int:
         if word.startswith("@"):
             name, _, value = word[1:].partition(":")
             directives[name] = value
+    if "until" in directives:
+        deadline = time.time() + 30
+        while not os.path.exists(os.path.join(records, directives["until"])) and time.time() < deadline:
+            time.sleep(0.02)
     if "ignore-term" in directives:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if "grandchild" in directives:
