@@ -117,6 +117,10 @@ class DaemonService(MultiService):
             self.log.warn("config {source}: {warning}", source=self.config.source, warning=warning)
         for problem in compat.check():  # checked by behaviour, before anything uses them
             self.log.warn("dependency hook not in use: {problem}", problem=problem)
+        raised = raise_descriptor_limit()
+        if raised is not None:
+            self.log.info("open-file limit raised from {soft} to {hard} (the hard limit)", soft=raised[0],
+                          hard=raised[1])
 
     def startService(self) -> None:
         self.restart_count = self._previous_restart_count()
@@ -503,6 +507,29 @@ class DaemonService(MultiService):
             },
             "task_stats": supervisor.store.stats(),
         }
+
+
+#: Where the hard limit is "unlimited", the soft one goes no higher than this.
+MAX_DESCRIPTORS = 1 << 20
+
+
+def raise_descriptor_limit() -> tuple[int, int] | None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit, as a daemon serving many
+    connections and agents should (systemd leaves it at 1024 for select()'s
+    sake; this process does not use select). (old, new), or None if unchanged."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = MAX_DESCRIPTORS if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft >= target:
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return None
+    return soft, target
 
 
 def _automation_summary(status: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ exits; the record is final when its output has all been read.
 from __future__ import annotations
 
 import codecs
+import errno
 import fnmatch
 import os
 import shutil
@@ -33,6 +34,7 @@ from twisted.logger import Logger
 
 from aiwg import procfs
 from aiwg.core import agents
+from aiwg.core.backoff import Backoff
 from aiwg.core.config import Config
 from aiwg.core.loops import CHECK_TAIL_CHARS, LOOP_KEY, LoopProgress, LoopSpec, iteration_prompt, loop_metadata
 from aiwg.core.messaging import SECRET_KEYS
@@ -152,6 +154,12 @@ class StartTimes:
         return read
 
 
+
+
+#: Errors of a spawn that say the machine is out of something for now, not that
+#: the agent cannot run: too many open files (per process, system-wide), too many
+#: processes, no memory for one more.
+EXHAUSTED_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM)
 
 
 class Run:
@@ -399,6 +407,8 @@ class Supervisor(Service):
         self.killpg = killpg
         self._has_exited = has_exited
         self.output_problem: str | None = None  # task output that could not be written, while it lasts
+        self.exhausted: str | None = None  # out of descriptors or processes: tasks wait
+        self._exhaustion = Backoff(base=0.5, cap=30.0)
         self._spawn_process = spawn or self._spawn_session_leader
         self.queue = RunQueue()
         self.runs: dict[str, Run] = {}
@@ -834,7 +844,7 @@ class Supervisor(Service):
             elif not self._accepting:
                 self.store.save(queued)  # it never ran: queued again for the next start
             else:
-                self._spawn(running, launch)
+                self._spawn(running, launch, queued)
         self._wake_starts()
 
     def withdraw(self, task_id: str, why: str) -> bool:
@@ -930,7 +940,7 @@ class Supervisor(Service):
         self.log.error("task {task_id} failed: {error}", task_id=task.id, error=error)
         self.bus.publish("task:failed", self._event_payload(failed))
 
-    def _spawn(self, task: Task, launch: "AgentLaunch") -> None:
+    def _spawn(self, task: Task, launch: "AgentLaunch", queued: Task | None = None) -> None:
         if LOOP_KEY in task.metadata:
             self.loops.begin(task)
             return
@@ -941,12 +951,34 @@ class Supervisor(Service):
         try:
             run = self.start_run(task, "agent", launch.executable, argv, env, secrets,
                                  task.timeout_minutes or self.settings.timeout_minutes)
+        except OSError as exc:
+            if exc.errno in EXHAUSTED_ERRNOS and queued is not None:
+                self._exhausted(queued, exc)
+                return
+            self._fail_now(task, f"could not start the agent: {exc}")
+            return
         except Exception as exc:
             self._fail_now(task, f"could not start the agent: {exc}")
             return
+        self._exhaustion.succeeded()
+        self.exhausted = None
         self.log.info("task {task_id} started (pid {pid})", task_id=task.id, pid=run.pgid)
         self.bus.publish("task:started", {"taskId": task.id, "pid": run.pgid, "priority": task.priority,
                                           "source": task.source})
+
+    def _exhausted(self, queued: Task, exc: OSError) -> None:
+        """The machine or the daemon is out of descriptors or processes: the task
+        did not start, so it waits in the queue and the start is tried again later
+        (with backoff), instead of failing what would run a moment later."""
+        delay = self._exhaustion.failed()
+        self.exhausted = (f"cannot start agents: {exc.strerror or exc} (errno {exc.errno}); "
+                          f"{len(self.queue) + 1} task(s) wait, next try in {delay:.1f} s")
+        if self._exhaustion.failures == 1:
+            self.log.error("{problem}", problem=self.exhausted)
+        self.store.save(queued)
+        self.queue.push(queued.id, queued.priority, queued.seq)
+        if self._accepting and (self._retry_fill is None or not self._retry_fill.active()):
+            self._retry_fill = self.reactor.callLater(delay, self._fill)
 
     def task_env(self, task: Task, launch: "AgentLaunch") -> tuple[dict[str, str], list[str]]:
         """The environment of a task's processes (the agent's, with the task's own
@@ -1199,6 +1231,8 @@ class Supervisor(Service):
         issues = []
         if not self.agent_check()["found"]:
             issues.append(self.missing_agent_message())
+        if self.exhausted is not None:
+            issues.append(self.exhausted)
         if self.output_problem is not None:
             if self._output_writable():
                 self.output_problem = None

@@ -589,3 +589,47 @@ def test_values_the_store_cannot_hold_are_refused_up_front(project: Project) -> 
         # the store is unharmed: later work still goes through
         ok = client.call("task.submit", prompt="after the bad ones")
         assert client.call("task.get", taskId=ok["taskId"])["state"] in ("queued", "running", "completed", "failed")
+
+
+def test_at_the_descriptor_limit_tasks_wait_and_then_complete(project: Project) -> None:
+    """prlimit the running daemon to 64 descriptors: agents that cannot be started
+    for want of one stay queued and are started as others end, connections past
+    the limit are answered (closed) at once, and health says so while it lasts."""
+    import socket
+
+    configure(project, max_parallel_actions=30)
+    daemon = project.start()
+    subprocess.run(["prlimit", f"--pid={daemon}", "--nofile=64:64"], check=True)
+    with project.client() as client:
+        ids = [client.call("task.submit", prompt=f"job {i} @sleep:0.5 @print:5")["taskId"] for i in range(30)]
+        # More connections than descriptors: each is served or closed promptly, none hangs.
+        sockets = []
+        try:
+            for _ in range(80):
+                s = socket.socket(socket.AF_UNIX)
+                s.settimeout(5)
+                s.connect(str(project.paths.bind_socket()))
+                sockets.append(s)
+            answered = closed = 0
+            for s in sockets:
+                try:
+                    s.sendall(b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n')
+                    data = s.recv(4096)  # a reply, or b"" for a refused one: never a timeout
+                except (BrokenPipeError, ConnectionResetError):
+                    data = b""
+                answered += bool(data)
+                closed += not data
+        finally:
+            for s in sockets:
+                s.close()
+        assert answered + closed == 80 and closed > 0
+        health = client.call("daemon.status")["health_issues"]
+        # This connection stays open; new ones may be refused while agents hold every descriptor.
+        def settled() -> dict[str, str] | None:
+            states = {t: client.call("task.get", taskId=t)["state"] for t in ids}
+            return states if all(v in ("completed", "failed") for v in states.values()) else None
+
+        states = wait_for(settled, timeout=60)
+    assert set(states.values()) == {"completed"}, states
+    assert any("cannot start agents" in issue for issue in health) or "cannot start agents" in project.log_text()
+    assert project.running()
