@@ -357,7 +357,7 @@ class TaskMethods(Namespace):
 
     @method(description="Counts of tasks by state.")
     def jsonrpc_stats(self, ctx: CallContext) -> dict[str, int]:
-        return self._supervisor.store.stats()
+        return self._supervisor.stats()
 
     @method(
         Param("taskId", "string", required=True, non_empty=True),

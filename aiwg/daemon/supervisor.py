@@ -156,6 +156,26 @@ class StartTimes:
 
 
 
+def settle_exited(task: Task, now: float, output: str) -> Task:
+    """A task found running at start whose agent had already exited (recorded at
+    once): its outcome by that exit, its result read back from its output file."""
+    text = ""
+    if task.output_path:
+        try:
+            with open(task.output_path, "rb") as handle:
+                text = handle.read(RESULT_CAPTURE_BYTES).decode("utf-8", "replace")
+        except OSError:
+            pass
+    parsed = agents.parse_result(output, text)
+    common = dict(finished_at=now, pid=None, result=parsed.result, session_id=parsed.session_id,
+                  cost_usd=parsed.cost_usd)
+    if task.exit_code == 0 and task.signal is None and not parsed.is_error:
+        return task.moved(TaskState.COMPLETED, error=None, **common)
+    how = f"was killed by signal {task.signal}" if task.signal is not None else f"exited with code {task.exit_code}"
+    return task.moved(TaskState.FAILED, error=f"agent {how} (the daemon stopped before its output was "
+                                              "drained)", **common)
+
+
 #: Errors of a spawn that say the machine is out of something for now, not that
 #: the agent cannot run: too many open files (per process, system-wide), too many
 #: processes, no memory for one more.
@@ -508,6 +528,10 @@ class Supervisor(Service):
                     error=f"interrupted: the daemon died {progress.crashes + 1} times while this loop ran; "
                           f"not resumed again (last in iteration {progress.iteration + 1})")
                 what = "failed"
+            elif task.exit_code is not None or task.signal is not None:
+                # Its agent had exited; only its output was still draining.
+                settled = settle_exited(task, now, self.settings.agent.output)
+                what = f"{settled.state.value} by its agent's exit"
             elif task.attempts <= task.retries:
                 settled = task.moved(TaskState.QUEUED, pid=None, pgid=None, error=INTERRUPTED)
                 what = "re-queued (retry)"
@@ -524,8 +548,8 @@ class Supervisor(Service):
                 what=what,
                 killed="; killed its leftover process group" if killed else "",
             )
-            if settled.state == TaskState.FAILED:
-                self.bus.publish("task:failed", self._event_payload(settled))
+            if settled.state in (TaskState.FAILED, TaskState.COMPLETED):
+                self.bus.publish(f"task:{settled.state.value}", self._event_payload(settled))
 
     def _kill_leftover(self, task: Task) -> bool:
         killed = self.kill_marked(task.id)
@@ -1051,6 +1075,11 @@ class Supervisor(Service):
             run.exit_signal = reason.signal
         elif isinstance(reason, ProcessDone):
             run.exit_code = 0
+        if run.kind == "agent" and run.reason is None:
+            # Durable at once: should the daemon die while something still holds the
+            # agent's pipes, the restart settles the task by this exit.
+            run.task = evolve(run.task, exit_code=run.exit_code, signal=run.exit_signal)
+            self.store.save(run.task)
         grace = self.settings.shutdown_grace if run.reason == "shutdown" else self.settings.kill_grace
         # Anything the agent left behind in its group is an orphan now.
         if run.pgid is not None and self.group_alive(run.pgid):
@@ -1292,6 +1321,16 @@ class Supervisor(Service):
         if task.output_tail and task.state in (TaskState.FAILED, TaskState.TIMEOUT):
             payload["outputTail"] = task.output_tail[-2000:]
         return payload
+
+    def stats(self) -> dict[str, int]:
+        """Counts by state, where `running` is agents that run (never more than the
+        slots) and `finishing` those that have exited while something that outlived
+        them still holds their output open."""
+        counts = dict(self.store.stats())
+        finishing = sum(1 for run in self.runs.values() if run.exited and run.kind == "agent")
+        counts["running"] = max(0, counts.get("running", 0) - finishing)
+        counts["finishing"] = finishing
+        return counts
 
     def summary(self, limit: int = 20) -> dict[str, Any]:
         """AIWG's supervisor status: counts plus short views of running and queued tasks."""

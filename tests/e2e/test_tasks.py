@@ -307,7 +307,8 @@ def test_reconcile_leaves_a_reused_pid_alone(project: Project) -> None:
     try:
         db = sqlite3.connect(project.paths.tasks_db)
         db.execute(
-            "UPDATE tasks SET state='running', pid=?, pgid=?, proc_start='1', finished_at=NULL WHERE id=?",
+            "UPDATE tasks SET state='running', pid=?, pgid=?, proc_start='1', finished_at=NULL, exit_code=NULL "
+            "WHERE id=?",
             (bystander.pid, bystander.pid, task_id),
         )
         db.commit()
@@ -560,6 +561,29 @@ def test_an_escaped_process_holding_the_output_does_not_hold_the_task(project: P
     started = time.monotonic()
     project.aiwg("daemon", "stop", check=True)
     assert time.monotonic() - started < 10
+
+
+def test_kill_9_after_the_agent_exited_while_an_escaped_child_holds_its_output(project: Project) -> None:
+    """The agent exited 0 but a child that escaped its group still holds its stdout:
+    the task is still draining when the daemon is killed. The exit was recorded
+    when it was seen, so the restart settles the task as completed, not failed,
+    and task.stats never counted the draining task as running."""
+    project.write_config(json.dumps({"daemon": {"kill_grace_seconds": 5, "shutdown_grace_seconds": 1}}))
+    daemon = project.start()
+    task_id = submit(project, "done, mostly @escape-holding")
+    recorded = wait_for(lambda: (t := get(project, task_id))["state"] == "running" and t.get("exitCode") == 0
+                        and t, timeout=20)
+    assert recorded["state"] == "running"
+    with project.client() as client:
+        stats = client.call("task.stats")
+    assert stats["running"] == 0 and stats["finishing"] == 1
+    os.kill(daemon, signal.SIGKILL)
+    wait_for(lambda: not alive(daemon), timeout=10)
+    project.start()
+    task = wait_state(project, task_id, "completed", "failed")
+    assert task["state"] == "completed" and task["exitCode"] == 0 and task["result"]
+    [holder] = project.fake.grandchild_pids("holder")
+    wait_for(lambda: not alive(holder), timeout=10)  # the restart cleared out what was left
 
 
 def test_follow_prints_non_ascii_output_byte_for_byte(project: Project) -> None:
