@@ -119,6 +119,10 @@ class CommandRunner:
         self._running: set[_Command] = set()
         self._stopped = False
 
+    def pids(self) -> set[int]:
+        """The pids of the commands in flight (the daemon's own children)."""
+        return {command.pid for command in self._running if command.pid is not None}
+
     def run(self, argv: list[str], *, cwd: str, env: Mapping[str, str], timeout: float,
             limit: int = OUTPUT_LIMIT) -> Deferred:
         """Fires with a CommandResult; never errs (a command that cannot start is a

@@ -44,6 +44,7 @@ from aiwg.daemon.bus import EventBus
 from aiwg.daemon.commands import CommandRunner
 from aiwg.daemon.loop_runner import LoopRunner
 from aiwg.daemon.logs import iso_utc, parse_iso
+from aiwg.daemon.cgroups import TaskCgroups
 from aiwg.daemon.spawning import close_output_pipes, has_exited, reap_exited, spawn_session_leader
 from aiwg.daemon.store import DuplicateTask, TaskStore
 from aiwg.errors import SHUTTING_DOWN, InvalidParams, RpcError
@@ -375,6 +376,7 @@ class Run:
     def kill_now(self) -> None:
         self.signal_group(signal.SIGKILL)
         self.supervisor.kill_marked(self.task.id)
+        self.supervisor.kill_cgroup(self.task.id)
 
     def cancel_timers(self) -> None:
         for call in (self.timeout_call, self.kill_call, self.drain_call):
@@ -415,6 +417,8 @@ class Supervisor(Service):
         killpg: Callable[[int, int], None] = os.killpg,
         spawn: Callable[..., Any] | None = None,
         has_exited: Callable[[int], bool] = has_exited,
+        cgroups: TaskCgroups | None = None,
+        containment_note: str = "",
     ) -> None:
         self.reactor = reactor
         self._store = store  # the store service opens it after the lock, before we start
@@ -426,6 +430,9 @@ class Supervisor(Service):
         self._random = random_bytes
         self.killpg = killpg
         self._has_exited = has_exited
+        self.cgroups = cgroups  # each task in a cgroup of its own, where that works
+        self.containment_note = containment_note  # why not, where it does not
+        self._cgroups_to_release: set[str] = set()
         self.output_problem: str | None = None  # task output that could not be written, while it lasts
         self.exhausted: str | None = None  # out of descriptors or processes: tasks wait
         self._exhaustion = Backoff(base=0.5, cap=30.0)
@@ -442,6 +449,8 @@ class Supervisor(Service):
         self._retry_fill: Any = None
         self._start_times = StartTimes()
         self._sweep_call: Any = None
+        #: Adopted processes without a task's marker: pid → (start time, tasks running when first seen).
+        self._adopted: dict[int, tuple[bytes, frozenset[str]]] = {}
         self._launch: tuple[float, agents.AgentSettings, AgentLaunch] | None = None
         self._starting: dict[str, Task] = {}  # id → queued version, while running is being committed
         self._cancelled_starts: set[str] = set()
@@ -500,6 +509,13 @@ class Supervisor(Service):
 
         def closed(_: Any) -> None:
             self.sweep_orphans()
+            if self.cgroups is not None:
+                for name in self.cgroups.leftovers():
+                    self.cgroups.release(name)
+                try:
+                    self.cgroups.base.rmdir()  # the project's own directory of task cgroups
+                except OSError:
+                    pass
             if self._devnull is not None:
                 os.close(self._devnull)
                 self._devnull = None
@@ -508,8 +524,16 @@ class Supervisor(Service):
 
     def _reconcile(self) -> None:
         """Tasks recorded as running belong to a daemon that died: kill what is left
-        of their process groups (if they are really theirs) and settle their state."""
+        of their process groups (if they are really theirs) and of their cgroups,
+        and settle their state."""
         now = self.reactor.seconds()
+        if self.cgroups is not None:
+            for name in self.cgroups.leftovers():
+                if self.cgroups.members(name):
+                    self.log.warn("killing what is left in the cgroup of {name}, from before the restart",
+                                  name=name)
+                if not self.cgroups.release(name):
+                    self._cgroups_to_release.add(name)
         for task in self.store.in_state(TaskState.RUNNING):
             killed = self._kill_leftover(task)
             progress = LoopProgress.from_json(task.metadata[LOOP_KEY]) if LOOP_KEY in task.metadata else None
@@ -610,12 +634,28 @@ class Supervisor(Service):
 
     def sweep_orphans(self) -> int:
         """Kill adopted processes that belong to a task that has ended, and reap
-        the ones that have died. Cheap: reads our own children list only."""
+        the ones that have died. Cheap: reads our own children list only.
+
+        An adopted process that still carries a task's marker is that task's; one
+        that dropped it (it escaped: new session, empty environment) belongs to
+        whichever tasks were running when it was first seen here, and is killed
+        once none of them runs any more."""
+        for task_id in list(self._cgroups_to_release):
+            if self.cgroups is None or self.cgroups.release(task_id):
+                self._cgroups_to_release.discard(task_id)
+        if self._cgroups_to_release:
+            self._sweep_call = self.reactor.callLater(0.5, self.sweep_orphans)
         if not self.subreaper:
             return 0
         known = {run.transport.pid for run in self.runs.values() if run.transport is not None}
+        known |= self.commands.pids()
+        running = {*self.runs, *self._starting, *self.loops.active}
         killed = 0
-        for pid in procfs.own_children() - known:
+        children = procfs.own_children() - known
+        for pid in list(self._adopted):
+            if pid not in children:
+                del self._adopted[pid]
+        for pid in children:
             fields = procfs.stat_fields(pid)
             if fields is None:
                 continue
@@ -626,14 +666,23 @@ class Supervisor(Service):
                     pass
                 continue
             task_id = procfs.task_marker(pid)
-            if task_id is None or task_id in self.runs:
-                continue
+            if task_id is not None:
+                if task_id in self.runs:
+                    continue
+                owners = f"task {task_id}"
+            else:
+                started = fields[19] if len(fields) > 19 else b""
+                seen = self._adopted.get(pid)
+                if seen is None or seen[0] != started:  # first seen here (or a reused pid)
+                    seen = self._adopted[pid] = (started, frozenset(running))
+                if seen[1] & running:
+                    continue  # a task that ran when it was adopted still runs
+                owners = f"task(s) {', '.join(sorted(seen[1]))}" if seen[1] else "a task that had ended"
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
-                self.log.warn(
-                    "killed process {pid} left behind by task {task_id}", pid=pid, task_id=task_id
-                )
+                self._adopted.pop(pid, None)
+                self.log.warn("killed process {pid} left behind by {owners}", pid=pid, owners=owners)
             except OSError:
                 pass
         return killed
@@ -1035,6 +1084,8 @@ class Supervisor(Service):
         # A process that exits at once may be reaped before spawnProcess returns,
         # which leaves transport.pid None: the pid it had is kept aside.
         pid = transport.pid if transport.pid is not None else getattr(transport, "spawned_pid", None)
+        if pid is not None and not run.exited:
+            self.place_in_cgroup(task.id, pid)  # before it can have started anything (it is exec'ing)
         run.transport = transport
         run.pgid = pid  # it leads its own session and process group
         run.task = evolve(task, pid=pid, pgid=pid, proc_start=self._start_times.of(pid, before, after))
@@ -1127,6 +1178,8 @@ class Supervisor(Service):
     def settle(self, final: Task, run: Run | None = None) -> None:
         """Record a task's state at the end of a run, log it and announce it."""
         self.store.save(final)
+        if final.state != TaskState.QUEUED:
+            self.release_cgroup(final.id)
         topic = {
             TaskState.COMPLETED: "task:completed",
             TaskState.FAILED: "task:failed",
@@ -1364,7 +1417,44 @@ class Supervisor(Service):
             "enabled": True,
             "agent": self.settings.agent.program,
             "started": self.started_count,
+            "containment": self.containment,
         }
+
+    # -- task cgroups --------------------------------------------------------
+
+    @property
+    def containment(self) -> str:
+        """What makes sure nothing outlives its task, for daemon status."""
+        if self.cgroups is not None:
+            return f"cgroup: each task in its own cgroup under {self.cgroups.base}"
+        sweep = "the subreaper sweep" if self.subreaper else "its process group and task marker"
+        return f"process group: {sweep} ({self.containment_note})" if self.containment_note else \
+            f"process group: {sweep}"
+
+    def place_in_cgroup(self, task_id: str, pid: int) -> None:
+        if self.cgroups is None:
+            return
+        try:
+            self.cgroups.place(task_id, pid)
+        except OSError as exc:
+            self.log.warn("task {task_id}: cannot move pid {pid} into its cgroup: {error}", task_id=task_id,
+                          pid=pid, error=exc.strerror or str(exc))
+
+    def kill_cgroup(self, task_id: str) -> None:
+        if self.cgroups is not None:
+            self.cgroups.kill(task_id)
+
+    def release_cgroup(self, task_id: str) -> None:
+        """The task has ended: whatever is left in its cgroup goes, and the cgroup."""
+        if self.cgroups is None:
+            return
+        left = self.cgroups.members(task_id)
+        if left:
+            self.log.warn("task {task_id} ended; killing {n} process(es) it left behind (its cgroup)",
+                          task_id=task_id, n=len(left))
+        if not self.cgroups.release(task_id):
+            self._cgroups_to_release.add(task_id)
+            self._sweep_soon()
 
 
 def _size(path: str | None) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.python import usage
 
 from aiwg.configfile import load_config
-from aiwg.errors import ConfigError
+from aiwg.errors import AiwgError, ConfigError
 from aiwg.paths import ProjectPaths
 
 
@@ -47,6 +47,7 @@ def makeService(options: Options) -> Any:
 
     from aiwg.daemon.automation import AutomationEngine
     from aiwg.daemon.bus import EventBus
+    from aiwg.daemon.cgroups import open_task_cgroups
     from aiwg.daemon.chat import ChatService
     from aiwg.daemon.eventlog import EventLog
     from aiwg.daemon.heartbeat import Heartbeat
@@ -76,6 +77,11 @@ def makeService(options: Options) -> Any:
     store = StoreService(
         db_path=paths.tasks_db, tasks_json=paths.daemon_dir / "tasks.json", clock=reactor
     )
+    # Proved here, before twistd forks (a forked daemon keeps its cgroup).
+    containment = config.data["daemon"].get("process_containment", "auto")
+    cgroups, no_cgroups = open_task_cgroups(paths.root) if containment != "process-group" else (None, "configured")
+    if containment == "cgroup" and cgroups is None:
+        raise AiwgError(f"daemon.process_containment is \"cgroup\", but task cgroups do not work here: {no_cgroups}")
     supervisor = Supervisor(
         reactor=reactor,
         store=lambda: store.store,
@@ -83,6 +89,8 @@ def makeService(options: Options) -> Any:
         project_root=paths.root,
         actions_dir=paths.actions_dir,
         settings=SupervisorSettings.from_config(config),
+        cgroups=cgroups,
+        containment_note=no_cgroups,
     )
     root.supervisor = supervisor
     automation = AutomationEngine(

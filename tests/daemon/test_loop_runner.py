@@ -28,6 +28,9 @@ class NoGit:
     def stop(self) -> list[Any]:
         return []
 
+    def pids(self) -> set[int]:
+        return set()
+
 
 def loop_supervisor(tmp_path: Path, **overrides: Any) -> tuple[Any, Any, list[str]]:
     supervisor, reactor, topics = make(tmp_path, **overrides)

@@ -539,15 +539,27 @@ def test_aiwg_binary_is_on_path_for_tests() -> None:
     assert os.access(AIWG, os.X_OK)
 
 
-@pytest.mark.parametrize("kind", ["orphan", "escaped"])
-def test_processes_left_behind_by_a_finished_task_are_killed(project: Project, kind: str) -> None:
-    configure(project)
+@pytest.mark.parametrize("containment", ["auto", "process-group"])
+@pytest.mark.parametrize("kind", ["orphan", "escaped", "vanished"])
+def test_processes_left_behind_by_a_finished_task_are_killed(project: Project, kind: str, containment: str) -> None:
+    """An orphan, one that left the group, and one that escaped completely (double
+    fork, setsid, no descriptors, an empty environment without the task marker,
+    exec of sleep): each is gone within seconds of its task's end, with task
+    cgroups (where they work: root here) and with the process-group fallback."""
+    configure(project, process_containment=containment)
     project.start()
-    directive = "@orphan" if kind == "orphan" else "@escape"
+    with project.client() as client:
+        mode = client.call("daemon.status")["subsystems"]["supervisor"]["containment"]
+    if containment == "auto" and not mode.startswith("cgroup: "):
+        pytest.skip(f"task cgroups do not work here: {mode}")
+    assert mode.startswith("cgroup: " if containment == "auto" else "process group: ")
+    directive = {"orphan": "@orphan", "escaped": "@escape", "vanished": "@vanish"}[kind]
     task_id = submit(project, f"leave a {kind} {directive}")
     assert wait_state(project, task_id, "completed")["exitCode"] == 0
     [left] = project.fake.grandchild_pids(kind)
     wait_for(lambda: not alive(left), timeout=15)
+    if containment == "auto" and kind == "vanished":  # its cgroup took it, whatever it did to itself
+        assert f"task {task_id} ended; killing 1 process(es) it left behind (its cgroup)" in project.log_text()
 
 
 def test_an_escaped_process_holding_the_output_does_not_hold_the_task(project: Project) -> None:

@@ -22,6 +22,8 @@ the prompt (after `--`, or the argument after -p):
   @escape         leave a grandchild that called setsid and closed its stdio (<pid>.escaped)
   @escape-holding leave a grandchild that called setsid but keeps stdout open (<pid>.holder)
   @unicode:N      print N copies of "é" (two bytes each) and a newline
+  @vanish         escape completely: fork twice, setsid, close every descriptor, and exec
+                  `sleep 600` with an empty environment (no AIWG_TASK_ID); <pid>.vanished
 
 With `--output-format json` it prints one JSON result object like claude's. With
 `--resume ID` the result says which session it resumed ("resumed ID: …") and, like
@@ -70,6 +72,7 @@ def main() -> int:
     with open(path, "w") as handle:
         json.dump(record, handle)
 
+    parent = os.getpid()
     words = prompt.split()
     directives = {}
     for word in words:
@@ -110,6 +113,23 @@ def main() -> int:
             os._exit(0)
         deadline = time.time() + 5
         while not os.path.exists(os.path.join(records, f"{os.getpid()}.{suffix}")) and time.time() < deadline:
+            time.sleep(0.01)
+    if "vanish" in directives:
+        sys.stdout.flush()
+        middle = os.fork()
+        if middle == 0:
+            os.setsid()
+            if os.fork() == 0:
+                marker = os.path.join(records, f"{parent}.vanished")
+                with open(marker + ".part", "w") as handle:
+                    handle.write(str(os.getpid()))
+                os.rename(marker + ".part", marker)
+                os.closerange(0, 1024)
+                os.execve("/bin/sleep", ["sleep", "600"], {})
+            os._exit(0)
+        os.waitpid(middle, 0)
+        deadline = time.time() + 5
+        while not os.path.exists(os.path.join(records, f"{parent}.vanished")) and time.time() < deadline:
             time.sleep(0.01)
     if "unicode" in directives:
         sys.stdout.write("é" * int(directives["unicode"]) + "\n")
