@@ -198,12 +198,25 @@ def redact(text: str, secrets: Iterable[str], mark: str = "[redacted]") -> str:
     return text
 
 
+#: A result taken from raw output (`text`, or no JSON result found) is cut here:
+#: the output file has the whole of it.
+MAX_RAW_RESULT_CHARS = 64 * 1024
+
+
+def _raw_result(text: str) -> str | None:
+    text = text.strip()
+    if len(text) > MAX_RAW_RESULT_CHARS:
+        cut = len(text) - MAX_RAW_RESULT_CHARS
+        text = text[:MAX_RAW_RESULT_CHARS] + f"\n[… {cut} more characters in the task's output file]"
+    return text or None
+
+
 def parse_result(output: str, stdout: str) -> AgentResult:
     """Read the agent's result from its stdout (`claude-json`: the last JSON object
-    with "type": "result"; `text`: the whole stdout is the answer)."""
+    with "type": "result"; `text`: the whole stdout is the answer, up to
+    MAX_RAW_RESULT_CHARS)."""
     if output == "text":
-        text = stdout.strip()
-        return AgentResult(result=text or None)
+        return AgentResult(result=_raw_result(stdout))
     found: Mapping[str, Any] | None = None
     stripped = stdout.strip()
     candidates = [stripped] if stripped.startswith("{") else []
@@ -217,7 +230,7 @@ def parse_result(output: str, stdout: str) -> AgentResult:
             found = value
             break
     if found is None:
-        return AgentResult(result=stripped or None)
+        return AgentResult(result=_raw_result(stripped))
     cost = found.get("total_cost_usd", found.get("cost_usd"))
     result = found.get("result")
     return AgentResult(

@@ -51,7 +51,11 @@ from aiwg.errors import SHUTTING_DOWN, InvalidParams, RpcError
 
 #: Metadata key holding a task's own environment templates (never shown with values).
 ENV_KEY = "_env"
-RESULT_CAPTURE_BYTES = 4 * 1024 * 1024
+#: Of an agent's stdout, the start and the end are kept in memory to read its
+#: result from (claude's JSON result is its last line); the rest is only in the
+#: output file. Bounded, so that a flood of output costs no memory.
+STDOUT_HEAD_BYTES = 64 * 1024
+STDOUT_TAIL_BYTES = 1024 * 1024
 PRUNE_INTERVAL_SECONDS = 600
 SWEEP_INTERVAL_SECONDS = 10
 #: After a task ends, its escaped leftovers are swept this much later.
@@ -157,6 +161,20 @@ class StartTimes:
 
 
 
+#: After a run that streamed more than this, freed memory is handed back to the
+#: system (glibc keeps a fragmented heap otherwise, long after a flood of output).
+TRIM_AFTER_BYTES = 8 * 1024 * 1024
+
+
+def trim_heap() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def settle_exited(task: Task, now: float, output: str) -> Task:
     """A task found running at start whose agent had already exited (recorded at
     once): its outcome by that exit, its result read back from its output file."""
@@ -164,7 +182,9 @@ def settle_exited(task: Task, now: float, output: str) -> Task:
     if task.output_path:
         try:
             with open(task.output_path, "rb") as handle:
-                text = handle.read(RESULT_CAPTURE_BYTES).decode("utf-8", "replace")
+                size = os.fstat(handle.fileno()).st_size
+                handle.seek(max(0, size - STDOUT_TAIL_BYTES))
+                text = handle.read(STDOUT_TAIL_BYTES).decode("utf-8", "replace")
         except OSError:
             pass
     parsed = agents.parse_result(output, text)
@@ -214,7 +234,9 @@ class Run:
         self.truncated = False
         self.output_problem: str | None = None  # why the output file stopped being written, if it did
         self.tail = bytearray()
-        self.stdout = bytearray()
+        self.stdout_head = bytearray()  # the first STDOUT_HEAD_BYTES of stdout
+        self.stdout_tail = bytearray()  # the last STDOUT_TAIL_BYTES or so after that
+        self.stdout_bytes = 0
         self.stderr_tail = bytearray()
         self.reason: str | None = None  # "timeout" | "cancel" | "shutdown", set before exit only
         self.exit_code: int | None = None
@@ -237,11 +259,20 @@ class Run:
     def parsed(self, output: str) -> agents.AgentResult:
         """The agent's report from its stdout, with the secrets redacted once more
         after decoding (an escape the output's redaction could not know of)."""
-        parsed = agents.parse_result(output, bytes(self.stdout).decode("utf-8", "replace"))
+        parsed = agents.parse_result(output, self.stdout_text())
         if self.secret_texts and (parsed.result or parsed.subtype):
             parsed = evolve(parsed, result=parsed.result and agents.redact(parsed.result, self.secret_texts),
                             subtype=parsed.subtype and agents.redact(parsed.subtype, self.secret_texts))
         return parsed
+
+    def stdout_text(self) -> str:
+        """What was kept of stdout: all of it, or its start and its end."""
+        del self.stdout_tail[:-STDOUT_TAIL_BYTES]
+        kept = bytes(self.stdout_head)
+        if self.stdout_tail:
+            cut = self.stdout_bytes - len(self.stdout_head) - len(self.stdout_tail)
+            kept += (f"\n[… {cut} bytes, in the task's output file …]\n".encode() if cut else b"") + self.stdout_tail
+        return kept.decode("utf-8", "replace")
 
     def succeeded(self, parsed: agents.AgentResult) -> bool:
         """The agent exited 0, by itself, without reporting an error."""
@@ -271,8 +302,18 @@ class Run:
         return data
 
     def _record(self, fd: int, data: bytes) -> None:
-        if fd == 1 and len(self.stdout) < RESULT_CAPTURE_BYTES:
-            self.stdout += data[: RESULT_CAPTURE_BYTES - len(self.stdout)]
+        if fd == 1:
+            self.stdout_bytes += len(data)
+            room = STDOUT_HEAD_BYTES - len(self.stdout_head)
+            if room > 0:
+                self.stdout_head += data[:room]
+                data_rest = data[room:]
+            else:
+                data_rest = data
+            if data_rest:
+                self.stdout_tail += data_rest
+                if len(self.stdout_tail) > 2 * STDOUT_TAIL_BYTES:  # trimmed now and then, not per chunk
+                    del self.stdout_tail[:-STDOUT_TAIL_BYTES]
         if fd == 2:
             self.stderr_tail += data
             del self.stderr_tail[:-4096]
@@ -1180,6 +1221,8 @@ class Supervisor(Service):
         self.store.save(final)
         if final.state != TaskState.QUEUED:
             self.release_cgroup(final.id)
+        if run is not None and run.emitted > TRIM_AFTER_BYTES:
+            trim_heap()
         topic = {
             TaskState.COMPLETED: "task:completed",
             TaskState.FAILED: "task:failed",

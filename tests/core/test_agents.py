@@ -149,3 +149,14 @@ def test_a_parser_without_end_of_options_keeps_the_template_and_refuses_dash_pro
     assert problem is not None and "starts with '-'" in problem and "agent.end_of_options: false" in problem
     joined = AgentSettings(command=("tool", "--message={prompt}"), end_of_options=False)
     assert prompt_problem(joined, "-fine as a value") is None
+
+
+def test_a_raw_result_is_cut_with_a_pointer_to_the_output_file() -> None:
+    from aiwg.core.agents import MAX_RAW_RESULT_CHARS
+
+    flood = "x" * (MAX_RAW_RESULT_CHARS + 10)
+    for output in ("text", "claude-json"):
+        result = parse_result(output, flood).result
+        assert result is not None and result.startswith("x" * MAX_RAW_RESULT_CHARS)
+        assert result.endswith("[… 10 more characters in the task's output file]")
+    assert parse_result("text", "  short answer\n").result == "short answer"

@@ -474,3 +474,25 @@ def test_has_exited_sees_an_unreaped_child_without_reaping_it() -> None:
     assert has_exited(child.pid)
     assert child.wait(timeout=5) == 0  # still ours to reap
     assert not has_exited(child.pid)
+
+
+def test_a_flood_of_stdout_keeps_its_start_and_its_end_and_the_json_result(tmp_path: Path) -> None:
+    """Memory stays bounded however much an agent prints; claude's JSON result,
+    its last line, is still read."""
+    from aiwg.daemon.supervisor import STDOUT_HEAD_BYTES, STDOUT_TAIL_BYTES
+
+    supervisor, reactor, _ = make(tmp_path, output_max_bytes=1024)
+    task = supervisor.submit("flood")
+    [process] = reactor.spawned
+    run = supervisor.runs[task.id]
+    chunk = b"y" * 65536
+    for _ in range(200):  # 12.5 MiB
+        process.protocol.childDataReceived(1, chunk)
+    result = b'\n{"type": "result", "result": "the answer", "session_id": "s-1", "total_cost_usd": 0.5}\n'
+    process.protocol.childDataReceived(1, result)
+    assert len(run.stdout_head) == STDOUT_HEAD_BYTES and len(run.stdout_tail) <= 2 * STDOUT_TAIL_BYTES
+    text = run.stdout_text()
+    assert len(text) < STDOUT_HEAD_BYTES + STDOUT_TAIL_BYTES + 200 and "bytes, in the task's output file" in text
+    process.finish(0)
+    record = supervisor.store.get(task.id)
+    assert record.state == TaskState.COMPLETED and record.result == "the answer" and record.session_id == "s-1"

@@ -669,3 +669,52 @@ def test_at_the_descriptor_limit_tasks_wait_and_then_complete(project: Project) 
     assert set(states.values()) == {"completed"}, states
     assert any("cannot start agents" in issue for issue in health) or "cannot start agents" in project.log_text()
     assert project.running()
+
+
+def test_ten_agents_flooding_output_leave_memory_bounded_and_the_socket_responsive(project: Project) -> None:
+    """Ten agents each writing 100 MiB: the daemon's RSS grows by at most 100 MiB,
+    a ping on another connection keeps p99 under 50 ms, and every task completes."""
+    import threading
+
+    flood = "yes 0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz | head -c 104857600"
+    project.write_config(json.dumps({
+        "daemon": {**FAST["daemon"], "max_parallel_actions": 10, "task_output_max_mb": 10},
+        "agent": {"command": ["sh", "-c", flood, "{prompt}"], "output": "text", "end_of_options": False}}))
+    daemon = project.start()
+
+    def rss() -> int:
+        for line in Path(f"/proc/{daemon}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    time.sleep(0.5)
+    before = peak = rss()
+    pings: list[float] = []
+    stop = threading.Event()
+
+    def ping() -> None:
+        with project.client() as client:
+            while not stop.is_set():
+                started = time.perf_counter()
+                client.call("ping")
+                pings.append(time.perf_counter() - started)
+                time.sleep(0.01)
+
+    pinger = threading.Thread(target=ping, daemon=True)
+    pinger.start()
+    with project.client() as client:
+        ids = [client.call("task.submit", prompt=f"flood {i}")["taskId"] for i in range(10)]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            peak = max(peak, rss())
+            if all(client.call("task.get", taskId=t)["state"] not in ("queued", "running") for t in ids):
+                break
+            time.sleep(0.05)
+        states = [client.call("task.get", taskId=t)["state"] for t in ids]
+    stop.set()
+    pinger.join(timeout=10)
+    assert states == ["completed"] * 10
+    assert peak - before <= 100 * 2**20, f"RSS grew by {(peak - before) / 2**20:.0f} MiB"
+    pings.sort()
+    assert pings and pings[int(0.99 * len(pings))] <= 0.050, f"ping p99 {pings[int(0.99 * len(pings))] * 1000:.0f} ms"
