@@ -241,6 +241,7 @@ class TaskStore:
         self._read_states: dict[str, str] = {}
         self.commits = 0
         self.failed_flushes = 0
+        self.last_error = ""
         self._thread: CommitThread | None = None
         self._reader = self._db
         if deliver is not None:
@@ -422,6 +423,7 @@ class TaskStore:
                     del self._unsaved[task_id]
         else:
             self.failed_flushes += 1
+            self.last_error = str(error)
             for task_id in ids:
                 last = self._unsaved.get(task_id)
                 if last is not None and last.batch == number:
@@ -726,11 +728,17 @@ class StoreService(Service):
         self._opened = file_identity(self._db_path)
 
     def health_issues(self) -> list[str]:
-        """The database file deleted under the daemon (`rm -r .aiwg/daemon`): it
-        goes on writing to the deleted file, and the next start has none of it."""
+        """Commits failing (a full disk: they are retried), or the database file
+        deleted under the daemon (`rm -r .aiwg/daemon`): it goes on writing to the
+        deleted file, and the next start has none of it."""
+        issues = []
+        if self.store is not None and self.store.failed_flushes:
+            issues.append(f"task store {self._db_path} cannot be written ({self.store.last_error}); "
+                          f"{self.store.failed_flushes} commit(s) failed, retrying: new tasks are refused "
+                          "until it can")
         if self.store is None or self._opened is None or file_identity(self._db_path) == self._opened:
-            return []
-        return [f"task store {self._db_path} was deleted while the daemon ran; what it holds is lost "
+            return issues
+        return [*issues, f"task store {self._db_path} was deleted while the daemon ran; what it holds is lost "
                 "when the daemon stops: export it now (aiwg task export > tasks.json) and restart"]
 
     def stopService(self) -> None:

@@ -115,11 +115,14 @@ def test_a_submit_refused_for_a_full_disk_never_runs(project_on_disk: Project, s
         assert "disk is full" in error.message or "No space left on device" in error.message
         assert "taskId" not in str(error.data or {})
     assert stats.get("queued", 0) == 0 and stats.get("running", 0) == 0
+    issues = status(project)["health_issues"]
+    assert any("cannot be written" in i and "disk is full" in i for i in issues), issues
     filler.unlink()
     with project.client() as client:
         accepted = client.call("task.submit", prompt="runs")["taskId"]
         wait_for(lambda: client.call("task.get", taskId=accepted)["state"] == "completed", timeout=30)
         tasks = client.call("task.list", limit=100)
     assert [t["prompt"] for t in tasks] == ["runs"]  # none of the refused ones came back
+    assert not any("cannot be written" in i for i in status(project)["health_issues"])  # cleared
     assert [run["prompt"] for run in project.fake.runs()] == ["runs"]
 

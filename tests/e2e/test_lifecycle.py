@@ -640,3 +640,25 @@ def test_a_client_that_never_reads_is_cut_off_and_the_daemon_lives_on(daemon: Pr
     assert closed, "the daemon kept buffering replies for a client that never reads"
     assert "does not read its replies" in daemon.log_text()
     assert daemon.aiwg("daemon", "ping").returncode == 0
+
+
+@pytest.mark.parametrize("daemon_section, key", [
+    ({"heartbeat_interval_seconds": 1e-300}, "daemon.heartbeat_interval_seconds"),
+    ({"task_output_max_mb": 1e308}, "daemon.task_output_max_mb"),
+    ({"ipc": {"max_line_bytes": 1e20}}, "daemon.ipc.max_line_bytes"),
+], ids=["heartbeat", "output-cap", "line-limit"])
+def test_an_absurd_number_is_refused_at_start_and_at_reload_naming_the_key(
+        project: Project, daemon_section: dict, key: str) -> None:
+    project.write_config(json.dumps({"daemon": daemon_section}))
+    started = project.aiwg("daemon", "start")
+    assert started.returncode == 6 and key in started.stderr and not project.running()
+    project.write_config("{}")
+    project.start()
+    with project.client() as client:
+        before = client.call("daemon.status")["config"]["hash"]
+    project.write_config(json.dumps({"daemon": daemon_section}))
+    reloaded = project.aiwg("daemon", "reload")
+    assert reloaded.returncode == 6 and key in reloaded.stderr
+    with project.client() as client:
+        status = client.call("daemon.status")
+    assert status["config"]["hash"] == before and status["config"]["reloads"] == 0

@@ -105,6 +105,28 @@ def test_prompts_reach_argv_unchanged(project: Project, prompt: str) -> None:
     assert not Path("/tmp/aiwg-pwned").exists()
 
 
+@pytest.mark.parametrize("template", [
+    {"command": ["codex", "exec", "{prompt}"], "args": ["--sandbox", "workspace-write"], "output": "text"},
+    {"command": ["gemini", "--prompt={prompt}"], "args": ["--approval-mode=yolo"], "output": "text"},
+    {"command": ["aider", "--message={prompt}"], "args": ["--yes-always", "--no-auto-commits"], "output": "text"},
+], ids=["codex", "gemini", "aider"])
+def test_each_documented_agent_template_gets_an_option_like_prompt_as_its_prompt(
+        project: Project, template: dict[str, Any]) -> None:
+    """The templates of docs/configuration.md, each run by a stand-in of that name."""
+    from tests.conftest import install_fake_claude
+
+    install_fake_claude(project.fake.bin_dir.parent, name=template["command"][0])
+    project.write_config(json.dumps({"daemon": FAST["daemon"], "agent": template}))
+    project.start()
+    task_id = submit(project, "--dangerously-skip-permissions")
+    assert wait_state(project, task_id, "completed", "failed")["state"] == "completed"
+    [run] = project.fake.runs()
+    assert run["prompt"] == "--dangerously-skip-permissions"
+    assert Path(run["argv"][0]).name == template["command"][0]
+    options = run["argv"][1:run["argv"].index("--")] if "--" in run["argv"] else run["argv"][1:]
+    assert "--dangerously-skip-permissions" not in options  # only ever inside `--x=` or after `--`
+
+
 def test_a_prompt_longer_than_one_argument_is_refused_and_leaves_no_task(project: Project) -> None:
     configure(project)
     project.start()

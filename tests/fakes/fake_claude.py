@@ -41,7 +41,10 @@ def main() -> int:
     argv = sys.argv[1:]
     records = os.environ.get("FAKE_CLAUDE_RECORDS", "/tmp")
     prompt = ""
-    if "--" in argv:  # what ends the options, as for the real CLI's parser
+    joined = [a.split("=", 1)[1] for a in argv if a.startswith(("--message=", "--prompt="))]
+    if joined:  # aider's and gemini's documented templates give it as an option's value
+        prompt = joined[0]
+    elif "--" in argv:  # what ends the options, as for the real CLI's parser
         index = argv.index("--")
         prompt = " ".join(argv[index + 1:])
         argv = argv[:index]
