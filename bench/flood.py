@@ -20,8 +20,6 @@ that process's reactor.
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import socket
 import subprocess

@@ -15,14 +15,13 @@ import click
 from aiwg.cli.render import Context, duration, emit_json, fail, json_option, project_option
 from aiwg.client import DaemonClient
 from aiwg.errors import INVALID_PARAMS, RpcError
+from aiwg.core.states import END_TOPICS, TERMINAL_STATES
 
 pass_context = click.make_pass_decorator(Context, ensure=True)
 
 STATES = ("awaiting_approval", "queued", "running", "completed", "failed", "cancelled", "timeout", "rejected")
-TERMINAL = {"completed", "failed", "cancelled", "timeout", "rejected"}
 #: Exit status of `task get --follow` and `task submit --wait` for each final state.
 EXIT_FOR_STATE = {"completed": 0, "failed": 1, "timeout": 124, "cancelled": 130, "rejected": 3}
-END_TOPICS = ["task:completed", "task:failed", "task:cancelled", "task:timeout", "task:rejected"]
 
 
 @click.group()
@@ -446,7 +445,7 @@ def _follow(ctx: Context, client: DaemonClient, task_id: str, *, subscribed: boo
     state = page["state"]
     client.timeout = None
     try:
-        while state not in TERMINAL:
+        while state not in TERMINAL_STATES:
             for event in client.events(timeout=1.0):
                 payload = event.get("payload") or {}
                 if payload.get("taskId") != task_id:

@@ -12,10 +12,9 @@ import time
 from typing import Any, Callable
 
 from aiwg.client import DaemonClient
+from aiwg.core.states import END_TOPICS, TERMINAL_STATES
 
-END_TOPICS = ("task:completed", "task:failed", "task:cancelled", "task:timeout", "task:rejected")
 TURN_TOPICS = ["task:output", *END_TOPICS]
-TERMINAL = {"completed", "failed", "cancelled", "timeout", "rejected"}
 #: While a turn is quiet, its state is asked for this often (an end event could be missed).
 MISSED_END_CHECK = 2.0
 
@@ -32,7 +31,7 @@ def wait_turn(
     started = time.monotonic()
     next_check = started + MISSED_END_CHECK
     state = None
-    while state not in TERMINAL:
+    while state not in TERMINAL_STATES:
         for event in client.events(timeout=tick):
             payload = event.get("payload") or {}
             if payload.get("taskId") != task_id:

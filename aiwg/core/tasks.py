@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any, Iterator, Mapping
 
 from attrs import evolve, field, frozen
+from aiwg.core.states import TERMINAL_STATES
 
 
 class TaskState(str, Enum):
@@ -31,8 +32,7 @@ class TaskState(str, Enum):
         return self.value
 
 
-TERMINAL = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED, TaskState.TIMEOUT,
-                      TaskState.REJECTED})
+TERMINAL = frozenset(TaskState(name) for name in TERMINAL_STATES)
 
 #: Every allowed move. running → queued is a retry after an interruption; a task that
 #: needs approval waits (not counted against the concurrency limit) until a person

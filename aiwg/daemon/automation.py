@@ -33,7 +33,7 @@ from aiwg.core.rules import LoopGuard, Rule, render_prompt, rules_from_config
 from aiwg.core.watching import changes_from_payload, matching_paths
 from aiwg.daemon.crontimer import CronTimer
 from aiwg.daemon.debounce import Debouncer
-from aiwg.daemon.logs import iso_utc
+from aiwg.core.timefmt import iso_utc
 from aiwg.daemon.statefile import read_json, write_json_atomic
 from aiwg.errors import InvalidParams
 
@@ -360,7 +360,11 @@ class AutomationEngine(Service):
         try:
             found = self._task_depth_lookup(task_id)
         except Exception:
-            found = None
+            # Fail closed: a chain whose depth is unknown is treated as at the limit,
+            # so a bug here refuses a firing instead of letting a loop run away.
+            self.log.failure("automation: cannot tell how deep task {task_id}'s chain is; treating it as "
+                             "at automation.max_chain_depth", task_id=task_id)
+            return self.guard.max_depth
         return int(found or 0)
 
     # -- firing --------------------------------------------------------------------
@@ -374,14 +378,17 @@ class AutomationEngine(Service):
             state.looked_up = True  # after a restart: the loop it started may still run
             try:
                 state.last_task = self._unfinished_loop(f"rule:{state.rule.id}")
-            except Exception:
+            except Exception as exc:
                 self.log.failure("automation: looking up rule {id}'s loop", id=state.rule.id)
+                state.looked_up = False  # asked again at the next firing
+                return f"cannot tell whether its earlier loop still runs ({type(exc).__name__}: {exc})"
         if state.last_task is None or self._task_state is None:
             return None
         try:
             current = self._task_state(state.last_task)
-        except Exception:
-            return None
+        except Exception as exc:  # fail closed: no second loop while the first may run
+            self.log.failure("automation: looking up the state of task {task_id}", task_id=state.last_task)
+            return f"cannot tell whether its loop {state.last_task} still runs ({type(exc).__name__}: {exc})"
         if current in ("awaiting_approval", "queued", "running"):
             return f"its loop {state.last_task} is still {current}"
         return None

@@ -25,8 +25,8 @@ from aiwg.core.conversations import Conversations, UnknownConversation, prompt_w
 from aiwg.core.events import Event
 from aiwg.daemon.statefile import read_json, write_json_atomic
 from aiwg.errors import InvalidParams
+from aiwg.core.states import END_TOPICS
 
-END_TOPICS = ["task:completed", "task:failed", "task:cancelled", "task:timeout", "task:rejected"]
 #: How often idle conversations are looked for.
 EXPIRY_INTERVAL = 60.0
 #: Conversations changed since the last save are written this often (and at stop),
@@ -65,7 +65,7 @@ class ChatService(Service):
     def startService(self) -> None:
         Service.startService(self)
         self._restore()
-        self._subscription = self._bus.subscribe(END_TOPICS, self._ended)
+        self._subscription = self._bus.subscribe(list(END_TOPICS), self._ended)
         self._expiry = LoopingCall(self._tick)
         self._expiry.clock = self._reactor
         self._expiry.start(SAVE_INTERVAL, now=False)

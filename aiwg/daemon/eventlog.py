@@ -24,7 +24,7 @@ from twisted.logger import Logger
 from aiwg.core.config import Config, EventLogSettings
 from aiwg.core.events import Event
 from aiwg.daemon.bus import EventBus, Subscription
-from aiwg.daemon.logs import iso_utc
+from aiwg.core.timefmt import iso_utc
 
 #: Topics too chatty for the day log.
 SKIPPED_TOPICS = frozenset({"task:output"})

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 
 from aiwg import compat
 from aiwg.core import strictjson
-from aiwg.daemon.logs import iso_utc
+from aiwg.core.timefmt import iso_utc
 from aiwg.daemon.rpc import CallContext, MethodTable
 from aiwg.daemon.unixport import OwnedSocketListener, OwnedSocketPort
 from aiwg.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, RpcError

@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from aiwg.core.config import LogSettings
 from aiwg.core.text import utf8_safe
+from aiwg.core.timefmt import iso_utc
 
 LEVELS = {
     "debug": LogLevel.debug,
@@ -30,24 +31,6 @@ LEVELS = {
     "warn": LogLevel.warn,
     "error": LogLevel.error,
 }
-
-
-_iso_cache: list = [None, "", None, ""]
-
-
-def iso_utc(when: float) -> str:
-    """`2026-11-24T19:44:48.123Z`: the timestamp format of every file we write.
-    (Cached per millisecond and per second: `ping` calls this on every request.)"""
-    millis_total = int(when * 1000)
-    if _iso_cache[2] == millis_total:
-        return _iso_cache[3]
-    seconds, millis = divmod(millis_total, 1000)
-    if _iso_cache[0] != seconds:
-        _iso_cache[0] = seconds
-        _iso_cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    text = f"{_iso_cache[1]}.{millis:03d}Z"
-    _iso_cache[2], _iso_cache[3] = millis_total, text
-    return text
 
 
 def _level_name(event: dict[str, Any]) -> str:

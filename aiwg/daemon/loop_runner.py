@@ -28,7 +28,7 @@ from aiwg.core.loops import (LOOP_KEY, LoopProgress, LoopSpec, LoopSpecError, af
 from aiwg.core.tasks import OUTPUT_TAIL_BYTES, Task, TaskState
 from aiwg.daemon.commands import git_snapshot, user_shell
 from aiwg.daemon.iterations import AGENT_LOG, CHECK_LOG, IterationRecords, snapshot_json
-from aiwg.daemon.logs import iso_utc
+from aiwg.core.timefmt import iso_utc
 
 if TYPE_CHECKING:
     from aiwg.daemon.supervisor import Run, Supervisor

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiwg.core.conversations import conversation_id_problem
 from aiwg.core.events import Event, pattern_problem, topic_problem
 from aiwg.core.loops import LOOP_KEY, LoopSpecError, parse_loop
-from aiwg.daemon.logs import iso_utc
+from aiwg.core.timefmt import iso_utc
 from aiwg.core.tasks import STATE_NAMES, source_problem
 from aiwg.daemon.rpc import CallContext, MethodTable, Namespace, Param, method
 from aiwg.errors import STORE_UNWRITABLE, InvalidParams, RpcError

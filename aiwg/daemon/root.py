@@ -28,7 +28,8 @@ from aiwg.configfile import exposure, load_config
 from aiwg.core.config import Config
 from aiwg.core.loops import spec_from_action
 from aiwg.daemon.bus import EventBus
-from aiwg.daemon.logs import RotatingFileObserver, iso_utc, stream_observer
+from aiwg.core.timefmt import iso_utc
+from aiwg.daemon.logs import RotatingFileObserver, stream_observer
 from aiwg.errors import CONFIG_INVALID, ConfigError, RpcError
 from aiwg.paths import ProjectPaths
 

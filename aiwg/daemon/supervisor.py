@@ -43,7 +43,8 @@ from aiwg.core.text import utf8_safe
 from aiwg.daemon.bus import EventBus
 from aiwg.daemon.commands import CommandRunner
 from aiwg.daemon.loop_runner import LoopRunner
-from aiwg.daemon.logs import iso_utc, parse_iso
+from aiwg.core.timefmt import iso_utc
+from aiwg.daemon.logs import parse_iso
 from aiwg.daemon.cgroups import TaskCgroups
 from aiwg.daemon.spawning import close_output_pipes, has_exited, reap_exited, spawn_session_leader
 from aiwg.daemon.store import DuplicateTask, TaskStore

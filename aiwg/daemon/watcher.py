@@ -43,7 +43,7 @@ from aiwg.core.config import Config
 from aiwg.core.text import display_path
 from aiwg.core.watching import ChangeSet, Stamp, WatchEntry, WatchPlan, plan_from_config, snapshot_diff
 from aiwg.daemon.debounce import Debouncer
-from aiwg.daemon.logs import iso_utc
+from aiwg.core.timefmt import iso_utc
 from aiwg.daemon.observers import (LIMIT_ERRNOS, TreeWatch, native_observer, polling_observer, probe,
                                    watchdog_version)
 from aiwg.paths import ProjectPaths

@@ -381,3 +381,29 @@ def test_a_reload_while_the_command_runs_hands_its_triggers_to_the_new_rule(tmp_
     assert [line for line, _, _ in commands.runs] == ["npm test", "npm run test:all"]
     commands.answer(1, 0)
     assert [s["prompt"] for s, _, _ in h.submitted] == ["Fix v2:\nsrc/a.py\nsrc/b.py"]
+
+
+def test_the_loop_guard_fails_closed_when_it_cannot_look(tmp_path: Path) -> None:
+    """A guard whose own lookup breaks refuses the firing (and says why) instead of
+    letting a second loop, or a chain of unknown depth, through."""
+    def broken_state(task_id: str) -> str:
+        raise RuntimeError("store gone")
+
+    def broken_depth(task_id: str) -> int:
+        raise RuntimeError("store gone")
+
+    h = Harness(tmp_path, [rule("fix", {"type": "file_change", "pattern": "src/**"}, "Fix it",
+                                action={"until": "make test"}),
+                           rule("on-done", {"type": "event", "topic": "task:completed"}, "Next")])
+    h.engine = AutomationEngine(reactor=h.clock, bus=h.bus, config=h.config, submit=h.submit,
+                                task_depth=broken_depth, state_file=h.state_file, task_state=broken_state)
+    h.engine.startService()
+    h.files("src/a.py")
+    assert [source for _, source, _ in h.submitted] == ["rule:fix"]  # no earlier loop: it fires
+    h.files("src/b.py")  # its loop's state cannot be read: no second loop
+    assert [source for _, source, _ in h.submitted] == ["rule:fix"]
+    assert "cannot tell whether its loop" in h.topics("automation:skipped")[-1]["reason"]
+    h.bus.publish("task:completed", {"taskId": "t-unknown"})
+    h.clock.advance(0)
+    h.clock.advance(0)
+    assert [source for _, source, _ in h.submitted] == ["rule:fix"]  # chain depth unknown: at the limit

@@ -28,9 +28,9 @@ from aiwg.core.events import Event, topic_matches
 from aiwg.core.messaging import (HELP, REFUSAL, SECRET_KEYS, Inbound, Notice, allowed, at_least, notice_for,
                                  parse_command, result_text, status_text, tasks_text)
 from aiwg.core.tasks import STATE_NAMES
+from aiwg.core.states import END_TOPICS
 
 PLATFORMS = ("telegram", "slack", "discord")
-END_TOPICS = ("task:completed", "task:failed", "task:cancelled", "task:timeout", "task:rejected")
 #: A refused user gets one refusal in this many seconds, however many messages they send.
 REFUSAL_INTERVAL = 600.0
 
