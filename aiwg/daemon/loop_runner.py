@@ -29,6 +29,7 @@ from aiwg.core.tasks import OUTPUT_TAIL_BYTES, Task, TaskState
 from aiwg.daemon.commands import git_snapshot, user_shell
 from aiwg.daemon.iterations import AGENT_LOG, CHECK_LOG, IterationRecords, snapshot_json
 from aiwg.core.timefmt import iso_utc
+from aiwg.core.outcomes import failure_text
 
 if TYPE_CHECKING:
     from aiwg.daemon.supervisor import Run, Supervisor
@@ -214,14 +215,15 @@ class LoopRunner:
         self._guard(loop, self._agent_ended if run.kind == "loop-agent" else self._check_ended, loop, run)
 
     def _agent_ended(self, loop: LoopRun, run: "Run") -> None:
-        parsed = run.parsed(self.sup.settings.agent.output)
+        end = run.end(self.sup.settings.agent.output)
+        parsed = end.parsed
         if run.reason == "iteration-timeout":
             minutes = loop.spec.iteration_timeout_minutes or self.sup.settings.timeout_minutes
             failure: str | None = f"the agent timed out after {minutes:g} min"
-        elif run.succeeded(parsed):
+        elif end.succeeded:
             failure = None
         else:
-            failure = self.sup._failure_text(run, parsed)
+            failure = failure_text(end)
         loop.agent = {
             "exitCode": run.exit_code, "signal": run.exit_signal, "costUsd": parsed.cost_usd,
             "sessionId": parsed.session_id, "result": (parsed.result or "")[:2000] or None,

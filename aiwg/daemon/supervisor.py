@@ -38,7 +38,8 @@ from aiwg.core.backoff import Backoff
 from aiwg.core.config import Config
 from aiwg.core.loops import CHECK_TAIL_CHARS, LOOP_KEY, LoopProgress, LoopSpec, iteration_prompt, loop_metadata
 from aiwg.core.messaging import SECRET_KEYS
-from aiwg.core.tasks import INTERRUPTED, OUTPUT_TAIL_BYTES, RunQueue, Task, TaskState, make_task_id
+from aiwg.core.outcomes import RunEnd, recovery, run_outcome
+from aiwg.core.tasks import OUTPUT_TAIL_BYTES, RunQueue, Task, TaskState, make_task_id
 from aiwg.core.text import utf8_safe
 from aiwg.daemon.bus import EventBus
 from aiwg.daemon.commands import CommandRunner
@@ -63,8 +64,6 @@ SWEEP_INTERVAL_SECONDS = 10
 ORPHAN_SWEEP_DELAY = 0.05
 #: How long the agent's resolved program and environment are reused for.
 LAUNCH_REUSE_SECONDS = 1.0
-#: A loop is resumed after this many daemon crashes during it, not after the next.
-MAX_LOOP_CRASHES = 3
 
 
 
@@ -176,26 +175,17 @@ def trim_heap() -> None:
         pass
 
 
-def settle_exited(task: Task, now: float, output: str) -> Task:
-    """A task found running at start whose agent had already exited (recorded at
-    once): its outcome by that exit, its result read back from its output file."""
-    text = ""
-    if task.output_path:
-        try:
-            with open(task.output_path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                handle.seek(max(0, size - STDOUT_TAIL_BYTES))
-                text = handle.read(STDOUT_TAIL_BYTES).decode("utf-8", "replace")
-        except OSError:
-            pass
-    parsed = agents.parse_result(output, text)
-    common = dict(finished_at=now, pid=None, result=parsed.result, session_id=parsed.session_id,
-                  cost_usd=parsed.cost_usd)
-    if task.exit_code == 0 and task.signal is None and not parsed.is_error:
-        return task.moved(TaskState.COMPLETED, error=None, **common)
-    how = f"was killed by signal {task.signal}" if task.signal is not None else f"exited with code {task.exit_code}"
-    return task.moved(TaskState.FAILED, error=f"agent {how} (the daemon stopped before its output was "
-                                              "drained)", **common)
+def _output_end(path: str | None) -> str:
+    """The end of a task's output file (where claude's JSON result is)."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(max(0, size - STDOUT_TAIL_BYTES))
+            return handle.read(STDOUT_TAIL_BYTES).decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 #: Errors of a spawn that say the machine is out of something for now, not that
@@ -266,6 +256,14 @@ class Run:
                             subtype=parsed.subtype and agents.redact(parsed.subtype, self.secret_texts))
         return parsed
 
+    def end(self, output: str) -> RunEnd:
+        """What is known of the run once it is over, for core.outcomes."""
+        last = bytes(self.stderr_tail).decode("utf-8", "replace").strip().splitlines()
+        return RunEnd(exit_code=self.exit_code, exit_signal=self.exit_signal, reason=self.reason,
+                      parsed=self.parsed(output), output_tail=bytes(self.tail).decode("utf-8", "replace"),
+                      output_bytes=self.written, stderr_last_line=last[-1] if last else "",
+                      output_problem=self.output_problem)
+
     def stdout_text(self) -> str:
         """What was kept of stdout: all of it, or its start and its end."""
         del self.stdout_tail[:-STDOUT_TAIL_BYTES]
@@ -274,10 +272,6 @@ class Run:
             cut = self.stdout_bytes - len(self.stdout_head) - len(self.stdout_tail)
             kept += (f"\n[… {cut} bytes, in the task's output file …]\n".encode() if cut else b"") + self.stdout_tail
         return kept.decode("utf-8", "replace")
-
-    def succeeded(self, parsed: agents.AgentResult) -> bool:
-        """The agent exited 0, by itself, without reporting an error."""
-        return self.exit_code == 0 and self.exit_signal is None and not parsed.is_error
 
     # -- output ------------------------------------------------------------
 
@@ -578,34 +572,10 @@ class Supervisor(Service):
                     self._cgroups_to_release.add(name)
         for task in self.store.in_state(TaskState.RUNNING):
             killed = self._kill_leftover(task)
-            progress = LoopProgress.from_json(task.metadata[LOOP_KEY]) if LOOP_KEY in task.metadata else None
-            if progress is not None and progress.crashes < MAX_LOOP_CRASHES:
-                # A loop resumes after its last finished iteration.
-                done = progress.iteration
-                loop = {**task.metadata[LOOP_KEY], "crashes": progress.crashes + 1}
-                settled = task.moved(TaskState.QUEUED, pid=None, pgid=None,
-                                     metadata={**task.metadata, LOOP_KEY: loop},
-                                     error=f"interrupted: the daemon stopped in iteration {done + 1}; "
-                                           f"the loop resumes there")
-                what = f"re-queued to resume its loop at iteration {done + 1}"
-            elif progress is not None:  # the daemon keeps dying while it runs: no more
-                settled = task.moved(
-                    TaskState.FAILED, finished_at=now, pid=None,
-                    error=f"interrupted: the daemon died {progress.crashes + 1} times while this loop ran; "
-                          f"not resumed again (last in iteration {progress.iteration + 1})")
-                what = "failed"
-            elif task.exit_code is not None or task.signal is not None:
-                # Its agent had exited; only its output was still draining.
-                settled = settle_exited(task, now, self.settings.agent.output)
-                what = f"{settled.state.value} by its agent's exit"
-            elif task.attempts <= task.retries:
-                settled = task.moved(TaskState.QUEUED, pid=None, pgid=None, error=INTERRUPTED)
-                what = "re-queued (retry)"
-            else:
-                settled = task.moved(
-                    TaskState.FAILED, finished_at=now, error=INTERRUPTED, pid=None
-                )
-                what = "failed"
+            exited = None
+            if LOOP_KEY not in task.metadata and (task.exit_code is not None or task.signal is not None):
+                exited = agents.parse_result(self.settings.agent.output, _output_end(task.output_path))
+            settled, what = recovery(task, now, exited)
             self.store.save(settled)
             self.reconciled.append(task.id)
             self.log.warn(
@@ -1213,7 +1183,7 @@ class Supervisor(Service):
             finally:
                 run.ended.callback(None)
             return
-        self.settle(self._with_output_problem(run, self._final(run)), run)
+        self.settle(self._final(run), run)
         run.ended.callback(None)
         self._fill()  # the next start shares this commit
 
@@ -1248,51 +1218,8 @@ class Supervisor(Service):
         self.bus.publish(topic, self._event_payload(final))
 
     def _final(self, run: Run) -> Task:
-        task = run.task
-        now = self.reactor.seconds()
-        parsed = run.parsed(self.settings.agent.output)
-        common = dict(
-            finished_at=now,
-            exit_code=run.exit_code,
-            signal=run.exit_signal,
-            output_tail=bytes(run.tail).decode("utf-8", "replace"),
-            output_bytes=run.written,
-            result=parsed.result,
-            session_id=parsed.session_id,
-            cost_usd=parsed.cost_usd,
-        )
-        if run.reason == "timeout":
-            minutes = task.timeout_minutes or self.settings.timeout_minutes
-            return task.moved(TaskState.TIMEOUT, error=f"timed out after {minutes:g} min", **common)
-        if run.reason == "cancel":
-            return task.moved(TaskState.CANCELLED, error="cancelled while running", **common)
-        if run.succeeded(parsed):
-            return task.moved(TaskState.COMPLETED, error=None, **common)
-        if run.reason == "shutdown":  # stopped by us before it exited, and not a success
-            if task.attempts <= task.retries:
-                return task.moved(TaskState.QUEUED, error=INTERRUPTED, **{**common, "finished_at": None})
-            return task.moved(TaskState.FAILED, error=INTERRUPTED, **common)
-        return task.moved(TaskState.FAILED, error=self._failure_text(run, parsed), **common)
-
-    def _with_output_problem(self, run: Run, task: Task) -> Task:
-        """A run whose output could not be written says so in its error."""
-        if run.output_problem is None or task.state == TaskState.COMPLETED:
-            return task
-        return evolve(task, error=f"{task.error}; {run.output_problem}" if task.error else run.output_problem)
-
-    def _failure_text(self, run: Run, parsed: agents.AgentResult) -> str:
-        if parsed.is_error:
-            detail = parsed.result or parsed.subtype or "error"
-            return f"agent reported an error: {detail}"[:2000]
-        if run.exit_signal is not None:
-            try:
-                name = signal.Signals(run.exit_signal).name
-            except ValueError:
-                name = str(run.exit_signal)
-            return f"agent killed by {name}"
-        last = bytes(run.stderr_tail).decode("utf-8", "replace").strip().splitlines()
-        suffix = f": {last[-1][:500]}" if last else ""
-        return f"agent exited with code {run.exit_code}{suffix}"
+        return run_outcome(run.task, run.end(self.settings.agent.output), self.reactor.seconds(),
+                           self.settings.timeout_minutes)
 
     def unfinished_loop(self, source: str) -> str | None:
         """The newest loop task from `source` that has not ended, if any (a rule asks
