@@ -32,7 +32,8 @@ from aiwg.core.timefmt import iso_utc
 from aiwg.core.outcomes import failure_text
 
 if TYPE_CHECKING:
-    from aiwg.daemon.supervisor import Run, Supervisor
+    from aiwg.daemon.agentrun import Run
+    from aiwg.daemon.supervisor import Supervisor
 
 #: Ways a loop is stopped from outside (the run's `reason` is the same word).
 STOPS = ("cancel", "timeout", "shutdown")

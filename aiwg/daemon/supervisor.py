@@ -13,14 +13,11 @@ exits; the record is final when its output has all been read.
 
 from __future__ import annotations
 
-import codecs
 import errno
 import fnmatch
 import os
 import shutil
 import signal
-import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -28,7 +25,6 @@ from attrs import evolve, frozen
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -38,26 +34,23 @@ from aiwg.core.backoff import Backoff
 from aiwg.core.config import Config
 from aiwg.core.loops import CHECK_TAIL_CHARS, LOOP_KEY, LoopProgress, LoopSpec, iteration_prompt, loop_metadata
 from aiwg.core.messaging import SECRET_KEYS
-from aiwg.core.outcomes import RunEnd, recovery, run_outcome
-from aiwg.core.tasks import OUTPUT_TAIL_BYTES, RunQueue, Task, TaskState, make_task_id
+from aiwg.core.outcomes import recovery, run_outcome
+from aiwg.core.tasks import RunQueue, Task, TaskState, make_task_id
 from aiwg.core.text import utf8_safe
+from aiwg.daemon.agentrun import TRIM_AFTER_BYTES, AgentProcessProtocol, Run, output_end, trim_heap
 from aiwg.daemon.bus import EventBus
 from aiwg.daemon.commands import CommandRunner
 from aiwg.daemon.loop_runner import LoopRunner
 from aiwg.core.timefmt import iso_utc
 from aiwg.daemon.logs import parse_iso
 from aiwg.daemon.cgroups import TaskCgroups
+from aiwg.daemon.reaper import Reaper, StartTimes
 from aiwg.daemon.spawning import close_output_pipes, has_exited, reap_exited, spawn_session_leader
 from aiwg.daemon.store import DuplicateTask, TaskStore
 from aiwg.errors import SHUTTING_DOWN, InvalidParams, RpcError
 
 #: Metadata key holding a task's own environment templates (never shown with values).
 ENV_KEY = "_env"
-#: Of an agent's stdout, the start and the end are kept in memory to read its
-#: result from (claude's JSON result is its last line); the rest is only in the
-#: output file. Bounded, so that a flood of output costs no memory.
-STDOUT_HEAD_BYTES = 64 * 1024
-STDOUT_TAIL_BYTES = 1024 * 1024
 PRUNE_INTERVAL_SECONDS = 600
 SWEEP_INTERVAL_SECONDS = 10
 #: After a task ends, its escaped leftovers are swept this much later.
@@ -116,323 +109,10 @@ class SupervisorSettings:
         return any(fnmatch.fnmatchcase(source, pattern) for pattern in self.approval_sources)
 
 
-def process_start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (Linux), to tell our process from a reused pid."""
-    fields = procfs.stat_fields(pid)
-    return fields[19].decode() if fields is not None and len(fields) > 19 else None
-
-
-class StartTimes:
-    """Start times of the agents we spawn, as `process_start_time` gives them (clock
-    ticks since boot), mostly without reading /proc: read just after the spawn, it
-    waits for the agent's exec. The kernel stamps a child's start while it is
-    being created, so between two readings of the boot-time clock taken around
-    the spawn; when both fall in the same tick, that tick is its start time. The
-    first spawns check this against /proc; after a mismatch, /proc it is."""
-
-    def __init__(self) -> None:
-        self._per_tick = 0
-        self.trusted: bool | None = None  # None: not checked yet
-        try:
-            ticks = os.sysconf("SC_CLK_TCK")
-            if sys.platform.startswith("linux") and ticks > 0 and 10**9 % ticks == 0:
-                self._per_tick = 10**9 // ticks
-                time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-        except (AttributeError, OSError, ValueError):
-            self._per_tick = 0
-        if not self._per_tick:
-            self.trusted = False
-
-    def now(self) -> int:
-        """The boot-time clock, in ticks (0 where it cannot be used)."""
-        if not self._per_tick:
-            return 0
-        return time.clock_gettime_ns(time.CLOCK_BOOTTIME) // self._per_tick
-
-    def of(self, pid: int, before: int, after: int) -> str | None:
-        """`pid`'s start time, spawned between the ticks `before` and `after`."""
-        if self.trusted and before == after:
-            return str(before)
-        read = process_start_time(pid)
-        if self.trusted is None and before == after and read is not None:
-            self.trusted = read == str(before)
-        return read
-
-
-
-
-#: After a run that streamed more than this, freed memory is handed back to the
-#: system (glibc keeps a fragmented heap otherwise, long after a flood of output).
-TRIM_AFTER_BYTES = 8 * 1024 * 1024
-
-
-def trim_heap() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
-def _output_end(path: str | None) -> str:
-    """The end of a task's output file (where claude's JSON result is)."""
-    if not path:
-        return ""
-    try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            handle.seek(max(0, size - STDOUT_TAIL_BYTES))
-            return handle.read(STDOUT_TAIL_BYTES).decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
 #: Errors of a spawn that say the machine is out of something for now, not that
 #: the agent cannot run: too many open files (per process, system-wide), too many
 #: processes, no memory for one more.
 EXHAUSTED_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM)
-
-
-class Run:
-    """One running process of a task — its agent, or a loop's check — with its
-    output file, timers and why it is being stopped.
-
-    `kind` is "agent" for a plain task, "loop-agent" or "loop-check" for a phase of
-    a loop, whose output is appended to the task's log (it continues across the
-    iterations) and copied to the iteration's own file (`copy_to`)."""
-
-    def __init__(self, supervisor: "Supervisor", task: Task, secrets: list[str], kind: str = "agent",
-                 copy_to: Path | None = None, offset: int = 0) -> None:
-        self.supervisor = supervisor
-        self.task = task
-        self.kind = kind
-        self.copy_to = copy_to
-        self.copy: Any = None
-        self.copied = 0
-        self.output: Any = None  # opened at the first byte: a silent agent costs no file
-        self.secret_texts = tuple(secrets)
-        self.secrets = agents.secret_forms(secrets)
-        # A secret split across two reads must still be caught: keep back this many bytes.
-        self.holdback = max((len(s) for s in self.secrets), default=1) - 1
-        self.carry: dict[int, bytes] = {1: b"", 2: b""}
-        self.decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in (1, 2)}
-        self.protocol: AgentProcessProtocol | None = None
-        self.transport: Any = None
-        self.pgid: int | None = None
-        self.written = 0
-        self.emitted = 0
-        self.truncated = False
-        self.output_problem: str | None = None  # why the output file stopped being written, if it did
-        self.tail = bytearray()
-        self.stdout_head = bytearray()  # the first STDOUT_HEAD_BYTES of stdout
-        self.stdout_tail = bytearray()  # the last STDOUT_TAIL_BYTES or so after that
-        self.stdout_bytes = 0
-        self.stderr_tail = bytearray()
-        self.reason: str | None = None  # "timeout" | "cancel" | "shutdown", set before exit only
-        self.exit_code: int | None = None
-        self.exit_signal: int | None = None
-        self.exited = False
-        self.timeout_call: Any = None
-        self.kill_call: Any = None
-        self.drain_call: Any = None
-        self.ended: Deferred = Deferred()
-        self.started = supervisor.reactor.seconds()
-        if kind != "agent":  # a loop phase: the task's log and its stream go on from where they are
-            self.written = _size(task.output_path)
-            self.emitted = max(offset, self.written)
-            self.truncated = self.written >= supervisor.settings.output_max_bytes
-
-    @property
-    def looping(self) -> bool:
-        return self.kind != "agent"
-
-    def parsed(self, output: str) -> agents.AgentResult:
-        """The agent's report from its stdout, with the secrets redacted once more
-        after decoding (an escape the output's redaction could not know of)."""
-        parsed = agents.parse_result(output, self.stdout_text())
-        if self.secret_texts and (parsed.result or parsed.subtype):
-            parsed = evolve(parsed, result=parsed.result and agents.redact(parsed.result, self.secret_texts),
-                            subtype=parsed.subtype and agents.redact(parsed.subtype, self.secret_texts))
-        return parsed
-
-    def end(self, output: str) -> RunEnd:
-        """What is known of the run once it is over, for core.outcomes."""
-        last = bytes(self.stderr_tail).decode("utf-8", "replace").strip().splitlines()
-        return RunEnd(exit_code=self.exit_code, exit_signal=self.exit_signal, reason=self.reason,
-                      parsed=self.parsed(output), output_tail=bytes(self.tail).decode("utf-8", "replace"),
-                      output_bytes=self.written, stderr_last_line=last[-1] if last else "",
-                      output_problem=self.output_problem)
-
-    def stdout_text(self) -> str:
-        """What was kept of stdout: all of it, or its start and its end."""
-        del self.stdout_tail[:-STDOUT_TAIL_BYTES]
-        kept = bytes(self.stdout_head)
-        if self.stdout_tail:
-            cut = self.stdout_bytes - len(self.stdout_head) - len(self.stdout_tail)
-            kept += (f"\n[… {cut} bytes, in the task's output file …]\n".encode() if cut else b"") + self.stdout_tail
-        return kept.decode("utf-8", "replace")
-
-    # -- output ------------------------------------------------------------
-
-    def received(self, fd: int, data: bytes) -> None:
-        if self.secrets:
-            data = self._redact(self.carry[fd] + data)
-            if self.holdback:
-                data, self.carry[fd] = data[: -self.holdback], data[-self.holdback :]
-        if data:
-            self._record(fd, data)
-
-    def flush_carry(self) -> None:
-        """The agent is gone: what was held back for redaction goes out now."""
-        for fd in (1, 2):
-            if self.carry[fd]:
-                held, self.carry[fd] = self.carry[fd], b""
-                self._record(fd, self._redact(held))
-
-    def _redact(self, data: bytes) -> bytes:
-        for secret in self.secrets:
-            if secret in data:
-                data = data.replace(secret, b"[redacted]")
-        return data
-
-    def _record(self, fd: int, data: bytes) -> None:
-        if fd == 1:
-            self.stdout_bytes += len(data)
-            room = STDOUT_HEAD_BYTES - len(self.stdout_head)
-            if room > 0:
-                self.stdout_head += data[:room]
-                data_rest = data[room:]
-            else:
-                data_rest = data
-            if data_rest:
-                self.stdout_tail += data_rest
-                if len(self.stdout_tail) > 2 * STDOUT_TAIL_BYTES:  # trimmed now and then, not per chunk
-                    del self.stdout_tail[:-STDOUT_TAIL_BYTES]
-        if fd == 2:
-            self.stderr_tail += data
-            del self.stderr_tail[:-4096]
-        self.tail += data
-        del self.tail[:-OUTPUT_TAIL_BYTES]
-        offset = self.emitted  # position in the agent's output stream (= in the file, up to the cap)
-        self.emitted += len(data)
-        limit = self.supervisor.settings.output_max_bytes
-        if self.copy_to is not None and self.copied <= limit:
-            self._copy(data, limit)
-        if not self.truncated:
-            try:
-                if self.output is None:
-                    self.output = self._open_output()
-                room = max(0, limit - self.written)
-                chunk = data[:room]
-                self.output.write(chunk)
-                self.written += len(chunk)
-                if len(data) > room:
-                    self.output.write(f"\n[aiwg: output truncated at {limit} bytes]\n".encode())
-                    self.truncated = True
-                self.output.flush()
-            except OSError as exc:
-                self._output_failed(exc)
-        self.supervisor.bus.publish(
-            "task:output",
-            {
-                "taskId": self.task.id,
-                "stream": "stdout" if fd == 1 else "stderr",
-                "chunk": self.decoders[fd].decode(data),
-                "offset": offset,
-                "bytes": len(data),
-            },
-        )
-
-    def _output_failed(self, exc: OSError) -> None:
-        """The task's output file cannot be written (a full disk, a read-only or
-        failing file system): stop writing it, keep draining the agent's pipes (it
-        runs on), and say why, in the log, the health and the task's error."""
-        self.truncated = True
-        self.output_problem = (f"the daemon could not write the task's output to {self.task.output_path}: "
-                               f"{exc.strerror or exc}; the output was cut there")
-        handle, self.output = self.output, None
-        if handle is not None:
-            try:
-                handle.close()
-            except OSError:
-                pass
-        self.supervisor.output_write_failed(self.task.id, exc)
-
-    def _open_output(self) -> Any:
-        mode = os.O_APPEND if self.looping else os.O_TRUNC
-        fd = os.open(str(self.task.output_path), os.O_WRONLY | os.O_CREAT | mode, 0o600)
-        return os.fdopen(fd, "wb")
-
-    def _copy(self, data: bytes, limit: int) -> None:
-        """The iteration's own file, capped like the task's log."""
-        try:
-            if self.copy is None:
-                self.copy = open(os.open(str(self.copy_to), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
-            room = max(0, limit - self.copied)
-            self.copy.write(data[:room])
-            if len(data) > room:
-                self.copy.write(f"\n[aiwg: output truncated at {limit} bytes]\n".encode())
-                self.copied = limit + 1
-            else:
-                self.copied += len(data)
-            self.copy.flush()
-        except OSError as exc:
-            self.supervisor.log.warn("task {task_id}: cannot write {path}: {error}", task_id=self.task.id,
-                                     path=str(self.copy_to), error=str(exc))
-            self.copy_to = None
-
-    def close_output(self) -> None:
-        for handle in (self.output, self.copy):
-            if handle is not None:
-                try:
-                    handle.close()
-                except OSError:
-                    pass
-
-    # -- signals -----------------------------------------------------------
-
-    def signal_group(self, signum: int) -> None:
-        if self.pgid is None:
-            return
-        try:
-            self.supervisor.killpg(self.pgid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def stop(self, reason: str, grace: float) -> None:
-        """TERM the group now, KILL it after `grace` seconds. Once the agent has
-        exited its outcome stands: stopping only clears out what it left behind."""
-        if self.reason is None and not self.exited:
-            self.reason = reason
-        self.signal_group(signal.SIGTERM)
-        if self.kill_call is None or not self.kill_call.active():
-            self.kill_call = self.supervisor.reactor.callLater(grace, self.kill_now)
-
-    def kill_now(self) -> None:
-        self.signal_group(signal.SIGKILL)
-        self.supervisor.kill_marked(self.task.id)
-        self.supervisor.kill_cgroup(self.task.id)
-
-    def cancel_timers(self) -> None:
-        for call in (self.timeout_call, self.kill_call, self.drain_call):
-            if call is not None and call.active():
-                call.cancel()
-        self.timeout_call = self.kill_call = self.drain_call = None
-
-
-class AgentProcessProtocol(ProcessProtocol):
-    def __init__(self, run: Run) -> None:
-        self.run = run
-
-    def childDataReceived(self, childFD: int, data: bytes) -> None:
-        self.run.received(childFD, data)
-
-    def processExited(self, reason: Any) -> None:
-        self.run.supervisor._exited(self.run, reason.value)
-
-    def processEnded(self, reason: Any) -> None:
-        self.run.supervisor._ended(self.run)
 
 
 class Supervisor(Service):
@@ -464,11 +144,9 @@ class Supervisor(Service):
         self.settings = settings
         self.environ = dict(os.environ if environ is None else environ)
         self._random = random_bytes
-        self.killpg = killpg
+        self.reaper = Reaper(killpg=killpg, cgroups=cgroups, containment_note=containment_note)
+        self.killpg = killpg  # process groups are signalled through it (a test's fake, in tests)
         self._has_exited = has_exited
-        self.cgroups = cgroups  # each task in a cgroup of its own, where that works
-        self.containment_note = containment_note  # why not, where it does not
-        self._cgroups_to_release: set[str] = set()
         self.output_problem: str | None = None  # task output that could not be written, while it lasts
         self.exhausted: str | None = None  # out of descriptors or processes: tasks wait
         self._exhaustion = Backoff(base=0.5, cap=30.0)
@@ -480,13 +158,10 @@ class Supervisor(Service):
         self._devnull: int | None = None
         self.started_count = 0
         self.reconciled: list[str] = []
-        self.subreaper = False
         self._ticks = 0
         self._retry_fill: Any = None
         self._start_times = StartTimes()
         self._sweep_call: Any = None
-        #: Adopted processes without a task's marker: pid → (start time, tasks running when first seen).
-        self._adopted: dict[int, tuple[bytes, frozenset[str]]] = {}
         self._launch: tuple[float, agents.AgentSettings, AgentLaunch] | None = None
         self._starting: dict[str, Task] = {}  # id → queued version, while running is being committed
         self._cancelled_starts: set[str] = set()
@@ -500,7 +175,7 @@ class Supervisor(Service):
 
     def startService(self) -> None:
         super().startService()
-        self.subreaper = self._become_subreaper()
+        self.reaper.subreaper = self.reaper.become_subreaper()
         self._devnull = os.open(os.devnull, os.O_RDONLY)
         self._reconcile()
         for task in self.store.in_state(TaskState.QUEUED):
@@ -545,13 +220,7 @@ class Supervisor(Service):
 
         def closed(_: Any) -> None:
             self.sweep_orphans()
-            if self.cgroups is not None:
-                for name in self.cgroups.leftovers():
-                    self.cgroups.release(name)
-                try:
-                    self.cgroups.base.rmdir()  # the project's own directory of task cgroups
-                except OSError:
-                    pass
+            self.reaper.close()
             if self._devnull is not None:
                 os.close(self._devnull)
                 self._devnull = None
@@ -563,18 +232,12 @@ class Supervisor(Service):
         of their process groups (if they are really theirs) and of their cgroups,
         and settle their state."""
         now = self.reactor.seconds()
-        if self.cgroups is not None:
-            for name in self.cgroups.leftovers():
-                if self.cgroups.members(name):
-                    self.log.warn("killing what is left in the cgroup of {name}, from before the restart",
-                                  name=name)
-                if not self.cgroups.release(name):
-                    self._cgroups_to_release.add(name)
+        self.reaper.release_leftovers()
         for task in self.store.in_state(TaskState.RUNNING):
-            killed = self._kill_leftover(task)
+            killed = self.reaper.kill_leftover(task)
             exited = None
             if LOOP_KEY not in task.metadata and (task.exit_code is not None or task.signal is not None):
-                exited = agents.parse_result(self.settings.agent.output, _output_end(task.output_path))
+                exited = agents.parse_result(self.settings.agent.output, output_end(task.output_path))
             settled, what = recovery(task, now, exited)
             self.store.save(settled)
             self.reconciled.append(task.id)
@@ -587,56 +250,29 @@ class Supervisor(Service):
             if settled.state in (TaskState.FAILED, TaskState.COMPLETED):
                 self.bus.publish(f"task:{settled.state.value}", self._event_payload(settled))
 
-    def _kill_leftover(self, task: Task) -> bool:
-        killed = self.kill_marked(task.id)
-        pgid = task.pgid or task.pid
-        if not pgid:
-            return killed
-        leader_start = process_start_time(pgid)
-        if leader_start is not None and task.proc_start is not None and leader_start != task.proc_start:
-            return killed  # the pid was reused by an unrelated process: not ours
-        if leader_start is None and not self.group_alive(pgid):
-            return killed
-        # The leader is ours (same start time), or it is gone while members of its
-        # group live on: a pgid is never reused while its group exists.
-        try:
-            self.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-
-    def kill_marked(self, task_id: str) -> bool:
-        """Kill every process whose environment says it runs `task_id` (Linux /proc):
-        catches a task whose pid was never recorded, and descendants that left its group."""
-        killed = False
-        for pid in procfs.all_pids():
-            if pid == os.getpid() or procfs.task_marker(pid) != task_id:
-                continue
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed = True
-            except OSError:
-                continue
-        return killed
-
     def _spawn_session_leader(
         self, protocol: Any, executable: str, argv: list[str], env: dict[str, str], path: str,
         child_fds: dict[int, Any],
     ) -> Any:
         return spawn_session_leader(self.reactor, protocol, executable, argv, env, path, child_fds)
 
-    def _become_subreaper(self) -> bool:
-        """Linux: orphans of our agents (even ones that left their process group with
-        setsid) are re-parented to us instead of init, so sweep_orphans can find them."""
-        if not sys.platform.startswith("linux"):
-            return False
-        try:
-            import ctypes
+    @property
+    def subreaper(self) -> bool:
+        return self.reaper.subreaper
 
-            libc = ctypes.CDLL(None, use_errno=True)
-            return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # PR_SET_CHILD_SUBREAPER
-        except (OSError, AttributeError):
-            return False
+    def kill_marked(self, task_id: str) -> bool:
+        return self.reaper.kill_marked(task_id)
+
+    def kill_cgroup(self, task_id: str) -> None:
+        self.reaper.kill_cgroup(task_id)
+
+    def sweep_orphans(self) -> int:
+        """Clear out what ended tasks left behind (see Reaper.sweep)."""
+        if self.reaper.retry_releases():
+            self._sweep_call = self.reactor.callLater(0.5, self.sweep_orphans)
+        known = {run.transport.pid for run in self.runs.values() if run.transport is not None}
+        known |= self.commands.pids()
+        return self.reaper.sweep(known, {*self.runs, *self._starting, *self.loops.active}, self.runs)
 
     def _sweep_soon(self) -> None:
         """A task has ended: sweep for what it left behind shortly, once for all the
@@ -644,73 +280,9 @@ class Supervisor(Service):
         if self._sweep_call is None or not self._sweep_call.active():
             self._sweep_call = self.reactor.callLater(ORPHAN_SWEEP_DELAY, self.sweep_orphans)
 
-    def sweep_orphans(self) -> int:
-        """Kill adopted processes that belong to a task that has ended, and reap
-        the ones that have died. Cheap: reads our own children list only.
-
-        An adopted process that still carries a task's marker is that task's; one
-        that dropped it (it escaped: new session, empty environment) belongs to
-        whichever tasks were running when it was first seen here, and is killed
-        once none of them runs any more."""
-        for task_id in list(self._cgroups_to_release):
-            if self.cgroups is None or self.cgroups.release(task_id):
-                self._cgroups_to_release.discard(task_id)
-        if self._cgroups_to_release:
-            self._sweep_call = self.reactor.callLater(0.5, self.sweep_orphans)
-        if not self.subreaper:
-            return 0
-        known = {run.transport.pid for run in self.runs.values() if run.transport is not None}
-        known |= self.commands.pids()
-        running = {*self.runs, *self._starting, *self.loops.active}
-        killed = 0
-        children = procfs.own_children() - known
-        for pid in list(self._adopted):
-            if pid not in children:
-                del self._adopted[pid]
-        for pid in children:
-            fields = procfs.stat_fields(pid)
-            if fields is None:
-                continue
-            if fields[0] == b"Z":
-                try:
-                    os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
-                continue
-            task_id = procfs.task_marker(pid)
-            if task_id is not None:
-                if task_id in self.runs:
-                    continue
-                owners = f"task {task_id}"
-            else:
-                started = fields[19] if len(fields) > 19 else b""
-                seen = self._adopted.get(pid)
-                if seen is None or seen[0] != started:  # first seen here (or a reused pid)
-                    seen = self._adopted[pid] = (started, frozenset(running))
-                if seen[1] & running:
-                    continue  # a task that ran when it was adopted still runs
-                owners = f"task(s) {', '.join(sorted(seen[1]))}" if seen[1] else "a task that had ended"
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-                self._adopted.pop(pid, None)
-                self.log.warn("killed process {pid} left behind by {owners}", pid=pid, owners=owners)
-            except OSError:
-                pass
-        return killed
-
     @property
     def store(self) -> TaskStore:
         return self._store()
-
-    def group_alive(self, pgid: int) -> bool:
-        try:
-            self.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
 
     # -- submit / cancel ---------------------------------------------------
 
@@ -1097,7 +669,7 @@ class Supervisor(Service):
         # which leaves transport.pid None: the pid it had is kept aside.
         pid = transport.pid if transport.pid is not None else getattr(transport, "spawned_pid", None)
         if pid is not None and not run.exited:
-            self.place_in_cgroup(task.id, pid)  # before it can have started anything (it is exec'ing)
+            self.reaper.place_in_cgroup(task.id, pid)  # before it can have started anything (it is exec'ing)
         run.transport = transport
         run.pgid = pid  # it leads its own session and process group
         run.task = evolve(task, pid=pid, pgid=pid, proc_start=self._start_times.of(pid, before, after))
@@ -1145,7 +717,7 @@ class Supervisor(Service):
             self.store.save(run.task)
         grace = self.settings.shutdown_grace if run.reason == "shutdown" else self.settings.kill_grace
         # Anything the agent left behind in its group is an orphan now.
-        if run.pgid is not None and self.group_alive(run.pgid):
+        if run.pgid is not None and self.reaper.group_alive(run.pgid):
             run.signal_group(signal.SIGTERM)
             if run.kill_call is None or not run.kill_call.active():
                 run.kill_call = self.reactor.callLater(grace, run.kill_now)
@@ -1171,7 +743,7 @@ class Supervisor(Service):
         """All output is in: record the final state and tell everyone (or, for a
         phase of a loop, let the loop go on)."""
         run.flush_carry()
-        if run.pgid is not None and self.group_alive(run.pgid):
+        if run.pgid is not None and self.reaper.group_alive(run.pgid):
             run.kill_now()  # the pipes closed, but something of the task still runs
         run.cancel_timers()
         run.close_output()
@@ -1191,7 +763,8 @@ class Supervisor(Service):
         """Record a task's state at the end of a run, log it and announce it."""
         self.store.save(final)
         if final.state != TaskState.QUEUED:
-            self.release_cgroup(final.id)
+            if not self.reaper.release_cgroup(final.id):
+                self._sweep_soon()
         if run is not None and run.emitted > TRIM_AFTER_BYTES:
             trim_heap()
         topic = {
@@ -1388,52 +961,10 @@ class Supervisor(Service):
             "enabled": True,
             "agent": self.settings.agent.program,
             "started": self.started_count,
-            "containment": self.containment,
+            "containment": self.reaper.containment,
         }
 
     # -- task cgroups --------------------------------------------------------
-
-    @property
-    def containment(self) -> str:
-        """What makes sure nothing outlives its task, for daemon status."""
-        if self.cgroups is not None:
-            return f"cgroup: each task in its own cgroup under {self.cgroups.base}"
-        sweep = "the subreaper sweep" if self.subreaper else "its process group and task marker"
-        return f"process group: {sweep} ({self.containment_note})" if self.containment_note else \
-            f"process group: {sweep}"
-
-    def place_in_cgroup(self, task_id: str, pid: int) -> None:
-        if self.cgroups is None:
-            return
-        try:
-            self.cgroups.place(task_id, pid)
-        except OSError as exc:
-            self.log.warn("task {task_id}: cannot move pid {pid} into its cgroup: {error}", task_id=task_id,
-                          pid=pid, error=exc.strerror or str(exc))
-
-    def kill_cgroup(self, task_id: str) -> None:
-        if self.cgroups is not None:
-            self.cgroups.kill(task_id)
-
-    def release_cgroup(self, task_id: str) -> None:
-        """The task has ended: whatever is left in its cgroup goes, and the cgroup."""
-        if self.cgroups is None:
-            return
-        left = self.cgroups.members(task_id)
-        if left:
-            self.log.warn("task {task_id} ended; killing {n} process(es) it left behind (its cgroup)",
-                          task_id=task_id, n=len(left))
-        if not self.cgroups.release(task_id):
-            self._cgroups_to_release.add(task_id)
-            self._sweep_soon()
-
-
-def _size(path: str | None) -> int:
-    try:
-        return os.stat(path).st_size if path else 0
-    except OSError:
-        return 0
-
 
 def record_json(task: Task) -> dict[str, Any]:
     """A task as the wire sees it: AIWG's field names, plus ours."""

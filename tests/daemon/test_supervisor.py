@@ -18,9 +18,10 @@ from aiwg.core import agents
 from aiwg.core.tasks import TaskState
 from aiwg.daemon.bus import EventBus
 from aiwg.daemon.store import TaskStore
-from aiwg.daemon import supervisor as supervisor_module
+from aiwg.daemon import reaper as reaper_module
 from aiwg.daemon.spawning import SessionLeaderProcess
-from aiwg.daemon.supervisor import StartTimes, Supervisor, SupervisorSettings, process_start_time
+from aiwg.daemon.reaper import StartTimes, process_start_time
+from aiwg.daemon.supervisor import Supervisor, SupervisorSettings
 from tests.daemon.test_store import Delivered
 from tests.fakes.process_reactor import FakeProcessReactor
 
@@ -382,7 +383,7 @@ def test_stop_waits_for_tasks_being_recorded_and_does_not_start_them(tmp_path: P
 @linux_only
 def test_start_times_come_from_the_clock_once_it_agrees_with_proc(monkeypatch: pytest.MonkeyPatch) -> None:
     reads: list[int] = []
-    monkeypatch.setattr(supervisor_module, "process_start_time", lambda pid: reads.append(pid) or "1234")
+    monkeypatch.setattr(reaper_module, "process_start_time", lambda pid: reads.append(pid) or "1234")
     times = StartTimes()
     assert times.of(1, 1234, 1234) == "1234" and times.trusted is True  # checked once against /proc
     assert times.of(2, 77, 77) == "77" and reads == [1]  # then the clock alone
@@ -479,7 +480,7 @@ def test_has_exited_sees_an_unreaped_child_without_reaping_it() -> None:
 def test_a_flood_of_stdout_keeps_its_start_and_its_end_and_the_json_result(tmp_path: Path) -> None:
     """Memory stays bounded however much an agent prints; claude's JSON result,
     its last line, is still read."""
-    from aiwg.daemon.supervisor import STDOUT_HEAD_BYTES, STDOUT_TAIL_BYTES
+    from aiwg.daemon.agentrun import STDOUT_HEAD_BYTES, STDOUT_TAIL_BYTES
 
     supervisor, reactor, _ = make(tmp_path, output_max_bytes=1024)
     task = supervisor.submit("flood")
