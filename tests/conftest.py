@@ -174,16 +174,51 @@ def daemon(project: Project) -> Iterator[Project]:
 
 @pytest.fixture(autouse=True)
 def reactor_hygiene(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail a test that leaves timers or listening ports on the global reactor."""
+    """Fail a test that leaves timers or listening ports on the global reactor, or
+    child processes of this process running."""
+    from aiwg import procfs
+
+    children_before = procfs.own_children()
     if "twisted.internet.reactor" not in sys.modules:
         yield
+        _no_children_left(children_before)
         return
     from twisted.internet import reactor
+    from twisted.internet.tcp import Port as TCPPort
+    from twisted.internet.unix import Port as UNIXPort
 
     before = set(reactor.getDelayedCalls())
+    readers_before = set(reactor.getReaders())
     yield
     leftover = [c for c in reactor.getDelayedCalls() if c not in before and c.active()]
     if leftover:
         for call in leftover:
             call.cancel()
         pytest.fail(f"test left {len(leftover)} delayed call(s) on the reactor: {leftover}")
+    ports = [r for r in reactor.getReaders() if r not in readers_before and isinstance(r, (TCPPort, UNIXPort))]
+    if ports:
+        for port in ports:
+            port.stopListening()
+        pytest.fail(f"test left {len(ports)} listening port(s) on the reactor: {ports}")
+    _no_children_left(children_before)
+
+
+def _no_children_left(before: set[int]) -> None:
+    """Children the test started must have ended (a moment is allowed for a kill
+    to land); one still running is killed, and the test fails."""
+    from aiwg import procfs
+
+    deadline = time.monotonic() + 2.0
+    while True:
+        alive = [pid for pid in procfs.own_children() - before
+                 if (fields := procfs.stat_fields(pid)) is not None and fields[0] != b"Z"]
+        if not alive or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    if alive:
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        pytest.fail(f"test left {len(alive)} child process(es) running: {alive}")

@@ -16,7 +16,7 @@ from twisted.internet.defer import succeed
 from aiwg.core.loops import LoopSpec
 from aiwg.core.tasks import TaskState
 from aiwg.daemon.commands import CommandResult
-from tests.daemon.test_supervisor import make
+from tests.fakes.supervisor import make
 
 
 class NoGit:

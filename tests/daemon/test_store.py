@@ -12,6 +12,7 @@ import pytest
 
 from aiwg.core.tasks import Task, TaskState
 from aiwg.daemon.store import StoreError, TaskStore
+from tests.fakes.delivery import Delivered
 
 
 class Turns:
@@ -130,28 +131,6 @@ def test_seq_continues_after_reopen(tmp_path: Path) -> None:
     store = TaskStore(tmp_path / "t.db")
     assert store.insert(Task(id="t-2", prompt="y")).seq == 2
     store.close()
-
-
-class Delivered:
-    """Stands in for reactor.callFromThread: the commit thread's results wait here
-    until the test, as the reactor, takes them."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
-        self._arrived = threading.Condition()
-
-    def __call__(self, func: Callable[..., None], *args: Any) -> None:
-        with self._arrived:
-            self.calls.append((func, args))
-            self._arrived.notify_all()
-
-    def run(self, expected: int = 1) -> None:
-        """Wait (bounded) for `expected` results from the thread, then deliver them."""
-        with self._arrived:
-            assert self._arrived.wait_for(lambda: len(self.calls) >= expected, timeout=10)
-            calls, self.calls = self.calls, []
-        for func, args in calls:
-            func(*args)
 
 
 def rows(path: Path) -> list[tuple[str, str]]:

@@ -16,47 +16,14 @@ import pytest_twisted
 
 from aiwg.core import agents
 from aiwg.core.tasks import TaskState
-from aiwg.daemon.bus import EventBus
-from aiwg.daemon.store import TaskStore
 from aiwg.daemon import reaper as reaper_module
 from aiwg.daemon.spawning import SessionLeaderProcess
 from aiwg.daemon.reaper import StartTimes, process_start_time
-from aiwg.daemon.supervisor import Supervisor, SupervisorSettings
-from tests.daemon.test_store import Delivered
-from tests.fakes.process_reactor import FakeProcessReactor
+from aiwg.daemon.supervisor import Supervisor
+from tests.fakes.delivery import Delivered
+from tests.fakes.supervisor import make
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux /proc and clocks")
-
-
-def make(tmp_path: Path, deliver: Any = None, **overrides: Any) -> tuple[Supervisor, FakeProcessReactor, list[str]]:
-    reactor = FakeProcessReactor()
-    reactor.advance(1_000_000)
-    bus = EventBus(reactor=reactor)
-    topics: list[str] = []
-    bus.subscribe(["task:*"], lambda e: topics.append(f"{e.topic} {e.payload.get('taskId')}"))
-    settings = SupervisorSettings(
-        max_parallel=overrides.pop("max_parallel", 2),
-        timeout_minutes=overrides.pop("timeout_minutes", 10),
-        kill_grace=5,
-        shutdown_grace=15,
-        output_max_bytes=overrides.pop("output_max_bytes", 1024),
-        retention_tasks=1000,
-        retention_age_seconds=0,
-        agent=agents.AgentSettings(command=(sys.executable, "-p", "{prompt}")),
-    )
-    store = TaskStore(tmp_path / "tasks.db", lambda flush, delay: reactor.callLater(delay, flush), deliver)
-    actions = tmp_path / "actions"
-    actions.mkdir()
-    supervisor = Supervisor(
-        reactor=reactor, store=lambda: store, bus=bus, project_root=tmp_path, actions_dir=actions,
-        settings=settings, environ={"PATH": os.environ["PATH"], "CLAUDECODE": "1"},
-        killpg=reactor.killpg, random_bytes=os.urandom,
-        spawn=lambda proto, exe, argv, env, path, fds: reactor.spawnProcess(proto, exe, argv, env=env, path=path, childFDs=fds),
-        has_exited=overrides.pop("has_exited", lambda pid: False),
-    )
-    supervisor.startService()
-    reactor.advance(0)
-    return supervisor, reactor, topics
 
 
 def state(supervisor: Supervisor, task_id: str) -> TaskState:

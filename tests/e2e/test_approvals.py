@@ -12,12 +12,11 @@ import pytest
 import pytest_twisted
 
 from tests.conftest import Project, wait_for
-from tests.e2e.test_messaging import (ALICE, FAST, MALLORY, TELEGRAM_TOKEN, bridge_state, call, eventually,
-                                      in_thread, start, telegram, telegram_config, telegram_texts, wait_task)
+from tests.fakes.messaging_project import (ALICE, FAST, MALLORY, TELEGRAM_TOKEN, bridge_state, call, eventually,
+                                      in_thread, start, telegram_config, telegram_texts, wait_task)
 from tests.fakes.telegram import FakeTelegram
 
 pytestmark = pytest.mark.e2e
-__all__ = ["telegram"]  # the fixture, imported for these tests
 
 
 def configure(project: Project, **sections: Any) -> None:
