@@ -81,7 +81,11 @@ class Hook:
 HOOKS: dict[str, Hook] = {}
 
 
-def _hook(name: str, distribution: str, names: str) -> Callable[[Callable[[], None]], Hook]:
+def hook(name: str, distribution: str, names: str) -> Callable[[Callable[[], None]], Hook]:
+    """Register a hook by its behaviour check (a decorator). The module that uses a
+    private name declares its hook where it uses it; this module only keeps the
+    registry, and the hooks that need nothing of the project's own code."""
+
     def register(check: Callable[[], None]) -> Hook:
         hook = Hook(name, distribution, names, check)
         HOOKS[name] = hook
@@ -100,13 +104,15 @@ def status() -> dict[str, Any]:
     return {name: (hook.problem or "in use") for name, hook in HOOKS.items() if hook._checked}
 
 
-#: The hooks the daemon process uses (twistd-runner is the CLI's, checked there).
+#: The hooks the daemon process uses (twistd-runner is the CLI's, checked there;
+#: session-spawn is declared in aiwg/daemon/spawning.py, twistd-runner in launcher.py).
 DAEMON_HOOKS = ("c-json-encoder", "line-buffer", "transport-queue", "session-spawn")
 
 
 def check(names: tuple[str, ...] = DAEMON_HOOKS) -> list[str]:
-    """Run the checks of `names` now (at start-up, not at the first use); the problems."""
-    return [problem for name in names if (problem := HOOKS[name].problem)]
+    """Run the checks of `names` now (at start-up, not at the first use); the problems.
+    A hook whose module is not loaded is not in use, so there is nothing to check."""
+    return [problem for name in names if name in HOOKS and (problem := HOOKS[name].problem)]
 
 
 def expect(condition: bool, what: str) -> None:
@@ -135,7 +141,7 @@ def _c_dumps() -> Callable[[Any], str]:
     return lambda value: "".join(encode(value, 0))
 
 
-@_hook("c-json-encoder", "python", "json.encoder.c_make_encoder")
+@hook("c-json-encoder", "python", "json.encoder.c_make_encoder")
 def C_JSON_ENCODER() -> None:
     dumps = _c_dumps()
     sample = {"jsonrpc": "2.0", "id": 1, "result": {"a": [1, True, None, "\u00e9\U0001f600", 1.5, -0.0],
@@ -159,7 +165,7 @@ def compact_dumps() -> Callable[[Any], str]:
 
 # -- Twisted: what a LineReceiver holds of an unfinished line ------------------------
 
-@_hook("line-buffer", "twisted", "LineReceiver._buffer")
+@hook("line-buffer", "twisted", "LineReceiver._buffer")
 def LINE_BUFFER() -> None:
     from twisted.protocols.basic import LineReceiver
 
@@ -207,7 +213,7 @@ class _Writers:
         pass
 
 
-@_hook("transport-queue", "twisted", "FileDescriptor._tempDataBuffer and _tempDataLen")
+@hook("transport-queue", "twisted", "FileDescriptor._tempDataBuffer and _tempDataLen")
 def TRANSPORT_QUEUE() -> None:
     from twisted.internet.abstract import FileDescriptor
 
@@ -231,26 +237,3 @@ def queued_output(transport: Any) -> int | None:
 def nothing_queued(transport: Any) -> bool:
     """May bytes go to the socket now without overtaking queued ones?"""
     return TRANSPORT_QUEUE.works() and not transport.dataBuffer and not transport._tempDataBuffer
-
-
-# -- Twisted: spawning an agent as the leader of its own session -------------------
-
-@_hook("session-spawn", "twisted",
-       "process.Process._trySpawnInsteadOfFork, _setupChild, process._listOpenFDs, process._getFileActions")
-def SESSION_SPAWN() -> None:
-    """Both of Twisted's ways to start a child, through our subclass: the child must
-    lead its own process group (posix_spawn with setsid, or fork then setsid)."""
-    from aiwg.daemon.spawning import check_session_leader
-
-    for cwd in (os.getcwd(), "/"):  # the daemon's own directory: posix_spawn; another: fork
-        check_session_leader(cwd)
-
-
-# -- Twisted: twistd's daemonisation, with a longer start-up report ----------------
-
-@_hook("twistd-runner", "twisted",
-       "twisted.scripts._twistd_unix.UnixApplicationRunner (_waitForStart, _formatChildException)")
-def TWISTD_RUNNER() -> None:
-    from aiwg.daemon.launcher import check_runner
-
-    check_runner()

@@ -19,6 +19,8 @@ from typing import Any, Iterator
 import pytest
 
 from aiwg import compat
+from aiwg.daemon.launcher import TWISTD_RUNNER  # declares the twistd-runner hook
+from aiwg.daemon.spawning import SESSION_SPAWN  # declares the session-spawn hook
 from tests.conftest import Project, wait_for
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "compatibility.md"
@@ -129,7 +131,7 @@ def test_session_spawn_helpers_removed(monkeypatch: pytest.MonkeyPatch) -> None:
     from twisted.internet import process
 
     monkeypatch.delattr(process, "_listOpenFDs")
-    assert_names(compat.SESSION_SPAWN.problem, "session-spawn", "twisted")
+    assert_names(SESSION_SPAWN.problem, "session-spawn", "twisted")
 
 
 def test_session_spawn_override_no_longer_called(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,7 +143,7 @@ def test_session_spawn_override_no_longer_called(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(SessionLeaderProcess, "_trySpawnInsteadOfFork", process.Process._trySpawnInsteadOfFork)
     monkeypatch.setattr(SessionLeaderProcess, "_setupChild", process.Process._setupChild)
-    assert_names(compat.SESSION_SPAWN.problem, "session-spawn", "twisted")
+    assert_names(SESSION_SPAWN.problem, "session-spawn", "twisted")
 
 
 @pytest.mark.usefixtures("reactor_hygiene")
@@ -154,7 +156,7 @@ def test_the_spawn_fallback_still_makes_a_session_leader(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(SessionLeaderProcess, "_trySpawnInsteadOfFork", process.Process._trySpawnInsteadOfFork)
     monkeypatch.setattr(SessionLeaderProcess, "_setupChild", process.Process._setupChild)
-    assert not compat.SESSION_SPAWN.works()
+    assert not SESSION_SPAWN.works()
     done: Deferred = Deferred()
 
     class Collect(ProcessProtocol):
@@ -185,7 +187,7 @@ def test_twistd_runner_that_no_longer_calls_wait_for_start(monkeypatch: pytest.M
     exec(compile(source, "<renamed daemonize>", "exec"), namespace)
     monkeypatch.setattr(runner, "daemonize", namespace["daemonize"])
     monkeypatch.setattr(runner, "_awaitStartup", runner._waitForStart, raising=False)
-    assert_names(compat.TWISTD_RUNNER.problem, "twistd-runner", "twisted")
+    assert_names(TWISTD_RUNNER.problem, "twistd-runner", "twisted")
 
 
 def test_twistd_runner_that_no_longer_formats_through_the_override(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,7 +200,7 @@ def test_twistd_runner_that_no_longer_formats_through_the_override(monkeypatch: 
     exec(compile(source, "<renamed postApplication>", "exec"), namespace)
     monkeypatch.setattr(runner, "postApplication", namespace["postApplication"])
     monkeypatch.setattr(runner, "_describeFailure", runner._formatChildException, raising=False)
-    assert_names(compat.TWISTD_RUNNER.problem, "twistd-runner", "twisted")
+    assert_names(TWISTD_RUNNER.problem, "twistd-runner", "twisted")
 
 
 def test_an_operator_can_turn_a_hook_off(monkeypatch: pytest.MonkeyPatch) -> None:

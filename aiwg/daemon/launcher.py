@@ -104,15 +104,15 @@ def run(
     argv = twistd_argv(paths, config, foreground)
     options.parseOptions(argv)
     if foreground:
-        if compat.TWISTD_RUNNER.works():
+        if TWISTD_RUNNER.works():
             _Runner(options).run()  # as runApp, but a stop by signal exits 0
         else:
             runApp(options)  # twistd's public entry; a stop by SIGTERM exits by that signal
         return 0
-    if not compat.TWISTD_RUNNER.works():
+    if not TWISTD_RUNNER.works():
         import sys
 
-        sys.stderr.write(f"aiwg: warning: {compat.TWISTD_RUNNER.problem}: running twistd as a child process\n")
+        sys.stderr.write(f"aiwg: warning: {TWISTD_RUNNER.problem}: running twistd as a child process\n")
         _run_twistd_child(argv, on_report)
     runner = _Runner(options)
     runner.on_report = on_report  # type: ignore[method-assign]
@@ -139,6 +139,12 @@ def _run_twistd_child(argv: list[str], on_report: Callable[[bool, str], int]) ->
         if stream is not None:
             stream.flush()
     os._exit(status)
+
+
+@compat.hook("twistd-runner", "twisted",
+             "twisted.scripts._twistd_unix.UnixApplicationRunner (_waitForStart, _formatChildException)")
+def TWISTD_RUNNER() -> None:
+    check_runner()
 
 
 class _Exited(Exception):

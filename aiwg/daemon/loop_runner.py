@@ -16,7 +16,8 @@ iteration.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from attrs import evolve
 from twisted.internet.defer import Deferred
@@ -33,7 +34,29 @@ from aiwg.core.outcomes import failure_text
 
 if TYPE_CHECKING:
     from aiwg.daemon.agentrun import Run
-    from aiwg.daemon.supervisor import Supervisor
+
+
+class LoopHost(Protocol):
+    """What the loop runner needs of the service that runs it (the Supervisor):
+    it depends on this, not on the supervisor's module."""
+
+    reactor: Any
+    bus: Any
+    commands: Any
+    root: Path
+    settings: Any
+
+    @property
+    def store(self) -> Any: ...
+
+    def current_launch(self) -> Any: ...
+    def fail_now(self, task: Task, error: str, **changes: Any) -> None: ...
+    def fill(self) -> None: ...
+    def missing_agent_message(self) -> str: ...
+    def settle(self, final: Task, run: Any = None) -> None: ...
+    def start_run(self, task: Task, kind: str, executable: str, argv: list[str], env: dict[str, str],
+                  secrets: list[str], minutes: float, copy_to: Path | None = None, offset: int = 0) -> Any: ...
+    def task_env(self, task: Task, launch: Any) -> tuple[dict[str, str], list[str]]: ...
 
 #: Ways a loop is stopped from outside (the run's `reason` is the same word).
 STOPS = ("cancel", "timeout", "shutdown")
@@ -63,7 +86,7 @@ class LoopRun:
 class LoopRunner:
     log = Logger()
 
-    def __init__(self, supervisor: "Supervisor") -> None:
+    def __init__(self, supervisor: LoopHost) -> None:
         self.sup = supervisor
         self.records = IterationRecords(supervisor.actions_dir)
         self.active: dict[str, LoopRun] = {}
@@ -78,7 +101,7 @@ class LoopRunner:
         try:
             spec = LoopSpec.parse(task.metadata[LOOP_KEY])
         except LoopSpecError as exc:
-            self.sup._fail_now(task, f"invalid loop settings: {exc}")
+            self.sup.fail_now(task, f"invalid loop settings: {exc}")
             return
         progress = LoopProgress.from_json(task.metadata[LOOP_KEY])
         loop = LoopRun(task, spec, progress)
@@ -182,7 +205,7 @@ class LoopRunner:
             self.log.failure("git snapshot failed", failure)
             return None
 
-        env = self.sup._current_launch().env
+        env = self.sup.current_launch().env
         return git_snapshot(self.sup.commands, str(self.sup.root), env, self._own_files).addErrback(failed)
 
     def _start_agent(self, before: dict[str, Any] | None, loop: LoopRun) -> None:
@@ -190,7 +213,7 @@ class LoopRunner:
         if loop.stop_reason is not None:
             return self._stopped(loop)
         task = self._task(loop)
-        launch = self.sup._current_launch()
+        launch = self.sup.current_launch()
         if launch.executable is None:
             return self._finish(loop, TaskState.FAILED, self.sup.missing_agent_message())
         argv = agents.build_argv(self.sup.settings.agent, loop.prompt, task.agent)
@@ -237,7 +260,7 @@ class LoopRunner:
 
     def _start_check(self, loop: LoopRun) -> None:
         task = self._task(loop)
-        launch = self.sup._current_launch()
+        launch = self.sup.current_launch()
         env, secrets = self.sup.task_env(task, launch)
         shell = user_shell(env)
         self._note(loop, task, f"[aiwg: iteration {loop.number} of {loop.spec.max_iterations}: "
@@ -392,7 +415,7 @@ class LoopRunner:
         )
         self.sup.settle(final)
         loop.done.callback(None)
-        self.sup._fill()
+        self.sup.fill()
 
     # -- reading -----------------------------------------------------------------------
 

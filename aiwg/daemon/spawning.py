@@ -88,12 +88,22 @@ class SessionLeaderProcess(process.Process):
         super()._setupChild(fdmap)
 
 
+@compat.hook("session-spawn", "twisted",
+             "process.Process._trySpawnInsteadOfFork, _setupChild, process._listOpenFDs, process._getFileActions")
+def SESSION_SPAWN() -> None:
+    """Both of Twisted's ways to start a child, through SessionLeaderProcess: the
+    child must lead its own process group (posix_spawn with setsid, or fork then
+    setsid)."""
+    for cwd in (os.getcwd(), "/"):  # the daemon's own directory: posix_spawn; another: fork
+        check_session_leader(cwd)
+
+
 def spawn_session_leader(reactor: Any, protocol: Any, executable: str, argv: list[str], env: dict[str, str],
                          path: str, child_fds: dict[int, Any]) -> Any:
     """Start `argv` as the leader of a new session: through SessionLeaderProcess
     while its Twisted hooks pass their check, else through the public spawnProcess
     with setsid(1) in front (one more exec: about 0.7 ms a spawn)."""
-    if compat.SESSION_SPAWN.works():
+    if SESSION_SPAWN.works():
         return SessionLeaderProcess(reactor, executable, argv, env, path, protocol, None, None, child_fds)
     setsid = shutil.which("setsid")
     if setsid is None:  # no util-linux (macOS): the agent shares the daemon's group

@@ -192,7 +192,7 @@ class Supervisor(Service):
             queued=len(self.queue),
             max=self.settings.max_parallel,
         )
-        self.reactor.callLater(0, self._fill)
+        self.reactor.callLater(0, self.fill)
 
     def stopService(self) -> Deferred:
         """Stop taking work; TERM every running group, KILL after the grace period,
@@ -368,7 +368,7 @@ class Supervisor(Service):
             {"taskId": task.id, "priority": task.priority, "prompt": task.prompt[:80],
              "source": task.source, "queueSize": len(self.queue)},
         )
-        self._fill()
+        self.fill()
 
     def cancel(self, task_id: str) -> tuple[bool, Task | None]:
         """Cancel a queued (never starts) or running (group killed) task."""
@@ -453,7 +453,7 @@ class Supervisor(Service):
 
     # -- running -----------------------------------------------------------
 
-    def _fill(self) -> None:
+    def fill(self) -> None:
         """Start queued tasks while slots are free: record them all as running in
         one commit, and spawn them once it is durable (recorded first, so a crash
         can never run a task twice). Until then they hold their slots."""
@@ -467,9 +467,9 @@ class Supervisor(Service):
             task = self.store.get(task_id)
             if task is None or task.state != TaskState.QUEUED:
                 continue
-            launch = launch or self._current_launch()
+            launch = launch or self.current_launch()
             if launch.executable is None:
-                self._fail_now(task, self.missing_agent_message(), started_at=self.reactor.seconds())
+                self.fail_now(task, self.missing_agent_message(), started_at=self.reactor.seconds())
                 continue
             resumed = LOOP_KEY in task.metadata and task.started_at is not None
             running = task.moved(
@@ -534,7 +534,7 @@ class Supervisor(Service):
             self.queue.push(queued.id, queued.priority, queued.seq)
         self._wake_starts()
         if self._accepting and (self._retry_fill is None or not self._retry_fill.active()):
-            self._retry_fill = self.reactor.callLater(1.0, self._fill)
+            self._retry_fill = self.reactor.callLater(1.0, self.fill)
 
     def _cancel_unstarted(self, task: Task) -> None:
         cancelled = task.moved(TaskState.CANCELLED, finished_at=self.reactor.seconds(),
@@ -562,7 +562,7 @@ class Supervisor(Service):
         looping = self.loops.active
         return sum(1 for run in self.runs.values() if not run.exited and run.task.id not in looping) + len(looping)
 
-    def _current_launch(self) -> "AgentLaunch":
+    def current_launch(self) -> "AgentLaunch":
         """`_agent_launch()`, reused for a second: starts come in quick succession."""
         now, agent = self.reactor.seconds(), self.settings.agent
         cached = self._launch
@@ -590,7 +590,7 @@ class Supervisor(Service):
             secrets=tuple(secrets),
         )
 
-    def _fail_now(self, task: Task, error: str, **changes: Any) -> None:
+    def fail_now(self, task: Task, error: str, **changes: Any) -> None:
         """A task that could not be started at all: failed, recorded, announced."""
         failed = task.moved(TaskState.FAILED, finished_at=self.reactor.seconds(), error=error, **changes)
         self.store.save(failed)
@@ -612,10 +612,10 @@ class Supervisor(Service):
             if exc.errno in EXHAUSTED_ERRNOS and queued is not None:
                 self._exhausted(queued, exc)
                 return
-            self._fail_now(task, f"could not start the agent: {exc}")
+            self.fail_now(task, f"could not start the agent: {exc}")
             return
         except Exception as exc:
-            self._fail_now(task, f"could not start the agent: {exc}")
+            self.fail_now(task, f"could not start the agent: {exc}")
             return
         self._exhaustion.succeeded()
         self.exhausted = None
@@ -635,7 +635,7 @@ class Supervisor(Service):
         self.store.save(queued)
         self.queue.push(queued.id, queued.priority, queued.seq)
         if self._accepting and (self._retry_fill is None or not self._retry_fill.active()):
-            self._retry_fill = self.reactor.callLater(delay, self._fill)
+            self._retry_fill = self.reactor.callLater(delay, self.fill)
 
     def task_env(self, task: Task, launch: "AgentLaunch") -> tuple[dict[str, str], list[str]]:
         """The environment of a task's processes (the agent's, with the task's own
@@ -724,7 +724,7 @@ class Supervisor(Service):
         # A descendant that left the group but kept our pipes open would hold the
         # task open forever: after the grace, kill it and close the pipes ourselves.
         run.drain_call = self.reactor.callLater(grace + 1, self._drain, run)
-        self.reactor.callLater(0, self._fill)
+        self.reactor.callLater(0, self.fill)
 
     def _drain(self, run: Run) -> None:
         run.drain_call = None
@@ -757,7 +757,7 @@ class Supervisor(Service):
             return
         self.settle(self._final(run), run)
         run.ended.callback(None)
-        self._fill()  # the next start shares this commit
+        self.fill()  # the next start shares this commit
 
     def settle(self, final: Task, run: Run | None = None) -> None:
         """Record a task's state at the end of a run, log it and announce it."""
@@ -805,7 +805,7 @@ class Supervisor(Service):
         """A command line the user wrote (a rule's `command` condition), run in the
         project root through their shell with the agents' environment; fires with
         a CommandResult. Ended by the daemon's stop like the agents."""
-        return self.commands.shell(line, cwd=str(self.root), env=self._current_launch().env,
+        return self.commands.shell(line, cwd=str(self.root), env=self.current_launch().env,
                                    timeout=timeout_seconds)
 
     # -- reload / status ---------------------------------------------------
@@ -821,7 +821,7 @@ class Supervisor(Service):
                 "max_parallel_actions {old} → {new} (running tasks are not interrupted)",
                 old=old, new=self.settings.max_parallel,
             )
-        self.reactor.callLater(0, self._fill)
+        self.reactor.callLater(0, self.fill)
 
     def missing_agent_message(self) -> str:
         program = self.settings.agent.program
@@ -832,7 +832,7 @@ class Supervisor(Service):
 
     def agent_check(self) -> dict[str, Any]:
         """Whether the agent's program is there (resolved at most once a second)."""
-        path = self._current_launch().executable
+        path = self.current_launch().executable
         return {"command": self.settings.agent.program, "found": path is not None, "path": path}
 
     def output_write_failed(self, task_id: str, exc: OSError) -> None:
