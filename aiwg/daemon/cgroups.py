@@ -75,11 +75,18 @@ class TaskCgroups:
     def path(self, task_id: str) -> Path:
         return self.base / task_id
 
+    def prepare(self, task_id: str) -> None:
+        """Make the task's cgroup before its process starts: making one takes the
+        kernel milliseconds, moving a process into it does not."""
+        self.path(task_id).mkdir(exist_ok=True)
+
     def place(self, task_id: str, pid: int) -> None:
         """Move `pid` (a task's process, just started) into the task's cgroup."""
         directory = self.path(task_id)
-        directory.mkdir(exist_ok=True)
-        (directory / "cgroup.procs").write_text(f"{pid}\n")
+        if not directory.is_dir():
+            directory.mkdir(exist_ok=True)
+        with open(directory / "cgroup.procs", "w") as handle:
+            handle.write(f"{pid}\n")
 
     def members(self, task_id: str) -> list[int]:
         try:
@@ -116,6 +123,16 @@ class TaskCgroups:
         except OSError:
             return False
         return True
+
+    def holds(self, pid: int) -> bool:
+        """Is `pid` in one of this project's task cgroups (so its task's end kills it)?"""
+        try:
+            with open(f"/proc/{pid}/cgroup") as handle:
+                text = handle.read()
+        except OSError:
+            return False
+        own = _own_cgroup(text)
+        return own is not None and f"/{self.base.name}/" in own
 
     def leftovers(self) -> list[str]:
         """Task cgroups still there (a daemon that died, a release that waited)."""

@@ -164,6 +164,8 @@ class Reaper:
                 except ChildProcessError:
                     pass
                 continue
+            if self.cgroups is not None and self.cgroups.holds(pid):
+                continue  # in a task's cgroup: that task's end kills it, with the rest of its cgroup
             task_id = procfs.task_marker(pid)
             if task_id is not None:
                 if task_id in live:
@@ -196,6 +198,19 @@ class Reaper:
         return f"process group: {sweep} ({self.containment_note})" if self.containment_note else \
             f"process group: {sweep}"
 
+
+    def prepare_cgroup(self, task_id: str) -> str | None:
+        """Make the task's cgroup before its process starts; the path of the
+        `cgroup.procs` the process moves itself into, or None."""
+        if self.cgroups is None:
+            return None
+        try:
+            self.cgroups.prepare(task_id)
+        except OSError as exc:
+            self.log.warn("task {task_id}: cannot make its cgroup: {error}", task_id=task_id,
+                          error=exc.strerror or str(exc))
+            return None
+        return str(self.cgroups.path(task_id) / "cgroup.procs")
 
     def place_in_cgroup(self, task_id: str, pid: int) -> None:
         if self.cgroups is None:

@@ -252,9 +252,9 @@ class Supervisor(Service):
 
     def _spawn_session_leader(
         self, protocol: Any, executable: str, argv: list[str], env: dict[str, str], path: str,
-        child_fds: dict[int, Any],
+        child_fds: dict[int, Any], cgroup_procs: str | None = None,
     ) -> Any:
-        return spawn_session_leader(self.reactor, protocol, executable, argv, env, path, child_fds)
+        return spawn_session_leader(self.reactor, protocol, executable, argv, env, path, child_fds, cgroup_procs)
 
     @property
     def subreaper(self) -> bool:
@@ -661,15 +661,17 @@ class Supervisor(Service):
         protocol = AgentProcessProtocol(run)
         run.protocol = protocol
         before = self._start_times.now()
+        procs = self.reaper.prepare_cgroup(task.id)  # the child moves itself in before it execs
         transport = self._spawn_process(
-            protocol, executable, argv, env, str(self.root), {0: self._devnull, 1: "r", 2: "r"}
+            protocol, executable, argv, env, str(self.root), {0: self._devnull, 1: "r", 2: "r"},
+            **({"cgroup_procs": procs} if procs else {}),
         )
         after = self._start_times.now()
         # A process that exits at once may be reaped before spawnProcess returns,
         # which leaves transport.pid None: the pid it had is kept aside.
         pid = transport.pid if transport.pid is not None else getattr(transport, "spawned_pid", None)
-        if pid is not None and not run.exited:
-            self.reaper.place_in_cgroup(task.id, pid)  # before it can have started anything (it is exec'ing)
+        if pid is not None and not run.exited and procs and getattr(transport, "cgroup_procs", None) is None:
+            self.reaper.place_in_cgroup(task.id, pid)  # spawned another way: moved from outside, at once
         run.transport = transport
         run.pgid = pid  # it leads its own session and process group
         run.task = evolve(task, pid=pid, pgid=pid, proc_start=self._start_times.of(pid, before, after))

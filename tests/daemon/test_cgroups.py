@@ -56,3 +56,23 @@ def test_the_probe_places_kills_and_removes_where_cgroups_work(tmp_path: Path) -
         assert cgroups.leftovers() == []
     finally:
         cgroups.base.rmdir()
+
+
+def test_holds_tells_a_task_process_from_others(tmp_path: Path) -> None:
+    cgroups, why = open_task_cgroups(tmp_path)
+    if cgroups is None:
+        pytest.skip(f"task cgroups do not work here: {why}")
+    try:
+        inside = subprocess.Popen(["sleep", "30"])
+        outside = subprocess.Popen(["sleep", "30"])
+        cgroups.place("t-held", inside.pid)
+        assert cgroups.holds(inside.pid) and not cgroups.holds(outside.pid)
+        cgroups.kill("t-held")
+        outside.kill()
+        inside.wait(timeout=5)
+        outside.wait(timeout=5)
+        for _ in range(100):
+            if cgroups.release("t-held"):
+                break
+    finally:
+        cgroups.base.rmdir()
