@@ -675,3 +675,46 @@ def test_a_change_right_after_start_returns_is_seen(project: Project) -> None:
     with project.client() as client:
         tasks = wait_for(lambda: client.call("task.list"), timeout=10)
     assert tasks[0]["prompt"] == "src/first.ts"
+
+
+# As a watchdog release that reshaped its internals did: the flat watches the
+# daemon uses to keep ignored trees out are added in the kernel, but their events
+# reach nobody. Loaded into the daemon process by Python at start-up.
+SITE_DEAF_WATCHES = '''
+import watchdog.observers as _observers
+
+class _Nobody:
+    def dispatch(self, event):
+        pass
+
+_Stock = _observers.Observer
+
+class _Deaf(_Stock):
+    def schedule(self, handler, path, *, recursive=False, **kwargs):
+        return super().schedule(handler if recursive else _Nobody(), path, recursive=recursive, **kwargs)
+
+_observers.Observer = _Deaf
+'''
+
+
+def test_file_rules_fire_through_the_fallback_when_the_watches_do_not_deliver(project: Project, tmp_path: Path) -> None:
+    """The real daemon, with watches whose events are lost: the start-up probe sees
+    it, the stock recursive watch takes over, the rule fires, and `aiwg daemon
+    status` names the degradation."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITE_DEAF_WATCHES)
+    project.env["PYTHONPATH"] = str(site)
+    (project.root / "src").mkdir()
+    (project.root / "node_modules" / "dep" / "lib").mkdir(parents=True)
+    configure(project, watch={**WATCH, "paths": ["."]}, rules=[file_rule("review", "src/**")])
+    start(project)
+    watcher = subsystem(project, "file_watcher")
+    assert watcher["degraded"].startswith("file watcher degraded: native watches did not deliver")
+    assert watcher["ignored_trees_watched"] is True
+    write(project, "src/app.ts")
+    [task] = wait_rule_tasks(project, "review")
+    assert "src/app.ts" in task["prompt"]
+    status = project.aiwg("daemon", "status")
+    assert "file watcher degraded" in status.stdout and "watchdog " in status.stdout
+    assert "stock recursive watch" in status.stdout
