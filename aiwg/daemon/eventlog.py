@@ -147,9 +147,6 @@ class EventLog(Service):
 
     # -- reload / status -----------------------------------------------------
 
-    def check_config(self, config: Config) -> list[str]:
-        return []
-
     def apply_config(self, config: Config) -> None:
         self._settings = config.daemon.events
 

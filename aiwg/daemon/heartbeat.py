@@ -91,9 +91,6 @@ class Heartbeat(Service):
 
     # -- reload ------------------------------------------------------------
 
-    def check_config(self, config: Config) -> list[str]:
-        return []
-
     def apply_config(self, config: Config) -> None:
         interval = config.daemon.heartbeat_interval_seconds
         if interval != self.interval:

@@ -476,9 +476,6 @@ class IpcServer(Service):
                 except FileNotFoundError:
                     pass
 
-    def check_config(self, config: Any) -> list[str]:
-        return []
-
     def apply_config(self, config: Any) -> None:
         self.factory.set_max_line_bytes(config.daemon.ipc.max_line_bytes)
 

@@ -17,7 +17,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -545,7 +545,19 @@ def _automation_summary(status: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class Reloadable(Protocol):
+    """What a child service may offer the root, each method optional (a service
+    without one is simply not asked): `check_config` lists the problems that
+    refuse a reload (all children check before any applies), `apply_config`
+    takes a checked configuration, `health_issues` says what is wrong now."""
+
+    def check_config(self, config: Config) -> list[str]: ...
+    def apply_config(self, config: Config) -> None: ...
+    def health_issues(self) -> list[str]: ...
+
+
 def _call(child: Any, name: str, arg: Any, default: Any) -> Any:
+    """`child.name(arg)` if the child has that part of Reloadable, else `default`."""
     func = getattr(child, name, None)
     if func is None:
         return default

@@ -812,9 +812,6 @@ class Supervisor(Service):
 
     # -- reload / status ---------------------------------------------------
 
-    def check_config(self, config: Config) -> list[str]:
-        return []
-
     def apply_config(self, config: Config) -> None:
         old = self.settings.max_parallel
         self.settings = SupervisorSettings.from_config(config)

@@ -492,9 +492,6 @@ class FileWatcher(Service):
 
     # -- reload and status --------------------------------------------------
 
-    def check_config(self, config: Config) -> list[str]:
-        return []  # validated with the configuration itself
-
     def apply_config(self, config: Config) -> None:
         """Restart the watch when its section changed — or when it is degraded, has a
         missing path or failed, so `aiwg daemon reload` retries after the fix."""
