@@ -271,7 +271,11 @@ class Run:
     def kill_now(self) -> None:
         self.signal_group(signal.SIGKILL)
         self.supervisor.kill_marked(self.task.id)
-        self.supervisor.kill_cgroup(self.task.id)
+        if self.reason is not None:
+            # The daemon stops this run (timeout, cancel, stop): all of the task goes.
+            # Not for what a run that ended left behind: in a loop the task's next
+            # process already runs in the same cgroup (the task's end clears it).
+            self.supervisor.kill_cgroup(self.task.id)
 
     def cancel_timers(self) -> None:
         for call in (self.timeout_call, self.kill_call, self.drain_call):

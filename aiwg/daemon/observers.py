@@ -102,10 +102,20 @@ class _Router:
         self.ignored = ignored
 
     def dispatch(self, event: Any) -> None:
-        if event.is_directory and self.tree.prunes:
-            for created in self.tree.follow(self, event):
-                self.handler.dispatch(created)
-        self.handler.dispatch(event)
+        """Never raises: an exception here would end watchdog's dispatch thread, and
+        with it every later event."""
+        try:
+            if event.is_directory and self.tree.prunes:
+                for extra in self.tree.follow(self, event):
+                    self.handler.dispatch(extra)
+            self.handler.dispatch(event)
+        except OSError as exc:
+            if exc.errno in LIMIT_ERRNOS and self.tree.on_limit is not None:
+                self.tree.on_limit(exc)  # the watcher falls back to polling
+            else:
+                log.failure("file watcher: handling {event}", event=event)
+        except Exception:
+            log.failure("file watcher: handling {event}", event=event)
 
 
 class TreeWatch:
@@ -115,9 +125,10 @@ class TreeWatch:
     ignored trees included (their events are filtered by the handler).
     """
 
-    def __init__(self, observer: Any, *, prunes: bool) -> None:
+    def __init__(self, observer: Any, *, prunes: bool, on_limit: LimitHit | None = None) -> None:
         self.observer = observer
         self.prunes = prunes
+        self.on_limit = on_limit  # called (in watchdog's thread) when a kernel limit stops a new watch
         self._lock = threading.RLock()
         self._watches: dict[str, Any] = {}  # directory → ObservedWatch
         self._flat: set[str] = set()  # directories watched for their own entries only
@@ -172,35 +183,48 @@ class TreeWatch:
                 pass
 
     def follow(self, router: _Router, event: Any) -> list[Any]:
-        """A directory event: keep the cover true. Returns created-file events for
-        what a directory new under a flat watch already holds (it may have been
-        filled before its watch was added: `mkdir -p a/b && touch a/b/c`)."""
-        from watchdog.events import FileCreatedEvent
+        """A directory event: keep the cover true. Returns events to report first:
+        a directory moved away from under a flat watch as deleted (nothing else
+        reports the files it held), and created-file events for what a directory
+        new under a flat watch already holds (it may have been filled before its
+        watch was added: `mkdir -p a/b && touch a/b/c`)."""
+        from watchdog.events import DirDeletedEvent, FileCreatedEvent
 
         kind = event.event_type
         source = _text(event.src_path).rstrip("/")
         arrived: str | None = None
+        extra: list[Any] = []
         with self._lock:
             if kind == "deleted":
-                if source in self._watches:
+                # Only if it is gone: a late delete from the watch of a directory made
+                # again since (`rm -rf d && mkdir d`) must not take the new watch away.
+                if source in self._watches and not os.path.isdir(source):
                     self._shrink(source)
                 return []
             if kind == "moved":
+                if os.path.dirname(source) in self._flat:
+                    extra.append(DirDeletedEvent(source))
                 self._shrink(source)
                 destination = _text(event.dest_path).rstrip("/")
                 if os.path.dirname(destination) in self._flat:
                     arrived = destination
             elif kind == "created" and os.path.dirname(source) in self._flat:
                 arrived = source
-            if arrived is None or router.ignored(arrived) or arrived in self._watches:
-                return []
+            if arrived is not None and arrived in self._watches:
+                # A directory made (or moved in) is a new one: a watch of that path is on
+                # one deleted since (its delete may not have come yet, and inode numbers
+                # are reused): watch it anew.
+                self._shrink(arrived)
+            if arrived is None or router.ignored(arrived) or arrived in self._watches \
+                    or os.path.islink(arrived) or not os.path.isdir(arrived):
+                return extra
             try:
                 self._grow(router, arrived)
             except OSError as exc:
                 if exc.errno in LIMIT_ERRNOS:
                     raise
-                return []  # gone again already
-        return [FileCreatedEvent(path) for path in _files_below(arrived, router.ignored)]
+                return extra  # gone again already
+        return [*extra, *(FileCreatedEvent(path) for path in _files_below(arrived, router.ignored))]
 
 
 def _files_below(top: str, ignored: Ignored) -> list[str]:
@@ -234,8 +258,12 @@ def probe(tree: TreeWatch, directory: str, timeout: float = PROBE_TIMEOUT) -> st
     recursive one, and a directory made during the probe must be followed."""
     directory = os.path.abspath(directory)
     shutil.rmtree(directory, ignore_errors=True)
-    os.makedirs(os.path.join(directory, "skip", "inner"))
-    os.makedirs(os.path.join(directory, "deep", "er"))
+    try:
+        os.makedirs(os.path.join(directory, "skip", "inner"))
+        os.makedirs(os.path.join(directory, "deep", "er"))
+    except OSError as exc:  # a full disk, say: that says nothing of the watches
+        shutil.rmtree(directory, ignore_errors=True)
+        return f"the probe could not make its scratch tree in {directory}: {exc.strerror or exc}"
     targets = {
         "a file in a flat-watched directory": os.path.join(directory, "flat.txt"),
         "a file in a recursively watched tree": os.path.join(directory, "deep", "er", "deep.txt"),
@@ -244,11 +272,14 @@ def probe(tree: TreeWatch, directory: str, timeout: float = PROBE_TIMEOUT) -> st
     handler = _ProbeHandler(set(targets.values()))
     skip = os.path.join(directory, "skip")
     try:
-        tree.add(directory, handler, lambda path: path == skip)
-        for path in targets.values():
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as f:
-                f.write("probe\n")
+        tree.add(directory, handler, lambda path: path == skip)  # a kernel limit raises from here
+        try:
+            for path in targets.values():
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w") as f:
+                    f.write("probe\n")
+        except OSError as exc:
+            return f"the probe could not write its files in {directory}: {exc.strerror or exc}"
         if handler.done.wait(timeout):
             return None
         missing = [what for what, path in targets.items() if path not in handler.seen]

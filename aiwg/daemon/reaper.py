@@ -204,6 +204,9 @@ class Reaper:
         `cgroup.procs` the process moves itself into, or None."""
         if self.cgroups is None:
             return None
+        # Its cgroup is in use again (a resumed loop, a retry): no longer one to remove,
+        # or the retry of an earlier removal would kill the new process in it.
+        self._cgroups_to_release.discard(task_id)
         try:
             self.cgroups.prepare(task_id)
         except OSError as exc:

@@ -333,6 +333,9 @@ class TaskStore:
         del self._unsaved[task_id]
         if last.batch == self._batch:
             self._open_writes = max(0, self._open_writes - 1)
+            if not self._open_writes:  # nothing left to commit: its waiters have all they wait for
+                for d in self._waiters.pop(self._batch, []):
+                    d.callback(None)
         self._counts[last.task.state.value] -= 1
         return True
 

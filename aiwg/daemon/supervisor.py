@@ -474,7 +474,7 @@ class Supervisor(Service):
             resumed = LOOP_KEY in task.metadata and task.started_at is not None
             running = task.moved(
                 TaskState.RUNNING, started_at=task.started_at if resumed else self.reactor.seconds(),
-                attempts=task.attempts + 1,
+                attempts=task.attempts + 1, exit_code=None, signal=None,  # an earlier attempt's exit is not this one's
                 error=None, output_path=task.output_path or str(self.actions_dir / f"{task.id}.log"),
             )
             self.store.save(running)
@@ -670,8 +670,10 @@ class Supervisor(Service):
         # A process that exits at once may be reaped before spawnProcess returns,
         # which leaves transport.pid None: the pid it had is kept aside.
         pid = transport.pid if transport.pid is not None else getattr(transport, "spawned_pid", None)
-        if pid is not None and not run.exited and procs and getattr(transport, "cgroup_procs", None) is None:
-            self.reaper.place_in_cgroup(task.id, pid)  # spawned another way: moved from outside, at once
+        if pid is not None and not run.exited and procs:
+            # It joined its cgroup itself; moved from outside as well, in case that failed
+            # (writing a pid that is already there changes nothing).
+            self.reaper.place_in_cgroup(task.id, pid)
         run.transport = transport
         run.pgid = pid  # it leads its own session and process group
         run.task = evolve(task, pid=pid, pgid=pid, proc_start=self._start_times.of(pid, before, after))

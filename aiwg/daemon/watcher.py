@@ -58,6 +58,9 @@ WATCH_KINDS = ("created", "modified", "deleted", "moved")
 MISSING_CHECK_INTERVAL = 1.0
 #: How long a loss of kernel events stays in the daemon's health.
 EVENTS_LOST_SHOWN_FOR = 600.0
+#: Seconds after a directory goes away before its known files are looked for (once
+#: for the whole burst: `rm -rf` of a tree reports every directory).
+GONE_CHECK_DELAY = 0.1
 #: Files whose state is remembered for a rescan after lost events; beyond this a
 #: rescan can tell only what it finds, not what changed.
 MAX_INDEXED_FILES = 200_000
@@ -139,6 +142,9 @@ class FileWatcher(Service):
         self._index: dict[str, Stamp] = {}  # admitted files as last seen: what a rescan compares with
         self._rescanning = False
         self._rescan_again = False
+        self._touched: set[str] = set()  # paths events reported while a rescan walked the tree
+        self._gone_dirs: set[str] = set()  # directories gone: their known files to look for
+        self._gone_check_scheduled = False
         self.events_lost = 0
         self.last_events_lost: float | None = None
         self.last_recovered = 0
@@ -252,11 +258,19 @@ class FileWatcher(Service):
         with self._lock:
             self._index = index
         causes: list[str] = []
+        def on_limit(exc: OSError) -> None:  # in watchdog's thread
+            self._reactor.callFromThread(self._limit, exc)
+
         if not polling:
             for prunes in (True, False):
-                tree = self._started_tree(TreeWatch(self._native_observer(), prunes=prunes),
+                tree = self._started_tree(TreeWatch(self._native_observer(), prunes=prunes, on_limit=on_limit),
                                           plan, entries, generation, ignored)
-                cause = probe(tree, str(self._probe_dir))
+                try:
+                    # A directory of this start's own: a restart's probe must not meet it.
+                    cause = probe(tree, str(self._probe_dir.with_name(f"watch-probe-{generation}")))
+                except BaseException:  # a kernel limit (the watcher polls then), or a bug
+                    self._stop_observer(tree.observer)  # nothing is left watching
+                    raise
                 if cause is None:
                     self._watch_count, self._watch_count_at = procfs.inotify_watch_count(), self._reactor.seconds()
                     return tree, "native", self._degraded_note(causes, "watchdog's stock recursive watch "
@@ -324,6 +338,10 @@ class FileWatcher(Service):
         with self._lock:
             if generation != self._generation:
                 return
+            if self._rescanning:  # the rescan's listing may be older than this: it keeps this one
+                self._touched.add(path)
+                if source is not None:
+                    self._touched.add(source)
             if source is not None:
                 self._index.pop(source, None)
             if stamp is None:
@@ -339,13 +357,44 @@ class FileWatcher(Service):
     def _from_thread_dir_gone(self, generation: int, entry: WatchEntry, directory: str) -> None:
         """Called in watchdog's thread: a directory under a watch path was deleted or
         moved away. The files known in it that were not reported gone one by one
-        (a move out of the tree reports none) are reported deleted."""
-        prefix = directory.rstrip("/") + "/"
+        (a move out of the tree reports none) are looked for once the burst of
+        such events is over, in one pass, off the reactor."""
         with self._lock:
-            known = [path for path in self._index if path.startswith(prefix)]
-        for path in known:
-            if self.plan is not None and self.plan.admits(entry, path, "deleted"):
-                self._from_thread(generation, (path, "deleted", None))
+            if generation != self._generation:
+                return
+            self._gone_dirs.add(directory.rstrip("/"))
+            if self._gone_check_scheduled:
+                return
+            self._gone_check_scheduled = True
+        self._reactor.callFromThread(self._reactor.callLater, GONE_CHECK_DELAY, self._check_gone, generation)
+
+    def _check_gone(self, generation: int) -> Deferred | None:
+        with self._lock:
+            gone, self._gone_dirs = self._gone_dirs, set()
+            self._gone_check_scheduled = False
+            if generation != self._generation or not gone:
+                return None
+            candidates = [path for path in self._index if _under_any(path, gone)]
+        if not candidates:
+            return None
+        root = self.root
+
+        def missing() -> list[str]:
+            return [path for path in candidates if not os.path.lexists(root / path)]
+
+        def report(paths: list[str]) -> None:
+            if generation != self._generation or self._debouncer is None or self.plan is None:
+                return
+            with self._lock:
+                for path in paths:
+                    self._index.pop(path, None)
+            for path in paths:
+                entry = next((e for e in self.plan.entries if _under_any(path, {e.path}) or not e.path), None)
+                if entry is not None and self.plan.admits(entry, path, "deleted"):
+                    self.events_received += 1
+                    self._debouncer.push((path, "deleted", None), key=next(self._seq))
+
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), missing).addCallback(report)
 
     def _from_thread_lost(self, generation: int) -> None:
         """Called in watchdog's thread: the kernel dropped events (one call per watch)."""
@@ -368,7 +417,9 @@ class FileWatcher(Service):
         """Compare the watched trees with what was known; report the differences.
         Every watch reports the same loss, so the reports that arrive during a
         rescan cause one more, which reports only what it finds new."""
-        self._rescanning, self._rescan_again = True, False
+        with self._lock:
+            self._rescanning, self._rescan_again = True, False
+            self._touched = set()
         plan = self.plan
         entries = [e for e in plan.entries if (self.root / e.path).is_dir()] if plan else []
         d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), _index_files, str(self.root),
@@ -378,6 +429,13 @@ class FileWatcher(Service):
             if generation != self._generation or self._debouncer is None:
                 return
             with self._lock:
+                # What events reported while the tree was walked is newer than the walk.
+                for path in self._touched:
+                    if path in self._index:
+                        found[path] = self._index[path]
+                    else:
+                        found.pop(path, None)
+                self._touched = set()
                 changes = snapshot_diff(self._index, found)
                 self._index = found
             self.last_recovered += len(changes)
@@ -566,6 +624,14 @@ class FileWatcher(Service):
         if self.error:
             status["error"] = self.error
         return status
+
+
+def _under_any(path: str, directories: set[str]) -> bool:
+    """Is the project-relative `path` at or below one of `directories` ('' is the root)?"""
+    if "" in directories:
+        return True
+    parts = path.split("/")
+    return any("/".join(parts[:i]) in directories for i in range(1, len(parts)))
 
 
 def _stamp(path: str) -> Stamp | None:

@@ -81,3 +81,14 @@ def test_a_loop_resumes_until_the_daemon_has_died_too_often_in_it() -> None:
     worn = {**loop, "crashes": MAX_LOOP_CRASHES}
     failed, _ = recovery(running(metadata={LOOP_KEY: worn}), NOW)
     assert failed.state == TaskState.FAILED and "died 4 times" in failed.error
+
+
+def test_a_retried_task_starts_without_the_last_attempts_exit() -> None:
+    """Recovery after a crash must not judge attempt 2 by attempt 1's exit."""
+    stopped = end(reason="shutdown", exit_code=None, exit_signal=signal.SIGTERM)
+    queued = run_outcome(running(retries=1), stopped, NOW, 120)
+    assert queued.state == TaskState.QUEUED and queued.signal == signal.SIGTERM  # as recorded
+    # The supervisor's running move for the next attempt clears it (aiwg/daemon/supervisor.py fill):
+    again = queued.moved(TaskState.RUNNING, attempts=2, exit_code=None, signal=None)
+    settled, what = recovery(again, NOW)
+    assert settled.state == TaskState.FAILED and settled.error == INTERRUPTED and what == "failed"

@@ -162,3 +162,46 @@ def test_the_probe_names_what_did_not_arrive(tmp_path: Path, started: Any) -> No
     cause = probe(tree, str(tmp_path / "probe"), timeout=1)
     assert cause is not None and "a file in a flat-watched directory" in cause
     assert "recursively watched" not in cause
+
+
+@linux_only
+def test_a_directory_deleted_and_made_again_keeps_its_watch(project: Path, started: Any) -> None:
+    """`rm -rf gen && mkdir -p gen/x`: the old watch's own delete may come after the
+    new watch; it must not take the new one away."""
+    tree = started()
+    recorder = Recorder()
+    tree.add(str(project), recorder, ignore_node_modules)
+    tree.observer.start()
+    gen = project / "gen"
+    for round_ in range(15):
+        (gen / "x").mkdir(parents=True)
+        (gen / "x" / f"f{round_}").write_text("x")
+        wait_for(lambda: str(gen) in tree._watches)
+        shutil.rmtree(gen)
+    (gen / "x").mkdir(parents=True)
+    wait_for(lambda: str(gen) in tree._watches)
+    time.sleep(0.3)  # any late delete of an old watch arrives
+    assert str(gen) in tree._watches
+    (gen / "x" / "last.txt").write_text("x")
+    wait_for(lambda: recorder.saw("created", gen / "x" / "last.txt"))
+
+
+@linux_only
+def test_a_handler_that_fails_does_not_end_the_dispatch_thread(project: Path, started: Any) -> None:
+    tree = started()
+    seen: list[str] = []
+
+    class Fussy:
+        def dispatch(self, event: Any) -> None:
+            if event.is_directory:
+                return
+            seen.append(os.fsdecode(event.src_path))
+            if len(seen) == 1:
+                raise RuntimeError("a bug in a handler")
+
+    tree.add(str(project), Fussy(), ignore_node_modules)
+    tree.observer.start()
+    (project / "src" / "one.ts").write_text("x")
+    wait_for(lambda: len(seen) >= 1)
+    (project / "src" / "two.ts").write_text("x")
+    wait_for(lambda: str(project / "src" / "two.ts") in seen)

@@ -248,3 +248,16 @@ def test_a_version_1_database_is_migrated_and_counts_the_approval_states(tmp_pat
     store.commit()
     assert store.stats()["awaiting_approval"] == 1 and store.stats()["queued"] == 1
     store.close()
+
+
+def test_withdrawing_the_only_write_of_a_batch_fires_its_waiters(tmp_path: Path) -> None:
+    """A commit waiter of a batch that the withdrawal leaves empty must not wait
+    forever (a start waiting for its running state to be durable, say)."""
+    store = TaskStore(tmp_path / "t.db", lambda flush, delay: None)
+    task = store.insert(Task(id="t-w", prompt="x"))
+    waiting = store.when_durable()
+    fired: list[Any] = []
+    waiting.addBoth(fired.append)
+    assert store.withdraw(task.id)
+    assert fired == [None] and store.stats().get("queued", 0) == 0
+    store.close()

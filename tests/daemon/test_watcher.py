@@ -307,3 +307,24 @@ async def test_lost_events_are_found_by_a_rescan_and_reported(tmp_path: Path) ->
         assert len(issues) == 1 and "dropped file events" in issues[0] and "3 change(s)" in issues[0]
     finally:
         await watcher.stopService()
+
+
+@linux_only
+@pytest_twisted.ensureDeferred
+async def test_a_directory_renamed_under_the_root_reports_its_old_files_gone(tmp_path: Path) -> None:
+    """The root is watched for its own entries (ignored trees below it): a renamed
+    top-level directory reports its old files deleted and its new ones created."""
+    tree(tmp_path)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "a.py").write_text("x")
+    watcher, published = make(tmp_path, ignore=["node_modules/"])
+    watcher.startService()
+    try:
+        await until(lambda: watcher.status().get("running"))
+        os.rename(tmp_path / "lib", tmp_path / "lib2")
+        await until(lambda: {c["path"] for e in published if e["topic"] == "file:changed" for c in e["changes"]}
+                    >= {"lib/a.py", "lib2/a.py"})
+        kinds = {c["path"]: c["kind"] for e in published if e["topic"] == "file:changed" for c in e["changes"]}
+        assert kinds["lib/a.py"] == "deleted" and kinds["lib2/a.py"] == "created"
+    finally:
+        await watcher.stopService()

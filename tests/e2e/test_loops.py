@@ -171,7 +171,8 @@ def test_kill_9_mid_loop_resumes_at_the_next_iteration(project: Project) -> None
     # Each agent sleeps until the test ends it, so the test decides when an
     # iteration's agent is done; the daemon dies during the second one.
     task_id = submit(project, "Long fix @sleep:60 @grandchild", "--until", check)
-    wait_for(lambda: len(project.fake.runs()) >= 1)
+    # Its grandchild too, before its agent is ended: the two leave in one process group.
+    wait_for(lambda: len(project.fake.runs()) >= 1 and len(project.fake.grandchild_pids()) >= 1)
     first = project.fake.runs()[0]
     os.kill(first["pid"], signal.SIGTERM)  # iteration 1's agent ends (failed); its check runs
     wait_for(lambda: len(project.fake.runs()) >= 2, timeout=20)
