@@ -197,8 +197,10 @@ def drop_unfinished_line(protocol: Any) -> None:
 
 # -- Twisted: how much a socket transport still has to send ------------------------
 
-class _Writers:
-    """Enough of a reactor for a FileDescriptor to be written to, and nothing else."""
+class NoIOReactor:
+    """Enough of a reactor for a FileDescriptor or a Process whose descriptors are
+    all given to be made, and nothing else: nothing is registered anywhere (for the
+    behaviour checks, which must not touch the real reactor)."""
 
     def addWriter(self, _: Any) -> None:
         pass
@@ -217,7 +219,7 @@ class _Writers:
 def TRANSPORT_QUEUE() -> None:
     from twisted.internet.abstract import FileDescriptor
 
-    transport = FileDescriptor(reactor=_Writers())
+    transport = FileDescriptor(reactor=NoIOReactor())
     transport.connected = True  # as a connected socket's transport is
     expect(not transport._tempDataBuffer and transport._tempDataLen == 0 and transport.dataBuffer == b"",
            "a new transport does not start with an empty queue")

@@ -36,8 +36,9 @@ Ignored = Callable[[str], bool]  # absolute directory path → leave it (and all
 LimitHit = Callable[[OSError], None]
 
 LIMIT_ERRNOS = (errno.ENOSPC, errno.EMFILE)
-#: Seconds a probe waits for its own changes to arrive.
-PROBE_TIMEOUT = 3.0
+#: Seconds a probe waits for its own changes to arrive: they take milliseconds,
+#: but a machine busy at start-up must not pass for a broken watchdog.
+PROBE_TIMEOUT = 10.0
 
 
 def watched_event_classes() -> list[Any]:

@@ -136,23 +136,6 @@ def spawn_session_leader(reactor: Any, protocol: Any, executable: str, argv: lis
                                 childFDs=child_fds)
 
 
-class _Writers:
-    """Enough of a reactor for a Process whose descriptors are all given: nothing is
-    read or written through it, so nothing is registered."""
-
-    def addReader(self, _: Any) -> None:
-        pass
-
-    def removeReader(self, _: Any) -> None:
-        pass
-
-    def addWriter(self, _: Any) -> None:
-        pass
-
-    def removeWriter(self, _: Any) -> None:
-        pass
-
-
 class _Outcome(ProcessProtocol):
     code: int | None = None
 
@@ -168,7 +151,7 @@ def check_session_leader(cwd: str) -> None:
     outcome = _Outcome()
     devnull = os.open(os.devnull, os.O_RDWR)
     try:
-        child = SessionLeaderProcess(_Writers(), shell, ["sh", "-c", "kill -0 -$$"], {}, cwd, outcome,
+        child = SessionLeaderProcess(compat.NoIOReactor(), shell, ["sh", "-c", "kill -0 -$$"], {}, cwd, outcome,
                                      None, None, {0: devnull, 1: devnull, 2: devnull})
     finally:
         os.close(devnull)

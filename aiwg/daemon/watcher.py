@@ -31,7 +31,7 @@ import itertools
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -44,8 +44,8 @@ from aiwg.core.text import display_path
 from aiwg.core.watching import ChangeSet, Stamp, WatchEntry, WatchPlan, plan_from_config, snapshot_diff
 from aiwg.daemon.debounce import Debouncer
 from aiwg.core.timefmt import iso_utc
-from aiwg.daemon.observers import (LIMIT_ERRNOS, TreeWatch, native_observer, polling_observer, probe,
-                                   watchdog_version)
+from aiwg.daemon.observers import (LIMIT_ERRNOS, PROBE_TIMEOUT, TreeWatch, native_observer, polling_observer,
+                                   probe, watchdog_version)
 from aiwg.paths import ProjectPaths
 
 #: Seconds between scans when polling (use_polling, or after an inotify limit).
@@ -132,11 +132,13 @@ class FileWatcher(Service):
     log = Logger()
 
     def __init__(self, *, reactor: Any, root: Path, bus: Any, config: Config,
-                 poll_interval: float = POLL_INTERVAL, native_observer: Any = native_observer) -> None:
+                 poll_interval: float = POLL_INTERVAL, native_observer: Any = native_observer,
+                 probe_timeout: float = PROBE_TIMEOUT) -> None:
         self._reactor = reactor
         self.root = Path(root).resolve()
         self._probe_dir = ProjectPaths(self.root).daemon_dir / "watch-probe"
         self._native_observer = native_observer
+        self._probe_timeout = probe_timeout
         self._tree: TreeWatch | None = None
         self.fallback: str | None = None  # why the watches are not the first choice
         self._index: dict[str, Stamp] = {}  # admitted files as last seen: what a rescan compares with
@@ -267,7 +269,8 @@ class FileWatcher(Service):
                                           plan, entries, generation, ignored)
                 try:
                     # A directory of this start's own: a restart's probe must not meet it.
-                    cause = probe(tree, str(self._probe_dir.with_name(f"watch-probe-{generation}")))
+                    cause = probe(tree, str(self._probe_dir.with_name(f"watch-probe-{generation}")),
+                                  self._probe_timeout)
                 except BaseException:  # a kernel limit (the watcher polls then), or a bug
                     self._stop_observer(tree.observer)  # nothing is left watching
                     raise
@@ -642,12 +645,10 @@ def _stamp(path: str) -> Stamp | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def _index_files(root: str, plan: WatchPlan | None, entries: list[WatchEntry]) -> dict[str, Stamp]:
-    """In a pool thread: the state of every file the watch would report, ignored
-    trees not entered; what a rescan after lost events compares with."""
-    index: dict[str, Stamp] = {}
-    if plan is None:
-        return index
+def _admitted_files(root: str, plan: WatchPlan, entries: list[WatchEntry], kinds: tuple[str, ...]
+                    ) -> Iterator[tuple[str, str]]:
+    """In a pool thread: (project-relative, absolute) for every file under `entries`
+    that the watch would report as one of `kinds`, ignored trees not entered."""
     prefix = root.rstrip("/") + "/"
     for entry in entries:
         for top, dirs, files in os.walk(os.path.join(root, entry.path)):
@@ -655,13 +656,22 @@ def _index_files(root: str, plan: WatchPlan | None, entries: list[WatchEntry]) -
             dirs[:] = [d for d in dirs if not plan.ignore.ignores_dir(os.path.join(relative_top, d))]
             for name in files:
                 relative = display_path(os.path.join(relative_top, name))
-                if not plan.admits(entry, relative, "modified") and not plan.admits(entry, relative, "created"):
-                    continue
-                stamp = _stamp(os.path.join(top, name))
-                if stamp is not None:
-                    index[relative] = stamp
-                    if len(index) >= MAX_INDEXED_FILES:
-                        return index
+                if any(plan.admits(entry, relative, kind) for kind in kinds):
+                    yield relative, os.path.join(top, name)
+
+
+def _index_files(root: str, plan: WatchPlan | None, entries: list[WatchEntry]) -> dict[str, Stamp]:
+    """In a pool thread: the state of every file the watch would report; what a
+    rescan after lost events compares with."""
+    index: dict[str, Stamp] = {}
+    if plan is None:
+        return index
+    for relative, path in _admitted_files(root, plan, entries, ("modified", "created")):
+        stamp = _stamp(path)
+        if stamp is not None:
+            index[relative] = stamp
+            if len(index) >= MAX_INDEXED_FILES:
+                break
     return index
 
 
@@ -670,18 +680,11 @@ MAX_PRESENT_FILES = 10_000
 
 
 def _present_files(root: str, plan: WatchPlan, entries: list[WatchEntry]) -> list[str]:
-    """In a pool thread: the files under `entries` that the watch would report,
-    ignored trees not entered."""
-    prefix = root.rstrip("/") + "/"
+    """In a pool thread: the files under `entries` that the watch would report as
+    created (a watch path that appeared)."""
     found: list[str] = []
-    for entry in entries:
-        for top, dirs, files in os.walk(os.path.join(root, entry.path)):
-            relative_top = top[len(prefix):] if top.startswith(prefix) else ""
-            dirs[:] = [d for d in dirs if not plan.ignore.ignores_dir(os.path.join(relative_top, d))]
-            for name in files:
-                relative = display_path(os.path.join(relative_top, name))
-                if plan.admits(entry, relative, "created"):
-                    found.append(relative)
-                    if len(found) >= MAX_PRESENT_FILES:
-                        return found
+    for relative, _ in _admitted_files(root, plan, entries, ("created",)):
+        found.append(relative)
+        if len(found) >= MAX_PRESENT_FILES:
+            break
     return found

@@ -40,7 +40,7 @@ def make(root: Path, native_observer: Any = None, **watch: Any) -> tuple[FileWat
     bus.subscribe(["file:changed", "health:degraded", "file:events_lost"],
                   lambda e: published.append({"topic": e.topic, **e.payload}))
     section = {"enabled": True, "debounce_ms": 150, **watch}
-    extra = {"native_observer": native_observer} if native_observer else {}
+    extra = {"native_observer": native_observer, "probe_timeout": 3.0} if native_observer else {}
     watcher = FileWatcher(reactor=reactor, root=root, bus=bus, config=validate({"watch": section}, "test"),
                           poll_interval=0.2, **extra)
     return watcher, published
@@ -48,6 +48,10 @@ def make(root: Path, native_observer: Any = None, **watch: Any) -> tuple[FileWat
 
 def changed(published: list[dict]) -> list[list[str]]:
     return [e["paths"] for e in published if e["topic"] == "file:changed"]
+
+
+def changes_events(published: list[dict]) -> list[dict]:
+    return [e for e in published if e["topic"] == "file:changed"]
 
 
 def tree(root: Path) -> None:
@@ -75,10 +79,10 @@ async def test_a_burst_is_one_event_and_ignored_trees_are_not_watched(tmp_path: 
         (tmp_path / "node_modules" / "dep1" / "x.js").write_text("ignored")
         (tmp_path / "src" / "debug.log").write_text("ignored")
         (tmp_path / ".aiwg" / "daemon" / "daemon.log").write_text("never")
-        await until(lambda: published)
+        await until(lambda: changes_events(published))
         await quiet(0.4)
         assert len(published) == 1
-        event = published[0]
+        event = changes_events(published)[0]
         assert event["topic"] == "file:changed" and event["count"] == 20
         assert sorted(event["paths"]) == sorted(f"src/pkg{i}/index.ts" for i in range(20))
         assert {c["kind"] for c in event["changes"]} == {"created"}
@@ -101,8 +105,8 @@ async def test_moves_deletes_and_new_directories(tmp_path: Path) -> None:
         (tmp_path / "src" / "fresh" / "deep").mkdir(parents=True)
         await quiet(0.05)
         (tmp_path / "src" / "fresh" / "deep" / "a.ts").write_text("new directory, watched at once")
-        await until(lambda: published)
-        changes = {c["path"]: c for c in published[0]["changes"]}
+        await until(lambda: changes_events(published))
+        changes = {c["path"]: c for c in changes_events(published)[0]["changes"]}
         assert changes["src/new.ts"] == {"path": "src/new.ts", "kind": "moved", "from": "src/old.ts"}
         assert changes["src/gone.ts"]["kind"] == "deleted"
         assert changes["src/fresh/deep/a.ts"]["kind"] == "created"
@@ -120,9 +124,9 @@ async def test_polling_backend_prunes_and_reports(tmp_path: Path) -> None:
         assert watcher.status()["backend"] == "polling"
         (tmp_path / "src" / "pkg3" / "a.ts").write_text("x")
         (tmp_path / "node_modules" / "dep3" / "b.js").write_text("x")
-        await until(lambda: published)
+        await until(lambda: changes_events(published))
         await quiet(0.5)
-        assert [e["paths"] for e in published] == [["src/pkg3/a.ts"]]
+        assert changed(published) == [["src/pkg3/a.ts"]]
     finally:
         await watcher.stopService()
 
@@ -168,12 +172,12 @@ async def test_reload_applies_new_paths_and_disable(tmp_path: Path) -> None:
         await until(lambda: watcher.status().get("running"))
         (tmp_path / "docs" / "a.md").write_text("not watched")
         await quiet(0.4)
-        assert published == []
+        assert changes_events(published) == []
         watcher.apply_config(validate({"watch": {"enabled": True, "debounce_ms": 150, "paths": ["docs/"]}}, "test"))
         await until(lambda: watcher.status().get("running") and watcher.status()["paths"] == ["docs"])
         (tmp_path / "docs" / "b.md").write_text("watched now")
-        await until(lambda: published)
-        assert published[0]["paths"] == ["docs/b.md"]
+        await until(lambda: changes_events(published))
+        assert changes_events(published)[0]["paths"] == ["docs/b.md"]
         watcher.apply_config(validate({"watch": {"enabled": False}}, "test"))
         await quiet(0.2)
         assert watcher.status() == {"enabled": False}
@@ -190,7 +194,7 @@ async def test_missing_path_is_reported_not_fatal(tmp_path: Path) -> None:
         await until(lambda: watcher.status().get("running"))
         assert watcher.status()["missing"] == ["test"]
         (tmp_path / "src" / "a.ts").write_text("x")
-        await until(lambda: published)
+        await until(lambda: changes_events(published))
         # Once the path exists it is watched, without a reload.
         (tmp_path / "test").mkdir()
         await until(lambda: watcher.status().get("running") and watcher.status()["missing"] == [])

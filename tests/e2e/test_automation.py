@@ -708,8 +708,9 @@ def test_file_rules_fire_through_the_fallback_when_the_watches_do_not_deliver(pr
     (project.root / "src").mkdir()
     (project.root / "node_modules" / "dep" / "lib").mkdir(parents=True)
     configure(project, watch={**WATCH, "paths": ["."]}, rules=[file_rule("review", "src/**")])
-    start(project)
-    watcher = subsystem(project, "file_watcher")
+    project.start()
+    # The probe waits 10 s for events that never come, before it falls back.
+    watcher = wait_for(lambda: (w := subsystem(project, "file_watcher")).get("running") and w, timeout=40)
     assert watcher["degraded"].startswith("file watcher degraded: native watches did not deliver")
     assert watcher["ignored_trees_watched"] is True
     write(project, "src/app.ts")
