@@ -147,6 +147,7 @@ class FileWatcher(Service):
         self._touched: set[str] = set()  # paths events reported while a rescan walked the tree
         self._gone_dirs: set[str] = set()  # directories gone: their known files to look for
         self._gone_check_scheduled = False
+        self._gone_call: Any = None
         self.events_lost = 0
         self.last_events_lost: float | None = None
         self.last_recovered = 0
@@ -312,6 +313,11 @@ class FileWatcher(Service):
         if self._missing_check is not None and self._missing_check.active():
             self._missing_check.cancel()
         self._missing_check = None
+        if self._gone_call is not None and self._gone_call.active():
+            self._gone_call.cancel()
+        self._gone_call = None
+        with self._lock:
+            self._gone_dirs, self._gone_check_scheduled = set(), False
         observer, self._observer, self._tree = self._observer, None, None
         with self._lock:
             self._pending = []
@@ -369,9 +375,14 @@ class FileWatcher(Service):
             if self._gone_check_scheduled:
                 return
             self._gone_check_scheduled = True
-        self._reactor.callFromThread(self._reactor.callLater, GONE_CHECK_DELAY, self._check_gone, generation)
+        self._reactor.callFromThread(self._schedule_gone_check, generation)
+
+    def _schedule_gone_check(self, generation: int) -> None:
+        if generation == self._generation:
+            self._gone_call = self._reactor.callLater(GONE_CHECK_DELAY, self._check_gone, generation)
 
     def _check_gone(self, generation: int) -> Deferred | None:
+        self._gone_call = None
         with self._lock:
             gone, self._gone_dirs = self._gone_dirs, set()
             self._gone_check_scheduled = False
