@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
-import shutil
 import signal
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -28,7 +27,6 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from aiwg import procfs
 from aiwg.core import agents
 from aiwg.core.backoff import Backoff
 from aiwg.core.config import Config
@@ -37,35 +35,24 @@ from aiwg.core.messaging import SECRET_KEYS
 from aiwg.core.outcomes import recovery, run_outcome
 from aiwg.core.tasks import RunQueue, Task, TaskState, make_task_id
 from aiwg.core.text import utf8_safe
+from aiwg.daemon.approvals import Approvals
+from aiwg.daemon.launch import ENV_KEY, AgentLaunch, AgentLauncher
 from aiwg.daemon.agentrun import TRIM_AFTER_BYTES, AgentProcessProtocol, Run, output_end, trim_heap
 from aiwg.daemon.bus import EventBus
 from aiwg.daemon.commands import CommandRunner
 from aiwg.daemon.loop_runner import LoopRunner
 from aiwg.core.timefmt import iso_utc
-from aiwg.daemon.logs import parse_iso
 from aiwg.daemon.cgroups import TaskCgroups
 from aiwg.daemon.reaper import Reaper, StartTimes
 from aiwg.daemon.spawning import close_output_pipes, has_exited, reap_exited, spawn_session_leader
 from aiwg.daemon.store import DuplicateTask, TaskStore
 from aiwg.errors import SHUTTING_DOWN, InvalidParams, RpcError
 
-#: Metadata key holding a task's own environment templates (never shown with values).
-ENV_KEY = "_env"
 PRUNE_INTERVAL_SECONDS = 600
 SWEEP_INTERVAL_SECONDS = 10
 #: After a task ends, its escaped leftovers are swept this much later.
 ORPHAN_SWEEP_DELAY = 0.05
-#: How long the agent's resolved program and environment are reused for.
-LAUNCH_REUSE_SECONDS = 1.0
 
-
-
-@frozen
-class AgentLaunch:
-    env: dict[str, str]
-    executable: str | None
-    unset: tuple[str, ...]
-    secrets: tuple[str, ...]
 
 
 @frozen
@@ -162,12 +149,14 @@ class Supervisor(Service):
         self._retry_fill: Any = None
         self._start_times = StartTimes()
         self._sweep_call: Any = None
-        self._launch: tuple[float, agents.AgentSettings, AgentLaunch] | None = None
+        self.launcher = AgentLauncher(reactor=reactor, environ=self.environ, settings=lambda: self.settings)
         self._starting: dict[str, Task] = {}  # id → queued version, while running is being committed
         self._cancelled_starts: set[str] = set()
         self._withdrawn: set[str] = set()  # withdrawn while their running state was being committed
         self._start_waiters: list[Deferred] = []
-        self._expiries: dict[str, Any] = {}  # awaiting task id → its expiry timer
+        self.approvals = Approvals(reactor=reactor, store=store, bus=bus, enqueue=self._enqueue,
+                                   expire_seconds=lambda: self.settings.approval_expire_seconds,
+                                   event_payload=self._event_payload)
         self.commands = CommandRunner(reactor)
         self.loops = LoopRunner(self)
 
@@ -181,7 +170,7 @@ class Supervisor(Service):
         for task in self.store.in_state(TaskState.QUEUED):
             self.queue.push(task.id, task.priority, task.seq)
         for task in self.store.in_state(TaskState.AWAITING_APPROVAL):
-            self._expire_later(task)
+            self.approvals.arm(task)
         self._prune()
         self._prune_loop = LoopingCall(self._housekeeping)
         self._prune_loop.clock = self.reactor
@@ -213,10 +202,10 @@ class Supervisor(Service):
             run.stop("shutdown", self.settings.shutdown_grace)
         waiting += self.commands.stop()
 
-        for call in (self._retry_fill, self._sweep_call, *self._expiries.values()):
+        for call in (self._retry_fill, self._sweep_call):
             if call is not None and call.active():
                 call.cancel()
-        self._expiries.clear()
+        self.approvals.stop()
 
         def closed(_: Any) -> None:
             self.sweep_orphans()
@@ -350,7 +339,7 @@ class Supervisor(Service):
         else:
             raise RuntimeError("could not pick an unused task id")
         if gated:
-            self._expire_later(task)
+            self.approvals.arm(task)
             self.bus.publish("task:awaiting_approval", {
                 "taskId": task.id, "priority": task.priority, "prompt": task.prompt[:200],
                 "source": task.source, "expiresAt": metadata["approvalExpiresAt"],
@@ -376,7 +365,7 @@ class Supervisor(Service):
         if task is None:
             return False, None
         if task.state == TaskState.AWAITING_APPROVAL:
-            self._drop_expiry(task_id)
+            self.approvals.disarm(task_id)
             cancelled = task.moved(TaskState.CANCELLED, finished_at=self.reactor.seconds(),
                                    error="cancelled while awaiting approval")
             self.store.save(cancelled)
@@ -403,53 +392,11 @@ class Supervisor(Service):
 
     def approve(self, task_id: str, by: str) -> tuple[bool, Task | None]:
         """Queue a task that awaits approval; (False, task) if it does not."""
-        task = self.store.get(task_id)
-        if task is None or task.state != TaskState.AWAITING_APPROVAL:
-            return False, task
-        self._drop_expiry(task_id)
-        approved = task.moved(TaskState.QUEUED, metadata={**task.metadata, "approvedBy": by})
-        self.store.save(approved)
-        self.log.info("task {task_id} approved by {by}", task_id=task_id, by=by)
-        self.bus.publish("task:approved", {"taskId": task_id, "by": by, "prompt": task.prompt[:200],
-                                           "source": task.source, "priority": task.priority})
-        self._enqueue(approved)
-        return True, approved
+        return self.approvals.approve(task_id, by)
 
     def reject(self, task_id: str, by: str, reason: str | None = None) -> tuple[bool, Task | None]:
         """End a task that awaits approval, unrun; (False, task) if it does not await it."""
-        task = self.store.get(task_id)
-        if task is None or task.state != TaskState.AWAITING_APPROVAL:
-            return False, task
-        self._drop_expiry(task_id)
-        error = f"rejected by {by}" + (f": {reason}" if reason else "")
-        rejected = task.moved(TaskState.REJECTED, finished_at=self.reactor.seconds(), error=error,
-                              metadata={**task.metadata, "rejectedBy": by})
-        self.store.save(rejected)
-        self.log.info("task {task_id} {error}", task_id=task_id, error=error)
-        self.bus.publish("task:rejected", {**self._event_payload(rejected), "by": by, "reason": reason or ""})
-        return True, rejected
-
-    def _expire_later(self, task: Task) -> None:
-        expires = parse_iso((task.metadata or {}).get("approvalExpiresAt"))
-        if expires is None:
-            expires = task.created_at + self.settings.approval_expire_seconds
-        delay = max(0.0, expires - self.reactor.seconds())
-        self._drop_expiry(task.id)
-        self._expiries[task.id] = self.reactor.callLater(delay, self._expire, task.id)
-
-    def _drop_expiry(self, task_id: str) -> None:
-        call = self._expiries.pop(task_id, None)
-        if call is not None and call.active():
-            call.cancel()
-
-    def _expire(self, task_id: str) -> None:
-        self._expiries.pop(task_id, None)
-        task = self.store.get(task_id)
-        if task is None:
-            return
-        deadline = parse_iso((task.metadata or {}).get("approvalExpiresAt"))
-        hours = ((deadline - task.created_at) if deadline is not None else self.settings.approval_expire_seconds) / 3600
-        self.reject(task_id, "expiry", f"approval expired after {hours:.3g} h")
+        return self.approvals.reject(task_id, by, reason)
 
     # -- running -----------------------------------------------------------
 
@@ -511,9 +458,7 @@ class Supervisor(Service):
         if not self.store.withdraw(task_id):
             return False
         self.queue.remove(task_id)
-        expiry = self._expiries.pop(task_id, None)
-        if expiry is not None and expiry.active():
-            expiry.cancel()
+        self.approvals.disarm(task_id)
         if task_id in self._starting:
             self._withdrawn.add(task_id)
         self.bus.publish("task:withdrawn", {"taskId": task_id, "error": why})
@@ -562,33 +507,17 @@ class Supervisor(Service):
         looping = self.loops.active
         return sum(1 for run in self.runs.values() if not run.exited and run.task.id not in looping) + len(looping)
 
-    def current_launch(self) -> "AgentLaunch":
-        """`_agent_launch()`, reused for a second: starts come in quick succession."""
-        now, agent = self.reactor.seconds(), self.settings.agent
-        cached = self._launch
-        if cached is None or cached[1] is not agent or not 0 <= now - cached[0] < LAUNCH_REUSE_SECONDS:
-            cached = self._launch = (now, agent, self._agent_launch())
-        return cached[2]
+    def current_launch(self) -> AgentLaunch:
+        return self.launcher.current()
 
-    def _agent_launch(self) -> "AgentLaunch":
-        """What every start in one fill shares: the agent's environment (expanded
-        once), where its program is, and which values to redact."""
-        settings = self.settings.agent
-        env, missing = agents.child_env(self.environ, settings.env)
-        secrets = agents.secret_values(self.environ, settings.env)
-        for template in self.settings.bridge_secrets:  # a chat bot's token is not the agent's
-            for name in agents.referenced_names(template):
-                if name not in settings.env:
-                    env.pop(name, None)
-            value, _ = agents.expand(template, self.environ)
-            if len(value) >= 4:
-                secrets.append(value)
-        return AgentLaunch(
-            env=env,
-            executable=shutil.which(settings.program, path=env.get("PATH", os.defpath)),
-            unset=tuple(sorted(set(missing))),
-            secrets=tuple(secrets),
-        )
+    def task_env(self, task: Task, launch: AgentLaunch) -> tuple[dict[str, str], list[str]]:
+        return self.launcher.task_env(task, launch)
+
+    def missing_agent_message(self) -> str:
+        return self.launcher.missing_agent_message()
+
+    def agent_check(self) -> dict[str, Any]:
+        return self.launcher.agent_check()
 
     def fail_now(self, task: Task, error: str, **changes: Any) -> None:
         """A task that could not be started at all: failed, recorded, announced."""
@@ -636,22 +565,6 @@ class Supervisor(Service):
         self.queue.push(queued.id, queued.priority, queued.seq)
         if self._accepting and (self._retry_fill is None or not self._retry_fill.active()):
             self._retry_fill = self.reactor.callLater(delay, self.fill)
-
-    def task_env(self, task: Task, launch: "AgentLaunch") -> tuple[dict[str, str], list[str]]:
-        """The environment of a task's processes (the agent's, with the task's own
-        variables and its marker) and the values to redact from their output."""
-        env = {**launch.env, procfs.TASK_MARKER: task.id}
-        secrets = list(launch.secrets)
-        own = task.metadata.get(ENV_KEY)
-        if isinstance(own, dict) and own:
-            extra, unset = agents.child_env(self.environ, own)
-            env.update({k: extra[k] for k in own})
-            secrets.extend(agents.secret_values(self.environ, own))
-            if unset:
-                self.log.warn("task {task_id}: environment variable(s) {names} are not set in the "
-                              "daemon's environment; passed as empty", task_id=task.id,
-                              names=", ".join(sorted(set(unset))))
-        return env, secrets
 
     def start_run(self, task: Task, kind: str, executable: str, argv: list[str], env: dict[str, str],
                   secrets: list[str], minutes: float, copy_to: Path | None = None, offset: int = 0) -> Run:
@@ -823,18 +736,6 @@ class Supervisor(Service):
                 old=old, new=self.settings.max_parallel,
             )
         self.reactor.callLater(0, self.fill)
-
-    def missing_agent_message(self) -> str:
-        program = self.settings.agent.program
-        return (
-            f"agent command '{program}' not found on PATH; install Claude Code or set "
-            "agent.command in .aiwg/daemon.json"
-        )
-
-    def agent_check(self) -> dict[str, Any]:
-        """Whether the agent's program is there (resolved at most once a second)."""
-        path = self.current_launch().executable
-        return {"command": self.settings.agent.program, "found": path is not None, "path": path}
 
     def output_write_failed(self, task_id: str, exc: OSError) -> None:
         """A task's output could not be written: remembered for the health until the

@@ -1,0 +1,82 @@
+# tests: tests/daemon/test_supervisor.py, tests/e2e/test_approvals.py
+"""Tasks that wait for a person before they run: approval (the task is queued),
+rejection (it ends unrun), and the timer that rejects it when nobody answers in
+time (`approvals.expire_hours`; re-armed at start for what was waiting)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+from aiwg.core.tasks import Task, TaskState
+from aiwg.daemon.logs import parse_iso
+
+
+class Approvals:
+    log = Logger()
+
+    def __init__(self, *, reactor: Any, store: Callable[[], Any], bus: Any, enqueue: Callable[[Task], None],
+                 expire_seconds: Callable[[], float], event_payload: Callable[[Task], dict[str, Any]]) -> None:
+        self._reactor = reactor
+        self._store = store
+        self._bus = bus
+        self._enqueue = enqueue
+        self._expire_seconds = expire_seconds
+        self._event_payload = event_payload
+        self._expiries: dict[str, Any] = {}  # awaiting task id → its expiry timer
+
+    def approve(self, task_id: str, by: str) -> tuple[bool, Task | None]:
+        """Queue a task that awaits approval; (False, task) if it does not."""
+        task = self._store().get(task_id)
+        if task is None or task.state != TaskState.AWAITING_APPROVAL:
+            return False, task
+        self.disarm(task_id)
+        approved = task.moved(TaskState.QUEUED, metadata={**task.metadata, "approvedBy": by})
+        self._store().save(approved)
+        self.log.info("task {task_id} approved by {by}", task_id=task_id, by=by)
+        self._bus.publish("task:approved", {"taskId": task_id, "by": by, "prompt": task.prompt[:200],
+                                            "source": task.source, "priority": task.priority})
+        self._enqueue(approved)
+        return True, approved
+
+    def reject(self, task_id: str, by: str, reason: str | None = None) -> tuple[bool, Task | None]:
+        """End a task that awaits approval, unrun; (False, task) if it does not await it."""
+        task = self._store().get(task_id)
+        if task is None or task.state != TaskState.AWAITING_APPROVAL:
+            return False, task
+        self.disarm(task_id)
+        error = f"rejected by {by}" + (f": {reason}" if reason else "")
+        rejected = task.moved(TaskState.REJECTED, finished_at=self._reactor.seconds(), error=error,
+                              metadata={**task.metadata, "rejectedBy": by})
+        self._store().save(rejected)
+        self.log.info("task {task_id} {error}", task_id=task_id, error=error)
+        self._bus.publish("task:rejected", {**self._event_payload(rejected), "by": by, "reason": reason or ""})
+        return True, rejected
+
+    def arm(self, task: Task) -> None:
+        """Reject `task` when its approval expires (at once if it has)."""
+        expires = parse_iso((task.metadata or {}).get("approvalExpiresAt"))
+        if expires is None:
+            expires = task.created_at + self._expire_seconds()
+        delay = max(0.0, expires - self._reactor.seconds())
+        self.disarm(task.id)
+        self._expiries[task.id] = self._reactor.callLater(delay, self._expire, task.id)
+
+    def disarm(self, task_id: str) -> None:
+        call = self._expiries.pop(task_id, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def stop(self) -> None:
+        for task_id in list(self._expiries):
+            self.disarm(task_id)
+
+    def _expire(self, task_id: str) -> None:
+        self._expiries.pop(task_id, None)
+        task = self._store().get(task_id)
+        if task is None:
+            return
+        deadline = parse_iso((task.metadata or {}).get("approvalExpiresAt"))
+        hours = ((deadline - task.created_at) if deadline is not None else self._expire_seconds()) / 3600
+        self.reject(task_id, "expiry", f"approval expired after {hours:.3g} h")
