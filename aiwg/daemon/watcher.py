@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -46,7 +47,6 @@ from aiwg.daemon.debounce import Debouncer
 from aiwg.core.timefmt import iso_utc
 from aiwg.daemon.observers import (LIMIT_ERRNOS, PROBE_TIMEOUT, TreeWatch, native_observer, polling_observer,
                                    probe, watchdog_version)
-from aiwg.paths import ProjectPaths
 
 #: Seconds between scans when polling (use_polling, or after an inotify limit).
 POLL_INTERVAL = 2.0
@@ -136,7 +136,6 @@ class FileWatcher(Service):
                  probe_timeout: float = PROBE_TIMEOUT) -> None:
         self._reactor = reactor
         self.root = Path(root).resolve()
-        self._probe_dir = ProjectPaths(self.root).daemon_dir / "watch-probe"
         self._native_observer = native_observer
         self._probe_timeout = probe_timeout
         self._tree: TreeWatch | None = None
@@ -269,9 +268,9 @@ class FileWatcher(Service):
                 tree = self._started_tree(TreeWatch(self._native_observer(), prunes=prunes, on_limit=on_limit),
                                           plan, entries, generation, ignored)
                 try:
-                    # A directory of this start's own: a restart's probe must not meet it.
-                    cause = probe(tree, str(self._probe_dir.with_name(f"watch-probe-{generation}")),
-                                  self._probe_timeout)
+                    # A scratch directory of this attempt's own, outside every watched tree:
+                    # two watch groups on one directory race inside watchdog.
+                    cause = probe(tree, tempfile.mkdtemp(prefix="aiwg-watch-probe-"), self._probe_timeout)
                 except BaseException:  # a kernel limit (the watcher polls then), or a bug
                     self._stop_observer(tree.observer)  # nothing is left watching
                     raise
