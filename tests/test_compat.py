@@ -178,28 +178,29 @@ def test_the_spawn_fallback_still_makes_a_session_leader(monkeypatch: pytest.Mon
     assert out[0].split() == [b"True", b"True"]
 
 
+def rename_in_method(monkeypatch: pytest.MonkeyPatch, cls: type, method: str, old: str, new: str) -> None:
+    """`cls.method` as it would be if its release had renamed `old` to `new` (in its
+    source, run again in its own module), with `new` meaning what `old` did."""
+    module = sys.modules[cls.__module__]
+    source = textwrap.dedent(inspect.getsource(getattr(cls, method))).replace(old, new)
+    namespace = dict(vars(module))
+    exec(compile(source, f"<renamed {method}>", "exec"), namespace)
+    monkeypatch.setattr(cls, method, namespace[method])
+    monkeypatch.setattr(cls, new, getattr(cls, old), raising=False)
+
+
 def test_twistd_runner_that_no_longer_calls_wait_for_start(monkeypatch: pytest.MonkeyPatch) -> None:
     from twisted.scripts import _twistd_unix
 
-    runner = _twistd_unix.UnixApplicationRunner
-    source = textwrap.dedent(inspect.getsource(runner.daemonize)).replace("_waitForStart", "_awaitStartup")
-    namespace = dict(vars(_twistd_unix))
-    exec(compile(source, "<renamed daemonize>", "exec"), namespace)
-    monkeypatch.setattr(runner, "daemonize", namespace["daemonize"])
-    monkeypatch.setattr(runner, "_awaitStartup", runner._waitForStart, raising=False)
+    rename_in_method(monkeypatch, _twistd_unix.UnixApplicationRunner, "daemonize", "_waitForStart", "_awaitStartup")
     assert_names(TWISTD_RUNNER.problem, "twistd-runner", "twisted")
 
 
 def test_twistd_runner_that_no_longer_formats_through_the_override(monkeypatch: pytest.MonkeyPatch) -> None:
     from twisted.scripts import _twistd_unix
 
-    runner = _twistd_unix.UnixApplicationRunner
-    source = textwrap.dedent(inspect.getsource(runner.postApplication)).replace(
-        "_formatChildException", "_describeFailure")
-    namespace = dict(vars(_twistd_unix))
-    exec(compile(source, "<renamed postApplication>", "exec"), namespace)
-    monkeypatch.setattr(runner, "postApplication", namespace["postApplication"])
-    monkeypatch.setattr(runner, "_describeFailure", runner._formatChildException, raising=False)
+    rename_in_method(monkeypatch, _twistd_unix.UnixApplicationRunner, "postApplication", "_formatChildException",
+                     "_describeFailure")
     assert_names(TWISTD_RUNNER.problem, "twistd-runner", "twisted")
 
 

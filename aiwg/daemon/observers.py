@@ -80,8 +80,9 @@ def polling_observer(ignored: Ignored, interval: float) -> Any:
     return PollingObserverVFS(stat=os.stat, listdir=listdir, polling_interval=interval)
 
 
-def _text(path: Any) -> str:
-    return os.fsdecode(path) if isinstance(path, bytes) else str(path)
+def path_text(path: Any) -> str:
+    """A path watchdog reports (str, or bytes for a name that is not UTF-8) as text."""
+    return path.decode("utf-8", "surrogateescape") if isinstance(path, bytes) else str(path)
 
 
 def _subdirs(path: str) -> list[str]:
@@ -192,7 +193,7 @@ class TreeWatch:
         from watchdog.events import DirDeletedEvent, FileCreatedEvent
 
         kind = event.event_type
-        source = _text(event.src_path).rstrip("/")
+        source = path_text(event.src_path).rstrip("/")
         arrived: str | None = None
         extra: list[Any] = []
         with self._lock:
@@ -206,7 +207,7 @@ class TreeWatch:
                 if os.path.dirname(source) in self._flat:
                     extra.append(DirDeletedEvent(source))
                 self._shrink(source)
-                destination = _text(event.dest_path).rstrip("/")
+                destination = path_text(event.dest_path).rstrip("/")
                 if os.path.dirname(destination) in self._flat:
                     arrived = destination
             elif kind == "created" and os.path.dirname(source) in self._flat:
@@ -245,7 +246,7 @@ class _ProbeHandler:
     def dispatch(self, event: Any) -> None:
         if event.is_directory or event.event_type not in ("created", "modified", "moved"):
             return
-        path = _text(event.dest_path if event.event_type == "moved" else event.src_path)
+        path = path_text(event.dest_path if event.event_type == "moved" else event.src_path)
         if path in self.expected:
             self.seen.add(path)
             if self.seen >= self.expected:

@@ -132,7 +132,6 @@ class Supervisor(Service):
         self.environ = dict(os.environ if environ is None else environ)
         self._random = random_bytes
         self.reaper = Reaper(killpg=killpg, cgroups=cgroups, containment_note=containment_note)
-        self.killpg = killpg  # process groups are signalled through it (a test's fake, in tests)
         self._has_exited = has_exited
         self.output_problem: str | None = None  # task output that could not be written, while it lasts
         self.exhausted: str | None = None  # out of descriptors or processes: tasks wait
@@ -248,6 +247,11 @@ class Supervisor(Service):
     @property
     def subreaper(self) -> bool:
         return self.reaper.subreaper
+
+    @property
+    def killpg(self) -> Callable[[int, int], None]:
+        """How process groups are signalled (the reaper's; a test's fake in tests)."""
+        return self.reaper.killpg
 
     def kill_marked(self, task_id: str) -> bool:
         return self.reaper.kill_marked(task_id)
@@ -865,8 +869,6 @@ class Supervisor(Service):
             "started": self.started_count,
             "containment": self.reaper.containment,
         }
-
-    # -- task cgroups --------------------------------------------------------
 
 def record_json(task: Task) -> dict[str, Any]:
     """A task as the wire sees it: AIWG's field names, plus ours."""

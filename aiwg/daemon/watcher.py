@@ -45,8 +45,8 @@ from aiwg.core.text import display_path
 from aiwg.core.watching import ChangeSet, Stamp, WatchEntry, WatchPlan, plan_from_config, snapshot_diff
 from aiwg.daemon.debounce import Debouncer
 from aiwg.core.timefmt import iso_utc
-from aiwg.daemon.observers import (LIMIT_ERRNOS, PROBE_TIMEOUT, TreeWatch, native_observer, polling_observer,
-                                   probe, watchdog_version)
+from aiwg.daemon.observers import (LIMIT_ERRNOS, PROBE_TIMEOUT, TreeWatch, native_observer, path_text,
+                                   polling_observer, probe, watchdog_version)
 
 #: Seconds between scans when polling (use_polling, or after an inotify limit).
 POLL_INTERVAL = 2.0
@@ -73,10 +73,6 @@ def _proc_sys(name: str) -> str:
         return "unknown"
 
 
-def _text(path: Any) -> str:
-    return path.decode("utf-8", "surrogateescape") if isinstance(path, bytes) else str(path)
-
-
 class _Translator:
     """Runs in watchdog's thread: raw event → filtered, project-relative change."""
 
@@ -94,11 +90,11 @@ class _Translator:
             return
         if event.is_directory:
             if event.event_type == "deleted":
-                path = _text(event.src_path).rstrip("/")
+                path = path_text(event.src_path).rstrip("/")
                 if path == self._top:
                     self._watcher._from_thread_gone(self._generation, self._entry.path or ".")
                 elif (relative := self._relative(path)) is not None:
-                    self._watcher._from_thread_dir_gone(self._generation, self._entry, relative)
+                    self._watcher._from_thread_dir_gone(self._generation, relative)
             return
         if event.event_type not in WATCH_KINDS:
             return
@@ -118,7 +114,7 @@ class _Translator:
             self._watcher._from_thread(self._generation, (src, event.event_type, None))
 
     def _relative(self, path: Any) -> str | None:
-        text = _text(path)
+        text = path_text(path)
         if not text.startswith(self._prefix):
             return None
         return display_path(text[len(self._prefix):])  # a name that is not UTF-8: `bad\xff.txt`
@@ -362,7 +358,7 @@ class FileWatcher(Service):
             self._drain_scheduled = True
         self._reactor.callFromThread(self._drain)
 
-    def _from_thread_dir_gone(self, generation: int, entry: WatchEntry, directory: str) -> None:
+    def _from_thread_dir_gone(self, generation: int, directory: str) -> None:
         """Called in watchdog's thread: a directory under a watch path was deleted or
         moved away. The files known in it that were not reported gone one by one
         (a move out of the tree reports none) are looked for once the burst of
@@ -402,7 +398,7 @@ class FileWatcher(Service):
                 for path in paths:
                     self._index.pop(path, None)
             for path in paths:
-                entry = next((e for e in self.plan.entries if _under_any(path, {e.path}) or not e.path), None)
+                entry = next((e for e in self.plan.entries if _under_any(path, {e.path})), None)
                 if entry is not None and self.plan.admits(entry, path, "deleted"):
                     self.events_received += 1
                     self._debouncer.push((path, "deleted", None), key=next(self._seq))

@@ -57,6 +57,14 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def watching(project: Path, tree: TreeWatch) -> tuple[TreeWatch, Recorder]:
+    """`tree` watching the project (node_modules left out), started, and what it reports."""
+    recorder = Recorder()
+    tree.add(str(project), recorder, ignore_node_modules)
+    tree.observer.start()
+    return tree, recorder
+
+
 @pytest.fixture
 def started() -> Any:
     trees: list[TreeWatch] = []
@@ -75,10 +83,7 @@ def started() -> Any:
 @linux_only
 def test_ignored_trees_get_no_kernel_watch_and_their_siblings_report(project: Path, started: Any) -> None:
     before = procfs.inotify_watch_count() or 0
-    tree = started()
-    recorder = Recorder()
-    tree.add(str(project), recorder, ignore_node_modules)
-    tree.observer.start()
+    tree, recorder = watching(project, started())
     # the root (its own entries) and src with its five packages: nothing of node_modules' 15
     assert (procfs.inotify_watch_count() or 0) - before == 7
     assert tree.watch_count == 2
@@ -94,10 +99,7 @@ def test_ignored_trees_get_no_kernel_watch_and_their_siblings_report(project: Pa
 @linux_only
 def test_a_directory_made_under_a_flat_watch_is_followed_with_what_it_already_holds(
         project: Path, started: Any) -> None:
-    tree = started()
-    recorder = Recorder()
-    tree.add(str(project), recorder, ignore_node_modules)
-    tree.observer.start()
+    tree, recorder = watching(project, started())
     deep = project / "lib" / "a" / "b"
     deep.mkdir(parents=True)  # `mkdir -p`: b may exist before lib's watch does
     (deep / "early.py").write_text("x")
@@ -116,10 +118,7 @@ def test_a_directory_made_under_a_flat_watch_is_followed_with_what_it_already_ho
 @linux_only
 def test_a_directory_moved_or_deleted_under_a_flat_watch_takes_its_watches_with_it(
         project: Path, started: Any) -> None:
-    tree = started()
-    recorder = Recorder()
-    tree.add(str(project), recorder, ignore_node_modules)
-    tree.observer.start()
+    tree, recorder = watching(project, started())
     (project / "src" / "pkg1" / "m.ts").write_text("x")
     wait_for(lambda: recorder.saw("created", project / "src" / "pkg1" / "m.ts"))
     os.rename(project / "src", project / "source")
@@ -168,10 +167,7 @@ def test_the_probe_names_what_did_not_arrive(tmp_path: Path, started: Any) -> No
 def test_a_directory_deleted_and_made_again_keeps_its_watch(project: Path, started: Any) -> None:
     """`rm -rf gen && mkdir -p gen/x`: the old watch's own delete may come after the
     new watch; it must not take the new one away."""
-    tree = started()
-    recorder = Recorder()
-    tree.add(str(project), recorder, ignore_node_modules)
-    tree.observer.start()
+    tree, recorder = watching(project, started())
     gen = project / "gen"
     for round_ in range(15):
         (gen / "x").mkdir(parents=True)
