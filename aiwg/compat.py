@@ -105,7 +105,7 @@ def status() -> dict[str, Any]:
 
 
 #: The hooks the daemon process uses (twistd-runner is the CLI's, checked there;
-#: session-spawn is declared in aiwg/daemon/spawning.py, twistd-runner in launcher.py).
+#: session-spawn is declared in aiwg/daemon/tasks/spawning.py, twistd-runner in launcher.py).
 DAEMON_HOOKS = ("c-json-encoder", "line-buffer", "transport-queue", "session-spawn")
 
 

@@ -724,7 +724,7 @@ def render(r: dict[str, Any]) -> str:
 
 def warm_bytecode_cache() -> None:
     subprocess.run([PYTHON, "-c", "import watchdog.observers.inotify, watchdog.events, aiwg.daemon.tap, "
-                    "aiwg.daemon.watcher, aiwg.daemon.observers, aiwg.core.watching, aiwg.cli"],
+                    "aiwg.daemon.watch.watcher, aiwg.daemon.watch.observers, aiwg.core.watching, aiwg.cli"],
                    env=clean_env(), check=True, timeout=120, cwd=str(ROOT))
 
 

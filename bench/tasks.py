@@ -262,7 +262,7 @@ def bench_large_store(count: int) -> dict:
 def _fill_store(db_path: Path, count: int) -> None:
     """Write `count` finished tasks straight into tasks.db, as a long-lived project would have."""
     from aiwg.core.tasks import Task, TaskState
-    from aiwg.daemon.store import _COLUMNS, TaskStore, _to_row
+    from aiwg.daemon.tasks.store import _COLUMNS, TaskStore, _to_row
 
     store = TaskStore(db_path)
     now = time.time()

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MEASURE = r"""
 import json, os, sys, threading, time
 from aiwg import procfs
-from aiwg.daemon.observers import TreeWatch, native_observer
+from aiwg.daemon.watch.observers import TreeWatch, native_observer
 
 def rss():
     with open("/proc/self/status") as f:

@@ -20,7 +20,7 @@ import pytest
 
 from aiwg import compat
 from aiwg.daemon.launcher import TWISTD_RUNNER  # declares the twistd-runner hook
-from aiwg.daemon.spawning import SESSION_SPAWN  # declares the session-spawn hook
+from aiwg.daemon.tasks.spawning import SESSION_SPAWN  # declares the session-spawn hook
 from tests.conftest import Project, wait_for
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "compatibility.md"
@@ -122,7 +122,7 @@ def test_session_spawn_check_with_a_child_that_ends_before_it_is_registered(monk
         return pid
 
     monkeypatch.setattr(os, "posix_spawnp", spawn_and_let_it_end)
-    from aiwg.daemon.spawning import check_session_leader
+    from aiwg.daemon.tasks.spawning import check_session_leader
 
     check_session_leader(os.getcwd())
 
@@ -139,7 +139,7 @@ def test_session_spawn_override_no_longer_called(monkeypatch: pytest.MonkeyPatch
     not as session leaders. (Simulated by calling Twisted's own method.)"""
     from twisted.internet import process
 
-    from aiwg.daemon.spawning import SessionLeaderProcess
+    from aiwg.daemon.tasks.spawning import SessionLeaderProcess
 
     monkeypatch.setattr(SessionLeaderProcess, "_trySpawnInsteadOfFork", process.Process._trySpawnInsteadOfFork)
     monkeypatch.setattr(SessionLeaderProcess, "_setupChild", process.Process._setupChild)
@@ -152,7 +152,7 @@ def test_the_spawn_fallback_still_makes_a_session_leader(monkeypatch: pytest.Mon
     from twisted.internet.defer import Deferred
     from twisted.internet.protocol import ProcessProtocol
 
-    from aiwg.daemon.spawning import SessionLeaderProcess, spawn_session_leader
+    from aiwg.daemon.tasks.spawning import SessionLeaderProcess, spawn_session_leader
 
     monkeypatch.setattr(SessionLeaderProcess, "_trySpawnInsteadOfFork", process.Process._trySpawnInsteadOfFork)
     monkeypatch.setattr(SessionLeaderProcess, "_setupChild", process.Process._setupChild)

@@ -56,3 +56,12 @@ def test_core_imports_no_twisted() -> None:
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
             assert not any(n.startswith("twisted") for n in names), f"{path.name} imports {names}"
+
+
+def test_every_package_is_installed() -> None:
+    """A subpackage missing from pyproject's list is missing from an install."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "aiwg").rglob("__init__.py")}
+    assert found - listed == set()

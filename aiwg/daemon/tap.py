@@ -45,21 +45,21 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
-    from aiwg.daemon.automation import AutomationEngine
+    from aiwg.daemon.automation.engine import AutomationEngine
     from aiwg.daemon.bus import EventBus
-    from aiwg.daemon.cgroups import open_task_cgroups
-    from aiwg.daemon.chat import ChatService
+    from aiwg.daemon.tasks.cgroups import open_task_cgroups
+    from aiwg.daemon.messaging.chat import ChatService
     from aiwg.daemon.eventlog import EventLog
     from aiwg.daemon.heartbeat import Heartbeat
-    from aiwg.daemon.ipc import IpcFactory, IpcServer
+    from aiwg.daemon.ipc.server import IpcFactory, IpcServer
     from aiwg.daemon.lock import InstanceLock
     from aiwg.daemon.messaging.hub import MessagingService
-    from aiwg.daemon.methods import build_method_table
+    from aiwg.daemon.ipc.methods import build_method_table
     from aiwg.daemon.root import DaemonService
-    from aiwg.daemon.scheduler import Scheduler
-    from aiwg.daemon.store import StoreService
-    from aiwg.daemon.supervisor import Supervisor, SupervisorSettings
-    from aiwg.daemon.watcher import FileWatcher
+    from aiwg.daemon.automation.scheduler import Scheduler
+    from aiwg.daemon.tasks.store import StoreService
+    from aiwg.daemon.tasks.supervisor import Supervisor, SupervisorSettings
+    from aiwg.daemon.watch.watcher import FileWatcher
 
     paths: ProjectPaths = options.paths
     config = options.config

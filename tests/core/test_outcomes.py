@@ -88,7 +88,7 @@ def test_a_retried_task_starts_without_the_last_attempts_exit() -> None:
     stopped = end(reason="shutdown", exit_code=None, exit_signal=signal.SIGTERM)
     queued = run_outcome(running(retries=1), stopped, NOW, 120)
     assert queued.state == TaskState.QUEUED and queued.signal == signal.SIGTERM  # as recorded
-    # The supervisor's running move for the next attempt clears it (aiwg/daemon/supervisor.py fill):
+    # The supervisor's running move for the next attempt clears it (aiwg/daemon/tasks/supervisor.py fill):
     again = queued.moved(TaskState.RUNNING, attempts=2, exit_code=None, signal=None)
     settled, what = recovery(again, NOW)
     assert settled.state == TaskState.FAILED and settled.error == INTERRUPTED and what == "failed"

@@ -11,7 +11,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from aiwg.core.config import validate
-from aiwg.daemon.automation import AutomationEngine
+from aiwg.daemon.automation.engine import AutomationEngine
 from aiwg.daemon.bus import EventBus
 from aiwg.errors import InvalidParams
 
@@ -258,7 +258,7 @@ class Commands:
         return d
 
     def answer(self, index: int, exit_code: int | None, error: str | None = None) -> None:
-        from aiwg.daemon.commands import CommandResult
+        from aiwg.daemon.tasks.commands import CommandResult
 
         self.runs[index][2].callback(CommandResult(exit_code=exit_code, output="", duration=0.1, error=error))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aiwg.daemon.cgroups import _cgroup2_mount, _own_cgroup, open_task_cgroups, own_cgroup_dir, tasks_dir_name
+from aiwg.daemon.tasks.cgroups import _cgroup2_mount, _own_cgroup, open_task_cgroups, own_cgroup_dir, tasks_dir_name
 
 MOUNTINFO = """\
 25 30 0:22 / /sys rw,nosuid shared:7 - sysfs sysfs rw

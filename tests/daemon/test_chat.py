@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from aiwg.core.config import validate
 from aiwg.core.tasks import TaskState
 from aiwg.daemon.bus import EventBus
-from aiwg.daemon.chat import EXPIRY_INTERVAL, SAVE_INTERVAL, ChatService
+from aiwg.daemon.messaging.chat import EXPIRY_INTERVAL, SAVE_INTERVAL, ChatService
 
 
 class Task:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest_twisted
 
-from aiwg.daemon.commands import CommandRunner, git_snapshot, user_shell
+from aiwg.daemon.tasks.commands import CommandRunner, git_snapshot, user_shell
 from tests.conftest import alive, wait_for
 
 

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 from twisted.internet.task import Clock
 
-from aiwg.daemon.crontimer import CronTimer
+from aiwg.daemon.automation.crontimer import CronTimer
 
 
 def at(text: str) -> float:

@@ -8,8 +8,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import StringTransport
 
-from aiwg.daemon.ipc import IpcFactory, JsonRpcProtocol
-from aiwg.daemon.rpc import CallContext, MethodTable, Namespace, Param, method
+from aiwg.daemon.ipc.server import IpcFactory, JsonRpcProtocol
+from aiwg.daemon.ipc.rpc import CallContext, MethodTable, Namespace, Param, method
 from aiwg.errors import RpcError
 
 

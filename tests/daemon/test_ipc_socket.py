@@ -14,8 +14,8 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 
-from aiwg.daemon.ipc import IpcFactory, IpcServer
-from aiwg.daemon.rpc import CallContext, MethodTable, Namespace, method
+from aiwg.daemon.ipc.server import IpcFactory, IpcServer
+from aiwg.daemon.ipc.rpc import CallContext, MethodTable, Namespace, method
 
 
 class Echo(Namespace):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from aiwg.daemon.iterations import STATUS_LIMIT, IterationRecords, snapshot_json
+from aiwg.daemon.tasks.iterations import STATUS_LIMIT, IterationRecords, snapshot_json
 
 
 def test_records_are_kept_per_iteration_and_read_in_order(tmp_path: Path) -> None:

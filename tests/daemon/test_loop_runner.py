@@ -15,7 +15,7 @@ from twisted.internet.defer import succeed
 
 from aiwg.core.loops import LoopSpec
 from aiwg.core.tasks import TaskState
-from aiwg.daemon.commands import CommandResult
+from aiwg.daemon.tasks.commands import CommandResult
 from tests.fakes.supervisor import make
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pytest
 
 from aiwg import procfs
-from aiwg.daemon.observers import TreeWatch, native_observer, probe
+from aiwg.daemon.watch.observers import TreeWatch, native_observer, probe
 from tests.fakes.observers import deaf_to_flat_watches
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/fdinfo").exists(), reason="needs Linux inotify and /proc")

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 
 from aiwg.core.config import validate
 from aiwg.daemon.bus import EventBus
-from aiwg.daemon.scheduler import Scheduler
+from aiwg.daemon.automation.scheduler import Scheduler
 
 
 def at(text: str) -> float:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import pytest
 
 from aiwg.core.tasks import Task, TaskState
-from aiwg.daemon.store import StoreError, TaskStore
+from aiwg.daemon.tasks.store import StoreError, TaskStore
 from tests.fakes.delivery import Delivered
 
 

@@ -16,10 +16,10 @@ import pytest_twisted
 
 from aiwg.core import agents
 from aiwg.core.tasks import TaskState
-from aiwg.daemon import reaper as reaper_module
-from aiwg.daemon.spawning import SessionLeaderProcess
-from aiwg.daemon.reaper import StartTimes, process_start_time
-from aiwg.daemon.supervisor import Supervisor
+from aiwg.daemon.tasks import reaper as reaper_module
+from aiwg.daemon.tasks.spawning import SessionLeaderProcess
+from aiwg.daemon.tasks.reaper import StartTimes, process_start_time
+from aiwg.daemon.tasks.supervisor import Supervisor
 from tests.fakes.delivery import Delivered
 from tests.fakes.supervisor import make
 
@@ -431,7 +431,7 @@ async def test_the_agent_leads_its_session_with_fds_0_to_2_and_default_signals(
 def test_has_exited_sees_an_unreaped_child_without_reaping_it() -> None:
     import subprocess
 
-    from aiwg.daemon.spawning import has_exited
+    from aiwg.daemon.tasks.spawning import has_exited
 
     child = subprocess.Popen(["sleep", "0.2"])
     assert not has_exited(child.pid)
@@ -447,7 +447,7 @@ def test_has_exited_sees_an_unreaped_child_without_reaping_it() -> None:
 def test_a_flood_of_stdout_keeps_its_start_and_its_end_and_the_json_result(tmp_path: Path) -> None:
     """Memory stays bounded however much an agent prints; claude's JSON result,
     its last line, is still read."""
-    from aiwg.daemon.agentrun import STDOUT_HEAD_BYTES, STDOUT_TAIL_BYTES
+    from aiwg.daemon.tasks.agentrun import STDOUT_HEAD_BYTES, STDOUT_TAIL_BYTES
 
     supervisor, reactor, _ = make(tmp_path, output_max_bytes=1024)
     task = supervisor.submit("flood")

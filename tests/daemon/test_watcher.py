@@ -16,7 +16,7 @@ from twisted.internet import reactor, task
 from aiwg import procfs
 from aiwg.core.config import validate
 from aiwg.daemon.bus import EventBus
-from aiwg.daemon.watcher import FileWatcher
+from aiwg.daemon.watch.watcher import FileWatcher
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/fdinfo").exists(), reason="needs Linux inotify and /proc")
 

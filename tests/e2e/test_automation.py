@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 import pytest
 
-from aiwg.daemon.watcher import POLL_INTERVAL
+from aiwg.daemon.watch.watcher import POLL_INTERVAL
 from aiwg.errors import INVALID_PARAMS, RpcError
 from tests.conftest import Project, wait_for
 

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiwg.core import agents
 from aiwg.daemon.bus import EventBus
-from aiwg.daemon.store import TaskStore
-from aiwg.daemon.supervisor import Supervisor, SupervisorSettings
+from aiwg.daemon.tasks.store import TaskStore
+from aiwg.daemon.tasks.supervisor import Supervisor, SupervisorSettings
 from tests.fakes.process_reactor import FakeProcessReactor
 
 

@@ -33,8 +33,8 @@ from twisted.python.failure import Failure
 from aiwg import compat
 from aiwg.core import strictjson
 from aiwg.core.timefmt import iso_utc
-from aiwg.daemon.rpc import CallContext, MethodTable
-from aiwg.daemon.unixport import OwnedSocketListener, OwnedSocketPort
+from aiwg.daemon.ipc.rpc import CallContext, MethodTable
+from aiwg.daemon.ipc.unixport import OwnedSocketListener, OwnedSocketPort
 from aiwg.errors import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, RpcError
 
 #: A client whose unsent replies or notifications exceed this is disconnected,

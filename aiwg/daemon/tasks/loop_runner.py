@@ -27,13 +27,13 @@ from aiwg.core import agents
 from aiwg.core.loops import (LOOP_KEY, LoopProgress, LoopSpec, LoopSpecError, after_iteration,
                              iteration_prompt, loop_metadata)
 from aiwg.core.tasks import OUTPUT_TAIL_BYTES, Task, TaskState
-from aiwg.daemon.commands import git_snapshot, user_shell
-from aiwg.daemon.iterations import AGENT_LOG, CHECK_LOG, IterationRecords, snapshot_json
+from aiwg.daemon.tasks.commands import git_snapshot, user_shell
+from aiwg.daemon.tasks.iterations import AGENT_LOG, CHECK_LOG, IterationRecords, snapshot_json
 from aiwg.core.timefmt import iso_utc
 from aiwg.core.outcomes import failure_text
 
 if TYPE_CHECKING:
-    from aiwg.daemon.agentrun import Run
+    from aiwg.daemon.tasks.agentrun import Run
 
 
 class LoopHost(Protocol):

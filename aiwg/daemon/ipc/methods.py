@@ -15,7 +15,7 @@ from aiwg.core.events import Event, pattern_problem, topic_problem
 from aiwg.core.loops import LOOP_KEY, LoopSpecError, parse_loop
 from aiwg.core.timefmt import iso_utc
 from aiwg.core.tasks import STATE_NAMES, source_problem
-from aiwg.daemon.rpc import CallContext, MethodTable, Namespace, Param, method
+from aiwg.daemon.ipc.rpc import CallContext, MethodTable, Namespace, Param, method
 from aiwg.errors import STORE_UNWRITABLE, InvalidParams, RpcError
 
 if TYPE_CHECKING:
@@ -297,7 +297,7 @@ class TaskMethods(Namespace):
         description="Tasks, newest first.",
     )
     def jsonrpc_list(self, ctx: CallContext, state: str | None, limit: int, offset: int) -> list[Any]:
-        from aiwg.daemon.supervisor import record_json
+        from aiwg.daemon.tasks.supervisor import record_json
 
         limit = limit or 20
         if state is not None and state not in STATE_NAMES:
@@ -308,7 +308,7 @@ class TaskMethods(Namespace):
 
     @method(Param("taskId", "string", required=True, non_empty=True), description="One task's full record.")
     def jsonrpc_get(self, ctx: CallContext, taskId: str) -> dict[str, Any]:
-        from aiwg.daemon.supervisor import record_json
+        from aiwg.daemon.tasks.supervisor import record_json
 
         task = self._supervisor.store.get(taskId)
         if task is None:

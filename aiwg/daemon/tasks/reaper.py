@@ -17,7 +17,7 @@ from twisted.logger import Logger
 
 from aiwg import procfs
 from aiwg.core.tasks import Task
-from aiwg.daemon.cgroups import TaskCgroups
+from aiwg.daemon.tasks.cgroups import TaskCgroups
 
 
 def process_start_time(pid: int) -> str | None:

@@ -43,9 +43,9 @@ from aiwg import procfs
 from aiwg.core.config import Config
 from aiwg.core.text import display_path
 from aiwg.core.watching import ChangeSet, Stamp, WatchEntry, WatchPlan, plan_from_config, snapshot_diff
-from aiwg.daemon.debounce import Debouncer
+from aiwg.daemon.automation.debounce import Debouncer
 from aiwg.core.timefmt import iso_utc
-from aiwg.daemon.observers import (LIMIT_ERRNOS, PROBE_TIMEOUT, TreeWatch, native_observer, path_text,
+from aiwg.daemon.watch.observers import (LIMIT_ERRNOS, PROBE_TIMEOUT, TreeWatch, native_observer, path_text,
                                    polling_observer, probe, watchdog_version)
 
 #: Seconds between scans when polling (use_polling, or after an inotify limit).

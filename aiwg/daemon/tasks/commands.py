@@ -19,7 +19,7 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
-from aiwg.daemon.spawning import close_output_pipes, spawn_session_leader
+from aiwg.daemon.tasks.spawning import close_output_pipes, spawn_session_leader
 
 #: Output kept per command (its end: where the verdict usually is).
 OUTPUT_LIMIT = 256 * 1024

@@ -35,17 +35,17 @@ from aiwg.core.messaging import SECRET_KEYS
 from aiwg.core.outcomes import recovery, run_outcome
 from aiwg.core.tasks import RunQueue, Task, TaskState, make_task_id
 from aiwg.core.text import utf8_safe
-from aiwg.daemon.approvals import Approvals
-from aiwg.daemon.launch import ENV_KEY, AgentLaunch, AgentLauncher
-from aiwg.daemon.agentrun import TRIM_AFTER_BYTES, AgentProcessProtocol, Run, output_end, trim_heap
+from aiwg.daemon.tasks.approvals import Approvals
+from aiwg.daemon.tasks.launch import ENV_KEY, AgentLaunch, AgentLauncher
+from aiwg.daemon.tasks.agentrun import TRIM_AFTER_BYTES, AgentProcessProtocol, Run, output_end, trim_heap
 from aiwg.daemon.bus import EventBus
-from aiwg.daemon.commands import CommandRunner
-from aiwg.daemon.loop_runner import LoopRunner
+from aiwg.daemon.tasks.commands import CommandRunner
+from aiwg.daemon.tasks.loop_runner import LoopRunner
 from aiwg.core.timefmt import iso_utc
-from aiwg.daemon.cgroups import TaskCgroups
-from aiwg.daemon.reaper import Reaper, StartTimes
-from aiwg.daemon.spawning import close_output_pipes, has_exited, reap_exited, spawn_session_leader
-from aiwg.daemon.store import DuplicateTask, TaskStore
+from aiwg.daemon.tasks.cgroups import TaskCgroups
+from aiwg.daemon.tasks.reaper import Reaper, StartTimes
+from aiwg.daemon.tasks.spawning import close_output_pipes, has_exited, reap_exited, spawn_session_leader
+from aiwg.daemon.tasks.store import DuplicateTask, TaskStore
 from aiwg.errors import SHUTTING_DOWN, InvalidParams, RpcError
 
 PRUNE_INTERVAL_SECONDS = 600

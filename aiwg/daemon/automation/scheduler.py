@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from aiwg.core import cron
 from aiwg.core.config import BUILTIN_ACTIONS, Config
-from aiwg.daemon.crontimer import CronTimer
+from aiwg.daemon.automation.crontimer import CronTimer
 from aiwg.core.timefmt import iso_utc
 
 Submit = Callable[..., Any]  # submit(spec: dict, source: str, metadata: dict) -> task

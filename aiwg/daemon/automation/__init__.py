@@ -1,0 +1,2 @@
+"""What submits work by itself: automation rules, scheduled jobs, and the
+debounce and cron timers under them."""
