@@ -11,7 +11,6 @@ from typing import Any
 from attrs import evolve, frozen
 
 from aiwg.core.agents import AgentResult
-from aiwg.core.loops import LOOP_KEY, LoopProgress
 from aiwg.core.tasks import INTERRUPTED, Task, TaskState
 
 #: A loop that the daemon's death interrupted this often is not resumed again.
@@ -101,13 +100,12 @@ def recovery(task: Task, now: float, exited: AgentResult | None = None) -> tuple
     finished iteration, unless the daemon keeps dying while it runs; an agent
     that had exited is settled by its exit (`exited`: its result, read back);
     otherwise the task is retried if it may be, or failed as interrupted."""
-    if LOOP_KEY in task.metadata:
-        progress = LoopProgress.from_json(task.metadata[LOOP_KEY])
+    if task.loop is not None:
+        progress = task.progress
         if progress.crashes < MAX_LOOP_CRASHES:
             done = progress.iteration
-            loop = {**task.metadata[LOOP_KEY], "crashes": progress.crashes + 1}
             settled = task.moved(TaskState.QUEUED, pid=None, pgid=None,
-                                 metadata={**task.metadata, LOOP_KEY: loop},
+                                 loop_progress=evolve(progress, crashes=progress.crashes + 1),
                                  error=f"interrupted: the daemon stopped in iteration {done + 1}; "
                                        f"the loop resumes there")
             return settled, f"re-queued to resume its loop at iteration {done + 1}"

@@ -15,6 +15,8 @@ from enum import Enum
 from typing import Any, Iterator, Mapping
 
 from attrs import evolve, field, frozen
+
+from aiwg.core.loops import LoopProgress, LoopSpec
 from aiwg.core.states import TERMINAL_STATES
 
 
@@ -92,13 +94,33 @@ class Task:
     result: str | None = None
     session_id: str | None = None
     cost_usd: float | None = None
+    #: The client's own keys, stored and returned as given; the daemon reads none of
+    #: them (what it needs has a field of its own, below).
     metadata: Mapping[str, Any] = field(factory=dict)
     retries: int = 0
     attempts: int = 0
+    #: The task's own agent environment as templates (`${VAR}` expanded at start).
+    env: Mapping[str, str] = field(factory=dict)
+    loop: LoopSpec | None = None
+    loop_progress: LoopProgress | None = None
+    approval_expires_at: float | None = None
+    approved_by: str | None = None
+    rejected_by: str | None = None
+    #: The agent session this task continues (`--resume`).
+    resume_session: str | None = None
+    #: Where a messaging bridge posts the answer: {platform, chat, where, kind}.
+    reply_to: Mapping[str, Any] | None = None
+    #: How many rule firings led to this task (the loop guard's count).
+    chain_depth: int = 0
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
+
+    @property
+    def progress(self) -> LoopProgress:
+        """A loop's progress (none yet: the start)."""
+        return self.loop_progress or LoopProgress()
 
     @property
     def duration(self) -> float | None:

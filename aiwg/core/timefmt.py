@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import calendar
 import time
+from typing import Any
 
 _iso_cache: list = [None, "", None, ""]
 
@@ -22,3 +24,15 @@ def iso_utc(when: float) -> str:
     text = f"{_iso_cache[1]}.{millis:03d}Z"
     _iso_cache[2], _iso_cache[3] = millis_total, text
     return text
+
+
+def parse_iso(text: Any) -> float | None:
+    """The epoch seconds of an `iso_utc` timestamp; None for anything else."""
+    if not isinstance(text, str):
+        return None
+    try:
+        head, _, rest = text.rstrip("Z").partition(".")
+        seconds = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
+        return seconds + (int(rest[:3].ljust(3, "0")) / 1000 if rest else 0.0)
+    except ValueError:
+        return None

@@ -187,18 +187,3 @@ class _Discard:
 def discard_observer() -> ILogObserver:
     """For twistd's --logger: the daemon writes its own log, so twistd's is not wanted."""
     return _Discard()
-
-
-
-def parse_iso(text: Any) -> float | None:
-    """The epoch seconds of an `iso_utc` timestamp; None for anything else."""
-    import calendar
-
-    if not isinstance(text, str):
-        return None
-    try:
-        head, _, rest = text.rstrip("Z").partition(".")
-        seconds = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
-        return seconds + (int(rest[:3].ljust(3, "0")) / 1000 if rest else 0.0)
-    except ValueError:
-        return None

@@ -384,6 +384,8 @@ class DaemonService(MultiService):
         loop = spec_from_action(spec)
         if loop is not None:
             extra["loop"] = loop
+        if spec.get("chain_depth"):
+            extra["chain_depth"] = int(spec["chain_depth"])
         return self.supervisor.submit(
             spec["prompt"],
             priority=int(spec.get("priority", 0)),
@@ -407,12 +409,9 @@ class DaemonService(MultiService):
         return task.state.value if task is not None else None
 
     def task_depth(self, task_id: str) -> int | None:
-        """A task's automation chain depth (from its metadata), for the loop guard."""
+        """A task's automation chain depth, for the loop guard."""
         task = self._stored_task(task_id)
-        if task is None:
-            return None
-        depth = (task.metadata or {}).get("chainDepth")
-        return depth if isinstance(depth, int) else 0
+        return None if task is None else task.chain_depth
 
     def _subsystems(self) -> dict[str, Any]:
         subsystems: dict[str, Any] = {}

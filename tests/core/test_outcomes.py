@@ -7,7 +7,7 @@ import signal
 from attrs import evolve
 
 from aiwg.core.agents import AgentResult
-from aiwg.core.loops import LOOP_KEY
+from aiwg.core.loops import LoopProgress, LoopSpec
 from aiwg.core.outcomes import MAX_LOOP_CRASHES, RunEnd, failure_text, recovery, run_outcome
 from aiwg.core.tasks import INTERRUPTED, Task, TaskState
 
@@ -74,12 +74,11 @@ def test_recovery_ladder() -> None:
 
 
 def test_a_loop_resumes_until_the_daemon_has_died_too_often_in_it() -> None:
-    loop = {"until": "make test", "iteration": 2, "crashes": 0}
-    resumed, what = recovery(running(metadata={LOOP_KEY: loop}), NOW)
+    spec = LoopSpec(until="make test")
+    resumed, what = recovery(running(loop=spec, loop_progress=LoopProgress(iteration=2)), NOW)
     assert resumed.state == TaskState.QUEUED and what == "re-queued to resume its loop at iteration 3"
-    assert resumed.metadata[LOOP_KEY]["crashes"] == 1
-    worn = {**loop, "crashes": MAX_LOOP_CRASHES}
-    failed, _ = recovery(running(metadata={LOOP_KEY: worn}), NOW)
+    assert resumed.progress.crashes == 1 and resumed.progress.iteration == 2
+    failed, _ = recovery(running(loop=spec, loop_progress=LoopProgress(iteration=2, crashes=MAX_LOOP_CRASHES)), NOW)
     assert failed.state == TaskState.FAILED and "died 4 times" in failed.error
 
 

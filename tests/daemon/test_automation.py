@@ -49,7 +49,7 @@ class Harness:
     def submit(self, spec: dict, source: str, metadata: dict) -> FakeTask:
         self.submitted.append((spec, source, metadata))
         task = FakeTask(f"t-{len(self.submitted)}")
-        self.depths[task.id] = metadata["chainDepth"]
+        self.depths[task.id] = spec["chain_depth"]
         return task
 
     def publish(self, topic: str, payload: dict | None = None, source: str = "daemon") -> None:
@@ -73,7 +73,8 @@ def test_file_rule_fires_with_the_matching_files_in_its_prompt(tmp_path: Path) -
     spec, source, metadata = h.submitted[0]
     assert spec["prompt"] == "Run tests for:\nsrc/a.ts\nsrc/deep/b.js"
     assert spec["priority"] == 3 and source == "rule:tests"
-    assert metadata == {"ruleId": "tests", "trigger": "file:changed", "chainDepth": 1,
+    assert spec["chain_depth"] == 1
+    assert metadata == {"ruleId": "tests", "trigger": "file:changed",
                         "files": ["src/a.ts", "src/deep/b.js"], "fileCount": 2}
     h.files("docs/only.md")
     assert len(h.submitted) == 1
@@ -140,7 +141,7 @@ def test_a_rule_reacting_to_its_own_tasks_stops_at_the_chain_depth(tmp_path: Pat
     h.publish("task:completed", {"taskId": "t-user"})  # a user's task: depth 0
     for _ in range(10):  # each of the rule's tasks completes in turn
         h.publish("task:completed", {"taskId": f"t-{len(h.submitted)}"})
-    depths = [m["chainDepth"] for _, _, m in h.submitted]
+    depths = [s["chain_depth"] for s, _, _ in h.submitted]
     assert depths == [1, 2, 3]
     throttled = h.topics("automation:throttled")
     assert throttled and "chain depth 3" in throttled[0]["reason"]

@@ -16,8 +16,9 @@ from aiwg.daemon.messaging.chat import EXPIRY_INTERVAL, SAVE_INTERVAL, ChatServi
 
 
 class Task:
-    def __init__(self, id: str, prompt: str, metadata: dict) -> None:
+    def __init__(self, id: str, prompt: str, metadata: dict, resume_session: str | None = None) -> None:
         self.id, self.prompt, self.metadata = id, prompt, metadata
+        self.resume_session = resume_session
         self.state = TaskState.QUEUED
         self.result: str | None = None
         self.error: str | None = None
@@ -30,9 +31,10 @@ class Supervisor:
         self.tasks: dict[str, Task] = {}
         self.store = self
 
-    def submit(self, prompt: str, *, priority: int, source: str, metadata: dict) -> Task:
-        assert source == "chat"
-        task = Task(f"t-{len(self.tasks) + 1}", prompt, metadata)
+    def submit(self, prompt: str, *, priority: int, source: str, metadata: dict, resume_session: str | None,
+               reply_to: dict | None) -> Task:
+        assert source == "chat" and reply_to is None
+        task = Task(f"t-{len(self.tasks) + 1}", prompt, metadata, resume_session)
         task.priority = priority  # type: ignore[attr-defined]
         self.tasks[task.id] = task
         return task
@@ -62,15 +64,15 @@ def test_follow_up_turns_resume_the_latest_session() -> None:
     service, supervisor, bus, clock = make()
     first = service.send("hello", None, None)
     conversation = first.metadata["conversation"]
-    assert "resumeSession" not in first.metadata and first.priority == 5
+    assert first.resume_session is None and first.priority == 5
     finish(bus, clock, first, "hi", "s-1")
     second = service.send("more", conversation, 9)
-    assert second.metadata["resumeSession"] == "s-1" and second.priority == 9
+    assert second.resume_session == "s-1" and second.priority == 9
     finish(bus, clock, second, "sure", "s-2")
     third = service.send("again", conversation, None)
-    assert third.metadata["resumeSession"] == "s-2"
+    assert third.resume_session == "s-2"
     other = service.send("unrelated", None, None)
-    assert "resumeSession" not in other.metadata
+    assert other.resume_session is None
     assert other.metadata["conversation"] != conversation
     history = service.history(conversation)["history"]
     assert [t["text"] for t in history] == ["hello", "hi", "more", "sure", "again"]
@@ -92,7 +94,7 @@ def test_reset_starts_afresh() -> None:
     finish(bus, clock, first, "hi", "s-1")
     assert service.reset("c-r") is True
     again = service.send("hello again", "c-r", None)
-    assert "resumeSession" not in again.metadata
+    assert again.resume_session is None
 
 
 def test_idle_conversations_expire_on_the_timer_and_memory_stays_flat() -> None:
@@ -129,7 +131,7 @@ def test_conversations_survive_a_restart(tmp_path: Path) -> None:
     again = ChatService(reactor=clock, bus=bus, config=config, supervisor=lambda: supervisor, state_file=state)
     again.startService()
     follow_up = again.send("and then?", "c-keep", None)
-    assert follow_up.metadata["resumeSession"] == "s-2"
+    assert follow_up.resume_session == "s-2"
     assert [t["text"] for t in again.history("c-keep")["history"]][:4] == ["hello", "hi", "more", "sure"]
     again.stopService()
     state.write_text("{not json")

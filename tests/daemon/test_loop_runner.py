@@ -110,7 +110,7 @@ def test_the_budget_counts_an_interrupted_iteration_too(tmp_path: Path) -> None:
     reactor.advance(0)
     final = supervisor.store.get(task.id)
     assert final.state == TaskState.CANCELLED and final.cost_usd == 0.75
-    assert final.metadata["loop"]["spentUsd"] == 0.75
+    assert final.progress.spent_usd == 0.75
     supervisor.stopService()
 
 
@@ -120,15 +120,14 @@ def test_a_loop_the_daemon_keeps_dying_in_is_not_resumed_forever(tmp_path: Path)
     store = supervisor.store
     for crashes in range(4):  # the daemon "dies" with the loop running, and starts again
         running = store.get(task.id)
-        loop = {**running.metadata["loop"], "crashes": crashes}  # as the last start left it
-        store.save(evolve(running, state=TaskState.RUNNING, metadata={**running.metadata, "loop": loop},
-                          pgid=None, pid=None))
+        progress = evolve(running.progress, crashes=crashes)  # as the last start left it
+        store.save(evolve(running, state=TaskState.RUNNING, loop_progress=progress, pgid=None, pid=None))
         supervisor.runs.clear()
         supervisor.loops.active.clear()
         supervisor.queue.remove(task.id)
         supervisor._reconcile()
         after = store.get(task.id)
         if crashes < 3:
-            assert after.state == TaskState.QUEUED and after.metadata["loop"]["crashes"] == crashes + 1
+            assert after.state == TaskState.QUEUED and after.progress.crashes == crashes + 1
     assert after.state == TaskState.FAILED
     assert after.error.startswith("interrupted: the daemon died 4 times while this loop ran")

@@ -103,11 +103,14 @@ class Supervisor:
         return self.store.put(Task(id=task_id, prompt=prompt, state=state, seq=len(self.store.tasks) + 1,
                                    created_at=self.clock.seconds(), **fields))
 
-    def submit(self, prompt: str, *, source: str, metadata: dict[str, Any], **options: Any) -> Task:
+    def submit(self, prompt: str, *, source: str, metadata: dict[str, Any], reply_to: Any = None,
+               **options: Any) -> Task:
         if self.refuse_with is not None:
             raise self.refuse_with
-        self.submitted.append({"prompt": prompt, "source": source, "metadata": metadata, **options})
-        return self.add(f"t-{len(self.submitted)}", self.new_state, prompt, source=source, metadata=metadata)
+        self.submitted.append({"prompt": prompt, "source": source, "metadata": metadata, "reply_to": reply_to,
+                               **options})
+        return self.add(f"t-{len(self.submitted)}", self.new_state, prompt, source=source, metadata=metadata,
+                        reply_to=reply_to)
 
     def cancel(self, task_id: str) -> tuple[bool, Task | None]:
         self.cancels.append(task_id)
@@ -135,11 +138,11 @@ class Chat:
         self.conversations: set[str] = set()
 
     def send(self, message: str, conversation: str | None, priority: int | None, *,
-             source: str = "chat", metadata: dict[str, Any] | None = None) -> Task:
-        self.sent.append((message, conversation, priority, source, metadata))
+             source: str = "chat", metadata: dict[str, Any] | None = None, reply_to: Any = None) -> Task:
+        self.sent.append((message, conversation, priority, source, metadata, reply_to))
         self.conversations.add(str(conversation))
         return self.store.put(Task(id=f"c-{len(self.sent)}", prompt=message, source=source,
-                                   seq=len(self.store.tasks) + 1, metadata=metadata or {}))
+                                   seq=len(self.store.tasks) + 1, metadata=metadata or {}, reply_to=reply_to))
 
     def reset(self, conversation: str) -> bool:
         self.resets.append(conversation)
@@ -393,7 +396,7 @@ def test_task_queues_with_where_to_post_the_result(rig: Rig) -> None:
     (submitted,) = rig.supervisor.submitted
     assert submitted["prompt"] == "fix the failing tests"
     assert submitted["source"] == "messaging:telegram"
-    assert submitted["metadata"]["replyTo"] == {"platform": "telegram", "chat": "100",
+    assert submitted["reply_to"] == {"platform": "telegram", "chat": "100",
                                                 "where": {"chat_id": "100", "message_id": 7}, "kind": "task"}
     assert submitted["metadata"]["requestedBy"] == {"user": ALICE, "name": "alice"}
     assert text == "Queued task t-1. I will post the result here (or /cancel t-1)."
@@ -471,10 +474,10 @@ def test_a_chat_turn_is_queued_and_answered_later(rig: Rig) -> None:
     nothing is said now (the answer is the reply)."""
     d = rig.say("why is CI red?", where={"chat_id": "100", "message_id": 7, "_token": "x"})
     assert d.called and rig.bridge().replies == []
-    ((message, conversation, priority, source, metadata),) = rig.chat.sent
+    ((message, conversation, priority, source, metadata, reply_to),) = rig.chat.sent
     assert (message, conversation, priority, source) == ("why is CI red?", "telegram:100", None,
                                                          "messaging:telegram")
-    assert metadata["replyTo"] == {"platform": "telegram", "chat": "100",
+    assert reply_to == {"platform": "telegram", "chat": "100",
                                    "where": {"chat_id": "100", "message_id": 7}, "kind": "chat"}
     assert metadata["requestedBy"] == {"user": ALICE, "name": "alice"}
     assert rig.supervisor.submitted == []

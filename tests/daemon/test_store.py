@@ -3,6 +3,8 @@ failures that stay local, migrations."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sqlite3
 import threading
 from pathlib import Path
@@ -10,8 +12,12 @@ from typing import Any, Callable
 
 import pytest
 
+from aiwg.core.loops import LoopProgress, LoopSpec
 from aiwg.core.tasks import Task, TaskState
-from aiwg.daemon.tasks.store import StoreError, TaskStore
+from aiwg.core.timefmt import parse_iso
+from aiwg.daemon.ipc.records import record_json
+from aiwg.daemon.tasks.rows import MIGRATIONS
+from aiwg.daemon.tasks.store import SCHEMA_VERSION, StoreError, TaskStore
 from tests.fakes.delivery import Delivered
 
 
@@ -115,7 +121,7 @@ def test_schema_version_and_newer_databases_are_refused(tmp_path: Path) -> None:
     store = TaskStore(tmp_path / "t.db")
     store.close()
     db = sqlite3.connect(tmp_path / "t.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.execute("PRAGMA user_version = 99")
     db.commit()
@@ -234,20 +240,83 @@ def test_a_new_task_on_a_taken_seq_fails_instead_of_overwriting(tmp_path: Path) 
 
 def test_a_version_1_database_is_migrated_and_counts_the_approval_states(tmp_path: Path) -> None:
     """Schema 2 adds the approval states to the counts table of an existing database."""
-    store = TaskStore(tmp_path / "t.db")
-    store.insert(Task(id="t-old", prompt="p", created_at=1.0))
-    store.commit()
-    store.close()
-    db = sqlite3.connect(tmp_path / "t.db")
-    db.execute("DELETE FROM task_counts WHERE state IN ('awaiting_approval', 'rejected')")
+    db = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    for statement in MIGRATIONS[1]:
+        db.execute(statement)
+    db.execute("INSERT INTO tasks (id, prompt, state, source, created_at) VALUES ('t-old', 'p', 'queued', 'cli', 1)")
     db.execute("PRAGMA user_version = 1")
-    db.commit()
     db.close()
     store = TaskStore(tmp_path / "t.db")
     store.insert(Task(id="t-new", prompt="p", created_at=2.0, state=TaskState.AWAITING_APPROVAL))
     store.commit()
     assert store.stats()["awaiting_approval"] == 1 and store.stats()["queued"] == 1
+    assert store.get("t-old").metadata == {} and store.get("t-old").env == {}
     store.close()
+
+
+#: A store written by the schema-2 code (the release before the daemon's own fields
+#: had columns): its tasks carry those fields as metadata keys, and one task has a
+#: client's own `chainDepth` and `resumeSession` of the wrong type, which stay.
+SCHEMA_2 = Path(__file__).parents[1] / "fixtures" / "tasks-schema2.db"
+
+DAEMON_KEYS = {"_env", "loop", "approvalExpiresAt", "approvedBy", "rejectedBy", "resumeSession", "replyTo",
+               "chainDepth"}
+
+
+def test_a_schema_2_store_moves_the_daemons_keys_into_their_fields(tmp_path: Path) -> None:
+    shutil.copy(SCHEMA_2, tmp_path / "t.db")
+    store = TaskStore(tmp_path / "t.db")
+    tasks = {t.id: t for t in store.all()}
+    assert tasks["t-v2done"].chain_depth == 2
+    assert tasks["t-v2done"].metadata == {"ruleId": "lint", "trigger": "file:changed", "files": ["a.py"],
+                                          "fileCount": 1}
+    assert tasks["t-v2env"].env == {"AIWG_FIXTURE_GREETING": "hello ${AIWG_FIXTURE_NAME}"}
+    assert tasks["t-v2env"].metadata == {"ticket": "ABC-1"}
+    loop = tasks["t-v2loop"]
+    assert loop.loop == LoopSpec(until="test -f loop-passes", max_iterations=3, check_timeout_minutes=10.0)
+    assert (loop.progress.iteration, loop.progress.spent_usd, loop.progress.last_exit) == (1, 0.25, 1)
+    assert loop.metadata == {}
+    assert tasks["t-v2gate"].approval_expires_at == parse_iso("2099-01-01T00:00:00.000Z")
+    assert tasks["t-v2gate"].chain_depth == 1
+    chat = tasks["t-v2chat"]
+    assert chat.resume_session == "s-1" and chat.reply_to == {"platform": "telegram", "chat": "100",
+                                                                 "where": {"chat_id": 100}, "kind": "chat"}
+    assert chat.metadata == {"source": "messaging", "conversation": "c-abc",
+                             "requestedBy": {"user": "42", "name": "alice"}}
+    assert tasks["t-v2rej"].rejected_by == "cli:alice" and tasks["t-v2appr"].approved_by == "telegram:42 (alice)"
+    assert tasks["t-v2own"].metadata == {"chainDepth": "deep", "resumeSession": 7}
+    assert tasks["t-v2own"].chain_depth == 0 and tasks["t-v2own"].resume_session is None
+    for task in tasks.values():
+        assert task.id == "t-v2own" or not DAEMON_KEYS & set(task.metadata), task
+    assert store.stats()["total"] == 8 and store.stats()["queued"] == 2
+    store.close()
+    # The wire still shows them under the names clients know.
+    store = TaskStore(tmp_path / "t.db")
+    gate = record_json(store.get("t-v2gate"))
+    assert gate["metadata"] == {"ruleId": "deploy", "trigger": "schedule:nightly", "chainDepth": 1,
+                                "approvalExpiresAt": "2099-01-01T00:00:00.000Z"}
+    assert record_json(store.get("t-v2env"))["env"] == ["AIWG_FIXTURE_GREETING"]
+    assert record_json(store.get("t-v2loop"))["metadata"]["loop"]["lastCheck"] == {"exitCode": 1,
+                                                                                 "output": "not yet"}
+    store.close()
+
+
+def test_the_daemons_fields_are_written_to_their_columns_not_to_metadata(tmp_path: Path) -> None:
+    store = TaskStore(tmp_path / "t.db")
+    store.insert(Task(id="t-1", prompt="p", metadata={"mine": 1}, env={"A": "${B}"},
+                      loop=LoopSpec(until="true"), loop_progress=LoopProgress(iteration=2, spent_usd=0.5),
+                      approval_expires_at=1e9, approved_by="cli:me", resume_session="s-1",
+                      reply_to={"platform": "slack"}, chain_depth=3))
+    store.close()
+    db = sqlite3.connect(tmp_path / "t.db")
+    (metadata,) = db.execute("SELECT metadata FROM tasks").fetchone()
+    db.close()
+    assert json.loads(metadata) == {"mine": 1}
+    again = TaskStore(tmp_path / "t.db").get("t-1")
+    assert again.env == {"A": "${B}"} and again.loop == LoopSpec(until="true")
+    assert (again.progress.iteration, again.progress.spent_usd, again.chain_depth) == (2, 0.5, 3)
+    assert (again.approval_expires_at, again.approved_by, again.resume_session) == (1e9, "cli:me", "s-1")
+    assert again.reply_to == {"platform": "slack"}
 
 
 def test_withdrawing_the_only_write_of_a_batch_fires_its_waiters(tmp_path: Path) -> None:

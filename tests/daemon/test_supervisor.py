@@ -287,8 +287,8 @@ def test_an_agent_is_spawned_only_once_its_running_state_is_on_disk(tmp_path: Pa
     spawn = supervisor._spawn_process
 
     def recording_spawn(protocol: Any, *args: Any) -> Any:
-        task_id = protocol.run.task.id
-        seen_on_disk.append((protocol.run.task.prompt, on_disk(tmp_path, task_id)))
+        task_id = protocol.process.task.id
+        seen_on_disk.append((protocol.process.task.prompt, on_disk(tmp_path, task_id)))
         return spawn(protocol, *args)
 
     supervisor._spawn_process = recording_spawn  # type: ignore[method-assign]
@@ -447,7 +447,7 @@ def test_has_exited_sees_an_unreaped_child_without_reaping_it() -> None:
 def test_a_flood_of_stdout_keeps_its_start_and_its_end_and_the_json_result(tmp_path: Path) -> None:
     """Memory stays bounded however much an agent prints; claude's JSON result,
     its last line, is still read."""
-    from aiwg.daemon.tasks.agentrun import STDOUT_HEAD_BYTES, STDOUT_TAIL_BYTES
+    from aiwg.daemon.tasks.process import STDOUT_HEAD_BYTES, STDOUT_TAIL_BYTES
 
     supervisor, reactor, _ = make(tmp_path, output_max_bytes=1024)
     task = supervisor.submit("flood")

@@ -421,7 +421,8 @@ class AutomationEngine(Service):
             spec["env"] = dict(rule.env)
         if rule.loop is not None:
             spec.update(rule.loop.to_config())
-        metadata: dict[str, Any] = {"ruleId": rule.id, "trigger": event.topic, "chainDepth": depth + 1}
+        spec["chain_depth"] = depth + 1
+        metadata: dict[str, Any] = {"ruleId": rule.id, "trigger": event.topic}
         if files:
             metadata["files"] = files[:MAX_FILES_IN_METADATA]
             metadata["fileCount"] = len(files)

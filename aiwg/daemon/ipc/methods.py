@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiwg.core.conversations import conversation_id_problem
 from aiwg.core.events import Event, pattern_problem, topic_problem
-from aiwg.core.loops import LOOP_KEY, LoopSpecError, parse_loop
+from aiwg.core.loops import LoopSpecError, parse_loop
+from aiwg.daemon.ipc.records import record_json
 from aiwg.core.timefmt import iso_utc
 from aiwg.core.tasks import STATE_NAMES, source_problem
 from aiwg.daemon.ipc.rpc import CallContext, MethodTable, Namespace, Param, method
@@ -197,8 +198,9 @@ def _whole_utf8(data: bytes) -> bytes:
     return data
 
 
-#: Metadata only the daemon writes: a client cannot claim an approval.
-RESERVED_METADATA = {"approvedBy", "rejectedBy", "approvalExpiresAt", LOOP_KEY}
+#: Metadata names of what the daemon records itself (task.get shows them beside the
+#: client's keys): a client cannot claim an approval, a loop or a place in a chain.
+RESERVED_METADATA = {"approvedBy", "rejectedBy", "approvalExpiresAt", "loop", "replyTo", "chainDepth"}
 
 
 def loop_from_params(until: str | None, **limits: Any) -> Any:
@@ -269,13 +271,19 @@ class TaskMethods(Namespace):
         taken = sorted(set(metadata or {}) & RESERVED_METADATA)
         if taken:
             raise InvalidParams(f"Invalid parameter 'metadata': {', '.join(taken)} are written by the "
-                                "daemon (approvals, and a loop's settings and progress)")
+                                "daemon (approvals, a loop's settings and progress, where a bridge answers, "
+                                "a rule chain's depth)")
+        metadata = dict(metadata or {})
+        resume = metadata.pop("resumeSession", None)
+        if resume is not None and not isinstance(resume, str):
+            raise InvalidParams("Invalid parameter 'metadata': resumeSession must be a string (the agent "
+                                f"session to continue), got {type(resume).__name__}")
         loop = loop_from_params(until, maxIterations=maxIterations, budget=budget,
                                 iterationTimeout=iterationTimeout, checkTimeout=checkTimeout)
         task = self._supervisor.submit(
             prompt, priority=priority, timeout_minutes=timeout, agent=agent,
             metadata=metadata, source=source, retries=retries, require_approval=requireApproval,
-            loop=loop,
+            loop=loop, resume_session=resume or None,
         )
         reply = {"taskId": task.id, "state": task.state.value, "priority": task.priority}
         # Answer once the task is on disk: a submitted task is never lost. One that
@@ -297,8 +305,6 @@ class TaskMethods(Namespace):
         description="Tasks, newest first.",
     )
     def jsonrpc_list(self, ctx: CallContext, state: str | None, limit: int, offset: int) -> list[Any]:
-        from aiwg.daemon.tasks.supervisor import record_json
-
         limit = limit or 20
         if state is not None and state not in STATE_NAMES:
             raise InvalidParams(
@@ -308,13 +314,11 @@ class TaskMethods(Namespace):
 
     @method(Param("taskId", "string", required=True, non_empty=True), description="One task's full record.")
     def jsonrpc_get(self, ctx: CallContext, taskId: str) -> dict[str, Any]:
-        from aiwg.daemon.tasks.supervisor import record_json
-
         task = self._supervisor.store.get(taskId)
         if task is None:
             raise _unknown_task(taskId)
         record = record_json(task)
-        if LOOP_KEY in task.metadata:
+        if task.loop is not None:
             record["iterations"] = self._supervisor.loops.iterations(task)
         return record
 

@@ -113,7 +113,8 @@ class ChatService(Service):
     # -- turns ---------------------------------------------------------------
 
     def send(self, message: str, conversation: str | None, priority: int | None, *,
-             source: str = "chat", metadata: dict[str, Any] | None = None) -> Any:
+             source: str = "chat", metadata: dict[str, Any] | None = None,
+             reply_to: dict[str, Any] | None = None) -> Any:
         """Queue one turn; returns the task. The messaging bridges give their own
         source (`messaging:telegram`) and where to post the answer (metadata)."""
         now = self._reactor.seconds()
@@ -122,17 +123,14 @@ class ChatService(Service):
         resumable = self._output == "claude-json"
         metadata = {**(metadata or {}), "conversation": conversation_id}
         metadata.setdefault("source", "ipc-chat")
-        if resumable:
-            prompt = message
-            if chat.session_id:
-                metadata["resumeSession"] = chat.session_id
-        else:
-            prompt = prompt_with_history(chat, message)
+        prompt = message if resumable else prompt_with_history(chat, message)
         task = self._supervisor().submit(
             prompt,
             priority=int(self._section["priority"]) if priority is None else priority,
             source=source,
             metadata=metadata,
+            resume_session=chat.session_id if resumable else None,
+            reply_to=reply_to,
         )
         self.chats.ask(chat, message, task.id, now)
         self._turn_of[task.id] = conversation_id

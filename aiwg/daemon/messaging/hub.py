@@ -6,7 +6,7 @@
   Chat answers are not notified: the asker gets them as replies.
 - Commands and chat: every bridge hands incoming messages to `inbound`, which
   checks the allowlist (empty: nobody), then runs the command or queues a chat
-  turn. Where to answer is kept in the task's metadata (`replyTo`), so a result
+  turn. Where to answer is kept in the task's record (`reply_to`), so a result
   finds its way back even after a restart.
 - Secrets (`${VAR}` in the configuration) are expanded here, from the daemon's
   environment; a missing variable leaves that bridge in state `error` and the
@@ -194,7 +194,7 @@ class MessagingService(MultiService):
             task = self._task(event.payload.get("taskId"))
             if task is not None and event.topic in END_TOPICS:
                 self._answer(task)
-        reply_to = (task.metadata.get("replyTo") if task is not None else None) or {}
+        reply_to = (task.reply_to if task is not None else None) or {}
         if source == "chat" or reply_to.get("kind") == "chat":
             return  # a chat turn's progress and answer go to the asker only
         notice: Notice | None = None
@@ -214,8 +214,8 @@ class MessagingService(MultiService):
         return store.get(task_id) if store is not None and isinstance(task_id, str) else None
 
     def _answer(self, task: Any) -> None:
-        reply_to = task.metadata.get("replyTo")
-        if not isinstance(reply_to, Mapping):
+        reply_to = task.reply_to
+        if reply_to is None:
             return
         adapter = self.adapters.get(reply_to.get("platform"))
         if adapter is None:
@@ -337,8 +337,8 @@ class MessagingService(MultiService):
         supervisor = self.supervisor()
         task = supervisor.submit(
             prompt.strip(), source=f"messaging:{message.platform}",
-            metadata={"replyTo": self._reply_to(message, "task"),
-                      "requestedBy": {"user": message.user, "name": message.user_name}},
+            metadata={"requestedBy": {"user": message.user, "name": message.user_name}},
+            reply_to=self._reply_to(message, "task"),
         )
         if task.state.value == "awaiting_approval":
             text = (f"Task {task.id} awaits approval before it runs: /approve {task.id} or /reject {task.id} "
@@ -350,8 +350,8 @@ class MessagingService(MultiService):
     def _chat(self, message: Inbound, text: str) -> Any:
         task = self.chat().send(
             text, message.conversation, None, source=f"messaging:{message.platform}",
-            metadata={"replyTo": self._reply_to(message, "chat"), "source": "messaging",
-                      "requestedBy": {"user": message.user, "name": message.user_name}},
+            metadata={"source": "messaging", "requestedBy": {"user": message.user, "name": message.user_name}},
+            reply_to=self._reply_to(message, "chat"),
         )
         self.log.info("messaging: {platform}: chat turn {task} in conversation {conversation}",
                       platform=message.platform, task=task.id, conversation=message.conversation)

@@ -10,20 +10,19 @@ from typing import Any, Callable
 from twisted.logger import Logger
 
 from aiwg.core.tasks import Task, TaskState
-from aiwg.daemon.logs import parse_iso
+from aiwg.daemon.tasks.events import task_event
 
 
 class Approvals:
     log = Logger()
 
     def __init__(self, *, reactor: Any, store: Callable[[], Any], bus: Any, enqueue: Callable[[Task], None],
-                 expire_seconds: Callable[[], float], event_payload: Callable[[Task], dict[str, Any]]) -> None:
+                 expire_seconds: Callable[[], float]) -> None:
         self._reactor = reactor
         self._store = store
         self._bus = bus
         self._enqueue = enqueue
         self._expire_seconds = expire_seconds
-        self._event_payload = event_payload
         self._expiries: dict[str, Any] = {}  # awaiting task id → its expiry timer
 
     def approve(self, task_id: str, by: str) -> tuple[bool, Task | None]:
@@ -32,7 +31,7 @@ class Approvals:
         if task is None or task.state != TaskState.AWAITING_APPROVAL:
             return False, task
         self.disarm(task_id)
-        approved = task.moved(TaskState.QUEUED, metadata={**task.metadata, "approvedBy": by})
+        approved = task.moved(TaskState.QUEUED, approved_by=by)
         self._store().save(approved)
         self.log.info("task {task_id} approved by {by}", task_id=task_id, by=by)
         self._bus.publish("task:approved", {"taskId": task_id, "by": by, "prompt": task.prompt[:200],
@@ -48,15 +47,15 @@ class Approvals:
         self.disarm(task_id)
         error = f"rejected by {by}" + (f": {reason}" if reason else "")
         rejected = task.moved(TaskState.REJECTED, finished_at=self._reactor.seconds(), error=error,
-                              metadata={**task.metadata, "rejectedBy": by})
+                              rejected_by=by)
         self._store().save(rejected)
         self.log.info("task {task_id} {error}", task_id=task_id, error=error)
-        self._bus.publish("task:rejected", {**self._event_payload(rejected), "by": by, "reason": reason or ""})
+        self._bus.publish("task:rejected", {**task_event(rejected), "by": by, "reason": reason or ""})
         return True, rejected
 
     def arm(self, task: Task) -> None:
         """Reject `task` when its approval expires (at once if it has)."""
-        expires = parse_iso((task.metadata or {}).get("approvalExpiresAt"))
+        expires = task.approval_expires_at
         if expires is None:
             expires = task.created_at + self._expire_seconds()
         delay = max(0.0, expires - self._reactor.seconds())
@@ -77,6 +76,6 @@ class Approvals:
         task = self._store().get(task_id)
         if task is None:
             return
-        deadline = parse_iso((task.metadata or {}).get("approvalExpiresAt"))
+        deadline = task.approval_expires_at
         hours = ((deadline - task.created_at) if deadline is not None else self._expire_seconds()) / 3600
         self.reject(task_id, "expiry", f"approval expired after {hours:.3g} h")

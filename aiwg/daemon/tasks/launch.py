@@ -17,8 +17,6 @@ from aiwg import procfs
 from aiwg.core import agents
 from aiwg.core.tasks import Task
 
-#: Metadata key holding a task's own environment templates (never shown with values).
-ENV_KEY = "_env"
 #: How long the agent's resolved program and environment are reused for.
 LAUNCH_REUSE_SECONDS = 1.0
 
@@ -79,8 +77,8 @@ class AgentLauncher:
         variables and its marker) and the values to redact from their output."""
         env = {**launch.env, procfs.TASK_MARKER: task.id}
         secrets = list(launch.secrets)
-        own = task.metadata.get(ENV_KEY)
-        if isinstance(own, dict) and own:
+        own = task.env
+        if own:
             extra, unset = agents.child_env(self.environ, own)
             env.update({k: extra[k] for k in own})
             secrets.extend(agents.secret_values(self.environ, own))

@@ -5,12 +5,16 @@ ends the task.
 A loop task holds its slot from its first iteration to its end. Each iteration
 takes a git snapshot, runs the agent (its prompt from `aiwg.core.loops`), runs
 the check through the user's shell, takes another snapshot, writes the
-iteration's record and saves the loop's progress in the task's metadata. Both
+iteration's record and saves the loop's progress in the task's record. Both
 processes are the supervisor's runs: own session, the task's marker, output
 into the task's log and the iteration's files, secrets redacted, cancel and
 stop handled alike. The progress is committed before the next iteration
 starts, so a daemon killed at any point resumes at the first unfinished
 iteration.
+
+One loop is one coroutine (`_drive`): it awaits each step in turn and returns
+the task as it settled it. A step that raises ends the loop `failed`, never
+leaves it (and its slot) stuck.
 """
 
 from __future__ import annotations
@@ -20,12 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from attrs import evolve
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from aiwg.core import agents
-from aiwg.core.loops import (LOOP_KEY, LoopProgress, LoopSpec, LoopSpecError, after_iteration,
-                             iteration_prompt, loop_metadata)
+from aiwg.core.loops import LoopProgress, LoopSpec, after_iteration, iteration_prompt
 from aiwg.core.tasks import OUTPUT_TAIL_BYTES, Task, TaskState
 from aiwg.daemon.tasks.commands import git_snapshot, user_shell
 from aiwg.daemon.tasks.iterations import AGENT_LOG, CHECK_LOG, IterationRecords, snapshot_json
@@ -33,7 +36,7 @@ from aiwg.core.timefmt import iso_utc
 from aiwg.core.outcomes import failure_text
 
 if TYPE_CHECKING:
-    from aiwg.daemon.tasks.agentrun import Run
+    from aiwg.daemon.tasks.process import AgentProcess
 
 
 class LoopHost(Protocol):
@@ -44,18 +47,19 @@ class LoopHost(Protocol):
     bus: Any
     commands: Any
     root: Path
+    actions_dir: Path
     settings: Any
 
     @property
     def store(self) -> Any: ...
 
     def current_launch(self) -> Any: ...
-    def fail_now(self, task: Task, error: str, **changes: Any) -> None: ...
     def fill(self) -> None: ...
     def missing_agent_message(self) -> str: ...
     def settle(self, final: Task, run: Any = None) -> None: ...
-    def start_run(self, task: Task, kind: str, executable: str, argv: list[str], env: dict[str, str],
-                  secrets: list[str], minutes: float, copy_to: Path | None = None, offset: int = 0) -> Any: ...
+    def start_run(self, task: Task, executable: str, argv: list[str], env: dict[str, str], secrets: list[str],
+                  minutes: float, *, timeout: str = "timeout", append: bool = False, copy_to: Path | None = None,
+                  offset: int = 0, counted: bool = True) -> Any: ...
     def task_env(self, task: Task, launch: Any) -> tuple[dict[str, str], list[str]]: ...
 
 #: Ways a loop is stopped from outside (the run's `reason` is the same word).
@@ -78,8 +82,8 @@ class LoopRun:
         self.check: dict[str, Any] | None = None
         self.stop_reason: str | None = None
         self.deadline_call: Any = None
-        self.run: "Run | None" = None
-        self.done: Deferred = Deferred()
+        self.run: "AgentProcess | None" = None
+        self.done: Deferred = Deferred()  # fires with the settled task
         self.offset = 0  # where the task's output stream is: at least its log's size, beyond it once capped
 
 
@@ -96,59 +100,29 @@ class LoopRunner:
 
     # -- start, stop -------------------------------------------------------------
 
-    def begin(self, task: Task) -> None:
-        """Start (or resume) a loop task the supervisor has recorded as running."""
-        try:
-            spec = LoopSpec.parse(task.metadata[LOOP_KEY])
-        except LoopSpecError as exc:
-            self.sup.fail_now(task, f"invalid loop settings: {exc}")
-            return
-        progress = LoopProgress.from_json(task.metadata[LOOP_KEY])
-        loop = LoopRun(task, spec, progress)
+    def begin(self, task: Task) -> Deferred:
+        """Start (or resume) a loop task the supervisor has recorded as running;
+        fires with the task as the loop settled it."""
+        assert task.loop is not None, task.id
+        loop = LoopRun(task, task.loop, task.progress)
         self.active[task.id] = loop
-        if progress.iteration:  # resumed: its last verdict may already be final
-            verdict = after_iteration(spec, progress.iteration, progress.last_exit, progress.spent_usd)
-            if verdict.outcome != "continue":
-                loop.number = progress.iteration
-                state = TaskState.COMPLETED if verdict.outcome == "completed" else TaskState.FAILED
-                return self._guard(loop, self._finish, loop, state, verdict.reason)
-        if task.timeout_minutes:
-            remaining = task.timeout_minutes * 60 - progress.active_seconds
-            loop.deadline_call = self.sup.reactor.callLater(max(0.0, remaining), self._deadline, loop)
-        self.log.info(
-            "task {task_id}: loop {what} at iteration {n} of {max}, until `{until}` passes",
-            task_id=task.id, what="resumed" if progress.iteration else "started",
-            n=progress.iteration + 1, max=spec.max_iterations, until=spec.until,
-        )
-        self.sup.bus.publish("task:started", {
-            "taskId": task.id, "pid": None, "priority": task.priority, "source": task.source,
-            "iteration": progress.iteration + 1, "maxIterations": spec.max_iterations,
-        })
-        self._guard(loop, self._iterate, loop)
+        ensureDeferred(self._drive(loop)).addErrback(self._crashed, loop).chainDeferred(loop.done)
+        return loop.done
 
-    def _guard(self, loop: LoopRun, step: Any, *args: Any) -> None:
-        """Run one step of a loop; a step that raises ends the loop `failed` rather
-        than leaving it (and its slot) stuck forever."""
+    def _crashed(self, failure: Any, loop: LoopRun) -> Task | None:
+        """A step of the loop raised: the loop ends `failed` rather than leaving it
+        (and its slot) stuck forever."""
+        self.log.failure("task {task_id}: the loop failed at an internal step", failure, task_id=loop.task_id)
+        if self.active.get(loop.task_id) is not loop:
+            return None
+        if loop.run is not None and not loop.run.has_exited:
+            loop.run.stop("cancel", self.sup.settings.kill_grace)
         try:
-            step(*args)
-        except Exception as exc:
-            self.log.failure("task {task_id}: the loop failed at an internal step", task_id=loop.task_id)
-            if self.active.get(loop.task_id) is not loop:
-                return
-            if loop.run is not None and not loop.run.exited:
-                loop.run.stop("cancel", self.sup.settings.kill_grace)
-            try:
-                self._finish(loop, TaskState.FAILED, f"internal error in the loop: {exc!r}")
-            except Exception:
-                self.log.failure("task {task_id}: cannot record the loop's failure", task_id=loop.task_id)
-                self.active.pop(loop.task_id, None)
-                if not loop.done.called:
-                    loop.done.callback(None)
-
-    def _then(self, loop: LoopRun, d: Deferred, step: Any, *args: Any) -> None:
-        """When `d` fires, the next step of the loop, guarded."""
-        d.addCallback(lambda result: self._guard(loop, step, result, loop, *args))
-        d.addErrback(lambda failure: self._guard(loop, failure.raiseException))
+            return self._finish(loop, TaskState.FAILED, f"internal error in the loop: {failure.value!r}")
+        except Exception:
+            self.log.failure("task {task_id}: cannot record the loop's failure", task_id=loop.task_id)
+            self.active.pop(loop.task_id, None)
+            return None
 
     def cancel(self, task_id: str) -> bool:
         loop = self.active.get(task_id)
@@ -173,21 +147,56 @@ class LoopRunner:
         if loop.stop_reason is None:
             loop.stop_reason = reason
         run = loop.run
-        if run is not None and not run.exited:
+        if run is not None and not run.has_exited:
             grace = self.sup.settings.shutdown_grace if reason == "shutdown" else self.sup.settings.kill_grace
             run.stop(reason, grace)
         # Between two processes: the loop stops at its next step.
 
-    # -- one iteration -------------------------------------------------------------
+    # -- the loop ----------------------------------------------------------------
 
     def _task(self, loop: LoopRun) -> Task:
         task = self.sup.store.get(loop.task_id)
         assert task is not None, loop.task_id
         return task
 
-    def _iterate(self, loop: LoopRun) -> None:
-        if loop.stop_reason is not None:
-            return self._stopped(loop, finished=loop.progress.iteration >= loop.number)
+    async def _drive(self, loop: LoopRun) -> Task:
+        """The whole loop: iterations until the check passes, a limit ends it, or
+        it is stopped; the task as it was settled."""
+        task = self._task(loop)
+        progress, spec = loop.progress, loop.spec
+        if progress.iteration:  # resumed: its last verdict may already be final
+            verdict = after_iteration(spec, progress.iteration, progress.last_exit, progress.spent_usd)
+            if verdict.outcome != "continue":
+                loop.number = progress.iteration
+                state = TaskState.COMPLETED if verdict.outcome == "completed" else TaskState.FAILED
+                return self._finish(loop, state, verdict.reason)
+        if task.timeout_minutes:
+            remaining = task.timeout_minutes * 60 - progress.active_seconds
+            loop.deadline_call = self.sup.reactor.callLater(max(0.0, remaining), self._deadline, loop)
+        self.log.info(
+            "task {task_id}: loop {what} at iteration {n} of {max}, until `{until}` passes",
+            task_id=task.id, what="resumed" if progress.iteration else "started",
+            n=progress.iteration + 1, max=spec.max_iterations, until=spec.until,
+        )
+        self.sup.bus.publish("task:started", {
+            "taskId": task.id, "pid": None, "priority": task.priority, "source": task.source,
+            "iteration": progress.iteration + 1, "maxIterations": spec.max_iterations,
+        })
+        while True:
+            if loop.stop_reason is not None:
+                return self._stopped(loop, finished=loop.progress.iteration >= loop.number)
+            ended = await self._iteration(loop)
+            if ended is not None:
+                return ended
+            # Durable before the next iteration starts: a crash resumes after this one.
+            try:
+                await self.sup.store.commit()
+            except Exception:
+                self.log.failure("cannot record the loop's progress")
+
+    async def _iteration(self, loop: LoopRun) -> Task | None:
+        """One iteration: snapshot, agent, check, snapshot, record; the settled
+        task if the loop ends with it, None to go on."""
         task = self._task(loop)
         loop.number = loop.progress.iteration + 1
         loop.iteration_started = self.sup.reactor.seconds()
@@ -198,7 +207,40 @@ class LoopRunner:
             self.records.begin(task.id, loop.number, loop.prompt)
         except OSError as exc:
             return self._finish(loop, TaskState.FAILED, f"cannot write the iteration's records: {exc}")
-        self._then(loop, self._snapshot(), self._start_agent)
+        loop.before = await self._snapshot()
+        if loop.stop_reason is not None:
+            return self._stopped(loop)
+
+        agent = self._start_agent(loop)
+        if isinstance(agent, Task):
+            return agent
+        await self._phase(loop, agent)
+        loop.agent = self._agent_report(loop, agent)
+        if loop.stop_reason is not None:
+            self._write_record(loop, outcome="interrupted", reason=loop.stop_reason)
+            return self._stopped(loop)
+
+        check, problem = self._start_check(loop)
+        if check is None:
+            exit_code: int | None = None
+            output = f"[{problem}]"
+        else:
+            await self._phase(loop, check)
+            loop.check, exit_code, output = self._check_report(loop, check)
+            if check.reason in STOPS:  # killed by us before it could finish: the iteration did not finish
+                self._write_record(loop, outcome="interrupted", reason=loop.stop_reason)
+                return self._stopped(loop)
+        loop.after = await self._snapshot()
+        return self._iteration_done(loop, exit_code, output)
+
+    async def _phase(self, loop: LoopRun, run: "AgentProcess") -> None:
+        """Wait for one of the loop's processes to end, its output all in."""
+        loop.run = run
+        await run.ended
+        loop.run = None
+        loop.offset = max(loop.offset, run.emitted)
+        if run.reason in STOPS and loop.stop_reason is None:
+            loop.stop_reason = run.reason  # stopped by the run's own timer (overall timeout)
 
     def _snapshot(self) -> Deferred:
         def failed(failure: Any) -> None:
@@ -208,10 +250,8 @@ class LoopRunner:
         env = self.sup.current_launch().env
         return git_snapshot(self.sup.commands, str(self.sup.root), env, self._own_files).addErrback(failed)
 
-    def _start_agent(self, before: dict[str, Any] | None, loop: LoopRun) -> None:
-        loop.before = before
-        if loop.stop_reason is not None:
-            return self._stopped(loop)
+    def _start_agent(self, loop: LoopRun) -> "AgentProcess | Task":
+        """The iteration's agent, started; or the task, failed, if it cannot be."""
         task = self._task(loop)
         launch = self.sup.current_launch()
         if launch.executable is None:
@@ -221,24 +261,14 @@ class LoopRunner:
         self._note(loop, task, f"[aiwg: iteration {loop.number} of {loop.spec.max_iterations}: agent]\n")
         minutes = loop.spec.iteration_timeout_minutes or self.sup.settings.timeout_minutes
         try:
-            loop.run = self.sup.start_run(task, "loop-agent", launch.executable, argv, env, secrets, minutes,
-                                          copy_to=self.records.dir(task.id, loop.number) / AGENT_LOG,
-                                          offset=loop.offset)
+            return self.sup.start_run(task, launch.executable, argv, env, secrets, minutes,
+                                      timeout="iteration-timeout", append=True,
+                                      copy_to=self.records.dir(task.id, loop.number) / AGENT_LOG,
+                                      offset=loop.offset)
         except Exception as exc:
             return self._finish(loop, TaskState.FAILED, f"could not start the agent: {exc}")
 
-    def phase_ended(self, run: "Run") -> None:
-        """One of a loop's processes has ended and its output is all in."""
-        loop = self.active.get(run.task.id)
-        if loop is None or (loop.run is not None and loop.run is not run):
-            return
-        loop.run = None
-        loop.offset = max(loop.offset, run.emitted)
-        if run.reason in STOPS and loop.stop_reason is None:
-            loop.stop_reason = run.reason  # stopped by the run's own timer (overall timeout)
-        self._guard(loop, self._agent_ended if run.kind == "loop-agent" else self._check_ended, loop, run)
-
-    def _agent_ended(self, loop: LoopRun, run: "Run") -> None:
+    def _agent_report(self, loop: LoopRun, run: "AgentProcess") -> dict[str, Any]:
         end = run.end(self.sup.settings.agent.output)
         parsed = end.parsed
         if run.reason == "iteration-timeout":
@@ -248,17 +278,14 @@ class LoopRunner:
             failure = None
         else:
             failure = failure_text(end)
-        loop.agent = {
+        return {
             "exitCode": run.exit_code, "signal": run.exit_signal, "costUsd": parsed.cost_usd,
             "sessionId": parsed.session_id, "result": (parsed.result or "")[:2000] or None,
             "error": failure, "duration": round(self.sup.reactor.seconds() - run.started, 3),
         }
-        if loop.stop_reason is not None:
-            self._write_record(loop, outcome="interrupted", reason=loop.stop_reason)
-            return self._stopped(loop)
-        self._start_check(loop)
 
-    def _start_check(self, loop: LoopRun) -> None:
+    def _start_check(self, loop: LoopRun) -> "tuple[AgentProcess | None, str | None]":
+        """The iteration's check, started; or None and why it could not be."""
         task = self._task(loop)
         launch = self.sup.current_launch()
         env, secrets = self.sup.task_env(task, launch)
@@ -266,39 +293,36 @@ class LoopRunner:
         self._note(loop, task, f"[aiwg: iteration {loop.number} of {loop.spec.max_iterations}: "
                                f"check `{loop.spec.until}`]\n")
         try:
-            loop.run = self.sup.start_run(
-                task, "loop-check", shell, [shell, "-c", loop.spec.until], env, secrets,
-                loop.spec.check_timeout_minutes, copy_to=self.records.dir(task.id, loop.number) / CHECK_LOG,
-                offset=loop.offset,
-            )
+            return self.sup.start_run(
+                task, shell, [shell, "-c", loop.spec.until], env, secrets, loop.spec.check_timeout_minutes,
+                timeout="check-timeout", append=True, copy_to=self.records.dir(task.id, loop.number) / CHECK_LOG,
+                offset=loop.offset, counted=False,
+            ), None
         except Exception as exc:
             problem = f"could not start the check with {shell}: {exc}"
             loop.check = {"command": loop.spec.until, "exitCode": None, "error": problem, "duration": 0.0}
-            self._then(loop, self._snapshot(), self._iteration_done, None, f"[{problem}]")
+            return None, problem
 
-    def _check_ended(self, loop: LoopRun, run: "Run") -> None:
-        output = bytes(run.tail).decode("utf-8", "replace")
+    def _check_report(self, loop: LoopRun, run: "AgentProcess") -> tuple[dict[str, Any], int | None, str]:
+        """The check's record, its exit status (None: it did not finish) and the
+        end of its output for the next prompt."""
+        output = run.output_text()
         problem = None
         if run.reason == "check-timeout":
             problem = f"the check timed out after {loop.spec.check_timeout_minutes:g} min"
         elif run.exit_signal is not None:
             problem = f"the check was killed by signal {run.exit_signal}"
         exit_code = run.exit_code if problem is None and run.reason is None else None
-        loop.check = {
+        check = {
             "command": loop.spec.until, "exitCode": exit_code, "signal": run.exit_signal,
             "timedOut": run.reason == "check-timeout", "error": problem,
             "duration": round(self.sup.reactor.seconds() - run.started, 3),
         }
-        if run.reason in STOPS:  # killed by us before it could finish: the iteration did not finish
-            self._write_record(loop, outcome="interrupted", reason=loop.stop_reason)
-            return self._stopped(loop)
         if problem:
             output += f"\n[{problem}]"
-        self._then(loop, self._snapshot(), self._iteration_done, exit_code, output)
+        return check, exit_code, output
 
-    def _iteration_done(self, after: dict[str, Any] | None, loop: LoopRun, exit_code: int | None,
-                        output: str) -> None:
-        loop.after = after
+    def _iteration_done(self, loop: LoopRun, exit_code: int | None, output: str) -> Task | None:
         agent = loop.agent or {}
         seconds = self.sup.reactor.seconds() - loop.iteration_started
         progress = loop.progress.finished(loop.number, agent.get("costUsd"), seconds, exit_code, output)
@@ -307,7 +331,7 @@ class LoopRunner:
         self._write_record(loop, outcome=verdict.outcome, reason=verdict.reason, seconds=seconds)
         task = self._task(loop)
         self.sup.store.save(evolve(
-            task, metadata={**task.metadata, LOOP_KEY: loop_metadata(loop.spec, progress)},
+            task, loop_progress=progress,
             cost_usd=progress.spent_usd, exit_code=exit_code,
             result=agent.get("result") if agent.get("result") is not None else task.result,
             session_id=agent.get("sessionId") or task.session_id,
@@ -331,10 +355,7 @@ class LoopRunner:
             return self._finish(loop, TaskState.FAILED, verdict.reason)
         if loop.stop_reason is not None:
             return self._stopped(loop, finished=True)
-        # Durable before the next iteration starts: a crash resumes after this one.
-        committed = self.sup.store.commit().addErrback(
-            lambda failure: self.log.failure("cannot record the loop's progress", failure))
-        committed.addCallback(lambda _: self._guard(loop, self._iterate, loop))
+        return None
 
     # -- records and the end -----------------------------------------------------------
 
@@ -383,22 +404,21 @@ class LoopRunner:
             self.log.error("task {task_id}: cannot write the record of iteration {n}: {error}",
                            task_id=loop.task_id, n=loop.number, error=str(exc))
 
-    def _stopped(self, loop: LoopRun, finished: bool = False) -> None:
+    def _stopped(self, loop: LoopRun, finished: bool = False) -> Task:
         """End a loop stopped from outside; `finished`: its current iteration had
         run to the end (a resumed loop starts the next one)."""
         reason, n = loop.stop_reason, loop.number
         where = f"after iteration {n}" if finished else f"in iteration {n}"
         if reason == "cancel":
-            self._finish(loop, TaskState.CANCELLED, f"cancelled while running ({where})")
-        elif reason == "timeout":
+            return self._finish(loop, TaskState.CANCELLED, f"cancelled while running ({where})")
+        if reason == "timeout":
             minutes = self._task(loop).timeout_minutes or 0
-            self._finish(loop, TaskState.TIMEOUT, f"the loop timed out after {minutes:g} min, {where}")
-        else:
-            resume = n + 1 if finished else n
-            self._finish(loop, TaskState.QUEUED,
-                         f"interrupted by a daemon stop {where}; the loop resumes at iteration {resume}")
+            return self._finish(loop, TaskState.TIMEOUT, f"the loop timed out after {minutes:g} min, {where}")
+        resume = n + 1 if finished else n
+        return self._finish(loop, TaskState.QUEUED,
+                            f"interrupted by a daemon stop {where}; the loop resumes at iteration {resume}")
 
-    def _finish(self, loop: LoopRun, state: TaskState, error: str | None) -> None:
+    def _finish(self, loop: LoopRun, state: TaskState, error: str | None) -> Task:
         self.active.pop(loop.task_id, None)
         if loop.deadline_call is not None and loop.deadline_call.active():
             loop.deadline_call.cancel()
@@ -410,12 +430,12 @@ class LoopRunner:
         final = task.moved(
             state, error=error, pid=None, output_tail=tail, output_bytes=size,
             finished_at=None if state == TaskState.QUEUED else self.sup.reactor.seconds(),
-            metadata={**task.metadata, LOOP_KEY: loop_metadata(loop.spec, loop.progress)},
+            loop_progress=loop.progress,
             cost_usd=loop.progress.spent_usd,
         )
         self.sup.settle(final)
-        loop.done.callback(None)
         self.sup.fill()
+        return final
 
     # -- reading -----------------------------------------------------------------------
 

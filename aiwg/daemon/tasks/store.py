@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import sqlite3
-import threading
 from contextlib import contextmanager
-from functools import lru_cache, partial
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -25,167 +23,18 @@ from attrs import evolve
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 
-from aiwg.core.tasks import INTERRUPTED, STATE_NAMES, Task, TaskState
-from aiwg.core.text import utf8_safe
+from aiwg.core.tasks import STATE_NAMES, Task, TaskState
+from aiwg.daemon.tasks.commits import CommitThread
+from aiwg.daemon.tasks.rows import (COLUMNS, SCHEMA_VERSION, SELECT_ONE, StoreError, checked_row, from_row,
+                                    migrate, to_row, write_rows)
+from aiwg.daemon.tasks.tasks_json import from_node
 from aiwg.paths import file_identity
 
-SCHEMA_VERSION = 2
-
-_COLUMNS = (
-    "id", "prompt", "priority", "state", "source", "agent", "created_at", "started_at",
-    "finished_at", "pid", "pgid", "proc_start", "exit_code", "signal", "timeout_minutes",
-    "error", "output_path", "output_tail", "output_bytes", "result", "session_id", "cost_usd",
-    "metadata", "retries", "attempts",
-)
-
-_MIGRATIONS: dict[int, list[str]] = {
-    1: [
-        """CREATE TABLE tasks (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            id TEXT NOT NULL UNIQUE,
-            prompt TEXT NOT NULL,
-            priority INTEGER NOT NULL DEFAULT 0,
-            state TEXT NOT NULL,
-            source TEXT NOT NULL,
-            agent TEXT,
-            created_at REAL NOT NULL,
-            started_at REAL,
-            finished_at REAL,
-            pid INTEGER,
-            pgid INTEGER,
-            proc_start TEXT,
-            exit_code INTEGER,
-            signal INTEGER,
-            timeout_minutes REAL,
-            error TEXT,
-            output_path TEXT,
-            output_tail TEXT NOT NULL DEFAULT '',
-            output_bytes INTEGER NOT NULL DEFAULT 0,
-            result TEXT,
-            session_id TEXT,
-            cost_usd REAL,
-            metadata TEXT NOT NULL DEFAULT '{}',
-            retries INTEGER NOT NULL DEFAULT 0,
-            attempts INTEGER NOT NULL DEFAULT 0
-        )""",
-        "CREATE INDEX tasks_by_state ON tasks(state, seq)",
-        "CREATE INDEX tasks_to_run ON tasks(priority DESC, seq) WHERE state = 'queued'",
-        "CREATE INDEX tasks_finished ON tasks(finished_at) WHERE finished_at IS NOT NULL",
-        "CREATE TABLE task_counts (state TEXT PRIMARY KEY, count INTEGER NOT NULL)",
-        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-        "INSERT INTO task_counts(state, count) VALUES "
-        + ", ".join(f"('{s}', 0)" for s in ("queued", "running", "completed", "failed", "cancelled", "timeout")),
-        """CREATE TRIGGER count_insert AFTER INSERT ON tasks BEGIN
-            UPDATE task_counts SET count = count + 1 WHERE state = NEW.state; END""",
-        """CREATE TRIGGER count_delete AFTER DELETE ON tasks BEGIN
-            UPDATE task_counts SET count = count - 1 WHERE state = OLD.state; END""",
-        """CREATE TRIGGER count_update AFTER UPDATE OF state ON tasks
-            WHEN OLD.state <> NEW.state BEGIN
-            UPDATE task_counts SET count = count - 1 WHERE state = OLD.state;
-            UPDATE task_counts SET count = count + 1 WHERE state = NEW.state; END""",
-    ],
-    2: [  # approval gates: two more states to count
-        "INSERT OR IGNORE INTO task_counts(state, count) VALUES ('awaiting_approval', 0), ('rejected', 0)",
-    ],
-}
-
-
-class StoreError(Exception):
-    pass
+__all__ = ["SCHEMA_VERSION", "DuplicateTask", "StoreError", "StoreService", "TaskStore", "open_store"]
 
 
 class DuplicateTask(StoreError):
     """`insert` of an id the store already holds."""
-
-
-def _rollback(db: sqlite3.Connection) -> None:
-    try:
-        db.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass  # nothing was left open
-
-
-#: Rows per statement: 26 parameters each stays under SQLite's oldest limit (999).
-_ROWS_PER_STATEMENT = 32
-
-
-@lru_cache(maxsize=_ROWS_PER_STATEMENT)
-def _upsert(rows: int) -> str:
-    """One statement that writes `rows` whole tasks: new ids are inserted, known
-    ones updated in place (their seq never changes); the count triggers see
-    either. A new task on a seq that is taken fails the statement, as it should."""
-    one = f"({', '.join('?' * (len(_COLUMNS) + 1))})"
-    return (
-        f"INSERT INTO tasks (seq, {', '.join(_COLUMNS)}) VALUES {', '.join([one] * rows)} "
-        f"ON CONFLICT(id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _COLUMNS[1:])}"
-    )
-
-
-def _write_rows(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """Write (seq, *row) tuples in one transaction, waiting for it to be durable.
-    Up to _ROWS_PER_STATEMENT rows it is a single statement, which SQLite runs as
-    a transaction of its own: one call, during which Python is free to run the
-    reactor (the commit thread then needs the interpreter lock once, not per row)."""
-    chunks = [rows[i:i + _ROWS_PER_STATEMENT] for i in range(0, len(rows), _ROWS_PER_STATEMENT)]
-    if len(chunks) == 1:
-        db.execute(_upsert(len(rows)), [value for row in rows for value in row])
-        return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        for chunk in chunks:
-            db.execute(_upsert(len(chunk)), [value for row in chunk for value in row])
-        db.execute("COMMIT")
-    except BaseException:
-        _rollback(db)
-        raise
-
-
-class CommitThread:
-    """Runs commits one at a time, in the order given, on a thread of their own,
-    so that the reactor never waits for fsync. Each outcome (None or the
-    exception) goes back through `deliver` (reactor.callFromThread); `wait()`
-    lets the reactor thread block for one when a read cannot do without it.
-    The store has at most one job here at a time."""
-
-    def __init__(self, deliver: Callable[..., Any]) -> None:
-        self._deliver = deliver
-        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._done = threading.Condition()
-        self._finished = 0  # number of the last job run
-        self._outcome: BaseException | None = None  # and how it went
-        self._thread = threading.Thread(target=self._run, name="aiwg-store-commits", daemon=True)
-        self._thread.start()
-
-    def submit(self, number: int, job: Callable[[], None], on_done: Callable[..., None]) -> None:
-        self._jobs.put((number, job, on_done))
-
-    def wait(self, number: int) -> BaseException | None:
-        """Block until job `number` has run; its outcome."""
-        with self._done:
-            while self._finished < number:
-                self._done.wait()
-            return self._outcome if self._finished == number else None
-
-    def stop(self) -> None:
-        """Run what was submitted, then end the thread (it is idle by then: quick)."""
-        self._jobs.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            item = self._jobs.get()
-            if item is None:
-                return
-            number, job, on_done = item
-            try:
-                job()
-                outcome: BaseException | None = None
-            except BaseException as exc:  # reported to the reactor, never lost here
-                outcome = exc
-            with self._done:
-                self._finished, self._outcome = number, outcome
-                self._done.notify_all()
-            self._deliver(on_done, number, outcome)
 
 
 class _Write:
@@ -254,17 +103,7 @@ class TaskStore:
     # -- schema ------------------------------------------------------------
 
     def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} was written by a newer aiwg (schema {version} > {SCHEMA_VERSION}); "
-                "upgrade aiwg-daemon"
-            )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            with self._transaction():
-                for statement in _MIGRATIONS[target]:
-                    self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version = {target}")
+        migrate(self._db, self.path)
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -294,7 +133,7 @@ class TaskStore:
         if task.id in self._unsaved or self._state_on_disk(task.id) is not None:
             raise DuplicateTask(f"task {task.id} already exists")
         task = evolve(task, seq=self._next_seq)
-        row = _checked_row(task)
+        row = checked_row(task)
         self._next_seq += 1
         self._unsaved[task.id] = _Write(task, row, self._batch)
         self._open_writes += 1
@@ -311,7 +150,7 @@ class TaskStore:
                 raise StoreError(f"task {task.id} is not in the store")
         else:
             old = last.task.state.value
-        row = _checked_row(task)
+        row = checked_row(task)
         if last is None or last.batch != self._batch:
             self._open_writes += 1
         self._unsaved[task.id] = _Write(task, row, self._batch)
@@ -401,7 +240,7 @@ class TaskStore:
         self._open_writes = 0
         writes = [w for w in self._unsaved.values() if w.batch == number]
         rows = [(w.task.seq, *w.row) for w in writes]
-        return number, [w.task.id for w in writes], partial(_write_rows, self._db, rows)
+        return number, [w.task.id for w in writes], partial(write_rows, self._db, rows)
 
     def _send_batch(self) -> None:
         assert self._thread is not None
@@ -486,10 +325,10 @@ class TaskStore:
         last = self._unsaved.get(task_id)
         if last is not None:
             return last.task
-        row = self._reader.execute(_SELECT_ONE, (task_id,)).fetchone()
+        row = self._reader.execute(SELECT_ONE, (task_id,)).fetchone()
         if row is None:
             return None
-        task = _from_row(row)
+        task = from_row(row)
         if len(self._read_states) > 1000:
             self._read_states.clear()
         self._read_states[task_id] = task.state.value  # what a save of it replaces
@@ -498,7 +337,7 @@ class TaskStore:
     def list(self, state: str | None = None, limit: int = 20, offset: int = 0) -> list[Task]:
         """Newest first."""
         self.flush()
-        columns = f"seq, {', '.join(_COLUMNS)}"
+        columns = f"seq, {', '.join(COLUMNS)}"
         if state is None:
             rows = self._reader.execute(
                 f"SELECT {columns} FROM tasks ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset)
@@ -508,17 +347,17 @@ class TaskStore:
                 f"SELECT {columns} FROM tasks WHERE state = ? ORDER BY seq DESC LIMIT ? OFFSET ?",
                 (state, limit, offset),
             ).fetchall()
-        return [_from_row(r) for r in rows]
+        return [from_row(r) for r in rows]
 
     def in_state(self, state: TaskState) -> list[Task]:
         """Every task in `state`, in run order (for start-up: queued and running)."""
         self.flush()
         rows = self._reader.execute(
-            f"SELECT seq, {', '.join(_COLUMNS)} FROM tasks WHERE state = ? "
+            f"SELECT seq, {', '.join(COLUMNS)} FROM tasks WHERE state = ? "
             "ORDER BY priority DESC, seq",
             (state.value,),
         ).fetchall()
-        return [_from_row(r) for r in rows]
+        return [from_row(r) for r in rows]
 
     def stats(self) -> dict[str, int]:
         """Counts by state, as written (kept in memory: no disk read, no wait)."""
@@ -527,9 +366,9 @@ class TaskStore:
 
     def all(self) -> Iterator[Task]:
         self.flush()
-        rows = self._reader.execute(f"SELECT seq, {', '.join(_COLUMNS)} FROM tasks ORDER BY seq")
+        rows = self._reader.execute(f"SELECT seq, {', '.join(COLUMNS)} FROM tasks ORDER BY seq")
         for row in rows:
-            yield _from_row(row)
+            yield from_row(row)
 
     # -- retention ---------------------------------------------------------
 
@@ -568,14 +407,14 @@ class TaskStore:
         imported = 0
         with self._transaction():
             for record in records:
-                task = _from_node(record, now)
+                task = from_node(record, now)
                 if task is None or self._db.execute(
                     "SELECT 1 FROM tasks WHERE id = ?", (task.id,)
                 ).fetchone():
                     continue
                 self._db.execute(
-                    f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                    _to_row(task),
+                    f"INSERT INTO tasks ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                    to_row(task),
                 )
                 imported += 1
             self._db.execute(
@@ -590,103 +429,6 @@ class TaskStore:
     def tasks_json_imported(self) -> bool:
         row = self._db.execute("SELECT 1 FROM meta WHERE key = 'tasks_json_imported'").fetchone()
         return row is not None
-
-
-#: Built once: json.dumps with options builds a new encoder on every call.
-_METADATA = json.JSONEncoder(separators=(",", ":"))
-_INT64 = (-(2**63), 2**63 - 1)
-_INFINITIES = (float("inf"), float("-inf"))
-_SELECT_ONE = f"SELECT seq, {', '.join(_COLUMNS)} FROM tasks WHERE id = ?"
-
-
-def _checked_row(task: Task) -> tuple[Any, ...]:
-    """The task's row, refused at once and for this task only if it holds a value
-    SQLite cannot store; such a row would otherwise fail every later commit of the
-    batch it sits in."""
-    row = _to_row(task)
-    for value in row:
-        if value is None or type(value) is str:
-            continue
-        if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
-            raise StoreError(f"task {task.id}: integer out of range: {value}")
-        if isinstance(value, float) and (value != value or value in _INFINITIES):
-            raise StoreError(f"task {task.id}: not a finite number: {value}")
-    return row
-
-
-def _text(value: str | None) -> str | None:
-    """A lone surrogate (from a JSON escape in an agent's reply or a chat message)
-    would fail the whole commit, and every later one with it."""
-    return None if value is None else utf8_safe(value)
-
-
-def _to_row(task: Task) -> tuple[Any, ...]:
-    return (
-        task.id, _text(task.prompt), task.priority, task.state.value, _text(task.source), _text(task.agent),
-        task.created_at, task.started_at, task.finished_at, task.pid, task.pgid, task.proc_start,
-        task.exit_code, task.signal, task.timeout_minutes, _text(task.error), _text(task.output_path),
-        _text(task.output_tail), task.output_bytes, _text(task.result), _text(task.session_id), task.cost_usd,
-        _METADATA.encode(dict(task.metadata)) if task.metadata else "{}", task.retries, task.attempts,
-    )
-
-
-def _from_row(row: tuple[Any, ...]) -> Task:
-    values = dict(zip(("seq", *_COLUMNS), row))
-    values["state"] = TaskState(values["state"])
-    values["metadata"] = json.loads(values["metadata"] or "{}")
-    values["output_tail"] = values["output_tail"] or ""
-    return Task(**values)
-
-
-def _iso_to_epoch(text: Any) -> float | None:
-    if not isinstance(text, str) or not text:
-        return None
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
-
-
-def _from_node(record: Any, now: float) -> Task | None:
-    """One task of AIWG's tasks.json ({id, prompt, agent, priority, state, createdAt,
-    startedAt, completedAt, pid, result, error, output, metadata})."""
-    if not isinstance(record, dict) or not isinstance(record.get("id"), str):
-        return None
-    if not isinstance(record.get("prompt"), str):
-        return None
-    metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
-    source = "chat" if metadata.get("source") == "ipc-chat" else (
-        f"rule:{metadata['ruleId']}" if isinstance(metadata.get("ruleId"), str) else "cli"
-    )
-    try:
-        state = TaskState(record.get("state", "queued"))
-    except ValueError:
-        state = TaskState.FAILED
-    error = record.get("error") if isinstance(record.get("error"), str) else None
-    finished = _iso_to_epoch(record.get("completedAt"))
-    if state == TaskState.RUNNING:
-        state, error, finished = TaskState.FAILED, INTERRUPTED, now
-    priority = record.get("priority")
-    output = record.get("output") if isinstance(record.get("output"), str) else ""
-    result = record.get("result")
-    return Task(
-        id=record["id"],
-        prompt=record["prompt"],
-        priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else 0,
-        state=state,
-        source=source,
-        agent=record.get("agent") if isinstance(record.get("agent"), str) else None,
-        created_at=_iso_to_epoch(record.get("createdAt")) or now,
-        started_at=_iso_to_epoch(record.get("startedAt")),
-        finished_at=finished,
-        error=error,
-        output_tail=output[-16384:],
-        result=result if isinstance(result, str) else None,
-        metadata={**metadata, "imported_from": "tasks.json"},
-    )
-
 
 
 def open_store(

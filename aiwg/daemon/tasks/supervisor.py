@@ -16,35 +16,34 @@ from __future__ import annotations
 import errno
 import fnmatch
 import os
-import signal
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from attrs import evolve, frozen
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from aiwg.core import agents
 from aiwg.core.backoff import Backoff
 from aiwg.core.config import Config
-from aiwg.core.loops import CHECK_TAIL_CHARS, LOOP_KEY, LoopProgress, LoopSpec, iteration_prompt, loop_metadata
+from aiwg.core.loops import CHECK_TAIL_CHARS, LoopSpec, iteration_prompt
 from aiwg.core.messaging import SECRET_KEYS
 from aiwg.core.outcomes import recovery, run_outcome
 from aiwg.core.tasks import RunQueue, Task, TaskState, make_task_id
 from aiwg.core.text import utf8_safe
 from aiwg.daemon.tasks.approvals import Approvals
-from aiwg.daemon.tasks.launch import ENV_KEY, AgentLaunch, AgentLauncher
-from aiwg.daemon.tasks.agentrun import TRIM_AFTER_BYTES, AgentProcessProtocol, Run, output_end, trim_heap
+from aiwg.daemon.tasks.events import task_event
+from aiwg.daemon.tasks.launch import AgentLaunch, AgentLauncher
+from aiwg.daemon.tasks.process import TRIM_AFTER_BYTES, AgentProcess, Exit, output_end, trim_heap
 from aiwg.daemon.bus import EventBus
 from aiwg.daemon.tasks.commands import CommandRunner
 from aiwg.daemon.tasks.loop_runner import LoopRunner
 from aiwg.core.timefmt import iso_utc
 from aiwg.daemon.tasks.cgroups import TaskCgroups
 from aiwg.daemon.tasks.reaper import Reaper, StartTimes
-from aiwg.daemon.tasks.spawning import close_output_pipes, has_exited, reap_exited, spawn_session_leader
+from aiwg.daemon.tasks.spawning import has_exited, reap_exited, spawn_session_leader
 from aiwg.daemon.tasks.store import DuplicateTask, TaskStore
 from aiwg.errors import SHUTTING_DOWN, InvalidParams, RpcError
 
@@ -138,7 +137,7 @@ class Supervisor(Service):
         self._exhaustion = Backoff(base=0.5, cap=30.0)
         self._spawn_process = spawn or self._spawn_session_leader
         self.queue = RunQueue()
-        self.runs: dict[str, Run] = {}
+        self.runs: dict[str, AgentProcess] = {}
         self._accepting = False
         self._prune_loop: LoopingCall | None = None
         self._devnull: int | None = None
@@ -154,8 +153,7 @@ class Supervisor(Service):
         self._withdrawn: set[str] = set()  # withdrawn while their running state was being committed
         self._start_waiters: list[Deferred] = []
         self.approvals = Approvals(reactor=reactor, store=store, bus=bus, enqueue=self._enqueue,
-                                   expire_seconds=lambda: self.settings.approval_expire_seconds,
-                                   event_payload=self._event_payload)
+                                   expire_seconds=lambda: self.settings.approval_expire_seconds)
         self.commands = CommandRunner(reactor)
         self.loops = LoopRunner(self)
 
@@ -224,7 +222,7 @@ class Supervisor(Service):
         for task in self.store.in_state(TaskState.RUNNING):
             killed = self.reaper.kill_leftover(task)
             exited = None
-            if LOOP_KEY not in task.metadata and (task.exit_code is not None or task.signal is not None):
+            if task.loop is None and (task.exit_code is not None or task.signal is not None):
                 exited = agents.parse_result(self.settings.agent.output, output_end(task.output_path))
             settled, what = recovery(task, now, exited)
             self.store.save(settled)
@@ -236,7 +234,7 @@ class Supervisor(Service):
                 killed="; killed its leftover process group" if killed else "",
             )
             if settled.state in (TaskState.FAILED, TaskState.COMPLETED):
-                self.bus.publish(f"task:{settled.state.value}", self._event_payload(settled))
+                self.bus.publish(f"task:{settled.state.value}", task_event(settled))
 
     def _spawn_session_leader(
         self, protocol: Any, executable: str, argv: list[str], env: dict[str, str], path: str,
@@ -292,6 +290,9 @@ class Supervisor(Service):
         env: Mapping[str, str] | None = None,
         require_approval: bool | None = None,
         loop: LoopSpec | None = None,
+        resume_session: str | None = None,
+        reply_to: Mapping[str, Any] | None = None,
+        chain_depth: int = 0,
     ) -> Task:
         """Queue a task. `env` adds to the agent's environment for this task only; its
         `${VAR}`s are expanded from the daemon's environment when the task starts, and
@@ -312,15 +313,8 @@ class Supervisor(Service):
                            f"argument ({agents.MAX_ARGUMENT_BYTES - 1:,} bytes on Linux): shorten it")
         if problem is not None:
             raise InvalidParams(f"Invalid params: prompt: {problem}", {"param": "prompt"})
-        metadata = dict(metadata or {})
-        if loop is not None:
-            metadata[LOOP_KEY] = loop_metadata(loop, LoopProgress())
-        if env:
-            metadata[ENV_KEY] = {str(k): str(v) for k, v in env.items()}
         gated = self.settings.needs_approval(source) if require_approval is None else require_approval
         now = self.reactor.seconds()
-        if gated:
-            metadata["approvalExpiresAt"] = iso_utc(now + self.settings.approval_expire_seconds)
         for _ in range(5):
             candidate = make_task_id(self._random(8))
             try:
@@ -333,9 +327,15 @@ class Supervisor(Service):
                     state=TaskState.AWAITING_APPROVAL if gated else TaskState.QUEUED,
                     created_at=now,
                     timeout_minutes=timeout_minutes,
-                    metadata=metadata,
+                    metadata=dict(metadata or {}),
                     retries=retries,
                     output_path=str(self.actions_dir / f"{candidate}.log"),
+                    env={str(k): str(v) for k, v in (env or {}).items()},
+                    loop=loop,
+                    approval_expires_at=now + self.settings.approval_expire_seconds if gated else None,
+                    resume_session=resume_session or None,
+                    reply_to=dict(reply_to) if reply_to is not None else None,
+                    chain_depth=chain_depth,
                 ))
                 break
             except DuplicateTask:
@@ -346,7 +346,7 @@ class Supervisor(Service):
             self.approvals.arm(task)
             self.bus.publish("task:awaiting_approval", {
                 "taskId": task.id, "priority": task.priority, "prompt": task.prompt[:200],
-                "source": task.source, "expiresAt": metadata["approvalExpiresAt"],
+                "source": task.source, "expiresAt": iso_utc(task.approval_expires_at or now),
             })
             self.log.info("task {task_id} awaits approval (source {source})", task_id=task.id, source=task.source)
             return self.store.get(task.id) or task
@@ -373,13 +373,13 @@ class Supervisor(Service):
             cancelled = task.moved(TaskState.CANCELLED, finished_at=self.reactor.seconds(),
                                    error="cancelled while awaiting approval")
             self.store.save(cancelled)
-            self.bus.publish("task:cancelled", self._event_payload(cancelled))
+            self.bus.publish("task:cancelled", task_event(cancelled))
             return True, cancelled
         if task.state == TaskState.QUEUED and self.queue.remove(task_id):
             cancelled = task.moved(TaskState.CANCELLED, finished_at=self.reactor.seconds(),
                                    error="cancelled before it started")
             self.store.save(cancelled)
-            self.bus.publish("task:cancelled", self._event_payload(cancelled))
+            self.bus.publish("task:cancelled", task_event(cancelled))
             return True, cancelled
         if task_id in self._starting:  # its running state is being committed
             self._cancelled_starts.add(task_id)
@@ -387,7 +387,7 @@ class Supervisor(Service):
         if task_id in self.loops.active:
             return self.loops.cancel(task_id), task
         run = self.runs.get(task_id)
-        if run is not None and run.reason is None and not run.exited:
+        if run is not None and run.reason is None and not run.has_exited:
             run.stop("cancel", self.settings.kill_grace)
             return True, task
         return False, task  # finished, or finishing: its outcome stands
@@ -422,7 +422,7 @@ class Supervisor(Service):
             if launch.executable is None:
                 self.fail_now(task, self.missing_agent_message(), started_at=self.reactor.seconds())
                 continue
-            resumed = LOOP_KEY in task.metadata and task.started_at is not None
+            resumed = task.loop is not None and task.started_at is not None
             running = task.moved(
                 TaskState.RUNNING, started_at=task.started_at if resumed else self.reactor.seconds(),
                 attempts=task.attempts + 1, exit_code=None, signal=None,  # an earlier attempt's exit is not this one's
@@ -489,7 +489,7 @@ class Supervisor(Service):
         cancelled = task.moved(TaskState.CANCELLED, finished_at=self.reactor.seconds(),
                                error="cancelled before it started")
         self.store.save(cancelled)
-        self.bus.publish("task:cancelled", self._event_payload(cancelled))
+        self.bus.publish("task:cancelled", task_event(cancelled))
 
     def _wake_starts(self) -> None:
         if not self._starting:
@@ -509,7 +509,7 @@ class Supervisor(Service):
         """Slots taken: each running plain task until its agent exits, and each loop
         from its first iteration to its end, checks and all."""
         looping = self.loops.active
-        return sum(1 for run in self.runs.values() if not run.exited and run.task.id not in looping) + len(looping)
+        return sum(1 for run in self.runs.values() if not run.has_exited and run.task.id not in looping) + len(looping)
 
     def current_launch(self) -> AgentLaunch:
         return self.launcher.current()
@@ -528,19 +528,18 @@ class Supervisor(Service):
         failed = task.moved(TaskState.FAILED, finished_at=self.reactor.seconds(), error=error, **changes)
         self.store.save(failed)
         self.log.error("task {task_id} failed: {error}", task_id=task.id, error=error)
-        self.bus.publish("task:failed", self._event_payload(failed))
+        self.bus.publish("task:failed", task_event(failed))
 
     def _spawn(self, task: Task, launch: "AgentLaunch", queued: Task | None = None) -> None:
-        if LOOP_KEY in task.metadata:
+        if task.loop is not None:
             self.loops.begin(task)
             return
-        resume = task.metadata.get("resumeSession")
-        argv = agents.build_argv(self.settings.agent, task.prompt, task.agent,
-                                 resume=resume if isinstance(resume, str) and resume else None)
+        argv = agents.build_argv(self.settings.agent, task.prompt, task.agent, resume=task.resume_session)
         env, secrets = self.task_env(task, launch)
         try:
-            run = self.start_run(task, "agent", launch.executable, argv, env, secrets,
+            run = self.start_run(task, launch.executable, argv, env, secrets,
                                  task.timeout_minutes or self.settings.timeout_minutes)
+            run.ended.addCallback(self._agent_ended, run)
         except OSError as exc:
             if exc.errno in EXHAUSTED_ERRNOS and queued is not None:
                 self._exhausted(queued, exc)
@@ -570,117 +569,80 @@ class Supervisor(Service):
         if self._accepting and (self._retry_fill is None or not self._retry_fill.active()):
             self._retry_fill = self.reactor.callLater(delay, self.fill)
 
-    def start_run(self, task: Task, kind: str, executable: str, argv: list[str], env: dict[str, str],
-                  secrets: list[str], minutes: float, copy_to: Path | None = None, offset: int = 0) -> Run:
+    def start_run(self, task: Task, executable: str, argv: list[str], env: dict[str, str], secrets: list[str],
+                  minutes: float, *, timeout: str = "timeout", append: bool = False, copy_to: Path | None = None,
+                  offset: int = 0, counted: bool = True) -> AgentProcess:
         """Spawn one of a task's processes in its own session, its pid recorded and
-        its timer set; raises if it cannot be spawned."""
-        run = Run(self, task, secrets, kind, copy_to, offset)
-        protocol = AgentProcessProtocol(run)
-        run.protocol = protocol
+        its timer set (`timeout`: the reason it is stopped with when that runs
+        out); raises if it cannot be spawned. It holds the task's slot until it
+        exits; once its output is all in it is forgotten, before the callbacks
+        that its starter adds to `ended` run. `counted`: a start of an agent."""
+        run = AgentProcess(task, clock=self.reactor, killer=self.reaper, publish=self.bus.publish, secrets=secrets,
+                           output_max_bytes=self.settings.output_max_bytes, kill_grace=self.settings.kill_grace,
+                           shutdown_grace=self.settings.shutdown_grace, append=append, copy_to=copy_to,
+                           offset=offset, on_write_failed=self.output_write_failed)
         before = self._start_times.now()
         procs = self.reaper.prepare_cgroup(task.id)  # the child moves itself in before it execs
-        transport = self._spawn_process(
-            protocol, executable, argv, env, str(self.root), {0: self._devnull, 1: "r", 2: "r"},
-            **({"cgroup_procs": procs} if procs else {}),
-        )
+        pid = run.spawn(self._spawn_process, executable, argv, env, str(self.root), {0: self._devnull, 1: "r", 2: "r"},
+                        **({"cgroup_procs": procs} if procs else {}))
         after = self._start_times.now()
-        # A process that exits at once may be reaped before spawnProcess returns,
-        # which leaves transport.pid None: the pid it had is kept aside.
-        pid = transport.pid if transport.pid is not None else getattr(transport, "spawned_pid", None)
-        if pid is not None and not run.exited and procs:
+        if pid is not None and not run.has_exited and procs:
             # It joined its cgroup itself; moved from outside as well, in case that failed
             # (writing a pid that is already there changes nothing).
             self.reaper.place_in_cgroup(task.id, pid)
-        run.transport = transport
-        run.pgid = pid  # it leads its own session and process group
         run.task = evolve(task, pid=pid, pgid=pid, proc_start=self._start_times.of(pid, before, after))
         self.store.save(run.task)
         self.runs[task.id] = run
-        if kind != "loop-check":
+        if counted:
             self.started_count += 1
-        if not run.exited:  # it may have exited (and been reaped) already
-            run.timeout_call = self.reactor.callLater(minutes * 60, self._timed_out, run, minutes)
+        run.exited.addCallback(self._exited, run)
+        run.ended.addCallback(self._ended, run)
+        run.deadline(minutes * 60, lambda late: self._timed_out(late, minutes, timeout))
         return run
 
-    def _timed_out(self, run: Run, minutes: float) -> None:
-        run.timeout_call = None
+    def _timed_out(self, run: AgentProcess, minutes: float, reason: str) -> None:
         if run.pgid is not None and self._has_exited(run.pgid):
             # It ended before its deadline, and the timer ran late (the daemon was
             # paused, overloaded, or the clock jumped): its own exit stands. Reap it now.
             reap_exited()
-            if run.exited or self._has_exited(run.pgid):
+            if run.has_exited or self._has_exited(run.pgid):
                 self.log.info("task {task_id}: its agent had already exited when its timeout came due; "
                               "its own exit status stands", task_id=run.task.id)
                 return
-        reason, what = {
-            "agent": ("timeout", "task {task_id} timed out after {minutes} min"),
-            "loop-agent": ("iteration-timeout", "task {task_id}: the agent's iteration timed out after {minutes} min"),
-            "loop-check": ("check-timeout", "task {task_id}: the check timed out after {minutes} min"),
-        }[run.kind]
+        what = {
+            "timeout": "task {task_id} timed out after {minutes} min",
+            "iteration-timeout": "task {task_id}: the agent's iteration timed out after {minutes} min",
+            "check-timeout": "task {task_id}: the check timed out after {minutes} min",
+        }.get(reason, "task {task_id}: stopped after {minutes} min")
         self.log.warn(what, task_id=run.task.id, minutes=minutes)
         run.stop(reason, self.settings.kill_grace)
 
-    def _exited(self, run: Run, reason: Any) -> None:
-        """The agent process is gone: free its slot and clear out its group."""
-        run.exited = True
-        if run.timeout_call is not None and run.timeout_call.active():
-            run.timeout_call.cancel()
-        run.timeout_call = None
-        if isinstance(reason, ProcessTerminated):
-            run.exit_code = reason.exitCode
-            run.exit_signal = reason.signal
-        elif isinstance(reason, ProcessDone):
-            run.exit_code = 0
-        if run.kind == "agent" and run.reason is None:
+    def _exited(self, exit: Exit, run: AgentProcess) -> Exit:
+        """An agent process is gone: its slot is free for the next task."""
+        if run.task.loop is None and exit.reason is None:
             # Durable at once: should the daemon die while something still holds the
             # agent's pipes, the restart settles the task by this exit.
-            run.task = evolve(run.task, exit_code=run.exit_code, signal=run.exit_signal)
+            run.task = evolve(run.task, exit_code=exit.code, signal=exit.signal)
             self.store.save(run.task)
-        grace = self.settings.shutdown_grace if run.reason == "shutdown" else self.settings.kill_grace
-        # Anything the agent left behind in its group is an orphan now.
-        if run.pgid is not None and self.reaper.group_alive(run.pgid):
-            run.signal_group(signal.SIGTERM)
-            if run.kill_call is None or not run.kill_call.active():
-                run.kill_call = self.reactor.callLater(grace, run.kill_now)
-        # A descendant that left the group but kept our pipes open would hold the
-        # task open forever: after the grace, kill it and close the pipes ourselves.
-        run.drain_call = self.reactor.callLater(grace + 1, self._drain, run)
         self.reactor.callLater(0, self.fill)
+        return exit
 
-    def _drain(self, run: Run) -> None:
-        run.drain_call = None
-        if run.ended.called:
-            return
-        self.log.warn(
-            "task {task_id}: output still open {grace}s after the agent exited; "
-            "killing what holds it and closing the pipes",
-            task_id=run.task.id,
-            grace=self.settings.kill_grace,
-        )
-        run.kill_now()
-        close_output_pipes(run.transport)
-
-    def _ended(self, run: Run) -> None:
-        """All output is in: record the final state and tell everyone (or, for a
-        phase of a loop, let the loop go on)."""
-        run.flush_carry()
-        if run.pgid is not None and self.reaper.group_alive(run.pgid):
-            run.kill_now()  # the pipes closed, but something of the task still runs
-        run.cancel_timers()
-        run.close_output()
+    def _ended(self, exit: Exit, run: AgentProcess) -> Exit:
+        """A process's output is all in: it no longer counts as running."""
         self.runs.pop(run.task.id, None)
         self._sweep_soon()
-        if run.looping:
-            try:
-                self.loops.phase_ended(run)
-            finally:
-                run.ended.callback(None)
-            return
-        self.settle(self._final(run), run)
-        run.ended.callback(None)
-        self.fill()  # the next start shares this commit
+        return exit
 
-    def settle(self, final: Task, run: Run | None = None) -> None:
+    def _agent_ended(self, exit: Exit, run: AgentProcess) -> Exit:
+        """A plain task's agent is over: record its final state and tell everyone."""
+        try:
+            self.settle(self._final(run), run)
+        except Exception:
+            self.log.failure("task {task_id}: cannot record how it ended", task_id=run.task.id)
+        self.fill()  # the next start shares this commit
+        return exit
+
+    def settle(self, final: Task, run: AgentProcess | None = None) -> None:
         """Record a task's state at the end of a run, log it and announce it."""
         self.store.save(final)
         if final.state != TaskState.QUEUED:
@@ -709,9 +671,9 @@ class Supervisor(Service):
             duration=final.duration or 0.0,
             error=f": {final.error}" if final.error and final.state != TaskState.COMPLETED else "",
         )
-        self.bus.publish(topic, self._event_payload(final))
+        self.bus.publish(topic, task_event(final))
 
-    def _final(self, run: Run) -> Task:
+    def _final(self, run: AgentProcess) -> Task:
         return run_outcome(run.task, run.end(self.settings.agent.output), self.reactor.seconds(),
                            self.settings.timeout_minutes)
 
@@ -719,7 +681,7 @@ class Supervisor(Service):
         """The newest loop task from `source` that has not ended, if any (a rule asks
         once after a restart, to start no second loop beside it)."""
         found = [task for state in (TaskState.RUNNING, TaskState.QUEUED, TaskState.AWAITING_APPROVAL)
-                 for task in self.store.in_state(state) if task.source == source and LOOP_KEY in task.metadata]
+                 for task in self.store.in_state(state) if task.source == source and task.loop is not None]
         return max(found, key=lambda t: t.seq).id if found else None
 
     def run_command(self, line: str, timeout_seconds: float) -> Deferred:
@@ -803,34 +765,12 @@ class Supervisor(Service):
         if removed:
             self.log.info("pruned {count} finished task(s) beyond retention", count=len(removed))
 
-    def _event_payload(self, task: Task) -> dict[str, Any]:
-        payload: dict[str, Any] = {
-            "taskId": task.id,
-            "state": task.state.value,
-            "prompt": task.prompt[:200],
-            "source": task.source,
-            "priority": task.priority,
-        }
-        if task.duration is not None:
-            payload["duration"] = int(task.duration * 1000)
-        if task.exit_code is not None:
-            payload["exitCode"] = task.exit_code
-        if task.error:
-            payload["error"] = task.error
-        if task.state == TaskState.COMPLETED and task.result is not None:
-            payload["result"] = task.result[:2000]
-        if task.cost_usd is not None:
-            payload["costUsd"] = task.cost_usd
-        if task.output_tail and task.state in (TaskState.FAILED, TaskState.TIMEOUT):
-            payload["outputTail"] = task.output_tail[-2000:]
-        return payload
-
     def stats(self) -> dict[str, int]:
         """Counts by state, where `running` is agents that run (never more than the
         slots) and `finishing` those that have exited while something that outlived
         them still holds their output open."""
         counts = dict(self.store.stats())
-        finishing = sum(1 for run in self.runs.values() if run.exited and run.kind == "agent")
+        finishing = sum(1 for run in self.runs.values() if run.has_exited and run.task.loop is None)
         counts["running"] = max(0, counts.get("running", 0) - finishing)
         counts["finishing"] = finishing
         return counts
@@ -869,35 +809,3 @@ class Supervisor(Service):
             "started": self.started_count,
             "containment": self.reaper.containment,
         }
-
-def record_json(task: Task) -> dict[str, Any]:
-    """A task as the wire sees it: AIWG's field names, plus ours."""
-    return {
-        "id": task.id,
-        "prompt": task.prompt,
-        "agent": task.agent,
-        "priority": task.priority,
-        "state": task.state.value,
-        "source": task.source,
-        "createdAt": iso_utc(task.created_at),
-        "startedAt": iso_utc(task.started_at) if task.started_at is not None else None,
-        "completedAt": iso_utc(task.finished_at) if task.finished_at is not None else None,
-        "pid": task.pid if task.state == TaskState.RUNNING else None,
-        "pgid": task.pgid if task.state == TaskState.RUNNING else None,
-        "exitCode": task.exit_code,
-        "signal": task.signal,
-        "duration": int(task.duration * 1000) if task.duration is not None else None,
-        "timeoutMinutes": task.timeout_minutes,
-        "result": task.result,
-        "error": task.error,
-        "output": task.output_tail,
-        "outputPath": task.output_path,
-        "outputBytes": task.output_bytes,
-        "sessionId": task.session_id,
-        "costUsd": task.cost_usd,
-        "metadata": {k: v for k, v in task.metadata.items() if k != ENV_KEY},
-        "env": sorted(task.metadata[ENV_KEY]) if isinstance(task.metadata.get(ENV_KEY), dict) else [],
-        "retries": task.retries,
-        "attempts": task.attempts,
-    }
-
