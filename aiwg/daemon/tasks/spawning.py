@@ -156,13 +156,13 @@ def check_session_leader(cwd: str) -> None:
     finally:
         os.close(devnull)
     pid = child.pid if child.pid is not None else getattr(child, "spawned_pid", None)
-    compat.expect(pid is not None, "no pid for the spawned child")
-    if process.reapProcessHandlers.get(pid) is child:  # not reaped while it was being registered
+    if pid is not None and process.reapProcessHandlers.get(pid) is child:  # not reaped while being registered
         process.unregisterReapProcessHandler(pid, child)
         _, status = os.waitpid(pid, 0)
         code: int | None = os.waitstatus_to_exitcode(status)
-    else:
+    else:  # it exited, and was reaped, before the spawn returned (its pid is gone with it)
         code = outcome.code
+    compat.expect(code is not None or pid is not None, "no pid and no exit status for the spawned child")
     way = "posix_spawn" if os.path.abspath(cwd) == os.path.abspath(".") else "fork"
     compat.expect(code == 0, f"a child started by {way} does not lead its own process group (exit {code})")
 
