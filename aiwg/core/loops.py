@@ -16,6 +16,8 @@ from typing import Any, Mapping
 
 from attrs import evolve, frozen
 
+from aiwg.core import agents
+
 DEFAULT_MAX_ITERATIONS = 5
 #: Minutes the check command may run before it counts as failed.
 DEFAULT_CHECK_TIMEOUT_MINUTES = 10.0
@@ -223,3 +225,16 @@ def after_iteration(spec: LoopSpec, iteration: int, check_exit: int | None, spen
         return Verdict("failed", f"the check `{spec.until}` still fails after {iteration} iteration(s), "
                                  f"the limit{detail}")
     return Verdict("continue")
+
+
+def prompt_problem(settings: agents.AgentSettings, prompt: str, loop: LoopSpec | None) -> str | None:
+    """Why `prompt` cannot reach the agent, or None: for a loop, also with the end
+    of the check's output that its later iterations add."""
+    problem = agents.prompt_problem(settings, prompt)
+    if problem is None and loop is not None:
+        longest = iteration_prompt(prompt, loop.max_iterations, loop, "\U0001f600" * (CHECK_TAIL_CHARS + 1), 1)
+        if agents.prompt_problem(settings, longest) is not None:
+            problem = ("with the end of the check's output that a later iteration adds (up to "
+                       f"{CHECK_TAIL_CHARS:,} characters), the prompt would not fit in one command-line "
+                       f"argument ({agents.MAX_ARGUMENT_BYTES - 1:,} bytes on Linux): shorten it")
+    return problem

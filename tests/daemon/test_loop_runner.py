@@ -16,6 +16,7 @@ from twisted.internet.defer import succeed
 from aiwg.core.loops import LoopSpec
 from aiwg.core.tasks import TaskState
 from aiwg.daemon.tasks.commands import CommandResult
+from aiwg.daemon.tasks.recovery import recover_running
 from tests.fakes.supervisor import make
 
 
@@ -33,9 +34,7 @@ class NoGit:
 
 
 def loop_supervisor(tmp_path: Path, **overrides: Any) -> tuple[Any, Any, list[str]]:
-    supervisor, reactor, topics = make(tmp_path, **overrides)
-    supervisor.commands = NoGit()
-    return supervisor, reactor, topics
+    return make(tmp_path, commands=NoGit(), **overrides)
 
 
 def result_json(cost: float) -> bytes:
@@ -125,7 +124,7 @@ def test_a_loop_the_daemon_keeps_dying_in_is_not_resumed_forever(tmp_path: Path)
         supervisor.runs.clear()
         supervisor.loops.active.clear()
         supervisor.queue.remove(task.id)
-        supervisor._reconcile()
+        recover_running(store, supervisor.reaper, supervisor.bus.publish, "text", reactor.seconds())
         after = store.get(task.id)
         if crashes < 3:
             assert after.state == TaskState.QUEUED and after.progress.crashes == crashes + 1

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import pytest_twisted
 
@@ -176,8 +175,7 @@ def test_stop_terms_running_tasks_and_fires_when_they_have_ended(tmp_path: Path)
 
 
 def test_claude_json_result_is_parsed(tmp_path: Path) -> None:
-    supervisor, reactor, _ = make(tmp_path)
-    supervisor.settings = attrs.evolve(supervisor.settings, agent=agents.AgentSettings(
+    supervisor, reactor, _ = make(tmp_path, agent=agents.AgentSettings(
         command=(sys.executable, "-p", "{prompt}"), output="claude-json"))
     task = supervisor.submit("q")
     [process] = reactor.spawned
@@ -212,9 +210,7 @@ def test_a_failed_exit_is_not_retried_by_a_stop_that_came_after_it(tmp_path: Pat
 
 
 def test_secrets_split_across_reads_are_still_redacted(tmp_path: Path) -> None:
-    supervisor, reactor, _ = make(tmp_path)
-    supervisor.environ["TOKEN"] = "s3cr3t-value-123"
-    supervisor.settings = attrs.evolve(supervisor.settings, agent=agents.AgentSettings(
+    supervisor, reactor, _ = make(tmp_path, environ={"TOKEN": "s3cr3t-value-123"}, agent=agents.AgentSettings(
         command=(sys.executable, "-p", "{prompt}"), env={"API": "${TOKEN}"}, output="text"))
     seen: list[str] = []
     supervisor.bus.subscribe(["task:output"], lambda e: seen.append(e.payload["chunk"]))
@@ -282,16 +278,13 @@ def on_disk(tmp_path: Path, task_id: str) -> str | None:
 
 def test_an_agent_is_spawned_only_once_its_running_state_is_on_disk(tmp_path: Path) -> None:
     delivered = Delivered()
-    supervisor, reactor, _ = make(tmp_path, delivered, max_parallel=2)
     seen_on_disk: list[tuple[str, str | None]] = []
-    spawn = supervisor._spawn_process
 
-    def recording_spawn(protocol: Any, *args: Any) -> Any:
+    def recording(protocol: Any) -> None:
         task_id = protocol.process.task.id
         seen_on_disk.append((protocol.process.task.prompt, on_disk(tmp_path, task_id)))
-        return spawn(protocol, *args)
 
-    supervisor._spawn_process = recording_spawn  # type: ignore[method-assign]
+    supervisor, reactor, _ = make(tmp_path, delivered, max_parallel=2, watch_spawns=recording)
     first, second, third = (supervisor.submit(p) for p in ("one", "two", "three"))
     assert reactor.spawned == []  # the commit is on its way
     assert [state(supervisor, t.id) for t in (first, second, third)] == [

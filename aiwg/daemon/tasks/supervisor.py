@@ -14,85 +14,42 @@ exits; the record is final when its output has all been read.
 from __future__ import annotations
 
 import errno
-import fnmatch
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from attrs import evolve, frozen
+from attrs import evolve
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from aiwg.core import agents
 from aiwg.core.backoff import Backoff
 from aiwg.core.config import Config
-from aiwg.core.loops import CHECK_TAIL_CHARS, LoopSpec, iteration_prompt
-from aiwg.core.messaging import SECRET_KEYS
-from aiwg.core.outcomes import recovery, run_outcome
+from aiwg.core.loops import LoopSpec, prompt_problem
+from aiwg.core.outcomes import run_outcome
 from aiwg.core.tasks import RunQueue, Task, TaskState, make_task_id
 from aiwg.core.text import utf8_safe
-from aiwg.daemon.tasks.approvals import Approvals
-from aiwg.daemon.tasks.events import task_event
-from aiwg.daemon.tasks.launch import AgentLaunch, AgentLauncher
-from aiwg.daemon.tasks.process import TRIM_AFTER_BYTES, AgentProcess, Exit, output_end, trim_heap
-from aiwg.daemon.bus import EventBus
-from aiwg.daemon.tasks.commands import CommandRunner
-from aiwg.daemon.tasks.loop_runner import LoopRunner
 from aiwg.core.timefmt import iso_utc
+from aiwg.daemon.bus import EventBus
+from aiwg.daemon.tasks.approvals import Approvals
 from aiwg.daemon.tasks.cgroups import TaskCgroups
+from aiwg.daemon.tasks.commands import CommandRunner
+from aiwg.daemon.tasks.events import task_event
+from aiwg.daemon.tasks.housekeeping import Housekeeping
+from aiwg.daemon.tasks.launch import AgentLaunch, AgentLauncher
+from aiwg.daemon.tasks.loop_runner import LoopRunner
+from aiwg.daemon.tasks.process import TRIM_AFTER_BYTES, AgentProcess, Exit, trim_heap
 from aiwg.daemon.tasks.reaper import Reaper, StartTimes
+from aiwg.daemon.tasks.settings import SupervisorSettings
+from aiwg.daemon.tasks import status
+from aiwg.daemon.tasks.recovery import recover_running
+from aiwg.daemon.tasks.starts import CANCELLED, SPAWN, Starts
 from aiwg.daemon.tasks.spawning import has_exited, reap_exited, spawn_session_leader
 from aiwg.daemon.tasks.store import DuplicateTask, TaskStore
 from aiwg.errors import SHUTTING_DOWN, InvalidParams, RpcError
 
-PRUNE_INTERVAL_SECONDS = 600
-SWEEP_INTERVAL_SECONDS = 10
-#: After a task ends, its escaped leftovers are swept this much later.
-ORPHAN_SWEEP_DELAY = 0.05
-
-
-
-@frozen
-class SupervisorSettings:
-    max_parallel: int
-    timeout_minutes: float
-    kill_grace: float
-    shutdown_grace: float
-    output_max_bytes: int
-    retention_tasks: int
-    retention_age_seconds: float
-    agent: agents.AgentSettings
-    approval_sources: tuple[str, ...] = ()
-    approval_expire_seconds: float = 86400.0
-    #: The chat bridges' secrets as written (`${TELEGRAM_BOT_TOKEN}` or a literal): the
-    #: variables they name are not passed to agents, and their values are redacted.
-    bridge_secrets: tuple[str, ...] = ()
-
-    @classmethod
-    def from_config(cls, config: Config) -> "SupervisorSettings":
-        d = config.daemon
-        return cls(
-            max_parallel=d.max_parallel_actions,
-            timeout_minutes=d.action_timeout_minutes,
-            kill_grace=d.kill_grace_seconds,
-            shutdown_grace=d.shutdown_grace_seconds,
-            output_max_bytes=int(d.task_output_max_mb * 1024 * 1024),
-            retention_tasks=d.retention.max_tasks,
-            retention_age_seconds=d.retention.max_age_days * 86400,
-            agent=agents.settings_from_config(config.data["agent"]),
-            approval_sources=tuple(config.data["approvals"]["require_for"]),
-            approval_expire_seconds=float(config.data["approvals"]["expire_hours"]) * 3600,
-            bridge_secrets=tuple(
-                str(section[key]) for section in config.data["messaging"].values()
-                for key in SECRET_KEYS if section.get(key)
-            ),
-        )
-
-    def needs_approval(self, source: str) -> bool:
-        """Whether `approvals.require_for` gates tasks from this source."""
-        return any(fnmatch.fnmatchcase(source, pattern) for pattern in self.approval_sources)
+__all__ = ["Supervisor", "SupervisorSettings"]
 
 
 #: Errors of a spawn that say the machine is out of something for now, not that
@@ -121,6 +78,7 @@ class Supervisor(Service):
         has_exited: Callable[[int], bool] = has_exited,
         cgroups: TaskCgroups | None = None,
         containment_note: str = "",
+        commands: CommandRunner | None = None,
     ) -> None:
         self.reactor = reactor
         self._store = store  # the store service opens it after the lock, before we start
@@ -132,30 +90,28 @@ class Supervisor(Service):
         self._random = random_bytes
         self.reaper = Reaper(killpg=killpg, cgroups=cgroups, containment_note=containment_note)
         self._has_exited = has_exited
-        self.output_problem: str | None = None  # task output that could not be written, while it lasts
         self.exhausted: str | None = None  # out of descriptors or processes: tasks wait
         self._exhaustion = Backoff(base=0.5, cap=30.0)
         self._spawn_process = spawn or self._spawn_session_leader
         self.queue = RunQueue()
         self.runs: dict[str, AgentProcess] = {}
         self._accepting = False
-        self._prune_loop: LoopingCall | None = None
         self._devnull: int | None = None
         self.started_count = 0
-        self.reconciled: list[str] = []
-        self._ticks = 0
         self._retry_fill: Any = None
         self._start_times = StartTimes()
-        self._sweep_call: Any = None
         self.launcher = AgentLauncher(reactor=reactor, environ=self.environ, settings=lambda: self.settings)
-        self._starting: dict[str, Task] = {}  # id → queued version, while running is being committed
-        self._cancelled_starts: set[str] = set()
-        self._withdrawn: set[str] = set()  # withdrawn while their running state was being committed
-        self._start_waiters: list[Deferred] = []
+        self.starts = Starts()
         self.approvals = Approvals(reactor=reactor, store=store, bus=bus, enqueue=self._enqueue,
                                    expire_seconds=lambda: self.settings.approval_expire_seconds)
-        self.commands = CommandRunner(reactor)
+        self.commands = commands or CommandRunner(reactor)
         self.loops = LoopRunner(self)
+        self.housekeeping = Housekeeping(
+            clock=reactor, store=store, reaper=self.reaper, actions_dir=actions_dir,
+            forget_records=self.loops.records.remove,
+            retention=lambda: (self.settings.retention_tasks, self.settings.retention_age_seconds),
+            ours=self._ours,
+        )
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -163,15 +119,12 @@ class Supervisor(Service):
         super().startService()
         self.reaper.subreaper = self.reaper.become_subreaper()
         self._devnull = os.open(os.devnull, os.O_RDONLY)
-        self._reconcile()
+        recover_running(self.store, self.reaper, self.bus.publish, self.settings.agent.output, self.reactor.seconds())
         for task in self.store.in_state(TaskState.QUEUED):
             self.queue.push(task.id, task.priority, task.seq)
         for task in self.store.in_state(TaskState.AWAITING_APPROVAL):
             self.approvals.arm(task)
-        self._prune()
-        self._prune_loop = LoopingCall(self._housekeeping)
-        self._prune_loop.clock = self.reactor
-        self._prune_loop.start(SWEEP_INTERVAL_SECONDS, now=False)
+        self.housekeeping.start()
         self._accepting = True
         self.log.info(
             "supervisor started: {queued} queued, max {max} at once",
@@ -185,9 +138,7 @@ class Supervisor(Service):
         and fire once every process has ended and its final state is recorded."""
         super().stopService()
         self._accepting = False
-        if self._prune_loop is not None and self._prune_loop.running:
-            self._prune_loop.stop()
-        waiting = [run.ended for run in self.runs.values()] + [self._starts_settled()]
+        waiting = [run.ended for run in self.runs.values()] + [self.starts.settled()]
         waiting += self.loops.stop_all()
         if self.runs:
             self.log.info(
@@ -199,13 +150,13 @@ class Supervisor(Service):
             run.stop("shutdown", self.settings.shutdown_grace)
         waiting += self.commands.stop()
 
-        for call in (self._retry_fill, self._sweep_call):
-            if call is not None and call.active():
-                call.cancel()
+        if self._retry_fill is not None and self._retry_fill.active():
+            self._retry_fill.cancel()
+        self.housekeeping.stop()
         self.approvals.stop()
 
         def closed(_: Any) -> None:
-            self.sweep_orphans()
+            self.housekeeping.sweep_orphans()
             self.reaper.close()
             if self._devnull is not None:
                 os.close(self._devnull)
@@ -213,63 +164,17 @@ class Supervisor(Service):
 
         return DeferredList(waiting).addCallback(closed)
 
-    def _reconcile(self) -> None:
-        """Tasks recorded as running belong to a daemon that died: kill what is left
-        of their process groups (if they are really theirs) and of their cgroups,
-        and settle their state."""
-        now = self.reactor.seconds()
-        self.reaper.release_leftovers()
-        for task in self.store.in_state(TaskState.RUNNING):
-            killed = self.reaper.kill_leftover(task)
-            exited = None
-            if task.loop is None and (task.exit_code is not None or task.signal is not None):
-                exited = agents.parse_result(self.settings.agent.output, output_end(task.output_path))
-            settled, what = recovery(task, now, exited)
-            self.store.save(settled)
-            self.reconciled.append(task.id)
-            self.log.warn(
-                "task {task_id} was running when the daemon stopped: {what}{killed}",
-                task_id=task.id,
-                what=what,
-                killed="; killed its leftover process group" if killed else "",
-            )
-            if settled.state in (TaskState.FAILED, TaskState.COMPLETED):
-                self.bus.publish(f"task:{settled.state.value}", task_event(settled))
-
     def _spawn_session_leader(
         self, protocol: Any, executable: str, argv: list[str], env: dict[str, str], path: str,
         child_fds: dict[int, Any], cgroup_procs: str | None = None,
     ) -> Any:
         return spawn_session_leader(self.reactor, protocol, executable, argv, env, path, child_fds, cgroup_procs)
 
-    @property
-    def subreaper(self) -> bool:
-        return self.reaper.subreaper
-
-    @property
-    def killpg(self) -> Callable[[int, int], None]:
-        """How process groups are signalled (the reaper's; a test's fake in tests)."""
-        return self.reaper.killpg
-
-    def kill_marked(self, task_id: str) -> bool:
-        return self.reaper.kill_marked(task_id)
-
-    def kill_cgroup(self, task_id: str) -> None:
-        self.reaper.kill_cgroup(task_id)
-
-    def sweep_orphans(self) -> int:
-        """Clear out what ended tasks left behind (see Reaper.sweep)."""
-        if self.reaper.retry_releases():
-            self._sweep_call = self.reactor.callLater(0.5, self.sweep_orphans)
+    def _ours(self) -> tuple[set[int], set[str], dict[str, AgentProcess]]:
+        """What is this supervisor's now (for the sweep): its children's pids, the
+        tasks that run or are starting, and those whose processes it waits for."""
         known = {run.transport.pid for run in self.runs.values() if run.transport is not None}
-        known |= self.commands.pids()
-        return self.reaper.sweep(known, {*self.runs, *self._starting, *self.loops.active}, self.runs)
-
-    def _sweep_soon(self) -> None:
-        """A task has ended: sweep for what it left behind shortly, once for all the
-        tasks that end meanwhile (a sweep reads /proc: not once per task)."""
-        if self._sweep_call is None or not self._sweep_call.active():
-            self._sweep_call = self.reactor.callLater(ORPHAN_SWEEP_DELAY, self.sweep_orphans)
+        return known | self.commands.pids(), {*self.runs, *self.starts, *self.loops.active}, self.runs
 
     @property
     def store(self) -> TaskStore:
@@ -304,13 +209,7 @@ class Supervisor(Service):
         if not self._accepting:
             raise RpcError(SHUTTING_DOWN, "Supervisor is shutting down")
         prompt = utf8_safe(prompt)  # what the agent gets is what the store keeps
-        problem = agents.prompt_problem(self.settings.agent, prompt)
-        if problem is None and loop is not None:  # later iterations add the end of the check's output
-            longest = iteration_prompt(prompt, loop.max_iterations, loop, "\U0001f600" * (CHECK_TAIL_CHARS + 1), 1)
-            if agents.prompt_problem(self.settings.agent, longest) is not None:
-                problem = ("with the end of the check's output that a later iteration adds (up to "
-                           f"{CHECK_TAIL_CHARS:,} characters), the prompt would not fit in one command-line "
-                           f"argument ({agents.MAX_ARGUMENT_BYTES - 1:,} bytes on Linux): shorten it")
+        problem = prompt_problem(self.settings.agent, prompt, loop)
         if problem is not None:
             raise InvalidParams(f"Invalid params: prompt: {problem}", {"param": "prompt"})
         gated = self.settings.needs_approval(source) if require_approval is None else require_approval
@@ -381,8 +280,8 @@ class Supervisor(Service):
             self.store.save(cancelled)
             self.bus.publish("task:cancelled", task_event(cancelled))
             return True, cancelled
-        if task_id in self._starting:  # its running state is being committed
-            self._cancelled_starts.add(task_id)
+        if task_id in self.starts:  # its running state is being committed
+            self.starts.cancel(task_id)
             return True, task
         if task_id in self.loops.active:
             return self.loops.cancel(task_id), task
@@ -410,7 +309,7 @@ class Supervisor(Service):
         can never run a task twice). Until then they hold their slots."""
         starting: list[tuple[Task, Task]] = []
         launch: AgentLaunch | None = None
-        free = self.settings.max_parallel - len(self._starting) - self._active_count()
+        free = self.settings.max_parallel - len(self.starts) - self._active_count()
         while self._accepting and len(starting) < free:
             task_id = self.queue.pop()
             if task_id is None:
@@ -429,7 +328,7 @@ class Supervisor(Service):
                 error=None, output_path=task.output_path or str(self.actions_dir / f"{task.id}.log"),
             )
             self.store.save(running)
-            self._starting[task.id] = task
+            self.starts.add(task)
             starting.append((task, running))
         if not starting or launch is None:
             return
@@ -443,17 +342,14 @@ class Supervisor(Service):
         if launch.unset:
             self.log.warn("agent.env refers to unset variable(s): {names}", names=", ".join(launch.unset))
         for queued, running in starting:
-            self._starting.pop(running.id, None)
-            if running.id in self._withdrawn:
-                self._withdrawn.discard(running.id)
-            elif running.id in self._cancelled_starts:
-                self._cancelled_starts.discard(running.id)
+            what = self.starts.done(running.id)
+            if what == CANCELLED:
                 self._cancel_unstarted(running)
-            elif not self._accepting:
+            elif what == SPAWN and not self._accepting:
                 self.store.save(queued)  # it never ran: queued again for the next start
-            else:
+            elif what == SPAWN:
                 self._spawn(running, launch, queued)
-        self._wake_starts()
+        self.starts.wake()
 
     def withdraw(self, task_id: str, why: str) -> bool:
         """A submitted task that could not be made durable, whose submitter was told
@@ -463,25 +359,21 @@ class Supervisor(Service):
             return False
         self.queue.remove(task_id)
         self.approvals.disarm(task_id)
-        if task_id in self._starting:
-            self._withdrawn.add(task_id)
+        if task_id in self.starts:
+            self.starts.withdraw(task_id)
         self.bus.publish("task:withdrawn", {"taskId": task_id, "error": why})
         return True
 
     def _not_recorded(self, failure: Any, starting: list[tuple[Task, Task]]) -> None:
         self.log.failure("cannot record tasks as running; not starting them (retrying shortly)", failure)
         for queued, running in starting:
-            self._starting.pop(running.id, None)
-            if running.id in self._withdrawn:
-                self._withdrawn.discard(running.id)
-                continue
-            if running.id in self._cancelled_starts:
-                self._cancelled_starts.discard(running.id)
+            what = self.starts.done(running.id)
+            if what == CANCELLED:
                 self._cancel_unstarted(running)
-                continue
-            self.store.save(queued)  # back to queued, in memory and at the next commit
-            self.queue.push(queued.id, queued.priority, queued.seq)
-        self._wake_starts()
+            elif what == SPAWN:
+                self.store.save(queued)  # back to queued, in memory and at the next commit
+                self.queue.push(queued.id, queued.priority, queued.seq)
+        self.starts.wake()
         if self._accepting and (self._retry_fill is None or not self._retry_fill.active()):
             self._retry_fill = self.reactor.callLater(1.0, self.fill)
 
@@ -490,20 +382,6 @@ class Supervisor(Service):
                                error="cancelled before it started")
         self.store.save(cancelled)
         self.bus.publish("task:cancelled", task_event(cancelled))
-
-    def _wake_starts(self) -> None:
-        if not self._starting:
-            waiters, self._start_waiters = self._start_waiters, []
-            for d in waiters:
-                d.callback(None)
-
-    def _starts_settled(self) -> Deferred:
-        """Fires once no task is waiting for its running state to be committed."""
-        if not self._starting:
-            return succeed(None)
-        d: Deferred = Deferred()
-        self._start_waiters.append(d)
-        return d
 
     def _active_count(self) -> int:
         """Slots taken: each running plain task until its agent exits, and each loop
@@ -580,7 +458,7 @@ class Supervisor(Service):
         run = AgentProcess(task, clock=self.reactor, killer=self.reaper, publish=self.bus.publish, secrets=secrets,
                            output_max_bytes=self.settings.output_max_bytes, kill_grace=self.settings.kill_grace,
                            shutdown_grace=self.settings.shutdown_grace, append=append, copy_to=copy_to,
-                           offset=offset, on_write_failed=self.output_write_failed)
+                           offset=offset, on_write_failed=self.housekeeping.output_write_failed)
         before = self._start_times.now()
         procs = self.reaper.prepare_cgroup(task.id)  # the child moves itself in before it execs
         pid = run.spawn(self._spawn_process, executable, argv, env, str(self.root), {0: self._devnull, 1: "r", 2: "r"},
@@ -630,7 +508,7 @@ class Supervisor(Service):
     def _ended(self, exit: Exit, run: AgentProcess) -> Exit:
         """A process's output is all in: it no longer counts as running."""
         self.runs.pop(run.task.id, None)
-        self._sweep_soon()
+        self.housekeeping.sweep_soon()
         return exit
 
     def _agent_ended(self, exit: Exit, run: AgentProcess) -> Exit:
@@ -647,7 +525,7 @@ class Supervisor(Service):
         self.store.save(final)
         if final.state != TaskState.QUEUED:
             if not self.reaper.release_cgroup(final.id):
-                self._sweep_soon()
+                self.housekeeping.sweep_soon()
         if run is not None and run.emitted > TRIM_AFTER_BYTES:
             trim_heap()
         topic = {
@@ -703,109 +581,22 @@ class Supervisor(Service):
             )
         self.reactor.callLater(0, self.fill)
 
-    def output_write_failed(self, task_id: str, exc: OSError) -> None:
-        """A task's output could not be written: remembered for the health until the
-        file system has room again."""
-        if self.output_problem is None:
-            self.log.error("task {task_id}: cannot write its output under {path}: {error}; the agent runs on, "
-                           "its output is no longer kept", task_id=task_id, path=str(self.actions_dir),
-                           error=exc.strerror or str(exc))
-        self.output_problem = (f"cannot write task output under {self.actions_dir}: {exc.strerror or exc} "
-                               f"(task {task_id}); free some space or fix the file system")
-
-    def _output_writable(self) -> bool:
-        """Has the file system under the actions directory room again (1 MiB)?"""
-        try:
-            info = os.statvfs(self.actions_dir)
-        except OSError:
-            return False
-        return info.f_bavail * info.f_frsize >= 1024 * 1024 and os.access(self.actions_dir, os.W_OK)
-
     def health_issues(self) -> list[str]:
         issues = []
         if not self.agent_check()["found"]:
             issues.append(self.missing_agent_message())
         if self.exhausted is not None:
             issues.append(self.exhausted)
-        if self.output_problem is not None:
-            if self._output_writable():
-                self.output_problem = None
-            else:
-                issues.append(self.output_problem)
+        output = self.housekeeping.output_issue()
+        if output is not None:
+            issues.append(output)
         return issues
 
-    def _housekeeping(self) -> None:
-        """Every few seconds: sweep orphans; every few minutes: prune old tasks."""
-        try:
-            self.sweep_orphans()
-            self._ticks += 1
-            if self._ticks % int(PRUNE_INTERVAL_SECONDS / SWEEP_INTERVAL_SECONDS) == 0:
-                self._prune()
-        except Exception:
-            self.log.failure("supervisor housekeeping failed")
-
-    def _prune(self) -> None:
-        try:
-            removed = self.store.prune(
-                max_tasks=self.settings.retention_tasks,
-                max_age_seconds=self.settings.retention_age_seconds,
-                now=self.reactor.seconds(),
-            )
-        except Exception:
-            self.log.failure("pruning finished tasks failed")
-            return
-        for task_id, path in removed:
-            if path:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
-            if (self.actions_dir / task_id).is_dir():  # a loop's iteration records
-                self.loops.records.remove(task_id)
-        if removed:
-            self.log.info("pruned {count} finished task(s) beyond retention", count=len(removed))
-
     def stats(self) -> dict[str, int]:
-        """Counts by state, where `running` is agents that run (never more than the
-        slots) and `finishing` those that have exited while something that outlived
-        them still holds their output open."""
-        counts = dict(self.store.stats())
-        finishing = sum(1 for run in self.runs.values() if run.has_exited and run.task.loop is None)
-        counts["running"] = max(0, counts.get("running", 0) - finishing)
-        counts["finishing"] = finishing
-        return counts
+        return status.stats(self)
 
     def summary(self, limit: int = 20) -> dict[str, Any]:
-        """AIWG's supervisor status: counts plus short views of running and queued tasks."""
-        running = []
-        for run in self.runs.values():
-            t = run.task
-            running.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent,
-                            "startedAt": iso_utc(t.started_at or 0), "pid": t.pid})
-        between = [i for i in self.loops.active if i not in self.runs]  # loops between two processes
-        for task_id in [*self._starting, *between]:  # recorded as running, spawned in a moment
-            t = self.store.get(task_id)
-            if t is not None:
-                running.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent,
-                                "startedAt": iso_utc(t.started_at or 0), "pid": None})
-        queued = []
-        for task_id in list(self.queue.ordered())[:limit]:
-            t = self.store.get(task_id)
-            if t is not None:
-                queued.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent, "priority": t.priority})
-        return {
-            "running": len(running),
-            "queued": len(self.queue),
-            "maxConcurrency": self.settings.max_parallel,
-            "tasks": {"running": running, "queued": queued},
-        }
+        return status.summary(self, limit)
 
     def status(self) -> dict[str, Any]:
-        summary = self.summary()
-        return {
-            **summary,
-            "enabled": True,
-            "agent": self.settings.agent.program,
-            "started": self.started_count,
-            "containment": self.reaper.containment,
-        }
+        return status.supervisor_status(self)

@@ -1,0 +1,53 @@
+# tests: tests/daemon/test_supervisor.py
+"""The supervisor's settings, read from the configuration at start and at each reload."""
+
+from __future__ import annotations
+
+import fnmatch
+
+from attrs import frozen
+
+from aiwg.core import agents
+from aiwg.core.config import Config
+from aiwg.core.messaging import SECRET_KEYS
+
+
+@frozen
+class SupervisorSettings:
+    max_parallel: int
+    timeout_minutes: float
+    kill_grace: float
+    shutdown_grace: float
+    output_max_bytes: int
+    retention_tasks: int
+    retention_age_seconds: float
+    agent: agents.AgentSettings
+    approval_sources: tuple[str, ...] = ()
+    approval_expire_seconds: float = 86400.0
+    #: The chat bridges' secrets as written (`${TELEGRAM_BOT_TOKEN}` or a literal): the
+    #: variables they name are not passed to agents, and their values are redacted.
+    bridge_secrets: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Config) -> "SupervisorSettings":
+        d = config.daemon
+        return cls(
+            max_parallel=d.max_parallel_actions,
+            timeout_minutes=d.action_timeout_minutes,
+            kill_grace=d.kill_grace_seconds,
+            shutdown_grace=d.shutdown_grace_seconds,
+            output_max_bytes=int(d.task_output_max_mb * 1024 * 1024),
+            retention_tasks=d.retention.max_tasks,
+            retention_age_seconds=d.retention.max_age_days * 86400,
+            agent=agents.settings_from_config(config.data["agent"]),
+            approval_sources=tuple(config.data["approvals"]["require_for"]),
+            approval_expire_seconds=float(config.data["approvals"]["expire_hours"]) * 3600,
+            bridge_secrets=tuple(
+                str(section[key]) for section in config.data["messaging"].values()
+                for key in SECRET_KEYS if section.get(key)
+            ),
+        )
+
+    def needs_approval(self, source: str) -> bool:
+        """Whether `approvals.require_for` gates tasks from this source."""
+        return any(fnmatch.fnmatchcase(source, pattern) for pattern in self.approval_sources)
