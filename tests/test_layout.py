@@ -65,3 +65,10 @@ def test_every_package_is_installed() -> None:
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "aiwg").rglob("__init__.py")}
     assert found - listed == set()
+
+
+def test_no_module_is_over_600_lines() -> None:
+    """A module one person can read in a sitting; past this, split it by responsibility."""
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "aiwg").rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 600}
+    assert long == {}

@@ -7,7 +7,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -15,13 +14,13 @@ import click
 from aiwg import instance
 from aiwg.cli.render import (
     Context,
-    duration,
     emit_json,
     fail,
     json_option,
-    kv_lines,
     project_option,
 )
+from aiwg.cli.logfile import follow_lines, last_lines
+from aiwg.cli.status import status_text
 from aiwg.client import DaemonClient
 from aiwg.errors import (
     EXIT_FAILURE,
@@ -446,36 +445,7 @@ def status(ctx: Context) -> None:
     if ctx.as_json:
         emit_json({"running": True, **result})
         return
-    click.echo(f"aiwg daemon: running (pid {result['pid']})")
-    rows = [
-        ("project", result.get("project")),
-        ("uptime", f"{duration(result['uptime_seconds'])} (since {result['started_at']})"),
-        ("health", result["health"]),
-        ("socket", result.get("socket")),
-        ("clients", result.get("clients")),
-        ("config", f"{result['config']['path']} ({result['config']['hash']})"),
-    ]
-    lines = kv_lines(rows).splitlines()
-    health_row = [key for key, _ in rows].index("health")
-    issues = [f"    ! {issue}" for issue in result.get("health_issues", [])]
-    click.echo("\n".join(lines[:health_row + 1] + issues + lines[health_row + 1:]))
-    click.echo("  subsystems:")
-    for name, info in result.get("subsystems", {}).items():
-        click.echo(f"    {name:<13} {_summary(info)}")
-        if name == "messaging" and isinstance(info, dict) and info.get("enabled"):
-            from aiwg.cli.messaging import bridge_line
-
-            for platform, bridge in info.get("adapters", {}).items():
-                if bridge.get("state") != "disabled":
-                    click.echo(f"      {platform:<11} {bridge_line(bridge)}")
-
-
-def _summary(info: Any) -> str:
-    if not isinstance(info, dict):
-        return str(info)
-    if info.get("enabled") is False and len(info) == 1:
-        return "disabled"
-    return ", ".join(f"{k}={v}" for k, v in info.items() if not isinstance(v, (dict, list)))
+    click.echo(status_text(result))
 
 
 def _not_running_status(ctx: Context, paths: ProjectPaths) -> None:
@@ -563,11 +533,11 @@ def logs(ctx: Context, follow: bool, lines: int) -> None:
     path = ctx.paths.log_file
     if not path.exists() and not follow:
         fail(f"no log file at {path} (has the daemon run here? in the foreground it logs to stdout)", EXIT_NOT_RUNNING)
-    for line in _tail(path, lines):
+    for line in last_lines(path, lines):
         _print_log_line(ctx, line)
     if follow:
         try:
-            _follow(ctx, path)
+            follow_lines(path, lambda line: _print_log_line(ctx, line))
         except KeyboardInterrupt:
             sys.exit(130)
 
@@ -579,64 +549,6 @@ def _print_log_line(ctx: Context, line: str) -> None:
         click.echo(json.dumps({"line": line}))
     else:
         click.echo(line)
-
-
-def _tail(path: Path, count: int) -> list[str]:
-    if count == 0:
-        return []
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            end = handle.tell()
-            block = 8192
-            data = b""
-            position = end
-            while position > 0 and data.count(b"\n") <= count:
-                step = min(block, position)
-                position -= step
-                handle.seek(position)
-                data = handle.read(step) + data
-    except FileNotFoundError:
-        return []
-    text = data.decode("utf-8", "replace").splitlines()
-    return text[-count:]
-
-
-def _follow(ctx: Context, path: Path) -> None:
-    handle = None
-    inode = None
-    from_start = not path.exists()  # a log that appears later is read from its first line
-    while True:
-        if handle is None:
-            try:
-                handle = open(path, "rb")
-                inode = os.fstat(handle.fileno()).st_ino
-                if not from_start:
-                    handle.seek(0, os.SEEK_END)
-            except FileNotFoundError:
-                time.sleep(0.25)
-                continue
-        chunk = handle.readline()
-        if chunk:
-            _print_log_line(ctx, chunk.decode("utf-8", "replace").rstrip("\n"))
-            continue
-        try:
-            rotated = os.stat(path).st_ino != inode
-        except FileNotFoundError:
-            rotated = True
-        if rotated:
-            rest = handle.read()
-            for line in rest.decode("utf-8", "replace").splitlines():
-                _print_log_line(ctx, line)
-            handle.close()
-            handle = None
-            try:
-                handle = open(path, "rb")
-                inode = os.fstat(handle.fileno()).st_ino
-            except FileNotFoundError:
-                handle = None
-            continue
-        time.sleep(0.2)
 
 
 def _say(ctx: Context, data: dict[str, Any], text: str) -> None:

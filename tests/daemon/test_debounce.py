@@ -7,7 +7,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from aiwg.daemon.automation.debounce import Debouncer
+from aiwg.daemon.debounce import Debouncer
 
 
 def make(wait: float = 5.0, result: Any = None) -> tuple[Debouncer, Clock, list[list[Any]]]:

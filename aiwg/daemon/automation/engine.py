@@ -32,7 +32,7 @@ from aiwg.core.events import Event
 from aiwg.core.rules import LoopGuard, Rule, render_prompt, rules_from_config
 from aiwg.core.watching import changes_from_payload, matching_paths
 from aiwg.daemon.automation.crontimer import CronTimer
-from aiwg.daemon.automation.debounce import Debouncer
+from aiwg.daemon.debounce import Debouncer
 from aiwg.core.timefmt import iso_utc
 from aiwg.daemon.statefile import read_json, write_json_atomic
 from aiwg.errors import InvalidParams

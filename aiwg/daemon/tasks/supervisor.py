@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -92,7 +93,7 @@ class Supervisor(Service):
         self._has_exited = has_exited
         self.exhausted: str | None = None  # out of descriptors or processes: tasks wait
         self._exhaustion = Backoff(base=0.5, cap=30.0)
-        self._spawn_process = spawn or self._spawn_session_leader
+        self._spawn_process = spawn or partial(spawn_session_leader, reactor)
         self.queue = RunQueue()
         self.runs: dict[str, AgentProcess] = {}
         self._accepting = False
@@ -163,12 +164,6 @@ class Supervisor(Service):
                 self._devnull = None
 
         return DeferredList(waiting).addCallback(closed)
-
-    def _spawn_session_leader(
-        self, protocol: Any, executable: str, argv: list[str], env: dict[str, str], path: str,
-        child_fds: dict[int, Any], cgroup_procs: str | None = None,
-    ) -> Any:
-        return spawn_session_leader(self.reactor, protocol, executable, argv, env, path, child_fds, cgroup_procs)
 
     def _ours(self) -> tuple[set[int], set[str], dict[str, AgentProcess]]:
         """What is this supervisor's now (for the sweep): its children's pids, the

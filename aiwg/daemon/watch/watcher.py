@@ -32,7 +32,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -41,19 +41,19 @@ from twisted.logger import Logger
 
 from aiwg import procfs
 from aiwg.core.config import Config
-from aiwg.core.text import display_path
-from aiwg.core.watching import ChangeSet, Stamp, WatchEntry, WatchPlan, plan_from_config, snapshot_diff
-from aiwg.daemon.automation.debounce import Debouncer
 from aiwg.core.timefmt import iso_utc
-from aiwg.daemon.watch.observers import (LIMIT_ERRNOS, PROBE_TIMEOUT, TreeWatch, native_observer, path_text,
-                                   polling_observer, probe, watchdog_version)
+from aiwg.core.watching import ChangeSet, Stamp, WatchEntry, WatchPlan, plan_from_config, snapshot_diff
+from aiwg.daemon.debounce import Debouncer
+from aiwg.daemon.watch.events import Translator
+from aiwg.daemon.watch.files import MAX_INDEXED_FILES, index_files, present_files, stamp, under_any
+from aiwg.daemon.watch.observers import (LIMIT_ERRNOS, PROBE_TIMEOUT, TreeWatch, native_observer, polling_observer,
+                                         probe, watchdog_version)
 
 #: Seconds between scans when polling (use_polling, or after an inotify limit).
 POLL_INTERVAL = 2.0
 #: Counting kernel watches reads one /proc line per watched directory: done in a
 #: pool thread, at most this often, never on the reactor.
 WATCH_COUNT_MAX_AGE = 60.0
-WATCH_KINDS = ("created", "modified", "deleted", "moved")
 #: Seconds between looks for a watch path that is missing.
 MISSING_CHECK_INTERVAL = 1.0
 #: How long a loss of kernel events stays in the daemon's health.
@@ -61,9 +61,6 @@ EVENTS_LOST_SHOWN_FOR = 600.0
 #: Seconds after a directory goes away before its known files are looked for (once
 #: for the whole burst: `rm -rf` of a tree reports every directory).
 GONE_CHECK_DELAY = 0.1
-#: Files whose state is remembered for a rescan after lost events; beyond this a
-#: rescan can tell only what it finds, not what changed.
-MAX_INDEXED_FILES = 200_000
 
 
 def _proc_sys(name: str) -> str:
@@ -71,56 +68,6 @@ def _proc_sys(name: str) -> str:
         return Path(f"/proc/sys/fs/inotify/{name}").read_text().strip()
     except OSError:
         return "unknown"
-
-
-class _Translator:
-    """Runs in watchdog's thread: raw event → filtered, project-relative change."""
-
-    def __init__(self, watcher: "FileWatcher", root: str, plan: WatchPlan, entry: WatchEntry, generation: int) -> None:
-        self._watcher = watcher
-        self._prefix = root.rstrip("/") + "/"
-        self._top = (self._prefix + entry.path).rstrip("/")
-        self._plan = plan
-        self._entry = entry
-        self._generation = generation
-
-    def dispatch(self, event: Any) -> None:
-        if event.event_type == "events_lost":
-            self._watcher._from_thread_lost(self._generation)
-            return
-        if event.is_directory:
-            if event.event_type == "deleted":
-                path = path_text(event.src_path).rstrip("/")
-                if path == self._top:
-                    self._watcher._from_thread_gone(self._generation, self._entry.path or ".")
-                elif (relative := self._relative(path)) is not None:
-                    self._watcher._from_thread_dir_gone(self._generation, relative)
-            return
-        if event.event_type not in WATCH_KINDS:
-            return
-        src = self._relative(event.src_path)
-        if event.event_type == "moved":
-            dest = self._relative(event.dest_path)
-            src_ok = src is not None and self._admits(src, "deleted")
-            dest_ok = dest is not None and self._admits(dest, "moved")
-            if src_ok and dest_ok:
-                self._watcher._from_thread(self._generation, (dest, "moved", src))
-            elif dest_ok:
-                self._watcher._from_thread(self._generation, (dest, "created", None))
-            elif src_ok:
-                self._watcher._from_thread(self._generation, (src, "deleted", None))
-            return
-        if src is not None and self._admits(src, event.event_type):
-            self._watcher._from_thread(self._generation, (src, event.event_type, None))
-
-    def _relative(self, path: Any) -> str | None:
-        text = path_text(path)
-        if not text.startswith(self._prefix):
-            return None
-        return display_path(text[len(self._prefix):])  # a name that is not UTF-8: `bad\xff.txt`
-
-    def _admits(self, relative: str, kind: str) -> bool:
-        return self._plan.admits(self._entry, relative, kind)
 
 
 class FileWatcher(Service):
@@ -252,7 +199,7 @@ class FileWatcher(Service):
         def ignored(path: str) -> bool:
             return path.startswith(prefix) and plan.ignore.ignores_dir(path[len(prefix):])
 
-        index = _index_files(str(self.root), plan, entries)
+        index = index_files(str(self.root), plan, entries)
         with self._lock:
             self._index = index
         causes: list[str] = []
@@ -293,7 +240,7 @@ class FileWatcher(Service):
         root = str(self.root)
         try:
             for entry in entries:
-                tree.add(str(self.root / entry.path), _Translator(self, root, plan, entry, generation), ignored)
+                tree.add(str(self.root / entry.path), Translator(self, root, plan, entry, generation), ignored)
             tree.observer.start()
         except BaseException:
             try:
@@ -334,11 +281,11 @@ class FileWatcher(Service):
 
     # -- events ------------------------------------------------------------
 
-    def _from_thread(self, generation: int, change: tuple[str, str, str | None]) -> None:
+    def changed_in_thread(self, generation: int, change: tuple[str, str, str | None]) -> None:
         """Called in watchdog's thread: remember the file's state for a later rescan,
         queue the change, wake the reactor once per batch."""
         path, kind, source = change
-        stamp = _stamp(str(self.root / path)) if kind != "deleted" else None
+        found = stamp(str(self.root / path)) if kind != "deleted" else None
         with self._lock:
             if generation != self._generation:
                 return
@@ -348,17 +295,17 @@ class FileWatcher(Service):
                     self._touched.add(source)
             if source is not None:
                 self._index.pop(source, None)
-            if stamp is None:
+            if found is None:
                 self._index.pop(path, None)
             elif path in self._index or len(self._index) < MAX_INDEXED_FILES:
-                self._index[path] = stamp
+                self._index[path] = found
             self._pending.append(change)
             if self._drain_scheduled:
                 return
             self._drain_scheduled = True
         self._reactor.callFromThread(self._drain)
 
-    def _from_thread_dir_gone(self, generation: int, directory: str) -> None:
+    def dir_gone_in_thread(self, generation: int, directory: str) -> None:
         """Called in watchdog's thread: a directory under a watch path was deleted or
         moved away. The files known in it that were not reported gone one by one
         (a move out of the tree reports none) are looked for once the burst of
@@ -383,7 +330,7 @@ class FileWatcher(Service):
             self._gone_check_scheduled = False
             if generation != self._generation or not gone:
                 return None
-            candidates = [path for path in self._index if _under_any(path, gone)]
+            candidates = [path for path in self._index if under_any(path, gone)]
         if not candidates:
             return None
         root = self.root
@@ -398,14 +345,14 @@ class FileWatcher(Service):
                 for path in paths:
                     self._index.pop(path, None)
             for path in paths:
-                entry = next((e for e in self.plan.entries if _under_any(path, {e.path})), None)
+                entry = next((e for e in self.plan.entries if under_any(path, {e.path})), None)
                 if entry is not None and self.plan.admits(entry, path, "deleted"):
                     self.events_received += 1
                     self._debouncer.push((path, "deleted", None), key=next(self._seq))
 
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), missing).addCallback(report)
 
-    def _from_thread_lost(self, generation: int) -> None:
+    def events_lost_in_thread(self, generation: int) -> None:
         """Called in watchdog's thread: the kernel dropped events (one call per watch)."""
         self._reactor.callFromThread(self._events_lost, generation)
 
@@ -431,7 +378,7 @@ class FileWatcher(Service):
             self._touched = set()
         plan = self.plan
         entries = [e for e in plan.entries if (self.root / e.path).is_dir()] if plan else []
-        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), _index_files, str(self.root),
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), index_files, str(self.root),
                               plan, entries)
 
         def compare(found: dict[str, Stamp]) -> None:
@@ -469,7 +416,7 @@ class FileWatcher(Service):
         d.addBoth(done)
         return d
 
-    def _from_thread_gone(self, generation: int, path: str) -> None:
+    def path_gone_in_thread(self, generation: int, path: str) -> None:
         """Called in watchdog's thread: a watch path itself was deleted."""
         self._reactor.callFromThread(self._gone, generation, path)
 
@@ -505,7 +452,7 @@ class FileWatcher(Service):
 
     def _report_present(self, plan: WatchPlan, paths: list[str], carried: list[Any]) -> Deferred:
         entries = [e for e in plan.entries if (e.path or ".") in paths]
-        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), _present_files,
+        d = deferToThreadPool(self._reactor, self._reactor.getThreadPool(), present_files,
                               str(self.root), plan, entries)
 
         def report(found: list[str]) -> None:
@@ -633,64 +580,3 @@ class FileWatcher(Service):
         if self.error:
             status["error"] = self.error
         return status
-
-
-def _under_any(path: str, directories: set[str]) -> bool:
-    """Is the project-relative `path` at or below one of `directories` ('' is the root)?"""
-    if "" in directories:
-        return True
-    parts = path.split("/")
-    return any("/".join(parts[:i]) in directories for i in range(1, len(parts)))
-
-
-def _stamp(path: str) -> Stamp | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def _admitted_files(root: str, plan: WatchPlan, entries: list[WatchEntry], kinds: tuple[str, ...]
-                    ) -> Iterator[tuple[str, str]]:
-    """In a pool thread: (project-relative, absolute) for every file under `entries`
-    that the watch would report as one of `kinds`, ignored trees not entered."""
-    prefix = root.rstrip("/") + "/"
-    for entry in entries:
-        for top, dirs, files in os.walk(os.path.join(root, entry.path)):
-            relative_top = top[len(prefix):] if top.startswith(prefix) else ""
-            dirs[:] = [d for d in dirs if not plan.ignore.ignores_dir(os.path.join(relative_top, d))]
-            for name in files:
-                relative = display_path(os.path.join(relative_top, name))
-                if any(plan.admits(entry, relative, kind) for kind in kinds):
-                    yield relative, os.path.join(top, name)
-
-
-def _index_files(root: str, plan: WatchPlan | None, entries: list[WatchEntry]) -> dict[str, Stamp]:
-    """In a pool thread: the state of every file the watch would report; what a
-    rescan after lost events compares with."""
-    index: dict[str, Stamp] = {}
-    if plan is None:
-        return index
-    for relative, path in _admitted_files(root, plan, entries, ("modified", "created")):
-        stamp = _stamp(path)
-        if stamp is not None:
-            index[relative] = stamp
-            if len(index) >= MAX_INDEXED_FILES:
-                break
-    return index
-
-
-#: At most this many files are reported for a watch path that appears.
-MAX_PRESENT_FILES = 10_000
-
-
-def _present_files(root: str, plan: WatchPlan, entries: list[WatchEntry]) -> list[str]:
-    """In a pool thread: the files under `entries` that the watch would report as
-    created (a watch path that appeared)."""
-    found: list[str] = []
-    for relative, _ in _admitted_files(root, plan, entries, ("created",)):
-        found.append(relative)
-        if len(found) >= MAX_PRESENT_FILES:
-            break
-    return found

@@ -1,0 +1,43 @@
+# tests: tests/e2e/test_lifecycle.py, tests/test_cli.py
+"""`aiwg daemon status` as text: the daemon's lines, its health issues under
+`health:`, and a line per subsystem (and per chat bridge)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiwg.cli.messaging import bridge_line
+from aiwg.cli.render import duration, kv_lines
+
+
+def status_text(result: dict[str, Any]) -> str:
+    """The text of a `daemon.status` result."""
+    out = [f"aiwg daemon: running (pid {result['pid']})"]
+    rows = [
+        ("project", result.get("project")),
+        ("uptime", f"{duration(result['uptime_seconds'])} (since {result['started_at']})"),
+        ("health", result["health"]),
+        ("socket", result.get("socket")),
+        ("clients", result.get("clients")),
+        ("config", f"{result['config']['path']} ({result['config']['hash']})"),
+    ]
+    lines = kv_lines(rows).splitlines()
+    health_row = [key for key, _ in rows].index("health")
+    issues = [f"    ! {issue}" for issue in result.get("health_issues", [])]
+    out += lines[:health_row + 1] + issues + lines[health_row + 1:]
+    out.append("  subsystems:")
+    for name, info in result.get("subsystems", {}).items():
+        out.append(f"    {name:<13} {_summary(info)}")
+        if name == "messaging" and isinstance(info, dict) and info.get("enabled"):
+            for platform, bridge in info.get("adapters", {}).items():
+                if bridge.get("state") != "disabled":
+                    out.append(f"      {platform:<11} {bridge_line(bridge)}")
+    return "\n".join(out)
+
+
+def _summary(info: Any) -> str:
+    if not isinstance(info, dict):
+        return str(info)
+    if info.get("enabled") is False and len(info) == 1:
+        return "disabled"
+    return ", ".join(f"{k}={v}" for k, v in info.items() if not isinstance(v, (dict, list)))
