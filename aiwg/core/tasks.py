@@ -136,6 +136,30 @@ class Task:
         return evolve(self, state=state, **changes)
 
 
+@frozen
+class Change:
+    """What asking to cancel, approve or reject a task did: `task` as it is now
+    (None: there is no such task), whether it `done`, and if not, why not in
+    words (`refused`), for the caller to pass on as it is."""
+
+    task_id: str
+    task: Task | None
+    done: bool = False
+    refused: str | None = None
+
+    @classmethod
+    def unknown(cls, task_id: str) -> "Change":
+        return cls(task_id, None, refused=f"there is no task {task_id}")
+
+    @classmethod
+    def made(cls, task: Task) -> "Change":
+        return cls(task.id, task, done=True)
+
+    @classmethod
+    def not_awaiting_approval(cls, task: Task) -> "Change":
+        return cls(task.id, task, refused=f"task {task.id} is not awaiting approval (it is {task.state})")
+
+
 def make_task_id(random_bytes: bytes) -> str:
     """`t-` and 10 lowercase base32 characters from 50 random bits: short, URL-safe."""
     text = base64.b32encode(random_bytes[:7]).decode("ascii").lower().rstrip("=")

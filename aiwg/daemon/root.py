@@ -26,7 +26,6 @@ from twisted.logger import Logger, globalLogPublisher
 from aiwg import __version__, compat, instance
 from aiwg.configfile import exposure, load_config
 from aiwg.core.config import Config
-from aiwg.core.loops import spec_from_action
 from aiwg.daemon.bus import EventBus
 from aiwg.core.timefmt import iso_utc
 from aiwg.daemon.logs import RotatingFileObserver, stream_observer
@@ -50,8 +49,16 @@ class DaemonService(MultiService):
         bus: EventBus,
         socket_path: Path,
         log_to_stdout: bool = False,
+        supervisor: Any = None,
+        lock: Service | None = None,
+        heartbeat: Any = None,
     ) -> None:
+        """`lock`: the child that takes the project's lock (the log starts once it
+        has); `heartbeat`: the child that writes state.json; `supervisor`: the task
+        supervisor, for the health check and state.json (None: a tree without)."""
         MultiService.__init__(self)
+        self._lock = lock
+        self._heartbeat = heartbeat
         self._reactor = reactor
         self.paths = paths
         self.config = config
@@ -68,12 +75,8 @@ class DaemonService(MultiService):
         self.phase = "starting"
         self.restart_count = 0
         self.reloads = 0
-        self.supervisor: Any = None  # set by makeService when the tree has one
+        self.supervisor = supervisor  # None in a tree without one (tests)
         self.last_health_check: dict[str, Any] | None = None
-        self.automation: Any = None  # the rules engine, when the tree has one
-        self.scheduler: Any = None
-        self.chat: Any = None
-        self.messaging: Any = None
 
     # -- clock -------------------------------------------------------------
 
@@ -93,7 +96,7 @@ class DaemonService(MultiService):
         Service.privilegedStartService(self)
         try:
             for child in self:
-                if child.name != "lock":
+                if child is not self._lock:
                     self._begin_logging()  # only once the project's lock is ours
                 child.privilegedStartService()
                 self._privileged.append(child)
@@ -182,7 +185,7 @@ class DaemonService(MultiService):
         self._restore_sighup()
         Service.stopService(self)
         for child in reversed(list(self)):
-            if child.name == "heartbeat":
+            if child is self._heartbeat:
                 self.phase = "stopped"  # the heartbeat's final write says so
             try:
                 await maybeDeferred(child.stopService)
@@ -228,10 +231,7 @@ class DaemonService(MultiService):
     def reload(self) -> dict[str, Any]:
         """Validate the configuration file, then apply it; an invalid one changes nothing."""
         try:
-            new = load_config(self.paths, self._explicit_config)
-            problems = [p for child in self for p in _call(child, "check_config", new, [])]
-            if problems:
-                raise ConfigError(new.source, problems)
+            new = load_config(self.paths, self._explicit_config)  # checked whole: schema and meaning
         except ConfigError as exc:
             self.log.error("reload refused, keeping the running configuration: {reason}", reason=str(exc))
             self.bus.publish("daemon:reload_failed", {"problems": exc.problems})
@@ -357,7 +357,7 @@ class DaemonService(MultiService):
         self.last_health_check = result
         self.log.info("health check: {status}{issues}", status=result["status"],
                       issues="".join(f"; {i}" for i in result["issues"]))
-        heartbeat = self._named("heartbeat")
+        heartbeat = self._heartbeat
         if heartbeat is not None and heartbeat.running:
             try:
                 heartbeat.write()
@@ -367,51 +367,6 @@ class DaemonService(MultiService):
         if result["issues"]:
             self.bus.publish("health:degraded", {"issues": result["issues"], "subsystem": "daemon"})
         return result
-
-    def _named(self, name: str) -> Any:
-        try:
-            return self.getServiceNamed(name)
-        except KeyError:
-            return None
-
-    def submit_spec(self, spec: dict[str, Any], source: str, metadata: dict[str, Any]) -> Any:
-        """Submit a task described by an `actions` entry or a rule's action."""
-        if self.supervisor is None:
-            raise RuntimeError("this daemon has no task supervisor")
-        extra: dict[str, Any] = {}
-        if spec.get("env"):
-            extra["env"] = dict(spec["env"])
-        loop = spec_from_action(spec)
-        if loop is not None:
-            extra["loop"] = loop
-        if spec.get("chain_depth"):
-            extra["chain_depth"] = int(spec["chain_depth"])
-        return self.supervisor.submit(
-            spec["prompt"],
-            priority=int(spec.get("priority", 0)),
-            timeout_minutes=spec.get("timeout"),
-            agent=spec.get("agent"),
-            metadata=metadata,
-            source=source,
-            retries=int(spec.get("retries", 0)),
-            require_approval=True if spec.get("require_approval") else None,
-            **extra,
-        )
-
-    def _stored_task(self, task_id: str) -> Any:
-        """A task from the supervisor's store; None without one or without a supervisor."""
-        store = getattr(self.supervisor, "store", None) if self.supervisor is not None else None
-        return store.get(task_id) if store is not None else None
-
-    def task_state(self, task_id: str) -> str | None:
-        """A task's state, or None if there is no such task (or no supervisor)."""
-        task = self._stored_task(task_id)
-        return task.state.value if task is not None else None
-
-    def task_depth(self, task_id: str) -> int | None:
-        """A task's automation chain depth, for the loop guard."""
-        task = self._stored_task(task_id)
-        return None if task is None else task.chain_depth
 
     def _subsystems(self) -> dict[str, Any]:
         subsystems: dict[str, Any] = {}
@@ -546,11 +501,9 @@ def _automation_summary(status: dict[str, Any]) -> dict[str, Any]:
 
 class Reloadable(Protocol):
     """What a child service may offer the root, each method optional (a service
-    without one is simply not asked): `check_config` lists the problems that
-    refuse a reload (all children check before any applies), `apply_config`
-    takes a checked configuration, `health_issues` says what is wrong now."""
+    without one is simply not asked): `apply_config` takes a configuration that
+    load_config has checked whole, `health_issues` says what is wrong now."""
 
-    def check_config(self, config: Config) -> list[str]: ...
     def apply_config(self, config: Config) -> None: ...
     def health_issues(self) -> list[str]: ...
 

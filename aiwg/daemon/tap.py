@@ -58,6 +58,7 @@ def makeService(options: Options) -> Any:
     from aiwg.daemon.root import DaemonService
     from aiwg.daemon.automation.scheduler import Scheduler
     from aiwg.daemon.tasks.store import StoreService
+    from aiwg.daemon.tasks.actions import TaskActions
     from aiwg.daemon.tasks.supervisor import Supervisor, SupervisorSettings
     from aiwg.daemon.watch.watcher import FileWatcher
 
@@ -65,15 +66,6 @@ def makeService(options: Options) -> Any:
     config = options.config
     socket_path = paths.bind_socket()
     bus = EventBus(reactor=reactor)
-    root = DaemonService(
-        reactor=reactor,
-        paths=paths,
-        config=config,
-        explicit_config=options["config"],
-        bus=bus,
-        socket_path=socket_path,
-        log_to_stdout=bool(options["log-stdout"]),
-    )
     store = StoreService(
         db_path=paths.tasks_db, tasks_json=paths.daemon_dir / "tasks.json", clock=reactor
     )
@@ -92,41 +84,55 @@ def makeService(options: Options) -> Any:
         cgroups=cgroups,
         containment_note=no_cgroups,
     )
-    root.supervisor = supervisor
+    # The lock and the heartbeat call back into the root, which holds them: the
+    # callbacks look the root up when they run, after it is built just below.
+    lock = InstanceLock(paths, reactor, on_project_gone=lambda: root.request_stop("the project directory was deleted"))
+    heartbeat = Heartbeat(
+        reactor=reactor,
+        heartbeat_file=paths.heartbeat_file,
+        state_file=paths.state_file,
+        interval=config.daemon.heartbeat_interval_seconds,
+        heartbeat=lambda: root.heartbeat_record(),
+        state=lambda: root.state_record(),
+    )
+    root = DaemonService(
+        reactor=reactor,
+        paths=paths,
+        config=config,
+        explicit_config=options["config"],
+        bus=bus,
+        socket_path=socket_path,
+        log_to_stdout=bool(options["log-stdout"]),
+        supervisor=supervisor,
+        lock=lock,
+        heartbeat=heartbeat,
+    )
+    actions = TaskActions(supervisor)
     automation = AutomationEngine(
-        reactor=reactor, bus=bus, config=config, submit=root.submit_spec,
-        task_depth=root.task_depth, state_file=paths.daemon_dir / "automation.json",
-        run_command=supervisor.run_command, task_state=root.task_state, unfinished_loop=supervisor.unfinished_loop,
+        reactor=reactor, bus=bus, config=config, submit=actions.submit,
+        task_depth=actions.depth, state_file=paths.daemon_dir / "automation.json",
+        run_command=actions.run_command, task_state=actions.state, unfinished_loop=actions.unfinished_loop,
     )
     scheduler = Scheduler(
-        reactor=reactor, bus=bus, config=config, submit=root.submit_spec,
+        reactor=reactor, bus=bus, config=config, submit=actions.submit,
         health_check=root.run_health_check,
     )
     watcher = FileWatcher(reactor=reactor, root=paths.root, bus=bus, config=config)
     chat = ChatService(reactor=reactor, bus=bus, config=config, supervisor=lambda: supervisor,
                        state_file=paths.daemon_dir / "conversations.json")
-    root.chat = chat
     messaging = MessagingService(
         reactor=reactor, bus=bus, config=config, project=paths.root.name, environ=os.environ,
         daemon_status=root.status, supervisor=lambda: supervisor, chat=lambda: chat,
         state_dir=paths.daemon_dir,
     )
-    root.messaging = messaging
-    root.automation, root.scheduler = automation, scheduler
-    methods = build_method_table(root)
+    methods = build_method_table(root, bus=bus, supervisor=supervisor, chat=chat, automation=automation,
+                                 scheduler=scheduler, messaging=messaging)
 
     # Start order. Stop order is the reverse: IPC stays up while workers drain.
-    InstanceLock(paths, reactor, on_project_gone=lambda: root.request_stop("the project directory was deleted")).setServiceParent(root)
+    lock.setServiceParent(root)
     EventLog(bus=bus, directory=paths.events_dir, settings=config.daemon.events).setServiceParent(root)
     store.setServiceParent(root)  # closes after the final state write, which reads it
-    Heartbeat(
-        reactor=reactor,
-        heartbeat_file=paths.heartbeat_file,
-        state_file=paths.state_file,
-        interval=config.daemon.heartbeat_interval_seconds,
-        heartbeat=root.heartbeat_record,
-        state=root.state_record,
-    ).setServiceParent(root)
+    heartbeat.setServiceParent(root)
     IpcServer(
         reactor=reactor,
         socket_path=socket_path,

@@ -31,7 +31,7 @@ class Supervisor:
         self.tasks: dict[str, Task] = {}
         self.store = self
 
-    def submit(self, prompt: str, *, priority: int, source: str, metadata: dict, resume_session: str | None,
+    def add(self, prompt: str, *, priority: int, source: str, metadata: dict, resume_session: str | None,
                reply_to: dict | None) -> Task:
         assert source == "chat" and reply_to is None
         task = Task(f"t-{len(self.tasks) + 1}", prompt, metadata, resume_session)

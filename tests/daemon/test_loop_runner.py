@@ -45,7 +45,7 @@ def result_json(cost: float) -> bytes:
 def test_each_timeout_fires_at_its_minute(tmp_path: Path) -> None:
     supervisor, reactor, topics = loop_supervisor(tmp_path)
     spec = LoopSpec(until="make check", max_iterations=10, iteration_timeout_minutes=2, check_timeout_minutes=1)
-    task = supervisor.submit("fix", loop=spec, timeout_minutes=4)
+    task = supervisor.add("fix", loop=spec, timeout_minutes=4)
     [agent] = reactor.spawned
     reactor.advance(119)
     assert reactor.signals == []
@@ -81,8 +81,8 @@ def test_each_timeout_fires_at_its_minute(tmp_path: Path) -> None:
 
 def test_a_loop_holds_its_slot_from_first_iteration_to_last(tmp_path: Path) -> None:
     supervisor, reactor, _ = loop_supervisor(tmp_path, max_parallel=1)
-    looping = supervisor.submit("fix", loop=LoopSpec(until="make check", max_iterations=2))
-    waiting = supervisor.submit("other")
+    looping = supervisor.add("fix", loop=LoopSpec(until="make check", max_iterations=2))
+    waiting = supervisor.add("other")
     [agent] = reactor.spawned
     agent.output(result_json(0.5))
     agent.finish(0)
@@ -99,12 +99,12 @@ def test_a_loop_holds_its_slot_from_first_iteration_to_last(tmp_path: Path) -> N
 
 def test_the_budget_counts_an_interrupted_iteration_too(tmp_path: Path) -> None:
     supervisor, reactor, _ = loop_supervisor(tmp_path)
-    task = supervisor.submit("fix", loop=LoopSpec(until="false", max_iterations=5, budget_usd=1.0))
+    task = supervisor.add("fix", loop=LoopSpec(until="false", max_iterations=5, budget_usd=1.0))
     agent = reactor.spawned[0]
     agent.output(result_json(0.75))
     agent.finish(0)
     reactor.advance(0)
-    assert supervisor.cancel(task.id)[0] is True  # during the check
+    assert supervisor.cancel(task.id).done is True  # during the check
     reactor.spawned[1].finish(None, signal.SIGTERM)
     reactor.advance(0)
     final = supervisor.store.get(task.id)
@@ -115,7 +115,7 @@ def test_the_budget_counts_an_interrupted_iteration_too(tmp_path: Path) -> None:
 
 def test_a_loop_the_daemon_keeps_dying_in_is_not_resumed_forever(tmp_path: Path) -> None:
     supervisor, reactor, _ = loop_supervisor(tmp_path)
-    task = supervisor.submit("fix", loop=LoopSpec(until="false", max_iterations=5))
+    task = supervisor.add("fix", loop=LoopSpec(until="false", max_iterations=5))
     store = supervisor.store
     for crashes in range(4):  # the daemon "dies" with the loop running, and starts again
         running = store.get(task.id)

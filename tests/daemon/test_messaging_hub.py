@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 
 from aiwg.core.config import validate
 from aiwg.core.messaging import HELP, REFUSAL, Command, Inbound, Notice
-from aiwg.core.tasks import STATE_NAMES, Task, TaskState
+from aiwg.core.tasks import STATE_NAMES, Change, Task, TaskState
 from aiwg.daemon.bus import EventBus
 from aiwg.daemon.messaging.adapter import Adapter, SendError
 from aiwg.daemon.messaging.hub import PLATFORMS, REFUSAL_INTERVAL, MessagingService
@@ -104,28 +104,38 @@ class Supervisor:
                                    created_at=self.clock.seconds(), **fields))
 
     def submit(self, prompt: str, *, source: str, metadata: dict[str, Any], reply_to: Any = None,
-               **options: Any) -> Task:
+               **options: Any) -> Deferred:
         if self.refuse_with is not None:
             raise self.refuse_with
         self.submitted.append({"prompt": prompt, "source": source, "metadata": metadata, "reply_to": reply_to,
                                **options})
-        return self.add(f"t-{len(self.submitted)}", self.new_state, prompt, source=source, metadata=metadata,
-                        reply_to=reply_to)
+        return succeed(self.add(f"t-{len(self.submitted)}", self.new_state, prompt, source=source,
+                                metadata=metadata, reply_to=reply_to))
 
-    def cancel(self, task_id: str) -> tuple[bool, Task | None]:
+    def cancel(self, task_id: str) -> Change:
         self.cancels.append(task_id)
         task = self.store.get(task_id)
-        return (task is not None and not task.terminal), task
+        if task is None:
+            return Change.unknown(task_id)
+        if task.terminal:
+            return Change(task_id, task, refused=f"task {task_id} has already ended ({task.state})")
+        return Change.made(task)
 
-    def approve(self, task_id: str, by: str) -> tuple[bool, Task | None]:
+    def approve(self, task_id: str, by: str) -> Change:
         self.approvals.append((task_id, by))
-        task = self.store.get(task_id)
-        return (task is not None and task.state == TaskState.AWAITING_APPROVAL), task
+        return self._decide(task_id)
 
-    def reject(self, task_id: str, by: str, reason: str | None = None) -> tuple[bool, Task | None]:
+    def reject(self, task_id: str, by: str, reason: str | None = None) -> Change:
         self.rejections.append((task_id, by, reason))
+        return self._decide(task_id)
+
+    def _decide(self, task_id: str) -> Change:
         task = self.store.get(task_id)
-        return (task is not None and task.state == TaskState.AWAITING_APPROVAL), task
+        if task is None:
+            return Change.unknown(task_id)
+        if task.state != TaskState.AWAITING_APPROVAL:
+            return Change.not_awaiting_approval(task)
+        return Change.made(task)
 
 
 class Chat:

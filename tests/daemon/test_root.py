@@ -32,11 +32,10 @@ class FakeReactor(Clock):
 
 
 class Recorder(Service):
-    def __init__(self, name: str, log: list[str], fail_on: str = "", problems: list[str] | None = None) -> None:
+    def __init__(self, name: str, log: list[str], fail_on: str = "") -> None:
         self.name = name
         self._log = log
         self._fail_on = fail_on
-        self._problems = problems or []
         self.stop_deferred: Deferred | None = None
         self.applied: list[Any] = []
 
@@ -62,9 +61,6 @@ class Recorder(Service):
         if self._fail_on == "stop":
             raise RuntimeError("stop failed")
         return None
-
-    def check_config(self, config: Any) -> list[str]:
-        return list(self._problems)
 
     def apply_config(self, config: Any) -> None:
         if self._fail_on == "apply":
@@ -161,16 +157,17 @@ def test_reload_refuses_an_invalid_file_and_keeps_the_old_config(tmp_path: Path)
     root.stopService()
 
 
-def test_reload_refused_when_a_child_rejects_it(tmp_path: Path) -> None:
+def test_an_invalid_configuration_is_refused_before_any_child_applies_it(tmp_path: Path) -> None:
     log: list[str] = []
-    a = Recorder("a", log)
-    b = Recorder("b", log, problems=["rules[0]: cannot compile"])
+    a, b = Recorder("a", log), Recorder("b", log)
     root, _ = make_root(tmp_path, a, b)
     root.privilegedStartService()
     root.startService()
-    with pytest.raises(RpcError, match="cannot compile"):
+    before = root.config
+    (tmp_path / ".aiwg" / "daemon.json").write_text(json.dumps({"daemon": {"max_parallel_actions": 0}}))
+    with pytest.raises(RpcError, match="max_parallel_actions"):
         root.reload()
-    assert a.applied == []  # check-then-apply: nobody applied anything
+    assert a.applied == [] and b.applied == [] and root.config is before
     root.stopService()
 
 

@@ -14,7 +14,8 @@ import pytest
 import pytest_twisted
 
 from aiwg.core import agents
-from aiwg.core.tasks import TaskState
+from aiwg.core.tasks import Change, TaskState
+from aiwg.errors import STORE_UNWRITABLE
 from aiwg.daemon.tasks import reaper as reaper_module
 from aiwg.daemon.tasks.spawning import SessionLeaderProcess
 from aiwg.daemon.tasks.reaper import StartTimes, process_start_time
@@ -33,7 +34,7 @@ def state(supervisor: Supervisor, task_id: str) -> TaskState:
 
 def test_spawn_uses_setsid_devnull_project_cwd_and_a_clean_env(tmp_path: Path) -> None:
     supervisor, reactor, _ = make(tmp_path)
-    task = supervisor.submit("hello; $(x)")
+    task = supervisor.add("hello; $(x)")
     [process] = reactor.spawned
     assert process.args == [sys.executable, "-p", "--", "hello; $(x)"]
     assert process.executable == sys.executable
@@ -52,7 +53,7 @@ def test_a_timeout_due_after_the_agent_exited_does_not_relabel_it(tmp_path: Path
     The exit status the kernel already holds wins."""
     exited: set[int] = set()
     supervisor, reactor, _ = make(tmp_path, has_exited=lambda pid: pid in exited)
-    task = supervisor.submit("quick", timeout_minutes=1)
+    task = supervisor.add("quick", timeout_minutes=1)
     [process] = reactor.spawned
     exited.add(process.pid)  # it ended at 1 s; nothing has reaped it yet
     reactor.advance(60)  # the paused reactor wakes with the timer overdue
@@ -64,7 +65,7 @@ def test_a_timeout_due_after_the_agent_exited_does_not_relabel_it(tmp_path: Path
 
 def test_timeout_terms_then_kills_the_group_after_the_grace(tmp_path: Path) -> None:
     supervisor, reactor, topics = make(tmp_path)
-    task = supervisor.submit("slow", timeout_minutes=1)
+    task = supervisor.add("slow", timeout_minutes=1)
     [process] = reactor.spawned
     reactor.advance(59.9)
     assert reactor.signals == []
@@ -84,9 +85,9 @@ def test_timeout_terms_then_kills_the_group_after_the_grace(tmp_path: Path) -> N
 
 def test_a_task_that_obeys_sigterm_is_not_killed(tmp_path: Path) -> None:
     supervisor, reactor, _ = make(tmp_path)
-    task = supervisor.submit("cancel me")
+    task = supervisor.add("cancel me")
     [process] = reactor.spawned
-    assert supervisor.cancel(task.id)[0] is True
+    assert supervisor.cancel(task.id).done is True
     process.finish(None, signal.SIGTERM)
     reactor.advance(10)
     assert [s for _, s in reactor.signals] == [signal.SIGTERM]
@@ -96,7 +97,7 @@ def test_a_task_that_obeys_sigterm_is_not_killed(tmp_path: Path) -> None:
 
 def test_slots_free_on_exit_and_the_bound_holds(tmp_path: Path) -> None:
     supervisor, reactor, _ = make(tmp_path, max_parallel=2)
-    ids = [supervisor.submit(f"t{i}").id for i in range(5)]
+    ids = [supervisor.add(f"t{i}").id for i in range(5)]
     assert len(reactor.running()) == 2
     reactor.spawned[0].exit(0)  # slot frees on exit, before the output is closed
     reactor.advance(0)
@@ -113,9 +114,9 @@ def test_slots_free_on_exit_and_the_bound_holds(tmp_path: Path) -> None:
 
 def test_priority_then_fifo(tmp_path: Path) -> None:
     supervisor, reactor, _ = make(tmp_path, max_parallel=1)
-    supervisor.submit("first")
+    supervisor.add("first")
     for name, priority in [("b", 0), ("c", 5), ("d", 0), ("e", 5), ("f", -1)]:
-        supervisor.submit(name, priority=priority)
+        supervisor.add(name, priority=priority)
     order = []
     while reactor.running():
         process = reactor.running()[0]
@@ -128,7 +129,7 @@ def test_priority_then_fifo(tmp_path: Path) -> None:
 
 def test_orphans_left_in_the_group_are_terminated_when_the_agent_exits(tmp_path: Path) -> None:
     supervisor, reactor, _ = make(tmp_path)
-    supervisor.submit("leaves a child")
+    supervisor.add("leaves a child")
     [process] = reactor.spawned
     process.exit(0, group_survives=True)  # a grandchild still holds the group
     assert reactor.signals == [(process.pid, signal.SIGTERM)]
@@ -141,7 +142,7 @@ def test_orphans_left_in_the_group_are_terminated_when_the_agent_exits(tmp_path:
 
 def test_output_is_capped_and_the_tail_kept(tmp_path: Path) -> None:
     supervisor, reactor, _ = make(tmp_path, output_max_bytes=100)
-    task = supervisor.submit("chatty")
+    task = supervisor.add("chatty")
     [process] = reactor.spawned
     for i in range(50):
         process.output(f"line {i:03d}\n".encode())
@@ -156,8 +157,8 @@ def test_output_is_capped_and_the_tail_kept(tmp_path: Path) -> None:
 
 def test_stop_terms_running_tasks_and_fires_when_they_have_ended(tmp_path: Path) -> None:
     supervisor, reactor, _ = make(tmp_path)
-    task = supervisor.submit("busy")
-    queued = [supervisor.submit("q1"), supervisor.submit("q2")]
+    task = supervisor.add("busy")
+    queued = [supervisor.add("q1"), supervisor.add("q2")]
     done = supervisor.stopService()
     [first, second] = reactor.spawned[:2]
     assert not done.called
@@ -171,13 +172,13 @@ def test_stop_terms_running_tasks_and_fires_when_they_have_ended(tmp_path: Path)
     assert len(reactor.spawned) == 2  # nothing new started while stopping
     assert state(supervisor, queued[1].id) == TaskState.QUEUED
     with pytest.raises(Exception, match="shutting down"):
-        supervisor.submit("too late")
+        supervisor.add("too late")
 
 
 def test_claude_json_result_is_parsed(tmp_path: Path) -> None:
     supervisor, reactor, _ = make(tmp_path, agent=agents.AgentSettings(
         command=(sys.executable, "-p", "{prompt}"), output="claude-json"))
-    task = supervisor.submit("q")
+    task = supervisor.add("q")
     [process] = reactor.spawned
     process.output(b'{"type":"result","subtype":"success","is_error":false,"result":"42",'
                    b'"session_id":"s-1","total_cost_usd":0.5}\n')
@@ -189,10 +190,10 @@ def test_claude_json_result_is_parsed(tmp_path: Path) -> None:
 
 def test_an_outcome_stands_once_the_agent_has_exited(tmp_path: Path) -> None:
     supervisor, reactor, _ = make(tmp_path)
-    done = supervisor.submit("exits fine", timeout_minutes=1)
+    done = supervisor.add("exits fine", timeout_minutes=1)
     [process] = reactor.spawned
     process.exit(0)
-    assert supervisor.cancel(done.id)[0] is False  # finishing: nothing to cancel
+    assert supervisor.cancel(done.id).done is False  # finishing: nothing to cancel
     reactor.advance(120)  # its timeout would have fired by now
     process.end()
     assert state(supervisor, done.id) == TaskState.COMPLETED
@@ -200,7 +201,7 @@ def test_an_outcome_stands_once_the_agent_has_exited(tmp_path: Path) -> None:
 
 def test_a_failed_exit_is_not_retried_by_a_stop_that_came_after_it(tmp_path: Path) -> None:
     supervisor, reactor, _ = make(tmp_path)
-    task = supervisor.submit("fails", retries=1)
+    task = supervisor.add("fails", retries=1)
     [process] = reactor.spawned
     process.exit(3)
     supervisor.stopService()
@@ -214,7 +215,7 @@ def test_secrets_split_across_reads_are_still_redacted(tmp_path: Path) -> None:
         command=(sys.executable, "-p", "{prompt}"), env={"API": "${TOKEN}"}, output="text"))
     seen: list[str] = []
     supervisor.bus.subscribe(["task:output"], lambda e: seen.append(e.payload["chunk"]))
-    task = supervisor.submit("leak")
+    task = supervisor.add("leak")
     [process] = reactor.spawned
     assert process.env["API"] == "s3cr3t-value-123"
     process.output(b"key=s3cr3t-va")
@@ -242,7 +243,7 @@ def test_a_failed_commit_puts_tasks_back_in_the_queue_and_retries(tmp_path: Path
         real_flush()
 
     store.flush = flaky_flush  # type: ignore[method-assign]
-    task = supervisor.submit("try me")
+    task = supervisor.add("try me")
     assert reactor.spawned == []
     assert state(supervisor, task.id) == TaskState.QUEUED and task.id in supervisor.queue
     reactor.advance(1)
@@ -255,7 +256,7 @@ def test_a_failed_commit_puts_tasks_back_in_the_queue_and_retries(tmp_path: Path
 
 def test_pipes_held_by_an_escaped_process_are_closed_after_the_grace(tmp_path: Path) -> None:
     supervisor, reactor, _ = make(tmp_path)
-    task = supervisor.submit("daemonizes badly")
+    task = supervisor.add("daemonizes badly")
     [process] = reactor.spawned
     closed: list[int] = []
     process.closeChildFD = lambda fd: closed.append(fd)  # type: ignore[attr-defined]
@@ -285,7 +286,7 @@ def test_an_agent_is_spawned_only_once_its_running_state_is_on_disk(tmp_path: Pa
         seen_on_disk.append((protocol.process.task.prompt, on_disk(tmp_path, task_id)))
 
     supervisor, reactor, _ = make(tmp_path, delivered, max_parallel=2, watch_spawns=recording)
-    first, second, third = (supervisor.submit(p) for p in ("one", "two", "three"))
+    first, second, third = (supervisor.add(p) for p in ("one", "two", "three"))
     assert reactor.spawned == []  # the commit is on its way
     assert [state(supervisor, t.id) for t in (first, second, third)] == [
         TaskState.RUNNING, TaskState.RUNNING, TaskState.QUEUED]  # starting tasks hold their slots
@@ -315,8 +316,8 @@ def test_an_agent_is_spawned_only_once_its_running_state_is_on_disk(tmp_path: Pa
 def test_a_task_cancelled_while_it_is_being_recorded_never_runs(tmp_path: Path) -> None:
     delivered = Delivered()
     supervisor, reactor, topics = make(tmp_path, delivered)
-    task = supervisor.submit("never")
-    assert supervisor.cancel(task.id) == (True, supervisor.store.get(task.id))
+    task = supervisor.add("never")
+    assert supervisor.cancel(task.id) == Change.made(supervisor.store.get(task.id))
     delivered.run()
     assert reactor.spawned == []
     record = supervisor.store.get(task.id)
@@ -330,7 +331,7 @@ def test_a_task_cancelled_while_it_is_being_recorded_never_runs(tmp_path: Path) 
 def test_stop_waits_for_tasks_being_recorded_and_does_not_start_them(tmp_path: Path) -> None:
     delivered = Delivered()
     supervisor, reactor, _ = make(tmp_path, delivered)
-    task = supervisor.submit("late")
+    task = supervisor.add("late")
     done = supervisor.stopService()
     assert not done.called
     delivered.run()
@@ -443,7 +444,7 @@ def test_a_flood_of_stdout_keeps_its_start_and_its_end_and_the_json_result(tmp_p
     from aiwg.daemon.tasks.process import STDOUT_HEAD_BYTES, STDOUT_TAIL_BYTES
 
     supervisor, reactor, _ = make(tmp_path, output_max_bytes=1024)
-    task = supervisor.submit("flood")
+    task = supervisor.add("flood")
     [process] = reactor.spawned
     run = supervisor.runs[task.id]
     chunk = b"y" * 65536
@@ -457,3 +458,25 @@ def test_a_flood_of_stdout_keeps_its_start_and_its_end_and_the_json_result(tmp_p
     process.finish(0)
     record = supervisor.store.get(task.id)
     assert record.state == TaskState.COMPLETED and record.result == "the answer" and record.session_id == "s-1"
+
+
+def test_submit_fires_once_durable_and_withdraws_what_cannot_be_written(tmp_path: Path) -> None:
+    supervisor, reactor, topics = make(tmp_path, max_parallel=1)
+    submitted = supervisor.submit("fits")
+    assert not submitted.called  # in memory; its commit comes at the end of the turn
+    reactor.advance(0)
+    task = submitted.result
+    assert on_disk(tmp_path, task.id) is not None
+    # The disk is full: the database may not grow by one page.
+    db = supervisor.store._db
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    failed: list[Any] = []
+    supervisor.submit("x" * 50_000).addErrback(failed.append)
+    reactor.advance(0)
+    [failure] = failed
+    assert failure.value.code == STORE_UNWRITABLE and "disk is full" in failure.value.message
+    withdrawn = [t for t in topics if t.startswith("task:withdrawn")]
+    assert len(withdrawn) == 1 and supervisor.store.get(withdrawn[0].split()[1]) is None
+    assert supervisor.stats()["queued"] == 0
+    db.execute("PRAGMA max_page_count = 1073741823")
+    supervisor.stopService()

@@ -13,14 +13,21 @@ from typing import TYPE_CHECKING, Any
 from aiwg.core.conversations import conversation_id_problem
 from aiwg.core.events import Event, pattern_problem, topic_problem
 from aiwg.core.loops import LoopSpecError, parse_loop
-from aiwg.daemon.ipc.records import record_json
+from aiwg.core.tasks import STATE_NAMES, Change, source_problem
 from aiwg.core.timefmt import iso_utc
-from aiwg.core.tasks import STATE_NAMES, source_problem
+from aiwg.daemon.ipc.records import record_json
 from aiwg.daemon.ipc.rpc import CallContext, MethodTable, Namespace, Param, method
-from aiwg.errors import STORE_UNWRITABLE, InvalidParams, RpcError
+from aiwg.daemon.messaging.hub import PLATFORMS
+from aiwg.errors import InvalidParams
 
 if TYPE_CHECKING:
+    from aiwg.daemon.automation.engine import AutomationEngine
+    from aiwg.daemon.automation.scheduler import Scheduler
+    from aiwg.daemon.bus import EventBus
+    from aiwg.daemon.messaging.chat import ChatService
+    from aiwg.daemon.messaging.hub import MessagingService
     from aiwg.daemon.root import DaemonService
+    from aiwg.daemon.tasks.supervisor import Supervisor
 
 
 MAX_SUBSCRIPTIONS = 32
@@ -83,9 +90,9 @@ class EventsMethods(Namespace):
     """Subscriptions: the daemon pushes matching events to this connection as
     `{"jsonrpc":"2.0","method":"event","params":{topic, payload, source, timestamp, seq}}`."""
 
-    def __init__(self, daemon: "DaemonService") -> None:
+    def __init__(self, bus: EventBus) -> None:
         super().__init__()
-        self._daemon = daemon
+        self._bus = bus
 
     @method(
         Param(
@@ -110,7 +117,7 @@ class EventsMethods(Namespace):
             raise InvalidParams(
                 f"Invalid parameter 'topics': at most {MAX_SUBSCRIPTIONS} subscriptions per connection"
             )
-        subscription = self._daemon.bus.subscribe(
+        subscription = self._bus.subscribe(
             topics, lambda event: connection.notify("event", event_json(event))
         )
         connection.subscriptions.append(subscription)
@@ -137,14 +144,14 @@ class EventsMethods(Namespace):
 
         if topic is not None and pattern_problem(topic):
             raise InvalidParams(f"Invalid parameter 'topic': {pattern_problem(topic)}")
-        events = [e for e in self._daemon.bus.history if topic is None or topic_matches(topic, e.topic)]
+        events = [e for e in self._bus.history if topic is None or topic_matches(topic, e.topic)]
         return [event_json(e) for e in events[-limit:]]
 
 
 class EventMethods(Namespace):
-    def __init__(self, daemon: "DaemonService") -> None:
+    def __init__(self, bus: EventBus) -> None:
         super().__init__()
-        self._daemon = daemon
+        self._bus = bus
 
     @method(
         Param("topic", "string", description="Custom topic, e.g. deployment:complete."),
@@ -182,7 +189,7 @@ class EventMethods(Namespace):
         if taskId is not None and not _TASK_ID.fullmatch(taskId):
             raise InvalidParams(f"Invalid parameter 'taskId': not a task id, got {taskId[:40]!r}")
         origin = f"task:{taskId}" if taskId else (source[:64] or "client")
-        event = self._daemon.bus.publish(name, payload or {}, source=origin)
+        event = self._bus.publish(name, payload or {}, source=origin)
         return {"published": True, "topic": event.topic, "seq": event.seq}
 
 
@@ -217,21 +224,22 @@ def _unknown_task(task_id: str) -> InvalidParams:
     return InvalidParams(f"Task not found: {task_id} (parameter 'taskId')", {"taskId": task_id})
 
 
-def _not_awaiting_approval(task_id: str, state: str) -> InvalidParams:
-    return InvalidParams(f"Invalid parameter 'taskId': task {task_id} is not awaiting approval "
-                         f"(it is {state})", {"taskId": task_id, "state": state})
+def _decided(change: Change) -> Any:
+    """An approval or a rejection that was made; the error that says why not."""
+    if change.task is None:
+        raise _unknown_task(change.task_id)
+    if not change.done:
+        raise InvalidParams(f"Invalid parameter 'taskId': {change.refused}",
+                            {"taskId": change.task_id, "state": change.task.state.value})
+    return change
 
 
 class TaskMethods(Namespace):
     """AIWG's task.* methods (same names, params and result fields), plus task.output."""
 
-    def __init__(self, daemon: "DaemonService") -> None:
+    def __init__(self, supervisor: Supervisor) -> None:
         super().__init__()
-        self._daemon = daemon
-
-    @property
-    def _supervisor(self) -> Any:
-        return self._daemon.supervisor
+        self._supervisor = supervisor
 
     @method(
         Param("prompt", "string", required=True, non_empty=True, description="What the agent should do."),
@@ -280,23 +288,14 @@ class TaskMethods(Namespace):
                                 f"session to continue), got {type(resume).__name__}")
         loop = loop_from_params(until, maxIterations=maxIterations, budget=budget,
                                 iterationTimeout=iterationTimeout, checkTimeout=checkTimeout)
-        task = self._supervisor.submit(
+        submitted = self._supervisor.submit(
             prompt, priority=priority, timeout_minutes=timeout, agent=agent,
             metadata=metadata, source=source, retries=retries, require_approval=requireApproval,
             loop=loop, resume_session=resume or None,
         )
-        reply = {"taskId": task.id, "state": task.state.value, "priority": task.priority}
-        # Answer once the task is on disk: a submitted task is never lost. One that
-        # cannot be written never existed: the client may retry without running it twice.
-        return self._supervisor.store.when_durable().addCallbacks(
-            lambda _: reply, self._not_durable, errbackArgs=(task.id,))
-
-    def _not_durable(self, failure: Any, task_id: str) -> Any:
-        why = str(failure.value)
-        if not self._supervisor.withdraw(task_id, why):
-            return {"taskId": task_id, "state": "queued"}  # it reached the disk after all
-        raise RpcError(STORE_UNWRITABLE, f"the task could not be written to the task store, so it was not "
-                       f"submitted: {why}", {"reason": why})
+        # Answered once the task is on disk: a submitted task is never lost.
+        return submitted.addCallback(lambda task: {"taskId": task.id, "state": task.state.value,
+                                                   "priority": task.priority})
 
     @method(
         Param("state", "string", nullable=True, description="Only tasks in this state."),
@@ -327,10 +326,10 @@ class TaskMethods(Namespace):
         description="Cancel a queued task (it never starts) or a running one (its process group is killed).",
     )
     def jsonrpc_cancel(self, ctx: CallContext, taskId: str) -> dict[str, Any]:
-        cancelled, task = self._supervisor.cancel(taskId)
-        if task is None:
+        change = self._supervisor.cancel(taskId)
+        if change.task is None:
             raise _unknown_task(taskId)
-        return {"cancelled": cancelled, "state": task.state.value}
+        return {"cancelled": change.done, "state": change.task.state.value}
 
     @method(
         Param("taskId", "string", required=True, non_empty=True),
@@ -338,12 +337,8 @@ class TaskMethods(Namespace):
         description="Approve a task that awaits approval: it is queued.",
     )
     def jsonrpc_approve(self, ctx: CallContext, taskId: str, by: str) -> dict[str, Any]:
-        approved, task = self._supervisor.approve(taskId, by)
-        if task is None:
-            raise _unknown_task(taskId)
-        if not approved:
-            raise _not_awaiting_approval(taskId, task.state.value)
-        return {"approved": True, "state": task.state.value}
+        change = _decided(self._supervisor.approve(taskId, by))
+        return {"approved": True, "state": change.task.state.value}
 
     @method(
         Param("taskId", "string", required=True, non_empty=True),
@@ -352,12 +347,8 @@ class TaskMethods(Namespace):
         description="Reject a task that awaits approval: it ends, unrun, in state rejected.",
     )
     def jsonrpc_reject(self, ctx: CallContext, taskId: str, reason: str | None, by: str) -> dict[str, Any]:
-        rejected, task = self._supervisor.reject(taskId, by, reason)
-        if task is None:
-            raise _unknown_task(taskId)
-        if not rejected:
-            raise _not_awaiting_approval(taskId, task.state.value)
-        return {"rejected": True, "state": task.state.value}
+        change = _decided(self._supervisor.reject(taskId, by, reason))
+        return {"rejected": True, "state": change.task.state.value}
 
     @method(description="Counts of tasks by state.")
     def jsonrpc_stats(self, ctx: CallContext) -> dict[str, int]:
@@ -400,9 +391,10 @@ class TaskMethods(Namespace):
 class ChatMethods(Namespace):
     """AIWG's chat.send (a turn is a task, source chat), plus conversations."""
 
-    def __init__(self, daemon: "DaemonService") -> None:
+    def __init__(self, chat: ChatService, supervisor: Supervisor) -> None:
         super().__init__()
-        self._daemon = daemon
+        self._chat = chat
+        self._supervisor = supervisor
 
     @method(
         Param("message", "string", required=True, non_empty=True),
@@ -417,57 +409,56 @@ class ChatMethods(Namespace):
                      priority: int | None) -> Any:
         if conversation is not None and conversation_id_problem(conversation):
             raise InvalidParams(f"Invalid parameter 'conversation': {conversation_id_problem(conversation)}")
-        chat = self._daemon.chat
-        task = chat.send(message, conversation, priority)
+        task = self._chat.send(message, conversation, priority)
         reply = {"taskId": task.id, "state": task.state.value,
-                 "conversation": task.metadata["conversation"],
-                 "output": self._daemon.config.data["agent"]["output"]}
-        return self._daemon.supervisor.store.when_durable().addCallback(lambda _: reply)
+                 "conversation": task.metadata["conversation"], "output": self._chat.output}
+        return self._supervisor.store.when_durable().addCallback(lambda _: reply)
 
     @method(Param("conversation", "string", required=True, non_empty=True),
             description="Forget a conversation: its next message starts a new agent session.")
     def jsonrpc_reset(self, ctx: CallContext, conversation: str) -> dict[str, Any]:
-        return {"reset": self._daemon.chat.reset(conversation), "conversation": conversation}
+        return {"reset": self._chat.reset(conversation), "conversation": conversation}
 
     @method(Param("conversation", "string", required=True, non_empty=True),
             description="A conversation's turns (oldest first) and the agent session it resumes.")
     def jsonrpc_history(self, ctx: CallContext, conversation: str) -> dict[str, Any]:
-        return self._daemon.chat.history(conversation)
+        return self._chat.history(conversation)
 
 
 class AutomationMethods(Namespace):
     """AIWG's automation.* methods; an unknown ruleId is an error here, not `success: false`."""
 
-    def __init__(self, daemon: "DaemonService") -> None:
+    def __init__(self, automation: AutomationEngine) -> None:
         super().__init__()
-        self._daemon = daemon
+        self._automation = automation
 
     @method(description="Whether automation is on, each rule with its trigger, state and counters, "
             "and the last executions.")
     def jsonrpc_status(self, ctx: CallContext) -> dict[str, Any]:
-        return self._daemon.automation.status()
+        return self._automation.status()
 
     @method(Param("ruleId", "string", nullable=True, non_empty=True,
                   description="One rule; without it, automation as a whole."),
             description="Turn automation (or one rule) on; remembered across restarts.")
     def jsonrpc_enable(self, ctx: CallContext, ruleId: str | None) -> dict[str, Any]:
-        return self._daemon.automation.set_enabled(True, ruleId)
+        return self._automation.set_enabled(True, ruleId)
 
     @method(Param("ruleId", "string", nullable=True, non_empty=True,
                   description="One rule; without it, automation as a whole."),
             description="Turn automation (or one rule) off; remembered across restarts.")
     def jsonrpc_disable(self, ctx: CallContext, ruleId: str | None) -> dict[str, Any]:
-        return self._daemon.automation.set_enabled(False, ruleId)
+        return self._automation.set_enabled(False, ruleId)
 
 
 class ScheduleMethods(Namespace):
-    def __init__(self, daemon: "DaemonService") -> None:
+    def __init__(self, scheduler: Scheduler | None, automation: AutomationEngine | None) -> None:
         super().__init__()
-        self._daemon = daemon
+        self._scheduler = scheduler
+        self._automation = automation
 
     @method(description="Scheduled jobs and schedule-triggered rules, with their next and last fire times.")
     def jsonrpc_list(self, ctx: CallContext) -> dict[str, Any]:
-        scheduler, automation = self._daemon.scheduler, self._daemon.automation
+        scheduler, automation = self._scheduler, self._automation
         jobs = scheduler.job_list() if scheduler is not None else []
         rules = automation.schedule_entries() if automation is not None else []
         return {"enabled": bool(scheduler is not None and scheduler.enabled), "jobs": jobs + rules}
@@ -475,7 +466,7 @@ class ScheduleMethods(Namespace):
     @method(Param("name", "string", required=True, non_empty=True, description="The job's name."),
             description="Run a job's action now, as if it had fired (for trying a job out).")
     def jsonrpc_run(self, ctx: CallContext, name: str) -> dict[str, Any]:
-        scheduler = self._daemon.scheduler
+        scheduler = self._scheduler
         job = scheduler.jobs.get(name) if scheduler is not None else None
         if job is None:
             known = ", ".join(scheduler.jobs) if scheduler is not None and scheduler.jobs else "none (is schedule.enabled true?)"
@@ -492,23 +483,21 @@ class ScheduleMethods(Namespace):
 
 
 class MessagingMethods(Namespace):
-    def __init__(self, daemon: "DaemonService") -> None:
+    def __init__(self, hub: MessagingService) -> None:
         super().__init__()
-        self._daemon = daemon
+        self._hub = hub
 
     @method(description="Each messaging bridge's state (connected, reconnecting with the next "
             "attempt, disabled, error) and counters.")
     def jsonrpc_status(self, ctx: CallContext) -> dict[str, Any]:
-        return self._daemon.messaging.status()  # type: ignore[no-any-return]
+        return self._hub.status()
 
     @method(Param("platform", "string", nullable=True, non_empty=True,
                   description="telegram, slack or discord; without it, every enabled bridge."),
             description="Send a test notification now to every notification target; reports, "
             "per target, whether it arrived.")
     def jsonrpc_test(self, ctx: CallContext, platform: str | None) -> Any:
-        from aiwg.daemon.messaging.hub import PLATFORMS
-
-        hub = self._daemon.messaging
+        hub = self._hub
         if platform is not None and platform not in PLATFORMS:
             raise InvalidParams(f"Invalid parameter 'platform': must be one of {', '.join(PLATFORMS)}, "
                                 f"got '{platform}'", {"platform": platform})
@@ -522,21 +511,23 @@ class MessagingMethods(Namespace):
         return hub.send_test(platform).addCallback(lambda results: {"results": results})
 
 
-def build_method_table(daemon: "DaemonService") -> Root:
-    """The whole RPC surface, in one place."""
+def build_method_table(daemon: DaemonService, *, bus: EventBus, supervisor: Supervisor | None = None,
+                       chat: ChatService | None = None, automation: AutomationEngine | None = None,
+                       scheduler: Scheduler | None = None, messaging: MessagingService | None = None) -> Root:
+    """The whole RPC surface, in one place: each namespace given what it serves."""
     table = Root(daemon)
     table.add("daemon", DaemonMethods(daemon))
     table.add("rpc", RpcMethods(table))
-    table.add("events", EventsMethods(daemon))
-    table.add("event", EventMethods(daemon))
-    if daemon.supervisor is not None:
-        table.add("task", TaskMethods(daemon))
-        if daemon.chat is not None:
-            table.add("chat", ChatMethods(daemon))
-    if daemon.automation is not None:
-        table.add("automation", AutomationMethods(daemon))
-    if daemon.scheduler is not None:
-        table.add("schedule", ScheduleMethods(daemon))
-    if daemon.messaging is not None:
-        table.add("messaging", MessagingMethods(daemon))
+    table.add("events", EventsMethods(bus))
+    table.add("event", EventMethods(bus))
+    if supervisor is not None:
+        table.add("task", TaskMethods(supervisor))
+        if chat is not None:
+            table.add("chat", ChatMethods(chat, supervisor))
+    if automation is not None:
+        table.add("automation", AutomationMethods(automation))
+    if scheduler is not None or automation is not None:
+        table.add("schedule", ScheduleMethods(scheduler, automation))
+    if messaging is not None:
+        table.add("messaging", MessagingMethods(messaging))
     return table

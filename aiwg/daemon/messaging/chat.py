@@ -112,6 +112,11 @@ class ChatService(Service):
 
     # -- turns ---------------------------------------------------------------
 
+    @property
+    def output(self) -> str:
+        """The agent's output format (agent.output): claude-json turns resume sessions."""
+        return str(self._output)
+
     def send(self, message: str, conversation: str | None, priority: int | None, *,
              source: str = "chat", metadata: dict[str, Any] | None = None,
              reply_to: dict[str, Any] | None = None) -> Any:
@@ -124,7 +129,7 @@ class ChatService(Service):
         metadata = {**(metadata or {}), "conversation": conversation_id}
         metadata.setdefault("source", "ipc-chat")
         prompt = message if resumable else prompt_with_history(chat, message)
-        task = self._supervisor().submit(
+        task = self._supervisor().add(
             prompt,
             priority=int(self._section["priority"]) if priority is None else priority,
             source=source,

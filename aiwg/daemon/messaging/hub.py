@@ -304,12 +304,10 @@ class MessagingService(MultiService):
         task_id = task_id.strip()
         if not task_id:
             return "Usage: /cancel <task id> (see /tasks)."
-        cancelled, task = self.supervisor().cancel(task_id)
-        if task is None:
+        change = self.supervisor().cancel(task_id)
+        if change.task is None:
             return f"Unknown task {task_id} (see /tasks)."
-        if cancelled:
-            return f"Cancelling task {task_id}."
-        return f"Task {task_id} has already ended ({task.state.value})."
+        return f"Cancelling task {task_id}." if change.done else f"{_sentence(change.refused)}."
 
     def _decide(self, message: Inbound, name: str, argument: str) -> str:
         task_id, _, reason = argument.strip().partition(" ")
@@ -318,13 +316,13 @@ class MessagingService(MultiService):
         by = f"{message.platform}:{message.user}" + (f" ({message.user_name})" if message.user_name else "")
         supervisor = self.supervisor()
         if name == "approve":
-            done, task = supervisor.approve(task_id, by)
+            change = supervisor.approve(task_id, by)
         else:
-            done, task = supervisor.reject(task_id, by, reason.strip() or None)
-        if task is None:
+            change = supervisor.reject(task_id, by, reason.strip() or None)
+        if change.task is None:
             return f"Unknown task {task_id} (see /tasks awaiting_approval)."
-        if not done:
-            return f"Task {task_id} is not awaiting approval (it is {task.state.value})."
+        if not change.done:
+            return f"{_sentence(change.refused)}."
         return f"Approved task {task_id}: it is queued." if name == "approve" else f"Rejected task {task_id}."
 
     def _reply_to(self, message: Inbound, kind: str) -> dict[str, Any]:
@@ -334,18 +332,12 @@ class MessagingService(MultiService):
     def _submit(self, message: Inbound, prompt: str) -> Any:
         if not prompt.strip():
             return "Usage: /task <prompt>, e.g. /task fix the failing tests"
-        supervisor = self.supervisor()
-        task = supervisor.submit(
+        submitted = self.supervisor().submit(
             prompt.strip(), source=f"messaging:{message.platform}",
             metadata={"requestedBy": {"user": message.user, "name": message.user_name}},
             reply_to=self._reply_to(message, "task"),
         )
-        if task.state.value == "awaiting_approval":
-            text = (f"Task {task.id} awaits approval before it runs: /approve {task.id} or /reject {task.id} "
-                    f"[reason]. I will post the result here.")
-        else:
-            text = f"Queued task {task.id}. I will post the result here (or /cancel {task.id})."
-        return supervisor.store.when_durable().addCallback(lambda _: text)
+        return submitted.addCallback(_queued_text)
 
     def _chat(self, message: Inbound, text: str) -> Any:
         task = self.chat().send(
@@ -374,3 +366,14 @@ def default_factories() -> dict[str, Callable[..., Any]]:
         return DiscordAdapter(**kwargs)
 
     return {"telegram": telegram, "slack": slack, "discord": discord}
+
+
+def _sentence(text: str | None) -> str:
+    return (text or "")[:1].upper() + (text or "")[1:]
+
+
+def _queued_text(task: Any) -> str:
+    if task.state.value == "awaiting_approval":
+        return (f"Task {task.id} awaits approval before it runs: /approve {task.id} or /reject {task.id} "
+                f"[reason]. I will post the result here.")
+    return f"Queued task {task.id}. I will post the result here (or /cancel {task.id})."

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
-from aiwg.core.tasks import Task, TaskState
+from aiwg.core.tasks import Change, Task, TaskState
 from aiwg.daemon.tasks.events import task_event
 
 
@@ -25,11 +25,13 @@ class Approvals:
         self._expire_seconds = expire_seconds
         self._expiries: dict[str, Any] = {}  # awaiting task id → its expiry timer
 
-    def approve(self, task_id: str, by: str) -> tuple[bool, Task | None]:
-        """Queue a task that awaits approval; (False, task) if it does not."""
+    def approve(self, task_id: str, by: str) -> Change:
+        """Queue a task that awaits approval."""
         task = self._store().get(task_id)
-        if task is None or task.state != TaskState.AWAITING_APPROVAL:
-            return False, task
+        if task is None:
+            return Change.unknown(task_id)
+        if task.state != TaskState.AWAITING_APPROVAL:
+            return Change.not_awaiting_approval(task)
         self.disarm(task_id)
         approved = task.moved(TaskState.QUEUED, approved_by=by)
         self._store().save(approved)
@@ -37,13 +39,15 @@ class Approvals:
         self._bus.publish("task:approved", {"taskId": task_id, "by": by, "prompt": task.prompt[:200],
                                             "source": task.source, "priority": task.priority})
         self._enqueue(approved)
-        return True, approved
+        return Change.made(approved)
 
-    def reject(self, task_id: str, by: str, reason: str | None = None) -> tuple[bool, Task | None]:
-        """End a task that awaits approval, unrun; (False, task) if it does not await it."""
+    def reject(self, task_id: str, by: str, reason: str | None = None) -> Change:
+        """End a task that awaits approval, unrun."""
         task = self._store().get(task_id)
-        if task is None or task.state != TaskState.AWAITING_APPROVAL:
-            return False, task
+        if task is None:
+            return Change.unknown(task_id)
+        if task.state != TaskState.AWAITING_APPROVAL:
+            return Change.not_awaiting_approval(task)
         self.disarm(task_id)
         error = f"rejected by {by}" + (f": {reason}" if reason else "")
         rejected = task.moved(TaskState.REJECTED, finished_at=self._reactor.seconds(), error=error,
@@ -51,7 +55,7 @@ class Approvals:
         self._store().save(rejected)
         self.log.info("task {task_id} {error}", task_id=task_id, error=error)
         self._bus.publish("task:rejected", {**task_event(rejected), "by": by, "reason": reason or ""})
-        return True, rejected
+        return Change.made(rejected)
 
     def arm(self, task: Task) -> None:
         """Reject `task` when its approval expires (at once if it has)."""

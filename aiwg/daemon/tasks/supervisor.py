@@ -29,7 +29,7 @@ from aiwg.core.backoff import Backoff
 from aiwg.core.config import Config
 from aiwg.core.loops import LoopSpec, prompt_problem
 from aiwg.core.outcomes import run_outcome
-from aiwg.core.tasks import RunQueue, Task, TaskState, make_task_id
+from aiwg.core.tasks import Change, RunQueue, Task, TaskState, make_task_id
 from aiwg.core.text import utf8_safe
 from aiwg.core.timefmt import iso_utc
 from aiwg.daemon.bus import EventBus
@@ -48,7 +48,7 @@ from aiwg.daemon.tasks.recovery import recover_running
 from aiwg.daemon.tasks.starts import CANCELLED, SPAWN, Starts
 from aiwg.daemon.tasks.spawning import has_exited, reap_exited, spawn_session_leader
 from aiwg.daemon.tasks.store import DuplicateTask, TaskStore
-from aiwg.errors import SHUTTING_DOWN, InvalidParams, RpcError
+from aiwg.errors import SHUTTING_DOWN, STORE_UNWRITABLE, InvalidParams, RpcError
 
 __all__ = ["Supervisor", "SupervisorSettings"]
 
@@ -177,7 +177,7 @@ class Supervisor(Service):
 
     # -- submit / cancel ---------------------------------------------------
 
-    def submit(
+    def add(
         self,
         prompt: str,
         *,
@@ -194,7 +194,8 @@ class Supervisor(Service):
         reply_to: Mapping[str, Any] | None = None,
         chain_depth: int = 0,
     ) -> Task:
-        """Queue a task. `env` adds to the agent's environment for this task only; its
+        """Queue a task now: it is in memory at once, on disk at the end of the turn
+        (`submit` waits for that). `env` adds to the agent's environment for this task only; its
         `${VAR}`s are expanded from the daemon's environment when the task starts, and
         only the templates are stored (the record shows the names). A task that needs
         approval (asked for, or its source is in `approvals.require_for`) waits in
@@ -247,6 +248,20 @@ class Supervisor(Service):
         self._enqueue(task)
         return self.store.get(task.id) or task
 
+    def submit(self, prompt: str, **options: Any) -> Deferred:
+        """Queue a task (as `add` does); fires with it once its record is durable.
+        One that cannot be written is withdrawn, never to run, and the Deferred
+        fails with -32012: a client told so may retry without running it twice."""
+        task = self.add(prompt, **options)
+        return self.store.when_durable().addCallbacks(lambda _: task, self._not_durable, errbackArgs=(task,))
+
+    def _not_durable(self, failure: Any, task: Task) -> Task:
+        why = str(failure.value)
+        if not self.withdraw(task.id, why):
+            return task  # it reached the disk after all
+        raise RpcError(STORE_UNWRITABLE, "the task could not be written to the task store, so it was not "
+                       f"submitted: {why}", {"reason": why})
+
     def _enqueue(self, task: Task) -> None:
         """Into the run queue, announced, and started if a slot is free."""
         self.queue.push(task.id, task.priority, task.seq)
@@ -257,43 +272,39 @@ class Supervisor(Service):
         )
         self.fill()
 
-    def cancel(self, task_id: str) -> tuple[bool, Task | None]:
+    def cancel(self, task_id: str) -> Change:
         """Cancel a queued (never starts) or running (group killed) task."""
         task = self.store.get(task_id)
         if task is None:
-            return False, None
+            return Change.unknown(task_id)
         if task.state == TaskState.AWAITING_APPROVAL:
             self.approvals.disarm(task_id)
-            cancelled = task.moved(TaskState.CANCELLED, finished_at=self.reactor.seconds(),
-                                   error="cancelled while awaiting approval")
-            self.store.save(cancelled)
-            self.bus.publish("task:cancelled", task_event(cancelled))
-            return True, cancelled
+            return Change.made(self._cancel_unstarted(task, "cancelled while awaiting approval"))
         if task.state == TaskState.QUEUED and self.queue.remove(task_id):
-            cancelled = task.moved(TaskState.CANCELLED, finished_at=self.reactor.seconds(),
-                                   error="cancelled before it started")
-            self.store.save(cancelled)
-            self.bus.publish("task:cancelled", task_event(cancelled))
-            return True, cancelled
+            return Change.made(self._cancel_unstarted(task))
         if task_id in self.starts:  # its running state is being committed
             self.starts.cancel(task_id)
-            return True, task
+            return Change.made(task)
         if task_id in self.loops.active:
-            return self.loops.cancel(task_id), task
-        run = self.runs.get(task_id)
-        if run is not None and run.reason is None and not run.has_exited:
-            run.stop("cancel", self.settings.kill_grace)
-            return True, task
-        return False, task  # finished, or finishing: its outcome stands
+            if self.loops.cancel(task_id):
+                return Change.made(task)
+        else:
+            run = self.runs.get(task_id)
+            if run is not None and run.reason is None and not run.has_exited:
+                run.stop("cancel", self.settings.kill_grace)
+                return Change.made(task)
+        # Finished, or finishing: its outcome stands.
+        return Change(task_id, task, refused=f"task {task_id} has already ended ({task.state})"
+                      if task.terminal else f"task {task_id} is already ending")
 
     # -- approval gates ------------------------------------------------------
 
-    def approve(self, task_id: str, by: str) -> tuple[bool, Task | None]:
-        """Queue a task that awaits approval; (False, task) if it does not."""
+    def approve(self, task_id: str, by: str) -> Change:
+        """Queue a task that awaits approval."""
         return self.approvals.approve(task_id, by)
 
-    def reject(self, task_id: str, by: str, reason: str | None = None) -> tuple[bool, Task | None]:
-        """End a task that awaits approval, unrun; (False, task) if it does not await it."""
+    def reject(self, task_id: str, by: str, reason: str | None = None) -> Change:
+        """End a task that awaits approval, unrun."""
         return self.approvals.reject(task_id, by, reason)
 
     # -- running -----------------------------------------------------------
@@ -372,11 +383,11 @@ class Supervisor(Service):
         if self._accepting and (self._retry_fill is None or not self._retry_fill.active()):
             self._retry_fill = self.reactor.callLater(1.0, self.fill)
 
-    def _cancel_unstarted(self, task: Task) -> None:
-        cancelled = task.moved(TaskState.CANCELLED, finished_at=self.reactor.seconds(),
-                               error="cancelled before it started")
+    def _cancel_unstarted(self, task: Task, error: str = "cancelled before it started") -> Task:
+        cancelled = task.moved(TaskState.CANCELLED, finished_at=self.reactor.seconds(), error=error)
         self.store.save(cancelled)
         self.bus.publish("task:cancelled", task_event(cancelled))
+        return cancelled
 
     def _active_count(self) -> int:
         """Slots taken: each running plain task until its agent exits, and each loop
@@ -549,20 +560,6 @@ class Supervisor(Service):
     def _final(self, run: AgentProcess) -> Task:
         return run_outcome(run.task, run.end(self.settings.agent.output), self.reactor.seconds(),
                            self.settings.timeout_minutes)
-
-    def unfinished_loop(self, source: str) -> str | None:
-        """The newest loop task from `source` that has not ended, if any (a rule asks
-        once after a restart, to start no second loop beside it)."""
-        found = [task for state in (TaskState.RUNNING, TaskState.QUEUED, TaskState.AWAITING_APPROVAL)
-                 for task in self.store.in_state(state) if task.source == source and task.loop is not None]
-        return max(found, key=lambda t: t.seq).id if found else None
-
-    def run_command(self, line: str, timeout_seconds: float) -> Deferred:
-        """A command line the user wrote (a rule's `command` condition), run in the
-        project root through their shell with the agents' environment; fires with
-        a CommandResult. Ended by the daemon's stop like the agents."""
-        return self.commands.shell(line, cwd=str(self.root), env=self.current_launch().env,
-                                   timeout=timeout_seconds)
 
     # -- reload / status ---------------------------------------------------
 
