@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from twisted.logger import Logger
 
+from aiwg.core.approvals import expiry_reason, seconds_left
 from aiwg.core.tasks import Change, Task, TaskState
 from aiwg.daemon.tasks.events import task_event
 
@@ -59,10 +60,7 @@ class Approvals:
 
     def arm(self, task: Task) -> None:
         """Reject `task` when its approval expires (at once if it has)."""
-        expires = task.approval_expires_at
-        if expires is None:
-            expires = task.created_at + self._expire_seconds()
-        delay = max(0.0, expires - self._reactor.seconds())
+        delay = seconds_left(task, self._expire_seconds(), self._reactor.seconds())
         self.disarm(task.id)
         self._expiries[task.id] = self._reactor.callLater(delay, self._expire, task.id)
 
@@ -80,6 +78,4 @@ class Approvals:
         task = self._store().get(task_id)
         if task is None:
             return
-        deadline = task.approval_expires_at
-        hours = ((deadline - task.created_at) if deadline is not None else self._expire_seconds()) / 3600
-        self.reject(task_id, "expiry", f"approval expired after {hours:.3g} h")
+        self.reject(task_id, "expiry", expiry_reason(task, self._expire_seconds()))
