@@ -14,6 +14,8 @@
    of the daemon's threads: the reactor's, and the others' (the store's commit thread).
 4. task.list (limit 20) and task.stats p99, and daemon restart time, with 100,000 tasks
    stored; RSS idle (empty store) and with 100,000 stored.
+5. The first open of a store of 100,000 tasks written by the previous release (schema 2),
+   which migrates it, beside opening the migrated store.
 
 Targets (from the project's issue): throughput ≥ 0.7× the spawn floor; list/stats p99
 < 10 ms with 100k tasks; restart with 100k < 2 s; RSS with 100k stored < 80 MB.
@@ -26,6 +28,7 @@ import argparse
 import json
 import os
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -262,14 +265,15 @@ def bench_large_store(count: int) -> dict:
 def _fill_store(db_path: Path, count: int) -> None:
     """Write `count` finished tasks straight into tasks.db, as a long-lived project would have."""
     from aiwg.core.tasks import Task, TaskState
-    from aiwg.daemon.tasks.store import _COLUMNS, TaskStore, _to_row
+    from aiwg.daemon.tasks.rows import COLUMNS, to_row
+    from aiwg.daemon.tasks.store import TaskStore
 
     store = TaskStore(db_path)
     now = time.time()
     rows = []
     for i in range(count):
         state = TaskState.COMPLETED if i % 10 else TaskState.FAILED
-        rows.append(_to_row(Task(
+        rows.append(to_row(Task(
             id=f"t-bench{i:07d}", prompt=f"benchmark task number {i} " + "x" * 80, state=state,
             created_at=now - count + i, started_at=now - count + i, finished_at=now - count + i + 0.5,
             exit_code=0 if state == TaskState.COMPLETED else 1, output_tail="some output\n" * 20,
@@ -277,9 +281,45 @@ def _fill_store(db_path: Path, count: int) -> None:
         )))
     db = store._db
     db.execute("BEGIN")
-    db.executemany(f"INSERT INTO tasks ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})", rows)
+    db.executemany(f"INSERT INTO tasks ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})", rows)
     db.execute("COMMIT")
     store.close()
+
+
+def bench_upgrade(count: int) -> dict:
+    """The first open of a store the previous release wrote (schema 2, the daemon's
+    fields as metadata keys on a third of the tasks), which moves those keys into
+    their columns; beside it, opening the same store once it is migrated."""
+    from aiwg.daemon.tasks.rows import MIGRATIONS
+    from aiwg.daemon.tasks.store import TaskStore
+
+    directory = Path(tempfile.mkdtemp(prefix="aiwg-bench-", dir="/tmp"))
+    try:
+        path = directory / "tasks.db"
+        db = sqlite3.connect(path, isolation_level=None)
+        for statement in MIGRATIONS[1] + MIGRATIONS[2]:
+            db.execute(statement)
+        db.execute("PRAGMA user_version = 2")
+        now = time.time()
+        db.execute("BEGIN")
+        db.executemany(
+            "INSERT INTO tasks (id, prompt, state, source, created_at, finished_at, output_tail, metadata) "
+            "VALUES (?, ?, 'completed', ?, ?, ?, ?, ?)",
+            [(f"t-old{i:07d}", f"benchmark task number {i} " + "x" * 80, "rule:lint" if i % 3 == 0 else "cli",
+              now - count + i, now - count + i + 0.5, "some output\n" * 20,
+              json.dumps({"ruleId": "lint", "trigger": "file:changed", "chainDepth": 1, "files": ["a.py"]})
+              if i % 3 == 0 else "{}") for i in range(count)])
+        db.execute("COMMIT")
+        db.close()
+        t = time.perf_counter()
+        TaskStore(path).close()
+        migrate = time.perf_counter() - t
+        t = time.perf_counter()
+        TaskStore(path).close()
+        reopen = time.perf_counter() - t
+        return {"stored": count, "first_open_s": migrate, "open_migrated_s": reopen}
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def main() -> None:
@@ -293,11 +333,13 @@ def main() -> None:
         "spawn_latency": bench_spawn_latency(n_spawn),
         "throughput": bench_throughput(n_tasks, n_rounds),
         "large_store": bench_large_store(n_store),
+        "upgrade": bench_upgrade(n_store),
     }
     if args.json:
         print(json.dumps(results, indent=2))
         return
     s, l, t, b = results["submit"], results["spawn_latency"], results["throughput"], results["large_store"]
+    u = results["upgrade"]
     c = t["cpu_ms_per_task"]
     rows = [
         ("task.submit p50 / p99 (ms)", f"{s['submit_p50_ms']:.2f} / {s['submit_p99_ms']:.2f}",
@@ -316,6 +358,8 @@ def main() -> None:
         (f"task.stats p50 / p99 ({b['stored']} stored, ms)", f"{b['stats_p50_ms']:.2f} / {b['stats_p99_ms']:.2f}",
          f"ping p99 {b['ping_p99_ms']:.2f}", _verdict(b["stats_p99_ms"] < 10, "p99 < 10 ms")),
         (f"restart with {b['stored']} stored (s)", f"{b['restart_s']:.2f}", "", _verdict(b["restart_s"] < 2, "< 2 s")),
+        (f"first open of a schema-2 store of {u['stored']} (s)", f"{u['first_open_s']:.2f}",
+         f"open once migrated {u['open_migrated_s']:.2f}", ""),
         ("RSS idle / with store (MB)", f"{b['rss_idle_mb']:.1f} / {b['rss_with_store_mb']:.1f}", "",
          _verdict(b["rss_with_store_mb"] < 80, "< 80 MB")),
     ]

@@ -23,8 +23,6 @@ DEFAULT_MAX_ITERATIONS = 5
 DEFAULT_CHECK_TIMEOUT_MINUTES = 10.0
 #: How much of the check's output the next prompt carries (its end: where failures are).
 CHECK_TAIL_CHARS = 6000
-#: Metadata key of a loop's settings and progress in the task record.
-LOOP_KEY = "loop"
 
 
 class LoopSpecError(ValueError):
@@ -41,7 +39,7 @@ class LoopSpec:
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> "LoopSpec":
-        """From task metadata or a request (`until`, `maxIterations`, `budget`,
+        """From a stored loop or a request (`until`, `maxIterations`, `budget`,
         `iterationTimeout`, `checkTimeout`), with each problem named."""
         until = data.get("until")
         if not isinstance(until, str) or not until.strip():
@@ -83,7 +81,7 @@ class LoopSpec:
 
 @frozen
 class LoopProgress:
-    """How far a loop has come, kept in the task's metadata beside its spec so
+    """How far a loop has come, kept in the task's record beside its spec so
     that a restarted daemon resumes after the last finished iteration."""
 
     iteration: int = 0  # iterations finished (agent and check both ran)
@@ -139,8 +137,9 @@ class LoopProgress:
         return evolve(self, spent_usd=spent, active_seconds=self.active_seconds + seconds)
 
 
-def loop_metadata(spec: LoopSpec, progress: LoopProgress) -> dict[str, Any]:
-    """What a loop task keeps under metadata[LOOP_KEY]."""
+def loop_json(spec: LoopSpec, progress: LoopProgress) -> dict[str, Any]:
+    """A loop's settings and progress as one object: the store's `loop` column,
+    and `metadata.loop` in a task record on the wire."""
     return {**spec.to_json(), **progress.to_json()}
 
 

@@ -199,7 +199,7 @@ class Inbound:
     """One message from a chat app, as every bridge hands it to the hub.
 
     `where` is the platform's own reply address (chat and message ids, channel
-    and thread) and must be JSON: it is kept in a task's metadata so a result
+    and thread) and must be JSON: it is kept in a task's record (reply_to) so a result
     finds its way back after a restart; keys starting with `_` are one-shot
     handles (a slash command's response URL) and are not kept. `conversation` names the chat or thread,
     which is one conversation with the agent.

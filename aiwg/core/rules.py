@@ -157,7 +157,7 @@ class LoopGuard:
 
     `admit(rule_id, now, depth)` says whether the rule may fire: at most
     `max_per_minute` fires in any 60 s, and never for an event more than
-    `max_depth` rule firings deep (the depth travels in event metadata)."""
+    `max_depth` rule firings deep (the depth is kept in each task's record)."""
 
     def __init__(
         self,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from aiwg.core.loops import (CHECK_TAIL_CHARS, LoopProgress, LoopSpec, LoopSpecError, Verdict,
-                             after_iteration, check_tail, iteration_prompt, loop_metadata, spec_from_action)
+                             after_iteration, check_tail, iteration_prompt, loop_json, spec_from_action)
 
 
 def test_spec_defaults_and_round_trip() -> None:
@@ -89,7 +89,7 @@ def test_progress_adds_up_and_survives_the_metadata_round_trip() -> None:
     assert (two.iteration, two.spent_usd, two.active_seconds, two.last_exit) == (2, 0.25, 20.0, None)
     assert len(two.last_output) <= CHECK_TAIL_CHARS + 40  # only the tail is kept
     spec = LoopSpec(until="make", max_iterations=4)
-    stored = loop_metadata(spec, two)
+    stored = loop_json(spec, two)
     assert LoopSpec.parse(stored) == spec and LoopProgress.from_json(stored) == two
     assert LoopProgress.from_json({"iteration": "3", "spentUsd": True, "lastCheck": "?"}) == LoopProgress()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiwg.core.loops import loop_metadata
+from aiwg.core.loops import loop_json
 from aiwg.core.tasks import Task, TaskState
 from aiwg.core.timefmt import iso_utc
 
@@ -52,7 +52,7 @@ def daemon_metadata(task: Task) -> dict[str, Any]:
     """The daemon's fields under the metadata names clients know them by."""
     out: dict[str, Any] = {}
     if task.loop is not None:
-        out["loop"] = loop_metadata(task.loop, task.progress)
+        out["loop"] = loop_json(task.loop, task.progress)
     if task.approval_expires_at is not None:
         out["approvalExpiresAt"] = iso_utc(task.approval_expires_at)
     if task.approved_by is not None:

@@ -11,7 +11,7 @@ import sqlite3
 from functools import lru_cache
 from typing import Any
 
-from aiwg.core.loops import LoopProgress, LoopSpec, LoopSpecError, loop_metadata
+from aiwg.core.loops import LoopProgress, LoopSpec, LoopSpecError, loop_json
 from aiwg.core.tasks import Task, TaskState
 from aiwg.core.text import utf8_safe
 from aiwg.core.timefmt import parse_iso
@@ -168,7 +168,7 @@ def to_row(task: Task) -> tuple[Any, ...]:
         task.exit_code, task.signal, task.timeout_minutes, _text(task.error), _text(task.output_path),
         _text(task.output_tail), task.output_bytes, _text(task.result), _text(task.session_id), task.cost_usd,
         _json(task.metadata), task.retries, task.attempts,
-        _json(task.env), _json(loop_metadata(task.loop, task.progress)) if task.loop is not None else None,
+        _json(task.env), _json(loop_json(task.loop, task.progress)) if task.loop is not None else None,
         task.approval_expires_at, _text(task.approved_by), _text(task.rejected_by), _text(task.resume_session),
         _json(task.reply_to) if task.reply_to is not None else None, task.chain_depth,
     )
