@@ -78,7 +78,7 @@ def run_outcome(task: Task, end: RunEnd, now: float, default_timeout_minutes: fl
         final = task.moved(TaskState.FAILED, error=failure_text(end), **common)
     if end.output_problem is not None:
         error = f"{final.error}; {end.output_problem}" if final.error else end.output_problem
-        final = evolve(final, error=error)
+        final = final.but(error=error)
     return final
 
 

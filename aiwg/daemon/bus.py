@@ -17,6 +17,9 @@ from twisted.logger import Logger
 from aiwg.core.events import Event, topic_matches
 
 Callback = Callable[[Event], None]
+#: Topics whose subscribers are remembered (the daemon's own are a few dozen;
+#: past this, clients' made-up topics just clear the memory).
+MAX_ROUTES = 1024
 
 
 class Subscription:
@@ -43,6 +46,7 @@ class EventBus:
     def __init__(self, *, reactor: IReactorTime, history: int = 100) -> None:
         self._reactor = reactor
         self._subscriptions: list[Subscription] = []
+        self._routes: dict[str, list[Subscription]] = {}  # topic → its subscribers, until they change
         self._pending: deque[tuple[Subscription, Event]] = deque()
         self._flush_call: Any = None
         self._seq = 0
@@ -57,6 +61,7 @@ class EventBus:
         together, say)."""
         subscription = Subscription(self, tuple(patterns), callback, delivered)
         self._subscriptions.append(subscription)
+        self._routes.clear()
         return subscription
 
     def _remove(self, subscription: Subscription) -> None:
@@ -65,6 +70,7 @@ class EventBus:
             self._subscriptions.remove(subscription)
         except ValueError:
             pass
+        self._routes.clear()
 
     def now(self) -> float:
         return self._reactor.seconds()
@@ -86,12 +92,21 @@ class EventBus:
         )
         self.published += 1
         self.history.append(event)
-        for subscription in self._subscriptions:
-            if subscription.matches(topic):
-                self._pending.append((subscription, event))
+        for subscription in self._subscribers(topic):
+            self._pending.append((subscription, event))
         if self._pending and self._flush_call is None:
             self._flush_call = self._reactor.callLater(0, self._flush)
         return event
+
+    def _subscribers(self, topic: str) -> list[Subscription]:
+        """Who takes `topic`: matched once per topic, not once per event (a task
+        publishes a few events, and one per chunk of its output)."""
+        found = self._routes.get(topic)
+        if found is None:
+            if len(self._routes) >= MAX_ROUTES:
+                self._routes.clear()
+            found = self._routes[topic] = [s for s in self._subscriptions if s.matches(topic)]
+        return found
 
     def _flush(self) -> None:
         self._flush_call = None

@@ -76,3 +76,36 @@ def test_holds_tells_a_task_process_from_others(tmp_path: Path) -> None:
                 break
     finally:
         cgroups.base.rmdir()
+
+
+def test_a_process_is_moved_only_if_it_is_not_in_its_cgroup_and_an_empty_one_is_removed_at_once(
+        tmp_path: Path) -> None:
+    from aiwg.daemon.tasks.reaper import Reaper
+
+    cgroups, why = open_task_cgroups(tmp_path)
+    if cgroups is None:
+        pytest.skip(f"task cgroups do not work here: {why}")
+    reaper = Reaper(cgroups=cgroups)
+    procs = reaper.prepare_cgroup("t-join")
+    try:
+        joined = subprocess.Popen(["sh", "-c", 'echo 0 > "$0"; exec sleep 30', procs])
+        stray = subprocess.Popen(["sleep", "30"])  # did not join (its join failed, say)
+        for _ in range(200):
+            if cgroups.in_cgroup_of(joined.pid, "t-join"):
+                break
+            subprocess.run(["sleep", "0.01"])
+        assert cgroups.in_cgroup_of(joined.pid, "t-join") is True
+        assert cgroups.in_cgroup_of(stray.pid, "t-join") is False
+        reaper.place_in_cgroup("t-join", stray.pid)
+        assert sorted(cgroups.members("t-join")) == sorted([joined.pid, stray.pid])
+        assert cgroups.remove("t-join") is None  # not empty: left alone
+        cgroups.kill("t-join")
+        joined.wait(timeout=5)
+        stray.wait(timeout=5)
+        assert cgroups.in_cgroup_of(stray.pid, "t-join") is None  # gone
+        for _ in range(100):
+            if reaper.release_cgroup("t-join"):
+                break
+        assert cgroups.leftovers() == []
+    finally:
+        cgroups.base.rmdir()

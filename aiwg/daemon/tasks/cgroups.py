@@ -17,6 +17,7 @@ not, the supervisor falls back to its subreaper sweep and says so in status.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -80,6 +81,17 @@ class TaskCgroups:
         kernel milliseconds, moving a process into it does not."""
         self.path(task_id).mkdir(exist_ok=True)
 
+    def in_cgroup_of(self, pid: int, task_id: str) -> bool | None:
+        """Is `pid` in the task's cgroup? None if it is gone. Reading this costs
+        little; moving a process (writing cgroup.procs) costs the kernel a lock
+        over every cgroup, so a process that joined by itself is not moved again."""
+        try:
+            with open(f"/proc/{pid}/cgroup") as handle:
+                own = _own_cgroup(handle.read())
+        except OSError:
+            return None
+        return own is not None and own.endswith(f"/{self.base.name}/{task_id}")
+
     def place(self, task_id: str, pid: int) -> None:
         """Move `pid` (a task's process, just started) into the task's cgroup."""
         directory = self.path(task_id)
@@ -112,17 +124,32 @@ class TaskCgroups:
                 pass
         return len(members)
 
-    def release(self, task_id: str) -> bool:
-        """Kill what is left of the task and remove its cgroup; False while it is
-        not empty yet (killed processes take a moment to go)."""
-        self.kill(task_id)
+    def remove(self, task_id: str) -> bool | None:
+        """Remove the task's cgroup if it is empty: True done (or gone already),
+        None if something is still in it."""
         try:
             self.path(task_id).rmdir()
         except FileNotFoundError:
             return True
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                return None
+            raise
+        return True
+
+    def release(self, task_id: str) -> bool:
+        """Kill what is left of the task and remove its cgroup; False while it is
+        not empty yet (killed processes take a moment to go)."""
+        try:
+            if self.remove(task_id):  # empty, as after most tasks: nothing to read or kill
+                return True
         except OSError:
             return False
-        return True
+        self.kill(task_id)
+        try:
+            return bool(self.remove(task_id))
+        except OSError:
+            return False
 
     def holds(self, pid: int) -> bool:
         """Is `pid` in one of this project's task cgroups (so its task's end kills it)?"""

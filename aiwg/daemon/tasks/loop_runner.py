@@ -23,7 +23,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from attrs import evolve
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
@@ -330,8 +329,8 @@ class LoopRunner:
         loop.progress = progress
         self._write_record(loop, outcome=verdict.outcome, reason=verdict.reason, seconds=seconds)
         task = self._task(loop)
-        self.sup.store.save(evolve(
-            task, loop_progress=progress,
+        self.sup.store.save(task.but(
+            loop_progress=progress,
             cost_usd=progress.spent_usd, exit_code=exit_code,
             result=agent.get("result") if agent.get("result") is not None else task.result,
             session_id=agent.get("sessionId") or task.session_id,

@@ -216,7 +216,10 @@ class Reaper:
         return str(self.cgroups.path(task_id) / "cgroup.procs")
 
     def place_in_cgroup(self, task_id: str, pid: int) -> None:
-        if self.cgroups is None:
+        """Make sure a task's process is in its cgroup: it joins by itself before
+        it execs, so this moves it only if that failed (or has not happened: then
+        moving it from outside is right too)."""
+        if self.cgroups is None or self.cgroups.in_cgroup_of(pid, task_id) is not False:
             return
         try:
             self.cgroups.place(task_id, pid)
@@ -235,6 +238,11 @@ class Reaper:
         False while the cgroup is not empty yet (retry_releases tries again)."""
         if self.cgroups is None:
             return True
+        try:
+            if self.cgroups.remove(task_id):  # empty, as after most tasks
+                return True
+        except OSError:
+            pass
         left = self.cgroups.members(task_id)
         if left:
             self.log.warn("task {task_id} ended; killing {n} process(es) it left behind (its cgroup)",

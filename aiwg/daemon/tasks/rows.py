@@ -138,6 +138,10 @@ _METADATA = json.JSONEncoder(separators=(",", ":"))
 _INT64 = (-(2**63), 2**63 - 1)
 _INFINITIES = (float("inf"), float("-inf"))
 SELECT_ONE = f"SELECT seq, {', '.join(COLUMNS)} FROM tasks WHERE id = ?"
+#: Where a row holds numbers (the rest is text, JSON text or None).
+_NUMBERS = tuple(i for i, name in enumerate(COLUMNS) if name in {
+    "priority", "created_at", "started_at", "finished_at", "pid", "pgid", "exit_code", "signal",
+    "timeout_minutes", "output_bytes", "cost_usd", "retries", "attempts", "approval_expires_at", "chain_depth"})
 
 
 def checked_row(task: Task) -> tuple[Any, ...]:
@@ -145,20 +149,22 @@ def checked_row(task: Task) -> tuple[Any, ...]:
     SQLite cannot store; such a row would otherwise fail every later commit of the
     batch it sits in."""
     row = to_row(task)
-    for value in row:
-        if value is None or type(value) is str:
+    for index in _NUMBERS:
+        value = row[index]
+        if value is None:
             continue
-        if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+        if type(value) is float:
+            if value != value or value in _INFINITIES:
+                raise StoreError(f"task {task.id}: not a finite number: {value}")
+        elif isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
             raise StoreError(f"task {task.id}: integer out of range: {value}")
-        if isinstance(value, float) and (value != value or value in _INFINITIES):
-            raise StoreError(f"task {task.id}: not a finite number: {value}")
     return row
 
 
 def _text(value: str | None) -> str | None:
     """A lone surrogate (from a JSON escape in an agent's reply or a chat message)
     would fail the whole commit, and every later one with it."""
-    return None if value is None else utf8_safe(value)
+    return value if value is None or value.isascii() else utf8_safe(value)
 
 
 def to_row(task: Task) -> tuple[Any, ...]:

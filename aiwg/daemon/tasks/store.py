@@ -19,7 +19,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from attrs import evolve
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 
@@ -132,7 +131,7 @@ class TaskStore:
         """Add a task; it gets the next `seq` (submission order) at once."""
         if task.id in self._unsaved or self._state_on_disk(task.id) is not None:
             raise DuplicateTask(f"task {task.id} already exists")
-        task = evolve(task, seq=self._next_seq)
+        task = task.but(seq=self._next_seq)
         row = checked_row(task)
         self._next_seq += 1
         self._unsaved[task.id] = _Write(task, row, self._batch)

@@ -19,7 +19,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from attrs import evolve
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
@@ -471,10 +470,11 @@ class Supervisor(Service):
                         **({"cgroup_procs": procs} if procs else {}))
         after = self._start_times.now()
         if pid is not None and not run.has_exited and procs:
-            # It joined its cgroup itself; moved from outside as well, in case that failed
-            # (writing a pid that is already there changes nothing).
+            # It joins its cgroup itself; moved from outside as well when it has not
+            # yet (as a rule: the wrapper shell has only just started), which lets it
+            # find itself there and exec the agent at once.
             self.reaper.place_in_cgroup(task.id, pid)
-        run.task = evolve(task, pid=pid, pgid=pid, proc_start=self._start_times.of(pid, before, after))
+        run.task = task.but(pid=pid, pgid=pid, proc_start=self._start_times.of(pid, before, after))
         self.store.save(run.task)
         self.runs[task.id] = run
         if counted:
@@ -506,7 +506,7 @@ class Supervisor(Service):
         if run.task.loop is None and exit.reason is None:
             # Durable at once: should the daemon die while something still holds the
             # agent's pipes, the restart settles the task by this exit.
-            run.task = evolve(run.task, exit_code=exit.code, signal=exit.signal)
+            run.task = run.task.but(exit_code=exit.code, signal=exit.signal)
             self.store.save(run.task)
         self.reactor.callLater(0, self.fill)
         return exit
