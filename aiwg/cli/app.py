@@ -16,6 +16,7 @@ from aiwg.errors import EXIT_USAGE, AiwgError, RpcError
 _SUBCOMMANDS = {
     "automation": ("aiwg.cli.automation", "automation", "Show automation rules; enable or disable them."),
     "chat": ("aiwg.cli.chat", "chat", "Talk to the project's AI through the daemon."),
+    "config": ("aiwg.cli.config", "config", "Check the configuration without starting; show it with defaults."),
     "daemon": ("aiwg.cli.daemon", "daemon", "Start, stop and inspect the project's daemon."),
     "event": ("aiwg.cli.event", "event", "Emit custom events and follow the event stream."),
     "messaging": ("aiwg.cli.messaging", "messaging", "Telegram, Slack and Discord bridges: state and a test."),

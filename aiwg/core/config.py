@@ -142,6 +142,33 @@ def literal_secrets(data: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def redacted(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a configuration with each secret written literally (as
+    `literal_secrets` finds them) replaced by `[redacted]`; `${VAR}` references
+    stay, since they name a variable, not its value."""
+    import copy
+
+    out = copy.deepcopy(dict(data))
+    for path in literal_secrets(data):
+        parts = _path_parts(path)
+        node: Any = out
+        for part in parts[:-1]:
+            node = node[part]
+        node[parts[-1]] = "[redacted]"
+    return out
+
+
+def _path_parts(path: str) -> list[Any]:
+    """`rules[2].action.env.TOKEN` → ["rules", 2, "action", "env", "TOKEN"]."""
+    parts: list[Any] = []
+    for piece in path.split("."):
+        name, _, index = piece.partition("[")
+        parts.append(name)
+        if index:
+            parts.append(int(index.rstrip("]")))
+    return parts
+
+
 def defaults() -> dict[str, Any]:
     """The configuration a project gets with no daemon.json at all."""
     filled = _fill_defaults(schema(), {})
