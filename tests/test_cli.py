@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -127,3 +128,15 @@ def test_a_decision_is_signed_with_the_account_name_when_user_is_unset(monkeypat
     assert _user_name() == "alice"
     monkeypatch.delenv("USER")
     assert _user_name() == pwd.getpwuid(os.getuid()).pw_name
+
+
+def test_a_project_that_is_not_a_directory_is_named_by_every_command(tmp_path: Path) -> None:
+    """As `daemon start` says it: not "no daemon is running" (which sends people
+    looking for a daemon), and with JSON on stdout under --json."""
+    for args in (["task", "list"], ["daemon", "status"], ["daemon", "ping"], ["config", "check"],
+                 ["messaging", "status"]):
+        result = subprocess.run([AIWG, *args, "--project", str(tmp_path / "nowhere"), "--json"],
+                                capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert result.returncode == 2, (args, result.stderr)
+        assert json.loads(result.stdout) == {"error": f"--project {tmp_path / 'nowhere'}: not a directory",
+                                             "exit_code": 2}

@@ -68,6 +68,9 @@ def run(project: str | None, as_json: bool, timeout: float) -> int:
         from aiwg.paths import ProjectPaths
 
         paths = ProjectPaths.for_project(project)
+        if not paths.root.is_dir():  # as every command says it
+            where = "--project" if project else "$AIWG_PROJECT"
+            return _failed(f"{where} {paths.root}: not a directory", 2, as_json)
         holder = instance.holder(paths)
         if holder is not None:
             return _failed(

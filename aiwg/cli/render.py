@@ -20,7 +20,11 @@ class Context:
 
     @property
     def paths(self) -> ProjectPaths:
-        return ProjectPaths.for_project(self.project)
+        paths = ProjectPaths.for_project(self.project)
+        if not paths.root.is_dir():  # said as `daemon start` says it, by every command
+            where = "--project" if self.project else "$AIWG_PROJECT"
+            raise click.UsageError(f"{where} {paths.root}: not a directory")
+        return paths
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
