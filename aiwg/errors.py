@@ -61,6 +61,12 @@ class RpcError(AiwgError):
         self.code = code
         self.data = data
 
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        """What the CLI exits with for this error: 6 when the daemon's configuration
+        is what stands in the way (an invalid file, a subsystem it leaves off)."""
+        return EXIT_NOT_CONFIGURED if self.code in (CONFIG_INVALID, SUBSYSTEM_UNAVAILABLE) else EXIT_FAILURE
+
     def to_json(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.data is not None:

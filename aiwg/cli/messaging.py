@@ -10,6 +10,7 @@ import click
 
 from aiwg.cli.render import Context, emit_json, json_option, project_option
 from aiwg.client import DaemonClient
+from aiwg.errors import EXIT_FAILURE
 
 pass_context = click.make_pass_decorator(Context, ensure=True)
 
@@ -37,20 +38,23 @@ def messaging() -> None:
 @json_option
 @pass_context
 def status(ctx: Context) -> None:
-    """Each bridge's state (connected, reconnecting, disabled, error) and counters."""
+    """Each bridge's state (connected, reconnecting, disabled, error) and counters; exit 1 if one is in error."""
     with DaemonClient(ctx.paths.root) as client:
         result = client.call("messaging.status")
+    failing = [p for p, info in result["adapters"].items() if info.get("state") == "error"]
     if ctx.as_json:
         emit_json(result)
-        return
-    if not result["enabled"]:
-        click.echo("No messaging bridge is enabled (see `messaging` in .aiwg/daemon.json).")
-    for platform in PLATFORMS:
-        info = result["adapters"].get(platform, {"state": "disabled"})
-        click.echo(f"{platform:<9} {bridge_line(info)}")
-        counts = [f"{k}={info[k]}" for k in COUNTERS if k in info]
-        if counts:
-            click.echo(f"          {', '.join(counts)}")
+    else:
+        if not result["enabled"]:
+            click.echo("No messaging bridge is enabled (see `messaging` in .aiwg/daemon.json).")
+        for platform in PLATFORMS:
+            info = result["adapters"].get(platform, {"state": "disabled"})
+            click.echo(f"{platform:<9} {bridge_line(info)}")
+            counts = [f"{k}={info[k]}" for k in COUNTERS if k in info]
+            if counts:
+                click.echo(f"          {', '.join(counts)}")
+    if failing:  # as `systemctl is-failed` would: a bridge that is on and not working fails the check
+        sys.exit(EXIT_FAILURE)
 
 
 @messaging.command()

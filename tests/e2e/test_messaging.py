@@ -383,6 +383,26 @@ async def test_cli_messaging_status_and_test(project: Project, telegram: FakeTel
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_bridge_that_cannot_start_fails_status_and_test_names_it(project: Project,
+                                                                           telegram: FakeTelegram) -> None:
+    """Telegram enabled, its token's variable unset: the daemon runs on, `messaging
+    status` fails like `systemctl is-failed` (in either format), and `messaging
+    test` names the bridge and why, as a state error (exit 6, -32003)."""
+    project.env.pop("TELEGRAM_BOT_TOKEN", None)
+    await start(project, telegram_config(telegram))
+    shown = await in_thread(project.aiwg, "messaging", "status")
+    assert shown.returncode == 1, shown.stdout
+    assert re.search(r"^telegram\s+error", shown.stdout, re.M)
+    as_json = await in_thread(project.aiwg, "messaging", "status", "--json")
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["adapters"]["telegram"]["state"] == "error"
+    tried = await in_thread(project.aiwg, "messaging", "test")
+    assert tried.returncode == 6, tried.stderr
+    assert "error -32003: no messaging bridge is running: telegram:" in tried.stderr
+    assert "TELEGRAM_BOT_TOKEN" in tried.stderr
+    assert (await call(project, "ping"))["pong"] is True
+
+
+@pytest_twisted.ensureDeferred
 async def test_tasks_ended_by_a_stop_are_still_notified(project: Project, telegram: FakeTelegram) -> None:
     project.env["TELEGRAM_BOT_TOKEN"] = TELEGRAM_TOKEN
     await start(project, telegram_config(telegram, notify={"topics": ["task:*", "daemon:stopping"]}))

@@ -18,7 +18,7 @@ from aiwg.core.timefmt import iso_utc
 from aiwg.daemon.ipc.records import record_json
 from aiwg.daemon.ipc.rpc import CallContext, MethodTable, Namespace, Param, method
 from aiwg.daemon.messaging.hub import PLATFORMS
-from aiwg.errors import InvalidParams
+from aiwg.errors import SUBSYSTEM_UNAVAILABLE, InvalidParams, RpcError
 
 if TYPE_CHECKING:
     from aiwg.daemon.automation.engine import AutomationEngine
@@ -503,11 +503,14 @@ class MessagingMethods(Namespace):
                                 f"got '{platform}'", {"platform": platform})
         if platform is not None and platform not in hub.adapters:
             why = hub.problems.get(platform) or f"set messaging.{platform}.enabled to true in .aiwg/daemon.json"
-            raise InvalidParams(f"Invalid parameter 'platform': the {platform} bridge is not running ({why})",
-                                {"platform": platform})
+            raise RpcError(SUBSYSTEM_UNAVAILABLE, f"the {platform} bridge is not running: {why}",
+                           {"platform": platform})
         if not hub.adapters:
-            raise InvalidParams("No messaging bridge is running; enable one under `messaging` in "
-                                ".aiwg/daemon.json (see docs/messaging.md)")
+            if hub.problems:  # enabled, and could not start
+                raise RpcError(SUBSYSTEM_UNAVAILABLE, "no messaging bridge is running: " + "; ".join(
+                    f"{name}: {why}" for name, why in sorted(hub.problems.items())), {"problems": hub.problems})
+            raise RpcError(SUBSYSTEM_UNAVAILABLE, "no messaging bridge is enabled; enable one under `messaging` "
+                           "in .aiwg/daemon.json (see docs/messaging.md)")
         return hub.send_test(platform).addCallback(lambda results: {"results": results})
 
 
