@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from aiwg.core.conversations import new_conversation_id
 from aiwg.cli.turns import TURN_TOPICS, answer_text, deferred_interrupt, failure_text, wait_turn
 from aiwg.client import DaemonClient
 from aiwg.errors import SHUTTING_DOWN, AiwgError, ConnectionClosed, DaemonNotRunning, RpcError
@@ -45,7 +46,7 @@ class Repl:
     def __init__(self, paths: ProjectPaths, conversation: str | None = None,
                  out: Any = None, err: Any = None) -> None:
         self.paths = paths
-        self.conversation = conversation or "c-" + secrets.token_hex(4)
+        self.conversation = conversation or new_conversation_id(secrets.token_bytes(5))
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.client = DaemonClient(paths.root, timeout=30)
@@ -224,7 +225,7 @@ class Repl:
 
     def _reset(self) -> None:
         self.client.call("chat.reset", conversation=self.conversation)
-        self.conversation = "c-" + secrets.token_hex(4)
+        self.conversation = new_conversation_id(secrets.token_bytes(5))
         self.out.write(f"conversation reset; new conversation {self.conversation}\n")
 
     # -- the daemon going away --------------------------------------------------

@@ -30,6 +30,12 @@ class UnknownConversation(KeyError):
     pass
 
 
+def new_conversation_id(random_bytes: bytes) -> str:
+    """`c-` and 10 hex digits: the id of a conversation nobody named (the REPL's
+    and chat.send's alike)."""
+    return "c-" + random_bytes[:5].hex()
+
+
 def conversation_id_problem(value: Any) -> str | None:
     if not isinstance(value, str) or not _ID.fullmatch(value):
         return "must be 1-64 letters, digits or _ . : -"

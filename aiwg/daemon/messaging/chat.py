@@ -21,7 +21,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from aiwg.core.config import Config
-from aiwg.core.conversations import Conversations, UnknownConversation, prompt_with_history
+from aiwg.core.conversations import Conversations, UnknownConversation, new_conversation_id, prompt_with_history
 from aiwg.core.events import Event
 from aiwg.daemon.statefile import read_json, write_json_atomic
 from aiwg.errors import InvalidParams
@@ -123,7 +123,7 @@ class ChatService(Service):
         """Queue one turn; returns the task. The messaging bridges give their own
         source (`messaging:telegram`) and where to post the answer (metadata)."""
         now = self._reactor.seconds()
-        conversation_id = conversation or "c-" + secrets.token_hex(5)
+        conversation_id = conversation or new_conversation_id(secrets.token_bytes(5))
         chat = self.chats.open(conversation_id, now)
         resumable = self._output == "claude-json"
         metadata = {**(metadata or {}), "conversation": conversation_id}
