@@ -1,22 +1,23 @@
 # tests: tests/core/test_globs.py
-"""Glob patterns for rules and ignore entries, matched against project-relative paths.
+r"""Glob patterns for rules and ignore entries, matched against project-relative paths.
 
 Rule patterns (`src/**/*.{ts,js}`, `**/.env*`):
 - `**` is any number of whole path segments, none included (`src/**/x` matches `src/x`);
 - `*` and `?` match within one segment; `[abc]` / `[!abc]` are character classes;
 - `{a,b}` are alternatives, which may contain globs and nest;
-- names starting with a dot are matched like any other (unlike a shell).
+- names starting with a dot are matched like any other (unlike a shell);
+- `\` makes the next character literal (`src/\*.ts` is a file named `*.ts`), and no
+  `*`, `?` or class ever matches the `/` between segments.
 
-Ignore entries (`watch.ignore`), gitignore-like:
-- `name/` ignores a directory of that name at any depth, and all below it;
-- a pattern without a slash (`*.log`, `.DS_Store`) matches a file or directory name at
-  any depth; one with a slash (`build/*.map`, `docs/api/`) is anchored at the project root.
+Ignore entries (`watch.ignore`) have exactly `.gitignore`'s meaning (see IgnoreSet).
 """
 
 from __future__ import annotations
 
 import re
 from functools import lru_cache
+
+import pathspec
 
 
 class GlobError(ValueError):
@@ -27,7 +28,11 @@ def expand_braces(pattern: str) -> list[str]:
     """`a{b,c{d,e}}f` → `abf`, `acdf`, `acef`. Unbalanced braces are an error."""
     depth = 0
     start = -1
+    escaped = False
     for index, char in enumerate(pattern):
+        if escaped or char == "\\":  # `\{`, `\}`, `\,` are themselves
+            escaped = not escaped
+            continue
         if char == "{":
             if depth == 0:
                 start = index
@@ -51,7 +56,12 @@ def expand_braces(pattern: str) -> list[str]:
 
 def _split_top_level(text: str) -> list[str]:
     parts, depth, current = [], 0, ""
+    escaped = False
     for char in text:
+        if escaped or char == "\\":
+            escaped = not escaped
+            current += char
+            continue
         if char == "," and depth == 0:
             parts.append(current)
             current = ""
@@ -70,6 +80,10 @@ def _segment_regex(segment: str, whole: str) -> str:
     index = 0
     while index < len(segment):
         char = segment[index]
+        if char == "\\" and index + 1 < len(segment):  # `\*`: a literal star
+            out += re.escape(segment[index + 1])
+            index += 2
+            continue
         if char == "*":
             out += "[^/]*"
         elif char == "?":
@@ -85,7 +99,8 @@ def _segment_regex(segment: str, whole: str) -> str:
             if not body:
                 raise GlobError(f"empty character class in {whole!r}")
             body = body.replace("\\", "\\\\").replace("]", "\\]")
-            out += f"[{'^/' if negate else ''}{body}]" if negate else f"[{body}]"
+            # A class never matches the separator, whatever its range (`[.-0]` spans '/').
+            out += f"[^/{body}]" if negate else f"(?!/)[{body}]"
             index = end
         else:
             out += re.escape(char)
@@ -142,59 +157,44 @@ def matches(pattern: str, path: str) -> bool:
 
 
 class IgnoreSet:
-    """`watch.ignore` entries, plus the daemon's own directory, which never counts."""
+    """`watch.ignore` entries, read exactly as git reads a .gitignore (through
+    pathspec): `name/` a directory at any depth, a pattern with a slash anchored at
+    the project root, `!pattern` taking a path back, `\\` escaping, the last
+    matching entry deciding; and, as in git, nothing inside an ignored directory can
+    be taken back. The daemon's own directory comes last, so that no entry can."""
 
     ALWAYS = (".aiwg/daemon/",)
 
     def __init__(self, entries: list[str] | tuple[str, ...]) -> None:
-        self._dir_names: set[str] = set()
-        self._anchored_dirs: list[re.Pattern[str]] = []
-        self._names: list[re.Pattern[str]] = []
-        self._anchored: list[re.Pattern[str]] = []
-        for entry in (*entries, *self.ALWAYS):
-            self._add(entry)
-
-    def _add(self, entry: str) -> None:
-        directory = entry.endswith("/")
-        body = entry.strip("/")
-        if not body:
-            raise GlobError(f"empty ignore entry {entry!r}")
-        anchored = "/" in body or entry.startswith("/")
-        if directory:
-            if anchored:
-                self._anchored_dirs.append(compile_glob(body))
-            elif not any(c in body for c in "*?[{"):
-                self._dir_names.add(body)
-            else:
-                self._names.append(compile_glob(body))  # a glob of names, applied to dirs too
-        elif anchored:
-            self._anchored.append(compile_glob(body))
-        else:
-            self._names.append(compile_glob(body))
+        for entry in entries:
+            if not entry.strip().strip("/").lstrip("!"):
+                raise GlobError(f"empty ignore entry {entry!r}")
+        try:
+            self._spec = pathspec.GitIgnoreSpec.from_lines([*entries, *self.ALWAYS])
+        except (ValueError, TypeError) as exc:  # pathspec's GitWildMatchPatternError is a ValueError
+            raise GlobError(str(exc)) from None
+        self._dirs: dict[str, bool] = {}  # directory → ignored, as asked so far
 
     def ignores(self, path: str) -> bool:
         """Is this project-relative file (or directory) path ignored?"""
         parts = [p for p in path.strip("/").split("/") if p]
-        for index, name in enumerate(parts):
-            if name in self._dir_names and index < len(parts) - 1:
-                return True
-            prefix = "/".join(parts[: index + 1])
-            if index < len(parts) - 1 and any(p.match(prefix) for p in self._anchored_dirs):
-                return True
-            if any(p.match(name) for p in self._names):
-                return True
+        if not parts:
+            return False
+        if self.ignores_dir("/".join(parts[:-1])):
+            return True
         full = "/".join(parts)
-        return any(p.match(full) for p in self._anchored)
+        return self._spec.match_file(full) or (path.endswith("/") and self._spec.match_file(full + "/"))
 
     def ignores_dir(self, path: str) -> bool:
         """Is this directory ignored with everything under it (so it need not be watched)?"""
         parts = [p for p in path.strip("/").split("/") if p]
-        if not parts:
-            return False
-        full = "/".join(parts)
-        return (
-            any(name in self._dir_names for name in parts)
-            or any(p.match("/".join(parts[: i + 1])) for p in self._anchored_dirs for i in range(len(parts)))
-            or any(p.match(name) for p in self._names for name in parts)
-            or any(p.match(full) for p in self._anchored)
-        )
+        for index in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:index])
+            known = self._dirs.get(prefix)
+            if known is None:
+                if len(self._dirs) > 50_000:
+                    self._dirs.clear()
+                known = self._dirs[prefix] = self._spec.match_file(prefix + "/")
+            if known:
+                return True
+        return False

@@ -90,3 +90,37 @@ def test_ignored_directories_are_not_watched() -> None:
     assert IGNORE.ignores_dir("docs/api")
     assert not IGNORE.ignores_dir("src")
     assert not IGNORE.ignores_dir("docs")
+
+
+# gitignore's own documented examples (gitignore(5), "PATTERN FORMAT" and "EXAMPLES").
+def test_ignore_entries_mean_what_they_mean_in_a_gitignore() -> None:
+    ignored = IgnoreSet(["*.log", "!keep.log", "/top.txt", "doc/frotz/", "frotz2/", "**/foo", "abc/**",
+                         "a/**/b", "\\#literal", "\\!bang", "cache/", "!cache/keep.txt"]).ignores
+    assert ignored("other.log") and ignored("deep/er/other.log")
+    assert not ignored("keep.log") and not ignored("deep/keep.log")  # negation takes them back
+    assert ignored("top.txt") and not ignored("sub/top.txt")  # a leading slash anchors
+    assert ignored("doc/frotz/x") and not ignored("a/doc/frotz/x")  # a middle slash anchors too
+    assert ignored("frotz2/x") and ignored("a/frotz2/x")  # a trailing slash alone does not
+    assert ignored("foo") and ignored("x/y/foo")
+    assert ignored("abc/x") and ignored("abc/x/y") and not ignored("abc")
+    assert ignored("a/b") and ignored("a/x/b") and ignored("a/x/y/b")
+    assert ignored("#literal") and ignored("!bang")
+    # As in git, nothing under an ignored directory can be taken back.
+    assert ignored("cache/keep.txt") and ignored("cache/other")
+    assert IgnoreSet(["*.log"]).ignores(".aiwg/daemon/daemon.log")
+    assert IgnoreSet(["!.aiwg/daemon/"]).ignores(".aiwg/daemon/x")  # the daemon's own: always
+
+
+def test_a_directory_is_skipped_only_when_it_is_ignored_whole() -> None:
+    ignore = IgnoreSet(["node_modules/", "build/*.map", "*.tmp"])
+    assert ignore.ignores_dir("node_modules") and ignore.ignores_dir("a/node_modules/b")
+    assert not ignore.ignores_dir("build")  # only some files in it
+    assert ignore.ignores_dir("x.tmp")  # a directory named like an ignored file: git ignores it whole
+    assert not ignore.ignores_dir("src")
+
+
+def test_rule_classes_never_match_the_separator_and_a_backslash_makes_a_character_literal() -> None:
+    assert not matches("a[.-0]b", "a/b") and matches("a[.-0]b", "a.b")
+    assert not matches("a[!x]b", "a/b") and matches("a[!x]b", "a-b")
+    assert matches("src/\\*.ts", "src/*.ts") and not matches("src/\\*.ts", "src/app.ts")
+    assert matches("x\\{y", "x{y") and matches("{a,b\\,c}.md", "b,c.md")

@@ -697,6 +697,18 @@ _observers.Observer = _Deaf
 '''
 
 
+def test_a_negated_ignore_entry_takes_a_file_back_as_in_a_gitignore(project: Project) -> None:
+    configure(project, watch={**WATCH, "ignore": ["*.log", "!keep.log"]},
+              rules=[file_rule("logs", "**/*.log", "{rule.id}: {files}")])
+    start(project)
+    write(project, "other.log", "deep/other.log")
+    time.sleep(QUIET)
+    assert rule_tasks(project, "logs") == []  # ignored
+    write(project, "keep.log")
+    [task] = wait_rule_tasks(project, "logs")
+    assert "keep.log" in task["prompt"] and "other.log" not in task["prompt"]
+
+
 def test_file_rules_fire_through_the_fallback_when_the_watches_do_not_deliver(project: Project, tmp_path: Path) -> None:
     """The real daemon, with watches whose events are lost: the start-up probe sees
     it, the stock recursive watch takes over, the rule fires, and `aiwg daemon
