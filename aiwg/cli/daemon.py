@@ -1,5 +1,5 @@
 # tests: tests/e2e/test_lifecycle.py, tests/test_cli.py
-"""`aiwg daemon …`: start, stop, restart, status, ping, reload, logs."""
+"""`aiwg daemon …`: start, stop, restart, status, list, ping, reload, logs."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 
-from aiwg import instance
+from aiwg import instance, registry
 from aiwg.cli.render import (
     Context,
+    duration,
     emit_json,
     fail,
     json_option,
@@ -476,6 +478,44 @@ def _not_running_status(ctx: Context, paths: ProjectPaths) -> None:
         f"aiwg daemon: not running for {paths.root}{note}",
     )
     sys.exit(EXIT_STATUS_NOT_RUNNING)
+
+
+@daemon.command("list")
+@json_option
+@pass_context
+def list_daemons(ctx: Context) -> None:
+    """Every daemon of yours on this machine: project, pid, uptime, tasks, health."""
+    rows = [_daemon_row(entry) for entry in registry.running()]
+    if ctx.as_json:
+        emit_json({"daemons": rows})
+        return
+    if not rows:
+        click.echo("No aiwg daemon is running (for this user).")
+        return
+    table = [("PROJECT", "PID", "UPTIME", "RUNNING", "QUEUED", "HEALTH")]
+    for row in rows:
+        if row["responding"]:
+            table.append((row["project"], str(row["pid"]), duration(row["uptime_seconds"]), str(row["running"]),
+                          str(row["queued"]), row["health"]))
+        else:
+            table.append((row["project"], str(row["pid"]), "-", "-", "-", "not answering"))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+def _daemon_row(entry: dict[str, Any]) -> dict[str, Any]:
+    """One daemon, as its own status says (briefly: one unresponsive daemon must not hold up the list)."""
+    row: dict[str, Any] = {"project": entry["project"], "pid": entry["pid"], "socket": entry["socket"]}
+    try:
+        with DaemonClient(Path(entry["project"]), socket_path=Path(entry["socket"]), timeout=2) as client:
+            status = client.call("daemon.status")
+    except AiwgError as exc:
+        return {**row, "responding": False, "error": str(exc)}
+    agents = status.get("subsystems", {}).get("supervisor", {})
+    return {**row, "responding": True, "uptime_seconds": status.get("uptime_seconds"),
+            "running": agents.get("running", 0), "queued": agents.get("queued", 0),
+            "health": status.get("health"), "health_issues": status.get("health_issues", [])}
 
 
 @daemon.command()

@@ -172,6 +172,34 @@ class RotatingFileObserver:
         self._logfile.close()
 
 
+@implementer(ILogObserver)
+class OncePerEvent:
+    """Passes each event on once. Twisted's log beginner replays what it buffered
+    before logging began to every observer there is, ours too when it was added
+    first (as under `twist`, which begins logging after starting the services);
+    until the reactor runs, the events seen are remembered to drop the replay."""
+
+    def __init__(self, observer: Any) -> None:
+        self._observer = observer
+        self._seen: dict[int, Any] | None = {}  # id → event, held so that no id is reused meanwhile
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        seen = self._seen
+        if seen is not None:
+            if id(event) in seen:
+                return
+            if len(seen) < 10_000:
+                seen[id(event)] = event
+        self._observer(event)
+
+    def settle(self) -> None:
+        """Logging has begun: nothing is replayed any more."""
+        self._seen = None
+
+    def __getattr__(self, name: str) -> Any:  # apply, close: the wrapped observer's
+        return getattr(self._observer, name)
+
+
 def stream_observer(stream: IO[str], settings: LogSettings) -> LevelFilteredObserver:
     """Our line format on a stream (stdout in the foreground)."""
     formatter = format_json if settings.format == "json" else format_text

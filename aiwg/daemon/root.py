@@ -23,12 +23,12 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.logger import Logger, globalLogPublisher
 
-from aiwg import __version__, compat, instance
+from aiwg import __version__, compat, instance, registry
 from aiwg.configfile import exposure, load_config
 from aiwg.core.config import Config
 from aiwg.daemon.bus import EventBus
 from aiwg.core.timefmt import iso_utc
-from aiwg.daemon.logs import RotatingFileObserver, stream_observer
+from aiwg.daemon.logs import OncePerEvent, RotatingFileObserver, stream_observer
 from aiwg.errors import CONFIG_INVALID, ConfigError, RpcError
 from aiwg.paths import ProjectPaths
 
@@ -68,6 +68,7 @@ class DaemonService(MultiService):
         self._log_to_stdout = log_to_stdout
         self._observer: Any = None
         self._privileged: list[Service] = []
+        self._privileged_started = False
         self._stopping: Deferred | None = None
         self._old_sighup: Any = None
         self.pid = os.getpid()
@@ -91,6 +92,7 @@ class DaemonService(MultiService):
     # -- start -------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
+        self._privileged_started = True
         self.pid = os.getpid()  # twistd may have forked since we were built
         instance.ensure_dirs(self.paths)
         Service.privilegedStartService(self)
@@ -127,6 +129,8 @@ class DaemonService(MultiService):
                           hard=raised[1])
 
     def startService(self) -> None:
+        if not self._privileged_started:  # `twist` starts services without this step
+            self.privilegedStartService()
         self.restart_count = self._previous_restart_count()
         self.started_at = self.now()
         self.phase = "running"  # the heartbeat's first write, just below, says so
@@ -139,6 +143,11 @@ class DaemonService(MultiService):
             self._abort_start()
             raise
         self._install_sighup()
+        try:
+            registry.register(self.paths, self.pid, self.socket_path, self.started_at)
+        except OSError as exc:  # `aiwg daemon list` will not show it; nothing else depends on it
+            self.log.warn("cannot list this daemon in {dir}: {error}", dir=str(registry.registry_dir()),
+                          error=exc.strerror or str(exc))
         self.bus.publish("daemon:started", {"pid": self.pid, "socket": str(self.socket_path)})
         self.log.info(
             "daemon started (pid {pid}), listening on {socket}",
@@ -192,6 +201,7 @@ class DaemonService(MultiService):
             except Exception:
                 self.log.failure("stopping {name} failed", name=child.name)
         self.phase = "stopped"
+        registry.unregister(self.paths, self.pid)
         self.bus.close()
         self.log.info("daemon stopped")
         self._detach_logging()
@@ -297,6 +307,8 @@ class DaemonService(MultiService):
             self._observer = stream_observer(stream, settings)
         else:
             self._observer = RotatingFileObserver(self.paths.log_file, settings)
+        self._observer = OncePerEvent(self._observer)
+        self._reactor.callLater(0, self._observer.settle)  # once the reactor runs: logging has begun
         globalLogPublisher.addObserver(self._observer)
 
     def _detach_logging(self) -> None:

@@ -8,11 +8,13 @@ start in (the reverse of the order they stop in).
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from twisted.python import usage
 
 from aiwg.configfile import load_config
+from aiwg.daemon.logs import discard_observer
 from aiwg.errors import AiwgError, ConfigError
 from aiwg.paths import ProjectPaths
 
@@ -40,6 +42,27 @@ class Options(usage.Options):
         except ConfigError as exc:
             raise usage.UsageError(str(exc)) from None
         self.paths = paths
+        runner = getattr(self, "parent", None)  # twistd's or twist's own options, when run by one
+        if runner is not None:
+            self._fit_runner(runner)
+
+    def _fit_runner(self, runner: Any) -> None:
+        """`twistd aiwg` by itself: the daemon writes its own pid file (.aiwg/daemon.pid)
+        and log, so twistd's default twistd.pid and twistd.log in the current
+        directory, and its copy of every log line, are not wanted. Whatever the user
+        asked of twistd or twist (--pidfile, --logfile, --logger, --syslog,
+        --log-file) stands; in the foreground (`-n`, or `twist`) the daemon's log goes
+        to stdout, once."""
+        if "nodaemon" in runner:  # twistd
+            if runner["pidfile"] == "twistd.pid":  # its default
+                runner["pidfile"] = ""
+            if not (runner["logfile"] or runner["logger"] or runner.get("syslog")):
+                runner["logger"] = "aiwg.daemon.logs.discard_observer"
+                if runner["nodaemon"]:
+                    self["log-stdout"] = True
+        elif runner.get("logFile") is sys.stdout:  # twist, logging to stdout (its default)
+            runner["fileLogObserverFactory"] = lambda stream: discard_observer()
+            self["log-stdout"] = True
 
 
 def makeService(options: Options) -> Any:
