@@ -52,6 +52,7 @@ class DaemonService(MultiService):
         supervisor: Any = None,
         lock: Service | None = None,
         heartbeat: Any = None,
+        notifier: Any = None,
     ) -> None:
         """`lock`: the child that takes the project's lock (the log starts once it
         has); `heartbeat`: the child that writes state.json; `supervisor`: the task
@@ -59,6 +60,7 @@ class DaemonService(MultiService):
         MultiService.__init__(self)
         self._lock = lock
         self._heartbeat = heartbeat
+        self._notifier = notifier  # systemd's notify protocol (Type=notify units), or None
         self._reactor = reactor
         self.paths = paths
         self.config = config
@@ -149,6 +151,8 @@ class DaemonService(MultiService):
             self.log.warn("cannot list this daemon in {dir}: {error}", dir=str(registry.registry_dir()),
                           error=exc.strerror or str(exc))
         self.bus.publish("daemon:started", {"pid": self.pid, "socket": str(self.socket_path)})
+        if self._notifier is not None:  # every service has started: the socket answers
+            self._notifier.ready(self._activity())
         self.log.info(
             "daemon started (pid {pid}), listening on {socket}",
             pid=self.pid,
@@ -189,6 +193,8 @@ class DaemonService(MultiService):
 
     async def _stop(self) -> None:
         self.phase = "stopping"
+        if self._notifier is not None:
+            self._notifier.stopping("stopping: draining running tasks")
         self.log.info("stopping (pid {pid})", pid=self.pid)
         self.bus.publish("daemon:stopping", {"pid": self.pid})
         self._restore_sighup()
@@ -419,7 +425,15 @@ class DaemonService(MultiService):
             "subsystems": subsystems,
         }
 
+    def _activity(self) -> str:
+        """One line for systemd's STATUS= (`systemctl status` shows it)."""
+        counts = self.supervisor.stats() if getattr(self.supervisor, "store", None) else None
+        tasks = f"{counts.get('running', 0)} running, {counts.get('queued', 0)} queued; " if counts else ""
+        return f"{tasks}{self.health()['status']} (pid {self.pid})"
+
     def heartbeat_record(self) -> dict[str, Any]:
+        if self._notifier is not None and self._notifier.enabled:
+            self._notifier.say_status(self._activity())
         return {
             "pid": self.pid,
             "timestamp": iso_utc(self.now()),

@@ -79,6 +79,7 @@ def makeService(options: Options) -> Any:
     from aiwg.daemon.messaging.hub import MessagingService
     from aiwg.daemon.ipc.methods import build_method_table
     from aiwg.daemon.root import DaemonService
+    from aiwg.daemon.sdnotify import SystemdNotifier
     from aiwg.daemon.automation.scheduler import Scheduler
     from aiwg.daemon.tasks.store import StoreService
     from aiwg.daemon.tasks.actions import TaskActions
@@ -87,6 +88,9 @@ def makeService(options: Options) -> Any:
 
     paths: ProjectPaths = options.paths
     config = options.config
+    # First: what systemd put in the environment is read and taken out of it, so
+    # that no agent inherits NOTIFY_SOCKET.
+    notifier = SystemdNotifier.from_environ(reactor, os.environ)
     socket_path = paths.bind_socket()
     bus = EventBus(reactor=reactor)
     store = StoreService(
@@ -129,6 +133,7 @@ def makeService(options: Options) -> Any:
         supervisor=supervisor,
         lock=lock,
         heartbeat=heartbeat,
+        notifier=notifier,
     )
     actions = TaskActions(supervisor)
     automation = AutomationEngine(
@@ -153,6 +158,7 @@ def makeService(options: Options) -> Any:
 
     # Start order. Stop order is the reverse: IPC stays up while workers drain.
     lock.setServiceParent(root)
+    notifier.setServiceParent(root)  # the watchdog's pings go on while the rest drains
     EventLog(bus=bus, directory=paths.events_dir, settings=config.daemon.events).setServiceParent(root)
     store.setServiceParent(root)  # closes after the final state write, which reads it
     heartbeat.setServiceParent(root)
