@@ -19,9 +19,9 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from aiwg.core.conversations import new_conversation_id
 from aiwg.cli.turns import TURN_TOPICS, answer_text, deferred_interrupt, failure_text, wait_turn
 from aiwg.client import DaemonClient
+from aiwg.core.conversations import new_conversation_id
 from aiwg.errors import SHUTTING_DOWN, AiwgError, ConnectionClosed, DaemonNotRunning, RpcError
 from aiwg.paths import ProjectPaths
 
