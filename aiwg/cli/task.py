@@ -14,7 +14,7 @@ import click
 
 from aiwg.cli.render import Context, duration, emit_json, fail, json_option, project_option
 from aiwg.client import DaemonClient
-from aiwg.errors import INVALID_PARAMS, RpcError
+from aiwg.errors import EXIT_FAILURE, INVALID_PARAMS, RpcError
 from aiwg.core.states import END_TOPICS, TERMINAL_STATES
 
 pass_context = click.make_pass_decorator(Context, ensure=True)
@@ -81,7 +81,9 @@ def submit(ctx: Context, prompt: str, priority: int, timeout: float | None, agen
         if ctx.as_json and not wait:
             emit_json(result)
             return
-        if not ctx.as_json:
+        if ctx.as_json:  # the first of the JSON Lines that --wait writes
+            json_line({"type": "submitted", **result})
+        else:
             click.echo(f"Task submitted: {result['taskId']} ({result['state']})", err=wait)
         if wait:
             sys.exit(_follow(ctx, client, result["taskId"], subscribed=True))
@@ -152,7 +154,7 @@ def _follow_all(ctx: Context, client: DaemonClient) -> int:
     try:
         for event in client.events():
             if ctx.as_json:
-                click.echo(json.dumps(event))
+                json_line(event)
                 continue
             payload = event.get("payload") or {}
             tid = payload.get("taskId", "?")
@@ -296,6 +298,8 @@ def cancel(ctx: Context, task_id: str) -> None:
             _unknown_or_raise(exc, task_id)
     if ctx.as_json:
         emit_json(result)
+        if not result["cancelled"]:  # the same status in either format
+            sys.exit(EXIT_FAILURE)
     elif result["cancelled"]:
         click.echo(f"Task {task_id} cancelled")
     else:
@@ -418,12 +422,28 @@ def _unknown_or_raise(exc: RpcError, task_id: str) -> None:
     raise exc
 
 
+def json_line(value: Any) -> None:
+    """One JSON object on one line: what a streaming command writes under --json."""
+    sys.stdout.write(json.dumps(value, separators=(",", ":"), default=str) + "\n")
+    sys.stdout.flush()
+
+
 def _follow(ctx: Context, client: DaemonClient, task_id: str, *, subscribed: bool) -> int:
-    """Print the task's output from the start, then live, until it ends."""
+    """Print the task's output from the start, then live, until it ends. Under --json,
+    JSON Lines instead: `{"type": "output", …}` per chunk, `iteration` and `state`
+    objects as they happen, and the final record last (`{"type": "task", "task": …}`);
+    the agent's raw output never reaches stdout."""
     if not subscribed:
         client.subscribe(["task:output", "task:iteration", *END_TOPICS])
     position = 0
     out = sys.stdout.buffer
+
+    def show(data: str, offset: int, stream: str | None) -> None:
+        if ctx.as_json:
+            json_line({"type": "output", "taskId": task_id, "stream": stream, "offset": offset, "data": data})
+        elif data:
+            out.write(data.encode("utf-8"))
+            out.flush()
 
     def catch_up() -> dict[str, Any]:
         nonlocal position
@@ -433,10 +453,8 @@ def _follow(ctx: Context, client: DaemonClient, task_id: str, *, subscribed: boo
             except RpcError as exc:
                 _unknown_or_raise(exc, task_id)
                 raise
-            data = page["data"].encode("utf-8")
-            if data:
-                out.write(data)
-                out.flush()
+            if page["data"]:
+                show(page["data"], position, None)  # the file holds both streams, interleaved
             position = page["nextOffset"]
             if page["eof"]:
                 return page
@@ -454,14 +472,17 @@ def _follow(ctx: Context, client: DaemonClient, task_id: str, *, subscribed: boo
                     start = int(payload.get("offset", 0))
                     length = int(payload.get("bytes", 0))
                     if start >= position:  # not yet printed (catch-up reads whole chunks)
-                        out.write(payload.get("chunk", "").encode("utf-8"))
-                        out.flush()
+                        show(payload.get("chunk", ""), start, payload.get("stream"))
                         position = start + length
                 elif event["topic"] == "task:iteration":
-                    if not ctx.as_json:
+                    if ctx.as_json:
+                        json_line({"type": "iteration", **payload})
+                    else:
                         click.echo(_iteration_line(payload), err=True)
                 else:
                     state = payload.get("state", event["topic"].split(":", 1)[1])
+                    if ctx.as_json:
+                        json_line({"type": "state", "taskId": task_id, "state": state})
                     break
             else:
                 state = client.call("task.get", taskId=task_id)["state"]
@@ -470,7 +491,7 @@ def _follow(ctx: Context, client: DaemonClient, task_id: str, *, subscribed: boo
     catch_up()
     record = client.call("task.get", taskId=task_id)
     if ctx.as_json:
-        emit_json(record)
+        json_line({"type": "task", "task": record})
     elif record.get("error"):
         click.echo(f"task {task_id} {record['state']}: {record['error']}", err=True)
     else:
