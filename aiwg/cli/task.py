@@ -91,36 +91,41 @@ def submit(ctx: Context, prompt: str, priority: int, timeout: float | None, agen
 
 @task.command("list")
 @click.option("--state", "-s", type=click.Choice(STATES), help="Only tasks in this state.")
+@click.option("--source", "-S", metavar="GLOB", help="Only tasks from this source: cli, chat, rule:*, schedule:nightly, …")
 @click.option("--limit", "-n", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--offset", type=click.IntRange(min=0), default=0)
 @project_option
 @json_option
 @pass_context
-def list_tasks(ctx: Context, state: str | None, limit: int, offset: int) -> None:
-    """Tasks, newest first."""
+def list_tasks(ctx: Context, state: str | None, source: str | None, limit: int, offset: int) -> None:
+    """Tasks, newest first (a page of them: the footer says how many there are)."""
     params: dict[str, Any] = {"limit": limit, "offset": offset}
-    if state:
-        params["state"] = state
+    filters = {k: v for k, v in (("state", state), ("source", source)) if v}
     with DaemonClient(ctx.paths.root) as client:
-        tasks = client.request("task.list", params)
+        tasks = client.request("task.list", {**params, **filters})
+        total = client.request("task.count", filters)["count"] if not ctx.as_json else None
     if ctx.as_json:
         emit_json(tasks)
         return
     if not tasks:
-        click.echo("No tasks found")
+        click.echo("No tasks found" + (f" (there are {total}; --offset {offset} is past them)" if total else ""))
         return
     now = time.time()
-    rows = [("ID", "STATE", "PRI", "AGE", "DURATION", "PROMPT")]
+    rows = [("ID", "STATE", "PRI", "SOURCE", "AGE", "DURATION", "PROMPT")]
     for t in tasks:
         created = _epoch(t["createdAt"])
         age = duration(now - created) if created else "-"
         took = duration(t["duration"] / 1000) if t.get("duration") is not None else "-"
         prompt = " ".join(t["prompt"].split())
-        rows.append((t["id"], t["state"], str(t["priority"]), age, took,
+        rows.append((t["id"], t["state"], str(t["priority"]), t["source"], age, took,
                      prompt if len(prompt) <= 50 else prompt[:49] + "…"))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
     for row in rows:
-        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5])) + "  " + row[5])
+        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:6])) + "  " + row[6])
+    shown_to = offset + len(tasks)
+    if offset or shown_to < total:
+        more = f"; next: --offset {shown_to}" if shown_to < total else ""
+        click.echo(f"{offset + 1}–{shown_to} of {total}{more} (or --limit)", err=True)
 
 
 @task.command()
@@ -363,6 +368,78 @@ def reject(ctx: Context, task_id: str, reason: str | None) -> None:
 
 
 @task.command()
+@click.argument("task_id", metavar="ID")
+@project_option
+@json_option
+@pass_context
+def retry(ctx: Context, task_id: str) -> None:
+    """Run an ended task again: a new task with the same prompt and settings."""
+    with DaemonClient(ctx.paths.root) as client:
+        try:
+            result = client.call("task.retry", taskId=task_id)
+        except RpcError as exc:
+            _unknown_or_raise(exc, task_id)
+            raise
+    if ctx.as_json:
+        emit_json(result)
+    else:
+        click.echo(f"Task submitted: {result['taskId']} ({result['state']}), a retry of {task_id}")
+
+
+@task.command("rm")
+@click.argument("task_ids", metavar="ID...", nargs=-1, required=True)
+@project_option
+@json_option
+@pass_context
+def remove(ctx: Context, task_ids: tuple[str, ...]) -> None:
+    """Delete ended tasks, with their output files; exit 1 if one could not be."""
+    with DaemonClient(ctx.paths.root) as client:
+        result = client.call("task.remove", taskIds=list(task_ids))
+    if ctx.as_json:
+        emit_json(result)
+    else:
+        for task_id in result["removed"]:
+            click.echo(f"removed {task_id}")
+        for task_id, why in result["kept"].items():
+            click.echo(f"aiwg: kept {task_id}: {why}", err=True)
+    if result["kept"]:
+        sys.exit(EXIT_FAILURE)
+
+
+def _age(text: str) -> float:
+    """`7d`, `12h`, `30m`, `90s`, or a number of days, in seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text) * 86400
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give a number and d, h, m or s (7d, 12h)") from None
+
+
+@task.command()
+@click.option("--state", "-s", type=click.Choice(("completed", "failed", "cancelled", "timeout", "rejected")),
+              help="Only ended tasks in this state.")
+@click.option("--older-than", metavar="AGE", help="Only tasks that ended longer ago than this: 7d, 12h, 30m.")
+@project_option
+@json_option
+@pass_context
+def prune(ctx: Context, state: str | None, older_than: str | None) -> None:
+    """Delete ended tasks (all, or in a state, or ended long ago), with their output files."""
+    params: dict[str, Any] = {}
+    if state:
+        params["state"] = state
+    if older_than:
+        params["olderThan"] = _age(older_than)
+    with DaemonClient(ctx.paths.root) as client:
+        result = client.call("task.prune", **params)
+    if ctx.as_json:
+        emit_json(result)
+    else:
+        click.echo(f"removed {len(result['removed'])} ended task(s)")
+
+
+@task.command()
 @project_option
 @json_option
 @pass_context
@@ -373,8 +450,12 @@ def stats(ctx: Context) -> None:
     if ctx.as_json:
         emit_json(result)
         return
-    for key in ("total", *STATES):
-        click.echo(f"{key + ':':<11} {result.get(key, 0)}")
+    keys = ("total", *STATES, "finishing")
+    width = max(len(k) for k in keys) + 1
+    digits = max(len(str(result.get(k, 0))) for k in keys)
+    for key in keys:
+        if key in result or key != "finishing":
+            click.echo(f"{key + ':':<{width}} {result.get(key, 0):>{digits}}")
 
 
 @task.command()

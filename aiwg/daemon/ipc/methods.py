@@ -18,6 +18,7 @@ from aiwg.core.timefmt import iso_utc
 from aiwg.daemon.ipc.records import record_json
 from aiwg.daemon.ipc.rpc import CallContext, MethodTable, Namespace, Param, method
 from aiwg.daemon.messaging.hub import PLATFORMS
+from aiwg.daemon.tasks.actions import TaskActions
 from aiwg.errors import SUBSYSTEM_UNAVAILABLE, InvalidParams, RpcError
 
 if TYPE_CHECKING:
@@ -224,6 +225,11 @@ def _unknown_task(task_id: str) -> InvalidParams:
     return InvalidParams(f"Task not found: {task_id} (parameter 'taskId')", {"taskId": task_id})
 
 
+def _check_state(state: str | None) -> None:
+    if state is not None and state not in STATE_NAMES:
+        raise InvalidParams(f"Invalid parameter 'state': must be one of {', '.join(STATE_NAMES)}, got '{state}'")
+
+
 def _decided(change: Change) -> Any:
     """An approval or a rejection that was made; the error that says why not."""
     if change.task is None:
@@ -237,9 +243,10 @@ def _decided(change: Change) -> Any:
 class TaskMethods(Namespace):
     """AIWG's task.* methods (same names, params and result fields), plus task.output."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Supervisor, actions: TaskActions) -> None:
         super().__init__()
         self._supervisor = supervisor
+        self._actions = actions
 
     @method(
         Param("prompt", "string", required=True, non_empty=True, description="What the agent should do."),
@@ -301,15 +308,61 @@ class TaskMethods(Namespace):
         Param("state", "string", nullable=True, description="Only tasks in this state."),
         Param("limit", "integer", default=20, minimum=0, maximum=1000, description="0 means the default, 20 (as AIWG's daemon reads it)."),
         Param("offset", "integer", default=0, minimum=0),
+        Param("source", "string", nullable=True, non_empty=True, description="Only tasks from this source; * "
+              "and ? match as in a shell (rule:*, schedule:nightly)."),
         description="Tasks, newest first.",
     )
-    def jsonrpc_list(self, ctx: CallContext, state: str | None, limit: int, offset: int) -> list[Any]:
-        limit = limit or 20
-        if state is not None and state not in STATE_NAMES:
-            raise InvalidParams(
-                f"Invalid parameter 'state': must be one of {', '.join(STATE_NAMES)}, got '{state}'"
-            )
-        return [record_json(t) for t in self._supervisor.store.list(state, limit, offset)]
+    def jsonrpc_list(self, ctx: CallContext, state: str | None, limit: int, offset: int,
+                     source: str | None) -> list[Any]:
+        _check_state(state)
+        return [record_json(t) for t in self._supervisor.store.list(state, limit or 20, offset, source)]
+
+    @method(
+        Param("state", "string", nullable=True, description="Only tasks in this state."),
+        Param("source", "string", nullable=True, non_empty=True, description="Only tasks from this source (a glob)."),
+        description="How many tasks task.list pages through with the same filters.",
+    )
+    def jsonrpc_count(self, ctx: CallContext, state: str | None, source: str | None) -> dict[str, int]:
+        _check_state(state)
+        return {"count": self._supervisor.store.count(state, source)}
+
+    @method(Param("taskId", "string", required=True, non_empty=True),
+            description="Run an ended task again: a new task with the same prompt and settings, "
+            "`retryOf` in its metadata naming the old one.")
+    def jsonrpc_retry(self, ctx: CallContext, taskId: str) -> Any:
+        try:
+            submitted = self._actions.retry(taskId)
+        except ValueError as exc:
+            raise InvalidParams(f"Invalid parameter 'taskId': {exc}", {"taskId": taskId}) from None
+
+        def answered(task: Any) -> dict[str, Any]:
+            if task is None:
+                raise _unknown_task(taskId)
+            return {"taskId": task.id, "state": task.state.value, "retryOf": taskId}
+        return submitted.addCallback(answered)
+
+    @method(Param("taskIds", "string[]", required=True, description="The ended tasks to delete."),
+            description="Delete ended tasks with their output files; one that has not ended, or "
+            "does not exist, is named in `kept` with why.")
+    def jsonrpc_remove(self, ctx: CallContext, taskIds: list[str]) -> dict[str, Any]:
+        store = self._supervisor.store
+        kept = {}
+        for task_id in taskIds:
+            task = store.get(task_id)
+            if task is None or not task.terminal:
+                kept[task_id] = "no such task" if task is None else f"it has not ended (it is {task.state})"
+        removed = self._supervisor.housekeeping.remove_finished(ids=[i for i in taskIds if i not in kept])
+        return {"removed": removed, "kept": kept}
+
+    @method(Param("state", "string", nullable=True, description="Only ended tasks in this state."),
+            Param("olderThan", "number", nullable=True, minimum=0, description="Only tasks that ended more "
+                  "than this many seconds ago."),
+            description="Delete ended tasks (all of them, or those in a state, or ended long enough ago) "
+            "with their output files.")
+    def jsonrpc_prune(self, ctx: CallContext, state: str | None, olderThan: float | None) -> dict[str, Any]:
+        _check_state(state)
+        before = None if olderThan is None else self._supervisor.reactor.seconds() - olderThan
+        return {"removed": self._supervisor.housekeeping.remove_finished(state=state, finished_before=before)}
 
     @method(Param("taskId", "string", required=True, non_empty=True), description="One task's full record.")
     def jsonrpc_get(self, ctx: CallContext, taskId: str) -> dict[str, Any]:
@@ -524,7 +577,7 @@ def build_method_table(daemon: DaemonService, *, bus: EventBus, supervisor: Supe
     table.add("events", EventsMethods(bus))
     table.add("event", EventMethods(bus))
     if supervisor is not None:
-        table.add("task", TaskMethods(supervisor))
+        table.add("task", TaskMethods(supervisor, TaskActions(supervisor)))
         if chat is not None:
             table.add("chat", ChatMethods(chat, supervisor))
     if automation is not None:

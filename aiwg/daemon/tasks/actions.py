@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from aiwg.core.loops import spec_from_action
 from aiwg.core.tasks import Task, TaskState
@@ -38,6 +38,24 @@ class TaskActions:
             retries=int(spec.get("retries", 0)),
             require_approval=True if spec.get("require_approval") else None,
             **extra,
+        )
+
+    def retry(self, task_id: str) -> Deferred:
+        """Run an ended task again: a new task with its prompt and settings (its own
+        environment, loop, priority, timeout, agent, retries, where its answer
+        goes), `retryOf` naming the old one in its metadata. Fires with the new
+        task once it is durable; None if there is no such task; ValueError if it
+        has not ended (it would run twice at once)."""
+        old = self._task(task_id)
+        if old is None:
+            return succeed(None)
+        if not old.terminal:
+            raise ValueError(f"task {task_id} has not ended (it is {old.state}): cancel it first, or wait")
+        return self._supervisor.submit(  # type: ignore[no-any-return]
+            old.prompt, priority=old.priority, timeout_minutes=old.timeout_minutes, agent=old.agent,
+            metadata={**old.metadata, "retryOf": old.id}, source=old.source, retries=old.retries,
+            env=dict(old.env), loop=old.loop, resume_session=old.resume_session, reply_to=old.reply_to,
+            chain_depth=old.chain_depth,
         )
 
     def _task(self, task_id: str) -> Task | None:

@@ -89,16 +89,28 @@ class Housekeeping:
         except Exception:
             self.log.failure("pruning finished tasks failed")
             return
+        self._forget_files(removed)
+        if removed:
+            self.log.info("pruned {count} finished task(s) beyond retention", count=len(removed))
+
+    def remove_finished(self, **which: Any) -> list[str]:
+        """Delete finished tasks as asked (`task rm`, `task prune`: see
+        TaskStore.remove_finished), with their output files and loop records."""
+        removed = self._store().remove_finished(**which)
+        self._forget_files(removed)
+        if removed:
+            self.log.info("removed {count} finished task(s) on request", count=len(removed))
+        return [task_id for task_id, _ in removed]
+
+    def _forget_files(self, removed: list[tuple[str, str | None]]) -> None:
         for task_id, path in removed:
             if path:
                 try:
                     os.unlink(path)
-                except FileNotFoundError:
+                except OSError:
                     pass
             if (self._actions_dir / task_id).is_dir():  # a loop's iteration records
                 self._forget_records(task_id)
-        if removed:
-            self.log.info("pruned {count} finished task(s) beyond retention", count=len(removed))
 
     # -- the output directory ------------------------------------------------------
 

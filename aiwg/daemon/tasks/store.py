@@ -29,6 +29,9 @@ from aiwg.daemon.tasks.rows import (COLUMNS, SCHEMA_VERSION, SELECT_ONE, StoreEr
 from aiwg.daemon.tasks.tasks_json import from_node
 from aiwg.paths import file_identity
 
+#: States a task ends in: only these are ever deleted.
+_FINISHED = ("completed", "failed", "cancelled", "timeout", "rejected")
+
 __all__ = ["SCHEMA_VERSION", "DuplicateTask", "StoreError", "StoreService", "TaskStore", "open_store"]
 
 
@@ -333,20 +336,35 @@ class TaskStore:
         self._read_states[task_id] = task.state.value  # what a save of it replaces
         return task
 
-    def list(self, state: str | None = None, limit: int = 20, offset: int = 0) -> list[Task]:
-        """Newest first."""
+    def list(self, state: str | None = None, limit: int = 20, offset: int = 0,
+             source: str | None = None) -> list[Task]:
+        """Newest first; `source` is a glob (`rule:*`)."""
         self.flush()
-        columns = f"seq, {', '.join(COLUMNS)}"
-        if state is None:
-            rows = self._reader.execute(
-                f"SELECT {columns} FROM tasks ORDER BY seq DESC LIMIT ? OFFSET ?", (limit, offset)
-            ).fetchall()
-        else:
-            rows = self._reader.execute(
-                f"SELECT {columns} FROM tasks WHERE state = ? ORDER BY seq DESC LIMIT ? OFFSET ?",
-                (state, limit, offset),
-            ).fetchall()
+        where, values = self._filter(state, source)
+        rows = self._reader.execute(
+            f"SELECT seq, {', '.join(COLUMNS)} FROM tasks{where} ORDER BY seq DESC LIMIT ? OFFSET ?",
+            (*values, limit, offset),
+        ).fetchall()
         return [from_row(r) for r in rows]
+
+    def count(self, state: str | None = None, source: str | None = None) -> int:
+        """How many tasks `list` would page through (counts by state alone come from memory)."""
+        if source is None:
+            return self.stats()["total"] if state is None else self.stats().get(state, 0)
+        self.flush()
+        where, values = self._filter(state, source)
+        return int(self._reader.execute(f"SELECT COUNT(*) FROM tasks{where}", values).fetchone()[0])
+
+    @staticmethod
+    def _filter(state: str | None, source: str | None) -> tuple[str, list[str]]:
+        clauses, values = [], []
+        if state is not None:
+            clauses.append("state = ?")
+            values.append(state)
+        if source is not None:
+            clauses.append("source GLOB ?")
+            values.append(source)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), values
 
     def in_state(self, state: TaskState) -> list[Task]:
         """Every task in `state`, in run order (for start-up: queued and running)."""
@@ -387,6 +405,30 @@ class TaskStore:
                 "ORDER BY finished_at DESC, seq DESC LIMIT -1 OFFSET ?",
                 (max_tasks,),
             ).fetchall()
+        return self._delete(doomed)
+
+    def remove_finished(self, *, ids: list[str] | None = None, state: str | None = None,
+                        finished_before: float | None = None) -> list[tuple[str, str | None]]:
+        """Delete finished tasks: those of `ids`, or every one in `state` and/or
+        finished before a time; (id, output_path) of each deleted. A task that has
+        not finished is never deleted."""
+        self.flush()
+        where, values = ["finished_at IS NOT NULL", "state IN (%s)" % ", ".join("?" * len(_FINISHED))], \
+            list(_FINISHED)
+        if ids is not None:
+            where.append("id IN (%s)" % ", ".join("?" * len(ids)))
+            values += ids
+        if state is not None:
+            where.append("state = ?")
+            values.append(state)
+        if finished_before is not None:
+            where.append("finished_at < ?")
+            values.append(finished_before)
+        doomed = self._db.execute(f"SELECT id, output_path, state FROM tasks WHERE {' AND '.join(where)}",
+                                  values).fetchall()
+        return self._delete(doomed)
+
+    def _delete(self, doomed: list[tuple[str, str | None, str]]) -> list[tuple[str, str | None]]:
         unique = list(dict.fromkeys(doomed))
         if unique:
             with self._transaction():
