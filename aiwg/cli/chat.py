@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from aiwg.cli.following import EXIT_FOR_STATE
 from aiwg.cli.render import Context, emit_json, fail, json_option, project_option
 from aiwg.cli.turns import TURN_TOPICS, answer_text, deferred_interrupt, failure_text, wait_turn
 from aiwg.client import DaemonClient
@@ -14,7 +15,6 @@ from aiwg.client import DaemonClient
 pass_context = click.make_pass_decorator(Context, ensure=True)
 
 #: Exit status for each final state of a turn (as `aiwg task get --follow`).
-EXIT_FOR_STATE = {"completed": 0, "failed": 1, "timeout": 124, "cancelled": 130}
 
 
 @click.group()

@@ -14,14 +14,14 @@ import click
 
 from aiwg.cli.render import Context, duration, emit_json, fail, json_option, project_option
 from aiwg.client import DaemonClient
+from aiwg.cli.following import follow_all, follow_task, json_line
 from aiwg.errors import EXIT_FAILURE, INVALID_PARAMS, RpcError
-from aiwg.core.states import END_TOPICS, TERMINAL_STATES
+from aiwg.core.states import END_TOPICS
 
 pass_context = click.make_pass_decorator(Context, ensure=True)
 
 STATES = ("awaiting_approval", "queued", "running", "completed", "failed", "cancelled", "timeout", "rejected")
 #: Exit status of `task get --follow` and `task submit --wait` for each final state.
-EXIT_FOR_STATE = {"completed": 0, "failed": 1, "timeout": 124, "cancelled": 130, "rejected": 3}
 
 
 @click.group()
@@ -45,13 +45,14 @@ def task() -> None:
               help="Loop: minutes one agent run may take (default daemon.action_timeout_minutes).")
 @click.option("--check-timeout", type=click.FloatRange(min=0, min_open=True), metavar="MIN",
               help="Loop: minutes the check may take (default 10).")
-@click.option("--wait", "-w", is_flag=True, help="Wait, streaming output, and exit with the task's status.")
+@click.option("--wait", "-w", is_flag=True, help="Wait, streaming output, and exit with the task's status; Ctrl-C cancels the task.")
+@click.option("--detach", is_flag=True, help="With --wait: Ctrl-C stops waiting and leaves the task running.")
 @project_option
 @json_option
 @pass_context
 def submit(ctx: Context, prompt: str, priority: int, timeout: float | None, agent: str | None, retries: int,
            require_approval: bool, until: str | None, max_iterations: int | None, budget: float | None,
-           iteration_timeout: float | None, check_timeout: float | None, wait: bool) -> None:
+           iteration_timeout: float | None, check_timeout: float | None, wait: bool, detach: bool) -> None:
     """Queue PROMPT for the agent (one argument; quote it). With --until, the task
     is a loop: agent, check, agent again with what failed, until the check passes
     or a limit is hit. For a loop, --timeout limits the whole loop."""
@@ -76,7 +77,8 @@ def submit(ctx: Context, prompt: str, priority: int, timeout: float | None, agen
         params["agent"] = agent
     with DaemonClient(ctx.paths.root) as client:
         if wait:
-            client.subscribe(["task:output", "task:iteration", *END_TOPICS])
+            client.subscribe(["task:output", "task:iteration", "task:queued", "task:started", "task:approved",
+                              *END_TOPICS])
         result = client.request("task.submit", params)
         if ctx.as_json and not wait:
             emit_json(result)
@@ -86,7 +88,8 @@ def submit(ctx: Context, prompt: str, priority: int, timeout: float | None, agen
         else:
             click.echo(f"Task submitted: {result['taskId']} ({result['state']})", err=wait)
         if wait:
-            sys.exit(_follow(ctx, client, result["taskId"], subscribed=True))
+            sys.exit(follow_task(ctx.as_json, client, result["taskId"], subscribed=True, started_here=True,
+                                 detach=detach))
 
 
 @task.command("list")
@@ -142,49 +145,8 @@ def follow(ctx: Context, task_id: str | None, every: bool) -> None:
         fail("give a task ID, or --all to follow every task", 2)
     with DaemonClient(ctx.paths.root) as client:
         if task_id:
-            sys.exit(_follow(ctx, client, task_id, subscribed=False))
-        sys.exit(_follow_all(ctx, client))
-
-
-def _follow_all(ctx: Context, client: DaemonClient) -> int:
-    """Every task's output as it arrives, line by line, prefixed `[t-…]`."""
-    from aiwg.errors import ConnectionClosed
-
-    client.subscribe(["task:started", "task:output", *END_TOPICS])
-    if not ctx.as_json:
-        running = client.call("task.list", state="running", limit=100)
-        click.echo(f"following the output of every task ({len(running)} running now); Ctrl-C stops")
-    partial: dict[str, str] = {}
-    client.timeout = None
-    try:
-        for event in client.events():
-            if ctx.as_json:
-                json_line(event)
-                continue
-            payload = event.get("payload") or {}
-            tid = payload.get("taskId", "?")
-            topic = event.get("topic", "")
-            if topic == "task:output":
-                text = partial.pop(tid, "") + payload.get("chunk", "")
-                *lines, rest = text.split("\n")
-                for line in lines:
-                    click.echo(f"[{tid}] {line}")
-                if rest:
-                    partial[tid] = rest
-            elif topic == "task:started":
-                click.echo(f"── {tid} started (pid {payload.get('pid')})")
-            else:
-                if partial.get(tid):
-                    click.echo(f"[{tid}] {partial.pop(tid)}")
-                state = topic.split(":", 1)[1]
-                detail = payload.get("error") or (f"exit {payload['exitCode']}" if "exitCode" in payload else "")
-                click.echo(f"── {tid} {state}{': ' + detail if detail else ''}")
-    except KeyboardInterrupt:
-        return 130
-    except ConnectionClosed:
-        click.echo("aiwg: the daemon stopped", err=True)
-        return 1
-    return 0
+            sys.exit(follow_task(ctx.as_json, client, task_id, subscribed=False))
+        sys.exit(follow_all(ctx.as_json, client))
 
 
 @task.command()
@@ -197,7 +159,7 @@ def get(ctx: Context, task_id: str, follow: bool) -> None:
     """Show one task (with --follow, stream its output live)."""
     with DaemonClient(ctx.paths.root) as client:
         if follow:
-            sys.exit(_follow(ctx, client, task_id, subscribed=False))
+            sys.exit(follow_task(ctx.as_json, client, task_id, subscribed=False))
         record = _get(client, task_id)
     if ctx.as_json:
         emit_json(record)
@@ -501,93 +463,6 @@ def _unknown_or_raise(exc: RpcError, task_id: str) -> None:
     if exc.code == INVALID_PARAMS and "Task not found" in exc.message:
         fail(f"no task with id {task_id}", 1)
     raise exc
-
-
-def json_line(value: Any) -> None:
-    """One JSON object on one line: what a streaming command writes under --json."""
-    sys.stdout.write(json.dumps(value, separators=(",", ":"), default=str) + "\n")
-    sys.stdout.flush()
-
-
-def _follow(ctx: Context, client: DaemonClient, task_id: str, *, subscribed: bool) -> int:
-    """Print the task's output from the start, then live, until it ends. Under --json,
-    JSON Lines instead: `{"type": "output", …}` per chunk, `iteration` and `state`
-    objects as they happen, and the final record last (`{"type": "task", "task": …}`);
-    the agent's raw output never reaches stdout."""
-    if not subscribed:
-        client.subscribe(["task:output", "task:iteration", *END_TOPICS])
-    position = 0
-    out = sys.stdout.buffer
-
-    def show(data: str, offset: int, stream: str | None) -> None:
-        if ctx.as_json:
-            json_line({"type": "output", "taskId": task_id, "stream": stream, "offset": offset, "data": data})
-        elif data:
-            out.write(data.encode("utf-8"))
-            out.flush()
-
-    def catch_up() -> dict[str, Any]:
-        nonlocal position
-        while True:
-            try:
-                page = client.call("task.output", taskId=task_id, offset=position)
-            except RpcError as exc:
-                _unknown_or_raise(exc, task_id)
-                raise
-            if page["data"]:
-                show(page["data"], position, None)  # the file holds both streams, interleaved
-            position = page["nextOffset"]
-            if page["eof"]:
-                return page
-
-    page = catch_up()
-    state = page["state"]
-    client.timeout = None
-    try:
-        while state not in TERMINAL_STATES:
-            for event in client.events(timeout=1.0):
-                payload = event.get("payload") or {}
-                if payload.get("taskId") != task_id:
-                    continue
-                if event["topic"] == "task:output":
-                    start = int(payload.get("offset", 0))
-                    length = int(payload.get("bytes", 0))
-                    if start >= position:  # not yet printed (catch-up reads whole chunks)
-                        show(payload.get("chunk", ""), start, payload.get("stream"))
-                        position = start + length
-                elif event["topic"] == "task:iteration":
-                    if ctx.as_json:
-                        json_line({"type": "iteration", **payload})
-                    else:
-                        click.echo(_iteration_line(payload), err=True)
-                else:
-                    state = payload.get("state", event["topic"].split(":", 1)[1])
-                    if ctx.as_json:
-                        json_line({"type": "state", "taskId": task_id, "state": state})
-                    break
-            else:
-                state = client.call("task.get", taskId=task_id)["state"]
-    except KeyboardInterrupt:
-        return 130
-    catch_up()
-    record = client.call("task.get", taskId=task_id)
-    if ctx.as_json:
-        json_line({"type": "task", "task": record})
-    elif record.get("error"):
-        click.echo(f"task {task_id} {record['state']}: {record['error']}", err=True)
-    else:
-        click.echo(f"task {task_id} {record['state']}", err=True)
-    return EXIT_FOR_STATE.get(record["state"], 1)
-
-
-def _iteration_line(payload: dict[str, Any]) -> str:
-    """A loop's progress, one line: `── iteration 2/5: check failed (exit 1), $0.04 spent`."""
-    code = payload.get("checkExitCode")
-    how = "check passed" if payload.get("passed") else (
-        f"check failed (exit {code})" if code is not None else "check did not finish")
-    spent = payload.get("totalCostUsd")
-    return (f"── iteration {payload.get('iteration')}/{payload.get('maxIterations')}: {how}"
-            + (f", ${spent:.4g} spent" if spent is not None else ""))
 
 
 def _epoch(iso: str | None) -> float | None:
