@@ -5,6 +5,7 @@ JSON or text lines, level filtering, and stdout in the foreground."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -215,3 +216,38 @@ class _Discard:
 def discard_observer() -> ILogObserver:
     """For twistd's --logger: the daemon writes its own log, so twistd's is not wanted."""
     return _Discard()
+
+
+#: Set once the daemon's own log (daemon.log, or stdout in the foreground) takes events.
+_own_log = {"started": False}
+
+
+def own_log_started() -> None:
+    _own_log["started"] = True
+
+
+@implementer(ILogObserver)
+class _ErrorsUntilOwnLog:
+    """Errors on stderr until the daemon's own log starts, nothing after (it has
+    them): a start that fails before then (another daemon holds the lock, say)
+    still says why."""
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if _own_log["started"]:
+            return
+        level = event.get("log_level")
+        if event.get("log_failure") is None and level not in (LogLevel.error, LogLevel.critical) \
+                and not event.get("isError"):
+            return
+        failure = event.get("log_failure")
+        text = str(failure.value) if isinstance(failure, Failure) else format_message(event)
+        stream = sys.__stderr__  # sys.stderr may be Twisted's logging file by now
+        if stream is not None and text.strip():
+            stream.write(text.rstrip("\n") + "\n")
+            stream.flush()
+
+
+def startup_errors_observer() -> ILogObserver:
+    """For `twistd aiwg` by itself (see tap.Options): twistd's own log replaced by
+    the daemon's, except for the errors of a start that fails before it begins."""
+    return _ErrorsUntilOwnLog()

@@ -28,7 +28,7 @@ from aiwg.configfile import exposure, load_config
 from aiwg.core.config import Config
 from aiwg.daemon.bus import EventBus
 from aiwg.core.timefmt import iso_utc
-from aiwg.daemon.logs import OncePerEvent, RotatingFileObserver, stream_observer
+from aiwg.daemon.logs import OncePerEvent, RotatingFileObserver, own_log_started, stream_observer
 from aiwg.errors import CONFIG_INVALID, ConfigError, RpcError
 from aiwg.paths import ProjectPaths
 
@@ -314,6 +314,7 @@ class DaemonService(MultiService):
         else:
             self._observer = RotatingFileObserver(self.paths.log_file, settings)
         self._observer = OncePerEvent(self._observer)
+        own_log_started()
         self._reactor.callLater(0, self._observer.settle)  # once the reactor runs: logging has begun
         globalLogPublisher.addObserver(self._observer)
 

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.python import usage
 
 from aiwg.configfile import load_config
-from aiwg.daemon.logs import discard_observer
+from aiwg.daemon.logs import startup_errors_observer
 from aiwg.errors import AiwgError, ConfigError
 from aiwg.paths import ProjectPaths
 
@@ -57,11 +57,11 @@ class Options(usage.Options):
             if runner["pidfile"] == "twistd.pid":  # its default
                 runner["pidfile"] = ""
             if not (runner["logfile"] or runner["logger"] or runner.get("syslog")):
-                runner["logger"] = "aiwg.daemon.logs.discard_observer"
+                runner["logger"] = "aiwg.daemon.logs.startup_errors_observer"
                 if runner["nodaemon"]:
                     self["log-stdout"] = True
         elif runner.get("logFile") is sys.stdout:  # twist, logging to stdout (its default)
-            runner["fileLogObserverFactory"] = lambda stream: discard_observer()
+            runner["fileLogObserverFactory"] = lambda stream: startup_errors_observer()
             self["log-stdout"] = True
 
 
