@@ -42,8 +42,13 @@ def test_list_shows_each_running_daemon_and_forgets_one_that_died(project: Proje
     assert text.stdout.splitlines()[0].split() == ["PROJECT", "PID", "UPTIME", "RUNNING", "QUEUED", "HEALTH"]
     assert str(other_root) in text.stdout and str(project.root) in text.stdout
 
+    [agent] = [t for t in json.loads(other.aiwg("task", "list", "--json").stdout) if t["state"] == "running"]
     os.kill(other.pid(), signal.SIGKILL)  # no chance to remove its entry
     wait_for(lambda: not other.running())
+    try:  # and its agent, orphaned by the kill, goes too
+        os.killpg(agent["pgid"], signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     assert [d["project"] for d in listed(project)] == [str(project.root)]
     assert len(list(registry.glob("*.json"))) == 1  # the stale entry went with the look
 
