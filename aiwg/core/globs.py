@@ -163,7 +163,7 @@ class IgnoreSet:
     matching entry deciding; and, as in git, nothing inside an ignored directory can
     be taken back. The daemon's own directory comes last, so that no entry can."""
 
-    ALWAYS = (".aiwg/daemon/",)
+    ALWAYS = (".aiwg/daemon/", ".aiwg/worktrees/")  # the daemon's own files; tasks' worktrees
 
     def __init__(self, entries: list[str] | tuple[str, ...]) -> None:
         for entry in entries:
