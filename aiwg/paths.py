@@ -25,6 +25,14 @@ def resolve_project(project: str | os.PathLike[str] | None = None) -> Path:
     return Path(os.path.realpath(os.path.expanduser(os.fspath(chosen))))
 
 
+def project_dir_problem(root: Path, explicit: bool) -> str | None:
+    """What every command says of a project that is not a directory (`explicit`:
+    named with --project, else taken from $AIWG_PROJECT); None if it is one."""
+    if root.is_dir():
+        return None
+    return f"{'--project' if explicit else '$AIWG_PROJECT'} {root}: not a directory"
+
+
 def fallback_socket_dirs() -> list[Path]:
     """Short, private directories for sockets whose in-project path is too long:
     $XDG_RUNTIME_DIR/aiwg when set, then /tmp/aiwg-$UID."""

@@ -92,9 +92,7 @@ def _watcher_ready(client: DaemonClient, within: float) -> bool:
 def start(ctx: Context, config: str | None, foreground: bool, with_tmux: bool = False) -> None:
     """Start the daemon for the project; returns once it answers on its socket
     and its file watches (if any) are in place."""
-    paths = ctx.paths
-    if not paths.root.is_dir():
-        fail(f"--project {paths.root}: not a directory", EXIT_FAILURE)
+    paths = ctx.paths  # a project that is not a directory is refused there, as by every command
     if with_tmux and foreground:
         fail("--tmux runs the daemon in the background; drop --foreground", EXIT_USAGE)
     running = _running_pid(paths)

@@ -65,12 +65,12 @@ def run(project: str | None, as_json: bool, timeout: float) -> int:
         return _failed(f"error {exc.code}: {exc.message}", exc.exit_code, as_json)
     except DaemonNotRunning as exc:
         from aiwg import instance
-        from aiwg.paths import ProjectPaths
+        from aiwg.paths import ProjectPaths, project_dir_problem
 
         paths = ProjectPaths.for_project(project)
-        if not paths.root.is_dir():  # as every command says it
-            where = "--project" if project else "$AIWG_PROJECT"
-            return _failed(f"{where} {paths.root}: not a directory", 2, as_json)
+        problem = project_dir_problem(paths.root, bool(project))
+        if problem:
+            return _failed(problem, 2, as_json)
         holder = instance.holder(paths)
         if holder is not None:
             return _failed(

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import click
 
-from aiwg.paths import ProjectPaths
+from aiwg.paths import ProjectPaths, project_dir_problem
 
 
 @dataclass
@@ -21,9 +21,9 @@ class Context:
     @property
     def paths(self) -> ProjectPaths:
         paths = ProjectPaths.for_project(self.project)
-        if not paths.root.is_dir():  # said as `daemon start` says it, by every command
-            where = "--project" if self.project else "$AIWG_PROJECT"
-            raise click.UsageError(f"{where} {paths.root}: not a directory")
+        problem = project_dir_problem(paths.root, bool(self.project))
+        if problem:
+            raise click.UsageError(problem)
         return paths
 
 
