@@ -18,15 +18,31 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
+from aiwg.cli.render import fail
 from aiwg.client import DaemonClient
 from aiwg.core.states import END_TOPICS, TERMINAL_STATES
 from aiwg.errors import INVALID_PARAMS, ConnectionClosed, RpcError
 
 EXIT_FOR_STATE = {"completed": 0, "failed": 1, "timeout": 124, "cancelled": 130, "rejected": 3}
+
+
+def unknown_task_or_raise(exc: RpcError, task_id: str) -> NoReturn:
+    """An unknown id said as such (exit 1, JSON under --json); any other error goes on."""
+    if exc.code == INVALID_PARAMS and "Task not found" in exc.message:
+        fail(f"no task with id {task_id}", 1)
+    raise exc
+
+
+def task_call(client: DaemonClient, method: str, task_id: str, **params: Any) -> Any:
+    """A task.* method on one task, its unknown id said as such."""
+    try:
+        return client.call(method, taskId=task_id, **params)
+    except RpcError as exc:
+        unknown_task_or_raise(exc, task_id)
 
 
 def json_line(value: Any) -> None:
@@ -103,13 +119,7 @@ def follow_task(as_json: bool, client: DaemonClient, task_id: str, *, subscribed
     def catch_up() -> dict[str, Any]:
         nonlocal position
         while True:
-            try:
-                page = client.call("task.output", taskId=task_id, offset=position)
-            except RpcError as exc:
-                if exc.code == INVALID_PARAMS and "Task not found" in exc.message:
-                    click.echo(f"aiwg: no task with id {task_id}", err=True)
-                    raise SystemExit(1) from None
-                raise
+            page = task_call(client, "task.output", task_id, offset=position)
             if page["data"]:
                 show(page["data"], position, None)  # the file holds both streams, interleaved
             position = page["nextOffset"]

@@ -14,8 +14,8 @@ import click
 
 from aiwg.cli.render import Context, duration, emit_json, fail, json_option, project_option
 from aiwg.client import DaemonClient
-from aiwg.cli.following import follow_all, follow_task, json_line
-from aiwg.errors import EXIT_FAILURE, INVALID_PARAMS, RpcError
+from aiwg.cli.following import follow_all, follow_task, json_line, task_call, unknown_task_or_raise
+from aiwg.errors import EXIT_FAILURE, RpcError
 from aiwg.core.states import END_TOPICS
 
 pass_context = click.make_pass_decorator(Context, ensure=True)
@@ -160,7 +160,7 @@ def get(ctx: Context, task_id: str, follow: bool) -> None:
     with DaemonClient(ctx.paths.root) as client:
         if follow:
             sys.exit(follow_task(ctx.as_json, client, task_id, subscribed=False))
-        record = _get(client, task_id)
+        record = task_call(client, "task.get", task_id)
     if ctx.as_json:
         emit_json(record)
         return
@@ -259,10 +259,7 @@ def _check_cell(check: dict[str, Any]) -> str:
 def cancel(ctx: Context, task_id: str) -> None:
     """Cancel a queued or running task."""
     with DaemonClient(ctx.paths.root) as client:
-        try:
-            result = client.call("task.cancel", taskId=task_id)
-        except RpcError as exc:
-            _unknown_or_raise(exc, task_id)
+        result = task_call(client, "task.cancel", task_id)
     if ctx.as_json:
         emit_json(result)
         if not result["cancelled"]:  # the same status in either format
@@ -296,7 +293,7 @@ def _decide(ctx: Context, method: str, task_id: str, **params: Any) -> dict[str,
             state = (exc.data or {}).get("state") if isinstance(exc.data, dict) else None
             if state:
                 fail(f"task {task_id} is not awaiting approval (it is {state})", 1)
-            _unknown_or_raise(exc, task_id)
+            unknown_task_or_raise(exc, task_id)
     return result
 
 
@@ -337,11 +334,7 @@ def reject(ctx: Context, task_id: str, reason: str | None) -> None:
 def retry(ctx: Context, task_id: str) -> None:
     """Run an ended task again: a new task with the same prompt and settings."""
     with DaemonClient(ctx.paths.root) as client:
-        try:
-            result = client.call("task.retry", taskId=task_id)
-        except RpcError as exc:
-            _unknown_or_raise(exc, task_id)
-            raise
+        result = task_call(client, "task.retry", task_id)
     if ctx.as_json:
         emit_json(result)
     else:
@@ -449,20 +442,6 @@ def export(ctx: Context, output: str | None) -> None:
         click.echo(f"exported {len(tasks)} task(s) to {output}", err=True)
     else:
         click.echo(text, nl=False)
-
-
-def _get(client: DaemonClient, task_id: str) -> dict[str, Any]:
-    try:
-        return client.call("task.get", taskId=task_id)
-    except RpcError as exc:
-        _unknown_or_raise(exc, task_id)
-        raise
-
-
-def _unknown_or_raise(exc: RpcError, task_id: str) -> None:
-    if exc.code == INVALID_PARAMS and "Task not found" in exc.message:
-        fail(f"no task with id {task_id}", 1)
-    raise exc
 
 
 def _epoch(iso: str | None) -> float | None:
