@@ -28,12 +28,9 @@ class Approvals:
 
     def approve(self, task_id: str, by: str) -> Change:
         """Queue a task that awaits approval."""
-        task = self._store().get(task_id)
-        if task is None:
-            return Change.unknown(task_id)
-        if task.state != TaskState.AWAITING_APPROVAL:
-            return Change.not_awaiting_approval(task)
-        self.disarm(task_id)
+        task = self._claim(task_id)
+        if isinstance(task, Change):
+            return task
         approved = task.moved(TaskState.QUEUED, approved_by=by)
         self._store().save(approved)
         self.log.info("task {task_id} approved by {by}", task_id=task_id, by=by)
@@ -44,12 +41,9 @@ class Approvals:
 
     def reject(self, task_id: str, by: str, reason: str | None = None) -> Change:
         """End a task that awaits approval, unrun."""
-        task = self._store().get(task_id)
-        if task is None:
-            return Change.unknown(task_id)
-        if task.state != TaskState.AWAITING_APPROVAL:
-            return Change.not_awaiting_approval(task)
-        self.disarm(task_id)
+        task = self._claim(task_id)
+        if isinstance(task, Change):
+            return task
         error = f"rejected by {by}" + (f": {reason}" if reason else "")
         rejected = task.moved(TaskState.REJECTED, finished_at=self._reactor.seconds(), error=error,
                               rejected_by=by)
@@ -57,6 +51,17 @@ class Approvals:
         self.log.info("task {task_id} {error}", task_id=task_id, error=error)
         self._bus.publish("task:rejected", {**task_event(rejected), "by": by, "reason": reason or ""})
         return Change.made(rejected)
+
+    def _claim(self, task_id: str) -> Task | Change:
+        """The task, if it awaits approval (its expiry timer disarmed: it is being
+        decided); else why it cannot be decided."""
+        task = self._store().get(task_id)
+        if task is None:
+            return Change.unknown(task_id)
+        if task.state != TaskState.AWAITING_APPROVAL:
+            return Change.not_awaiting_approval(task)
+        self.disarm(task_id)
+        return task
 
     def arm(self, task: Task) -> None:
         """Reject `task` when its approval expires (at once if it has)."""
