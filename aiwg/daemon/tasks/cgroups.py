@@ -47,6 +47,12 @@ def _own_cgroup(proc_cgroup: str) -> str | None:
     return None
 
 
+def _cgroup_of(pid: int) -> str | None:
+    """`pid`'s cgroup v2 path; OSError if the process is gone."""
+    with open(f"/proc/{pid}/cgroup") as handle:
+        return _own_cgroup(handle.read())
+
+
 def own_cgroup_dir() -> tuple[Path | None, str]:
     """This process's cgroup v2 directory, or None and why not."""
     try:
@@ -86,8 +92,7 @@ class TaskCgroups:
         little; moving a process (writing cgroup.procs) costs the kernel a lock
         over every cgroup, so a process that joined by itself is not moved again."""
         try:
-            with open(f"/proc/{pid}/cgroup") as handle:
-                own = _own_cgroup(handle.read())
+            own = _cgroup_of(pid)
         except OSError:
             return None
         return own is not None and own.endswith(f"/{self.base.name}/{task_id}")
@@ -154,11 +159,9 @@ class TaskCgroups:
     def holds(self, pid: int) -> bool:
         """Is `pid` in one of this project's task cgroups (so its task's end kills it)?"""
         try:
-            with open(f"/proc/{pid}/cgroup") as handle:
-                text = handle.read()
+            own = _cgroup_of(pid)
         except OSError:
             return False
-        own = _own_cgroup(text)
         return own is not None and f"/{self.base.name}/" in own
 
     def leftovers(self) -> list[str]:
