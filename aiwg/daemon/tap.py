@@ -153,8 +153,8 @@ def makeService(options: Options) -> Any:
         daemon_status=root.status, supervisor=lambda: supervisor, chat=lambda: chat,
         state_dir=paths.daemon_dir,
     )
-    methods = build_method_table(root, bus=bus, supervisor=supervisor, chat=chat, automation=automation,
-                                 scheduler=scheduler, messaging=messaging)
+    methods = build_method_table(root, bus=bus, supervisor=supervisor, actions=actions, chat=chat,
+                                 automation=automation, scheduler=scheduler, messaging=messaging)
 
     # Start order. Stop order is the reverse: IPC stays up while workers drain.
     lock.setServiceParent(root)

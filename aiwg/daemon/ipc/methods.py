@@ -18,7 +18,6 @@ from aiwg.core.timefmt import iso_utc
 from aiwg.daemon.ipc.records import record_json
 from aiwg.daemon.ipc.rpc import CallContext, MethodTable, Namespace, Param, method
 from aiwg.daemon.messaging.hub import PLATFORMS
-from aiwg.daemon.tasks.actions import TaskActions
 from aiwg.errors import SUBSYSTEM_UNAVAILABLE, InvalidParams, RpcError
 
 if TYPE_CHECKING:
@@ -28,6 +27,7 @@ if TYPE_CHECKING:
     from aiwg.daemon.messaging.chat import ChatService
     from aiwg.daemon.messaging.hub import MessagingService
     from aiwg.daemon.root import DaemonService
+    from aiwg.daemon.tasks.actions import TaskActions
     from aiwg.daemon.tasks.supervisor import Supervisor
 
 
@@ -568,6 +568,7 @@ class MessagingMethods(Namespace):
 
 
 def build_method_table(daemon: DaemonService, *, bus: EventBus, supervisor: Supervisor | None = None,
+                       actions: TaskActions | None = None,
                        chat: ChatService | None = None, automation: AutomationEngine | None = None,
                        scheduler: Scheduler | None = None, messaging: MessagingService | None = None) -> Root:
     """The whole RPC surface, in one place: each namespace given what it serves."""
@@ -576,8 +577,8 @@ def build_method_table(daemon: DaemonService, *, bus: EventBus, supervisor: Supe
     table.add("rpc", RpcMethods(table))
     table.add("events", EventsMethods(bus))
     table.add("event", EventMethods(bus))
-    if supervisor is not None:
-        table.add("task", TaskMethods(supervisor, TaskActions(supervisor)))
+    if supervisor is not None and actions is not None:
+        table.add("task", TaskMethods(supervisor, actions))
         if chat is not None:
             table.add("chat", ChatMethods(chat, supervisor))
     if automation is not None:
