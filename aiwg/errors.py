@@ -28,6 +28,7 @@ SUBSYSTEM_UNAVAILABLE = -32003
 CONFIG_INVALID = -32010
 SHUTTING_DOWN = -32011
 STORE_UNWRITABLE = -32012  # the task store could not be written (a full disk, a read-only file system)
+BRANCH_REFUSED = -32013  # an isolated task's branch cannot be merged, diffed or discarded (the message says why)
 
 
 # CLI exit statuses (LSB init-script conventions where they apply).

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping
 
 from attrs import frozen
 
-from aiwg.core import strictjson
+from aiwg.core import strictjson, workspaces
 from aiwg.core.cron import cron_problem, zone_problem
 from aiwg.core.loops import LoopSpecError, spec_from_action
 from aiwg.core.events import pattern_problem
@@ -385,6 +385,36 @@ def _semantic_problems(document: Mapping[str, Any]) -> list[str]:
                     f"rules[{index}].id: '{rule_id}' is already used by rules[{ids[rule_id]}]"
                 )
             ids.setdefault(rule_id, index)
+    problems.extend(_tasks_problems(document.get("tasks")))
+    tasks = document.get("tasks")
+    isolating = isinstance(tasks, Mapping) and tasks.get("isolation") == "worktree"
+    places = [(f"actions.{name}", a) for name, a in (actions.items() if isinstance(actions, Mapping) else ())]
+    places += [(f"rules[{i}].action", r.get("action")) for i, r in enumerate(rules if isinstance(rules, list) else [])
+               if isinstance(r, Mapping)]
+    for where, action in places:
+        if isinstance(action, Mapping) and "base" in action and not action.get("isolate", isolating):
+            problems.append(f"{where}.base: only an isolated task starts from a base; add \"isolate\": true "
+                            "(or set tasks.isolation to \"worktree\")")
+    return problems
+
+
+def _tasks_problems(tasks: Any) -> list[str]:
+    """An isolated task's branch name and commit author must be usable by git."""
+    if not isinstance(tasks, Mapping):
+        return []
+    problems = []
+    prefix = tasks.get("branch_prefix")
+    if isinstance(prefix, str) and prefix:
+        try:
+            workspaces.workspace_for("t-0000000000", prefix)
+        except workspaces.WorkspaceError as exc:
+            problems.append(str(exc))
+    author = tasks.get("commit_author")
+    if isinstance(author, str) and author.strip():
+        try:
+            workspaces.parse_author(author)
+        except workspaces.WorkspaceError as exc:
+            problems.append(str(exc))
     return problems
 
 

@@ -51,6 +51,8 @@ class Rule:
     retries: int = 0
     agent: str | None = None
     require_approval: bool = False
+    isolate: bool | None = None  # None: as tasks.isolation says
+    base: str | None = None
     max_fires_per_minute: int | None = None
     enabled: bool = True
     description: str = ""
@@ -102,6 +104,8 @@ def rules_from_config(entries: Iterable[Mapping[str, Any]]) -> tuple[Rule, ...]:
                 retries=int(action.get("retries", 0)),
                 agent=action.get("agent"),
                 require_approval=bool(action.get("require_approval", False)),
+                isolate=action.get("isolate"),
+                base=action.get("base"),
                 max_fires_per_minute=entry.get("max_fires_per_minute"),
                 enabled=bool(entry.get("enabled", True)),
                 description=entry.get("description", ""),

@@ -19,6 +19,7 @@ from attrs import field, fields, frozen
 
 from aiwg.core.loops import LoopProgress, LoopSpec
 from aiwg.core.states import TERMINAL_STATES
+from aiwg.core.workspaces import WorkspaceRecord
 
 
 class TaskState(str, Enum):
@@ -113,6 +114,11 @@ class Task:
     reply_to: Mapping[str, Any] | None = None
     #: How many rule firings led to this task (the loop guard's count).
     chain_depth: int = 0
+    #: Run in a git worktree of its own, on a branch of its own, from `base`
+    #: (a ref; None: the project's HEAD when it starts).
+    isolate: bool = False
+    base: str | None = None
+    workspace: WorkspaceRecord | None = None
 
     @property
     def terminal(self) -> bool:

@@ -45,6 +45,9 @@ def record_json(task: Task) -> dict[str, Any]:
         "env": sorted(task.env),
         "retries": task.retries,
         "attempts": task.attempts,
+        "isolate": task.isolate,
+        "base": task.base,
+        "workspace": task.workspace.to_json() if task.workspace is not None else None,
     }
 
 

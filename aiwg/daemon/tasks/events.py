@@ -29,4 +29,6 @@ def task_event(task: Task) -> dict[str, Any]:
         payload["costUsd"] = task.cost_usd
     if task.output_tail and task.state in (TaskState.FAILED, TaskState.TIMEOUT):
         payload["outputTail"] = task.output_tail[-2000:]
+    if task.workspace is not None:
+        payload["workspace"] = task.workspace.to_json()
     return payload

@@ -15,8 +15,9 @@ from aiwg.core.loops import LoopProgress, LoopSpec, LoopSpecError, loop_json
 from aiwg.core.tasks import Task, TaskState
 from aiwg.core.text import utf8_safe
 from aiwg.core.timefmt import parse_iso
+from aiwg.core.workspaces import WorkspaceRecord
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 COLUMNS = (
     "id", "prompt", "priority", "state", "source", "agent", "created_at", "started_at",
@@ -26,6 +27,8 @@ COLUMNS = (
     # schema 3: what the daemon owns, out of the client's metadata
     "env", "loop", "approval_expires_at", "approved_by", "rejected_by", "resume_session", "reply_to",
     "chain_depth",
+    # schema 4: isolated tasks
+    "isolate", "base", "workspace",
 )
 
 MIGRATIONS: dict[int, list[Any]] = {
@@ -88,6 +91,11 @@ MIGRATIONS: dict[int, list[Any]] = {
         "ALTER TABLE tasks ADD COLUMN chain_depth INTEGER NOT NULL DEFAULT 0",
         lambda db: move_daemon_keys(db),
     ],
+    4: [  # isolated tasks: a worktree and a branch of their own
+        "ALTER TABLE tasks ADD COLUMN isolate INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE tasks ADD COLUMN base TEXT",
+        "ALTER TABLE tasks ADD COLUMN workspace TEXT",
+    ],
 }
 
 
@@ -98,8 +106,9 @@ def rollback(db: sqlite3.Connection) -> None:
         pass  # nothing was left open
 
 
-#: Rows per statement: 35 parameters each stays under SQLite's oldest limit (999).
-_ROWS_PER_STATEMENT = 28
+#: Rows per statement: 39 parameters each stays under SQLite's oldest limit (999).
+_ROWS_PER_STATEMENT = 25
+assert (len(COLUMNS) + 1) * _ROWS_PER_STATEMENT <= 999, "fewer rows per statement"
 
 
 @lru_cache(maxsize=_ROWS_PER_STATEMENT)
@@ -141,7 +150,7 @@ SELECT_ONE = f"SELECT seq, {', '.join(COLUMNS)} FROM tasks WHERE id = ?"
 #: Where a row holds numbers (the rest is text, JSON text or None).
 _NUMBERS = tuple(i for i, name in enumerate(COLUMNS) if name in {
     "priority", "created_at", "started_at", "finished_at", "pid", "pgid", "exit_code", "signal",
-    "timeout_minutes", "output_bytes", "cost_usd", "retries", "attempts", "approval_expires_at", "chain_depth"})
+    "timeout_minutes", "output_bytes", "cost_usd", "retries", "attempts", "approval_expires_at", "chain_depth", "isolate"})
 
 
 def checked_row(task: Task) -> tuple[Any, ...]:
@@ -177,6 +186,8 @@ def to_row(task: Task) -> tuple[Any, ...]:
         _json(task.env), _json(loop_json(task.loop, task.progress)) if task.loop is not None else None,
         task.approval_expires_at, _text(task.approved_by), _text(task.rejected_by), _text(task.resume_session),
         _json(task.reply_to) if task.reply_to is not None else None, task.chain_depth,
+        int(task.isolate), _text(task.base),
+        _json(task.workspace.to_json()) if task.workspace is not None else None,
     )
 
 
@@ -192,6 +203,8 @@ def from_row(row: tuple[Any, ...]) -> Task:
     values["env"] = _object(values["env"])
     values["reply_to"] = _object(values["reply_to"]) if values["reply_to"] else None
     values["loop"], values["loop_progress"] = _loop(values["loop"])
+    values["isolate"] = bool(values["isolate"])
+    values["workspace"] = WorkspaceRecord.from_json(_object(values["workspace"])) if values["workspace"] else None
     return Task(**values)
 
 

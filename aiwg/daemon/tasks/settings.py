@@ -4,12 +4,38 @@
 from __future__ import annotations
 
 import fnmatch
+from typing import Any, Mapping
 
 from attrs import frozen
 
-from aiwg.core import agents
+from aiwg.core import agents, workspaces
 from aiwg.core.config import Config
 from aiwg.core.messaging import SECRET_KEYS
+
+
+@frozen
+class IsolationSettings:
+    """`tasks.*`: whether tasks run in worktrees of their own, and what is done
+    with their branches."""
+
+    default: bool = False  # tasks.isolation == "worktree"
+    branch_prefix: str = workspaces.DEFAULT_BRANCH_PREFIX
+    keep_failed: bool = False
+    author: tuple[str, str] | None = None
+    merge: str = "manual"
+    git_timeout: float = 600.0
+
+    @classmethod
+    def from_config(cls, tasks: Mapping[str, Any]) -> "IsolationSettings":
+        author = str(tasks.get("commit_author", "")).strip()
+        return cls(
+            default=tasks.get("isolation", "none") == "worktree",
+            branch_prefix=str(tasks.get("branch_prefix", workspaces.DEFAULT_BRANCH_PREFIX)),
+            keep_failed=bool(tasks.get("keep_failed_worktrees", False)),
+            author=workspaces.parse_author(author) if author else None,
+            merge=str(tasks.get("merge", "manual")),
+            git_timeout=float(tasks.get("git_timeout_seconds", 600)),
+        )
 
 
 @frozen
@@ -27,6 +53,7 @@ class SupervisorSettings:
     #: The chat bridges' secrets as written (`${TELEGRAM_BOT_TOKEN}` or a literal): the
     #: variables they name are not passed to agents, and their values are redacted.
     bridge_secrets: tuple[str, ...] = ()
+    isolation: IsolationSettings = IsolationSettings()
 
     @classmethod
     def from_config(cls, config: Config) -> "SupervisorSettings":
@@ -42,6 +69,7 @@ class SupervisorSettings:
             agent=agents.settings_from_config(config.data["agent"]),
             approval_sources=tuple(config.data["approvals"]["require_for"]),
             approval_expire_seconds=float(config.data["approvals"]["expire_hours"]) * 3600,
+            isolation=IsolationSettings.from_config(config.data["tasks"]),
             bridge_secrets=tuple(
                 str(section[key]) for section in config.data["messaging"].values()
                 for key in SECRET_KEYS if section.get(key)
