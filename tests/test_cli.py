@@ -122,12 +122,12 @@ def test_unknown_command_is_a_usage_error(project: Project) -> None:
 def test_a_decision_is_signed_with_the_account_name_when_user_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     import pwd
 
-    from aiwg.cli.task import _user_name
+    from aiwg.cli.render import user_name
 
     monkeypatch.setenv("USER", "alice")
-    assert _user_name() == "alice"
+    assert user_name() == "alice"
     monkeypatch.delenv("USER")
-    assert _user_name() == pwd.getpwuid(os.getuid()).pw_name
+    assert user_name() == pwd.getpwuid(os.getuid()).pw_name
 
 
 def test_a_project_that_is_not_a_directory_is_named_by_every_command(tmp_path: Path) -> None:

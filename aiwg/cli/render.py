@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -102,3 +103,17 @@ def duration(seconds: float) -> str:
 def kv_lines(rows: list[tuple[str, Any]], indent: int = 2) -> str:
     width = max((len(k) for k, _ in rows), default=0)
     return "\n".join(f"{' ' * indent}{k + ':':<{width + 1}} {v}" for k, v in rows)
+
+
+def user_name() -> str:
+    """Who decides: $USER, else the account's name (a root shell or a service may
+    have no $USER), else the uid."""
+    name = os.environ.get("USER")
+    if name:
+        return name
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())

@@ -32,7 +32,17 @@ def status_text(result: dict[str, Any]) -> str:
             for platform, bridge in info.get("adapters", {}).items():
                 if bridge.get("state") != "disabled":
                     out.append(f"      {platform:<11} {bridge_line(bridge)}")
+        if name == "supervisor" and isinstance(info, dict) and isinstance(info.get("isolation"), dict):
+            out.append(f"      {'worktrees':<11} {_worktrees_line(info['isolation'])}")
     return "\n".join(out)
+
+
+def _worktrees_line(isolation: dict[str, Any]) -> str:
+    """Live worktrees of isolated tasks and the disk they take."""
+    size = isolation.get("diskBytes")
+    shown = "size unknown" if size is None else f"{size / 1048576:.1f} MiB"
+    return (f"{len(isolation.get('worktrees') or [])} on disk ({shown}), {isolation.get('live', 0)} in use; "
+            f"tasks.isolation={isolation.get('default')}, tasks.merge={isolation.get('merge')}")
 
 
 def _summary(info: Any) -> str:

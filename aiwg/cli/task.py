@@ -1,10 +1,10 @@
 # tests: tests/e2e/test_tasks.py
-"""`aiwg task …`: submit, list, get (--follow), cancel, stats, export."""
+"""`aiwg task …`: submit, list, get (--follow), cancel, stats, export; diff, merge and
+discard come from branches.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -12,10 +12,12 @@ from typing import Any
 
 import click
 
-from aiwg.cli.render import Context, duration, emit_json, fail, json_option, project_option
+from aiwg.cli import branches
+from aiwg.cli.render import Context, duration, emit_json, fail, json_option, project_option, user_name
 from aiwg.client import DaemonClient
 from aiwg.cli.following import follow_all, follow_task, json_line, task_call, unknown_task_or_raise
 from aiwg.errors import EXIT_FAILURE, RpcError
+from aiwg.core import workspaces
 from aiwg.core.states import END_TOPICS
 
 pass_context = click.make_pass_decorator(Context, ensure=True)
@@ -45,6 +47,9 @@ def task() -> None:
               help="Loop: minutes one agent run may take (default daemon.action_timeout_minutes).")
 @click.option("--check-timeout", type=click.FloatRange(min=0, min_open=True), metavar="MIN",
               help="Loop: minutes the check may take (default 10).")
+@click.option("--isolate/--no-isolate", default=None, help="Run in a git worktree and on a branch of its own "
+              "(default: as tasks.isolation says).")
+@click.option("--base", metavar="REF", help="Isolated: the branch, tag or commit to start from (default: HEAD).")
 @click.option("--wait", "-w", is_flag=True, help="Wait, streaming output, and exit with the task's status; Ctrl-C cancels the task.")
 @click.option("--detach", is_flag=True, help="With --wait: Ctrl-C stops waiting and leaves the task running.")
 @project_option
@@ -52,7 +57,8 @@ def task() -> None:
 @pass_context
 def submit(ctx: Context, prompt: str, priority: int, timeout: float | None, agent: str | None, retries: int,
            require_approval: bool, until: str | None, max_iterations: int | None, budget: float | None,
-           iteration_timeout: float | None, check_timeout: float | None, wait: bool, detach: bool) -> None:
+           iteration_timeout: float | None, check_timeout: float | None, isolate: bool | None, base: str | None,
+           wait: bool, detach: bool) -> None:
     """Queue PROMPT for the agent (one argument; quote it). With --until, the task
     is a loop: agent, check, agent again with what failed, until the check passes
     or a limit is hit. For a loop, --timeout limits the whole loop."""
@@ -75,6 +81,10 @@ def submit(ctx: Context, prompt: str, priority: int, timeout: float | None, agen
         params["timeout"] = timeout
     if agent:
         params["agent"] = agent
+    if isolate is not None:
+        params["isolate"] = isolate
+    if base:
+        params["base"] = base
     with DaemonClient(ctx.paths.root) as client:
         if wait:
             client.subscribe(["task:output", "task:iteration", "task:queued", "task:started", "task:approved",
@@ -181,6 +191,8 @@ def get(ctx: Context, task_id: str, follow: bool) -> None:
         rows.append(("session", record["sessionId"]))
     if record.get("error"):
         rows.append(("error", record["error"]))
+    if record.get("workspace"):
+        rows.append(("workspace", workspaces.summary(workspaces.WorkspaceRecord.from_json(record["workspace"]))))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         click.echo(f"{key + ':':<{width + 1}} {value}")
@@ -270,22 +282,8 @@ def cancel(ctx: Context, task_id: str) -> None:
         fail(f"task {task_id} is already {result['state']}; nothing to cancel", 1)
 
 
-def _user_name() -> str:
-    """Who decides: $USER, else the account's name (a root shell or a service may
-    have no $USER), else the uid."""
-    name = os.environ.get("USER")
-    if name:
-        return name
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())
-
-
 def _decide(ctx: Context, method: str, task_id: str, **params: Any) -> dict[str, Any]:
-    by = f"cli:{_user_name()}"
+    by = f"cli:{user_name()}"
     with DaemonClient(ctx.paths.root) as client:
         try:
             result: dict[str, Any] = client.call(method, taskId=task_id, by=by, **params)
@@ -308,7 +306,8 @@ def approve(ctx: Context, task_id: str) -> None:
     if ctx.as_json:
         emit_json(result)
     else:
-        click.echo(f"Task {task_id} approved (queued)")
+        click.echo(f"Task {task_id} approved: merged into {result['into']} ({(result.get('commit') or '')[:12]})"
+                   if result.get("merged") else f"Task {task_id} approved (queued)")
 
 
 @task.command()
@@ -323,7 +322,7 @@ def reject(ctx: Context, task_id: str, reason: str | None) -> None:
     if ctx.as_json:
         emit_json(result)
     else:
-        click.echo(f"Task {task_id} rejected")
+        click.echo(f"Task {task_id} rejected" + (": its branch is kept, unmerged" if "workspace" in result else ""))
 
 
 @task.command()
@@ -451,3 +450,8 @@ def _epoch(iso: str | None) -> float | None:
         return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+task.add_command(branches.diff)
+task.add_command(branches.merge)
+task.add_command(branches.discard)

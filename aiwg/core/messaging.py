@@ -24,7 +24,7 @@ from attrs import frozen
 LIMITS = {"telegram": 4096, "slack": 40000, "discord": 2000}
 #: The keys of a bridge's settings that hold secrets (tokens, webhook URLs).
 SECRET_KEYS = ("bot_token", "app_token", "webhook_url")
-COMMANDS = ("status", "tasks", "task", "cancel", "approve", "reject", "reset", "help")
+COMMANDS = ("status", "tasks", "task", "cancel", "approve", "reject", "diff", "merge", "discard", "reset", "help")
 SEVERITIES = ("info", "warning", "error")
 
 #: Severity of the events a bridge may be asked to forward.
@@ -120,6 +120,14 @@ def _duration(ms: Any) -> str | None:
     return f"{seconds:.1f}s" if seconds < 60 else f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
+def _changes(workspace: Mapping[str, Any]) -> str:
+    if workspace.get("state") == "empty":
+        return "no changes"
+    files = workspace.get("filesChanged") or 0
+    return (f"{files} file{'s' if files != 1 else ''}, +{workspace.get('insertions') or 0} "
+            f"-{workspace.get('deletions') or 0}")
+
+
 @frozen
 class Notice:
     """A platform-neutral notification: the adapters render it."""
@@ -149,6 +157,17 @@ def notice_for(topic: str, payload: Mapping[str, Any], project: str) -> Notice:
                    ("expires", str(payload.get("expiresAt") or "?"))]
         body = (f"Approve: /approve {task_id}\nReject: /reject {task_id} [reason]\n"
                 f"Or from a shell: aiwg task approve {task_id}")
+    elif topic in ("task:awaiting_merge", "task:merged", "task:discarded") and task_id:
+        workspace = payload.get("workspace") or {}
+        title = {"task:awaiting_merge": f"Task {task_id} completed; its branch awaits approval to merge",
+                 "task:merged": f"Task {task_id} merged into {workspace.get('mergedInto', '?')}",
+                 "task:discarded": f"Task {task_id}'s branch discarded"}[topic]
+        fields += [("branch", str(workspace.get("branch") or "?")), ("changes", _changes(workspace))]
+        if payload.get("by"):
+            fields.append(("by", str(payload["by"])))
+        if topic == "task:awaiting_merge":
+            body = (f"Review: /diff {task_id}\nMerge: /approve {task_id} (or /merge {task_id})\n"
+                    f"Keep unmerged: /reject {task_id}\nOr from a shell: aiwg task diff {task_id}")
     elif topic == "task:approved" and task_id:
         title = f"Task {task_id} approved"
         fields += [("by", str(payload.get("by") or "?")), ("prompt", excerpt(str(payload.get("prompt") or ""), 200))]
@@ -175,6 +194,9 @@ def notice_for(topic: str, payload: Mapping[str, Any], project: str) -> Notice:
             fields.append(("exit code", str(payload["exitCode"])))
         if payload.get("error"):
             fields.append(("error", excerpt(str(payload["error"]), 300)))
+        workspace = payload.get("workspace")
+        if isinstance(workspace, Mapping) and workspace.get("branch"):
+            fields.append(("branch", f"{workspace['branch']} ({_changes(workspace)})"))
         if state == "completed" and payload.get("result"):
             body = str(payload["result"])[-1500:]
         elif payload.get("outputTail"):
@@ -224,6 +246,7 @@ HELP = (
     "/task <prompt>: queue a task for the agent; the result is posted here\n"
     "/cancel <id>: cancel a queued or running task\n"
     "/approve <id>, /reject <id> [reason]: decide on a task that awaits approval\n"
+    "/diff <id>, /merge <id>, /discard <id>: review an isolated task's branch\n"
     "/reset: forget this chat's conversation with the AI\n"
     "/help: this list\n"
     "Anything else is a question for the project's AI; each chat or thread is one conversation."

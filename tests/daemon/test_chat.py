@@ -32,8 +32,9 @@ class Supervisor:
         self.store = self
 
     def add(self, prompt: str, *, priority: int, source: str, metadata: dict, resume_session: str | None,
-               reply_to: dict | None) -> Task:
+            reply_to: dict | None, isolate: bool | None) -> Task:
         assert source == "chat" and reply_to is None
+        assert isolate is False  # a chat turn works in the project root unless chat.isolate says otherwise
         task = Task(f"t-{len(self.tasks) + 1}", prompt, metadata, resume_session)
         task.priority = priority  # type: ignore[attr-defined]
         self.tasks[task.id] = task

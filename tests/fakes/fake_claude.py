@@ -22,6 +22,8 @@ the prompt (after `--`, or the argument after -p):
   @escape         leave a grandchild that called setsid and closed its stdio (<pid>.escaped)
   @escape-holding leave a grandchild that called setsid but keeps stdout open (<pid>.holder)
   @unicode:N      print N copies of "é" (two bytes each) and a newline
+  @write:F=TEXT   write TEXT and a newline to file F (relative to its cwd), replacing it
+  @append:F=TEXT  add TEXT and a newline to the end of file F (both before any sleep)
   @vanish         escape completely: fork twice, setsid, close every descriptor, and exec
                   `sleep 600` with an empty environment (no AIWG_TASK_ID); <pid>.vanished
 
@@ -86,6 +88,12 @@ def main() -> int:
         deadline = time.time() + 30
         while not os.path.exists(os.path.join(records, directives["until"])) and time.time() < deadline:
             time.sleep(0.02)
+    for kind, mode in (("write", "w"), ("append", "a")):
+        if kind in directives:
+            name, _, text = directives[kind].partition("=")
+            os.makedirs(os.path.dirname(name) or ".", exist_ok=True)
+            with open(name, mode) as handle:
+                handle.write(text + "\n")
     if "ignore-term" in directives:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if "grandchild" in directives:

@@ -413,6 +413,10 @@ class AutomationEngine(Service):
         spec: dict[str, Any] = {"prompt": prompt, "priority": rule.priority, "retries": rule.retries}
         if rule.require_approval:
             spec["require_approval"] = True
+        if rule.isolate is not None:
+            spec["isolate"] = rule.isolate
+        if rule.base is not None:
+            spec["base"] = rule.base
         if rule.timeout_minutes is not None:
             spec["timeout"] = rule.timeout_minutes
         if rule.agent:

@@ -15,6 +15,8 @@ from aiwg.core.events import Event, pattern_problem, topic_problem
 from aiwg.core.loops import LoopSpecError, parse_loop
 from aiwg.core.tasks import STATE_NAMES, Change, source_problem
 from aiwg.core.timefmt import iso_utc
+from aiwg.daemon.ipc.automation_methods import AutomationMethods, ScheduleMethods
+from aiwg.daemon.ipc.branch_methods import BranchMethods
 from aiwg.daemon.ipc.records import record_json
 from aiwg.daemon.ipc.rpc import CallContext, MethodTable, Namespace, Param, method
 from aiwg.daemon.messaging.hub import PLATFORMS
@@ -240,8 +242,9 @@ def _decided(change: Change) -> Any:
     return change
 
 
-class TaskMethods(Namespace):
-    """AIWG's task.* methods (same names, params and result fields), plus task.output."""
+class TaskMethods(BranchMethods):
+    """AIWG's task.* methods (same names, params and result fields), plus task.output
+    and the review of isolated tasks' branches (BranchMethods)."""
 
     def __init__(self, supervisor: Supervisor, actions: TaskActions) -> None:
         super().__init__()
@@ -269,6 +272,10 @@ class TaskMethods(Namespace):
               description="Loop: minutes one agent run may take (default daemon.action_timeout_minutes)."),
         Param("checkTimeout", "number", nullable=True, minimum=0.001, maximum=525600,
               description="Loop: minutes the check may take (default 10); a check that runs out fails."),
+        Param("isolate", "boolean", nullable=True, description="Run in a git worktree and on a branch of its "
+              "own (default: as tasks.isolation says)."),
+        Param("base", "string", nullable=True, non_empty=True, description="Isolated: the branch, tag or "
+              "commit to start from (default: the project's HEAD)."),
         description="Queue a task for the agent; with `until`, a loop that runs until the check passes.",
     )
     def jsonrpc_submit(
@@ -276,6 +283,7 @@ class TaskMethods(Namespace):
         agent: str | None, metadata: dict[str, Any] | None, source: str, retries: int,
         requireApproval: bool | None, until: str | None, maxIterations: int | None,
         budget: float | None, iterationTimeout: float | None, checkTimeout: float | None,
+        isolate: bool | None, base: str | None,
     ) -> dict[str, Any]:
         problem = source_problem(source)
         if problem:
@@ -298,7 +306,7 @@ class TaskMethods(Namespace):
         submitted = self._supervisor.submit(
             prompt, priority=priority, timeout_minutes=timeout, agent=agent,
             metadata=metadata, source=source, retries=retries, require_approval=requireApproval,
-            loop=loop, resume_session=resume or None,
+            loop=loop, resume_session=resume or None, isolate=isolate, base=base,
         )
         # Answered once the task is on disk: a submitted task is never lost.
         return submitted.addCallback(lambda task: {"taskId": task.id, "state": task.state.value,
@@ -387,9 +395,12 @@ class TaskMethods(Namespace):
     @method(
         Param("taskId", "string", required=True, non_empty=True),
         Param("by", "string", default="ipc", non_empty=True, description="Who approved, for the record."),
-        description="Approve a task that awaits approval: it is queued.",
+        description="Approve a task that awaits approval: it is queued (or, awaiting its merge, merged).",
     )
     def jsonrpc_approve(self, ctx: CallContext, taskId: str, by: str) -> dict[str, Any]:
+        merging = self.merge_on_approval(taskId, by)
+        if merging is not None:
+            return merging
         change = _decided(self._supervisor.approve(taskId, by))
         return {"approved": True, "state": change.task.state.value}
 
@@ -400,6 +411,9 @@ class TaskMethods(Namespace):
         description="Reject a task that awaits approval: it ends, unrun, in state rejected.",
     )
     def jsonrpc_reject(self, ctx: CallContext, taskId: str, reason: str | None, by: str) -> dict[str, Any]:
+        kept = self.keep_on_rejection(taskId, by)
+        if kept is not None:
+            return kept
         change = _decided(self._supervisor.reject(taskId, by, reason))
         return {"rejected": True, "state": change.task.state.value}
 
@@ -476,63 +490,6 @@ class ChatMethods(Namespace):
             description="A conversation's turns (oldest first) and the agent session it resumes.")
     def jsonrpc_history(self, ctx: CallContext, conversation: str) -> dict[str, Any]:
         return self._chat.history(conversation)
-
-
-class AutomationMethods(Namespace):
-    """AIWG's automation.* methods; an unknown ruleId is an error here, not `success: false`."""
-
-    def __init__(self, automation: AutomationEngine) -> None:
-        super().__init__()
-        self._automation = automation
-
-    @method(description="Whether automation is on, each rule with its trigger, state and counters, "
-            "and the last executions.")
-    def jsonrpc_status(self, ctx: CallContext) -> dict[str, Any]:
-        return self._automation.status()
-
-    @method(Param("ruleId", "string", nullable=True, non_empty=True,
-                  description="One rule; without it, automation as a whole."),
-            description="Turn automation (or one rule) on; remembered across restarts.")
-    def jsonrpc_enable(self, ctx: CallContext, ruleId: str | None) -> dict[str, Any]:
-        return self._automation.set_enabled(True, ruleId)
-
-    @method(Param("ruleId", "string", nullable=True, non_empty=True,
-                  description="One rule; without it, automation as a whole."),
-            description="Turn automation (or one rule) off; remembered across restarts.")
-    def jsonrpc_disable(self, ctx: CallContext, ruleId: str | None) -> dict[str, Any]:
-        return self._automation.set_enabled(False, ruleId)
-
-
-class ScheduleMethods(Namespace):
-    def __init__(self, scheduler: Scheduler | None, automation: AutomationEngine | None) -> None:
-        super().__init__()
-        self._scheduler = scheduler
-        self._automation = automation
-
-    @method(description="Scheduled jobs and schedule-triggered rules, with their next and last fire times.")
-    def jsonrpc_list(self, ctx: CallContext) -> dict[str, Any]:
-        scheduler, automation = self._scheduler, self._automation
-        jobs = scheduler.job_list() if scheduler is not None else []
-        rules = automation.schedule_entries() if automation is not None else []
-        return {"enabled": bool(scheduler is not None and scheduler.enabled), "jobs": jobs + rules}
-
-    @method(Param("name", "string", required=True, non_empty=True, description="The job's name."),
-            description="Run a job's action now, as if it had fired (for trying a job out).")
-    def jsonrpc_run(self, ctx: CallContext, name: str) -> dict[str, Any]:
-        scheduler = self._scheduler
-        job = scheduler.jobs.get(name) if scheduler is not None else None
-        if job is None:
-            known = ", ".join(scheduler.jobs) if scheduler is not None and scheduler.jobs else "none (is schedule.enabled true?)"
-            raise InvalidParams(f"Unknown job: {name} (parameter 'name'; known: {known})", {"name": name})
-        result = scheduler.run_action(job)
-        if job.last_error:
-            raise InvalidParams(f"Job {name} failed: {job.last_error}", {"name": name})
-        reply: dict[str, Any] = {"job": name, "action": job.action}
-        if isinstance(result, dict):
-            reply["health"] = result
-        elif result is not None:
-            reply["taskId"] = result.id
-        return reply
 
 
 class MessagingMethods(Namespace):

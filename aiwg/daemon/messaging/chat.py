@@ -136,6 +136,7 @@ class ChatService(Service):
             metadata=metadata,
             resume_session=chat.session_id if resumable else None,
             reply_to=reply_to,
+            isolate=None if self._section.get("isolate") else False,  # a turn works in the project root
         )
         self.chats.ask(chat, message, task.id, now)
         self._turn_of[task.id] = conversation_id

@@ -25,10 +25,11 @@ from twisted.logger import Logger
 from aiwg.core.agents import expand
 from aiwg.core.config import Config
 from aiwg.core.events import Event, topic_matches
-from aiwg.core.messaging import (HELP, REFUSAL, SECRET_KEYS, Inbound, Notice, allowed, at_least, notice_for,
+from aiwg.core.messaging import (HELP, REFUSAL, SECRET_KEYS, Inbound, Notice, allowed, at_least, excerpt, notice_for,
                                  parse_command, result_text, status_text, tasks_text)
 from aiwg.core.tasks import STATE_NAMES
 from aiwg.core.states import END_TOPICS
+from aiwg.errors import RpcError
 
 PLATFORMS = ("telegram", "slack", "discord")
 #: A refused user gets one refusal in this many seconds, however many messages they send.
@@ -282,6 +283,8 @@ class MessagingService(MultiService):
             return self._cancel(argument)
         if name in ("approve", "reject"):
             return self._decide(message, name, argument)
+        if name in ("diff", "merge", "discard"):
+            return self._branch(message, name, argument)
         if name == "task":
             return self._submit(message, argument)
         if name == "reset":
@@ -315,6 +318,12 @@ class MessagingService(MultiService):
             return f"Usage: /{name} <task id>" + (" [reason]" if name == "reject" else "") + " (see /tasks awaiting_approval)."
         by = f"{message.platform}:{message.user}" + (f" ({message.user_name})" if message.user_name else "")
         supervisor = self.supervisor()
+        task = supervisor.store.get(task_id)
+        if task is not None and task.workspace is not None and task.workspace.state == "awaiting_merge":
+            if name == "approve":
+                return self._branch(message, "merge", task_id)
+            supervisor.isolation.keep(task_id, by)
+            return f"Task {task_id}'s branch {task.workspace.branch} is kept, unmerged."
         if name == "approve":
             change = supervisor.approve(task_id, by)
         else:
@@ -324,6 +333,28 @@ class MessagingService(MultiService):
         if not change.done:
             return f"{_sentence(change.refused)}."
         return f"Approved task {task_id}: it is queued." if name == "approve" else f"Rejected task {task_id}."
+
+    def _branch(self, message: Inbound, name: str, argument: str) -> Any:
+        """/diff, /merge, /discard of an isolated task's branch; a refusal is the answer."""
+        task_id = argument.strip().split(" ", 1)[0]
+        if not task_id:
+            return f"Usage: /{name} <task id> (see /tasks completed)."
+        by = f"{message.platform}:{message.user}"
+        isolation = self.supervisor().isolation
+        try:
+            if name == "diff":
+                done = isolation.diff(task_id, True).addCallback(
+                    lambda d: f"Task {task_id}, branch {d['branch']}:\n{excerpt(d['diff'], 3000) or '(no changes)'}")
+            elif name == "merge":
+                done = isolation.merge(task_id, None, False, by).addCallback(
+                    lambda t: f"Merged task {task_id} into {t.workspace.merged_into} "
+                              f"({(t.workspace.merge_commit or '')[:12]}).")
+            else:
+                done = isolation.discard(task_id, by).addCallback(
+                    lambda t: f"Discarded task {task_id}'s branch {t.workspace.branch}.")
+        except RpcError as exc:
+            return _sentence(exc.message.removeprefix("Invalid params: ").replace("Task not found", "Unknown task"))
+        return done.addErrback(lambda f: _sentence(f.getErrorMessage()) if f.check(RpcError) else f)
 
     def _reply_to(self, message: Inbound, kind: str) -> dict[str, Any]:
         where = {k: v for k, v in message.where.items() if not k.startswith("_")}  # one-shot handles

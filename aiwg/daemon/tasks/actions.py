@@ -28,6 +28,10 @@ class TaskActions:
             extra["loop"] = loop
         if spec.get("chain_depth"):
             extra["chain_depth"] = int(spec["chain_depth"])
+        if spec.get("isolate") is not None:
+            extra["isolate"] = bool(spec["isolate"])
+        if spec.get("base"):
+            extra["base"] = str(spec["base"])
         return self._supervisor.add(  # type: ignore[no-any-return]
             spec["prompt"],
             priority=int(spec.get("priority", 0)),
@@ -55,7 +59,7 @@ class TaskActions:
             old.prompt, priority=old.priority, timeout_minutes=old.timeout_minutes, agent=old.agent,
             metadata={**old.metadata, "retryOf": old.id}, source=old.source, retries=old.retries,
             env=dict(old.env), loop=old.loop, resume_session=old.resume_session, reply_to=old.reply_to,
-            chain_depth=old.chain_depth,
+            chain_depth=old.chain_depth, isolate=old.isolate, base=old.base,
         )
 
     def _task(self, task_id: str) -> Task | None:

@@ -37,6 +37,8 @@ class CommandResult:
     duration: float
     timed_out: bool = False
     error: str | None = None
+    #: Standard output alone, when it was asked for (`run(separate=True)`).
+    stdout: str = ""
 
     @property
     def succeeded(self) -> bool:
@@ -44,11 +46,12 @@ class CommandResult:
 
 
 class _Command(ProcessProtocol):
-    def __init__(self, runner: "CommandRunner", timeout: float, limit: int) -> None:
+    def __init__(self, runner: "CommandRunner", timeout: float, limit: int, separate: bool = False) -> None:
         self.runner = runner
         self.timeout = timeout
         self.limit = limit
         self.output = bytearray()
+        self.stdout: bytearray | None = bytearray() if separate else None
         self.started = runner.reactor.seconds()
         self.done: Deferred = Deferred()
         self.exit_code: int | None = None
@@ -59,6 +62,10 @@ class _Command(ProcessProtocol):
         self.calls: list[Any] = []
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if self.stdout is not None:  # kept apart, and from its start: it is read
+            if childFD == 1:
+                self.stdout += data[: max(0, self.limit - len(self.stdout))]
+                return
         self.output += data
         if len(self.output) > self.limit:
             del self.output[: len(self.output) - self.limit]
@@ -89,6 +96,7 @@ class _Command(ProcessProtocol):
             exit_code=None if self.timed_out else self.exit_code, output=text,
             duration=self.runner.reactor.seconds() - self.started,
             timed_out=self.timed_out, error=self.error,
+            stdout=bytes(self.stdout).decode("utf-8", "replace") if self.stdout is not None else "",
         ))
 
     def expire(self) -> None:
@@ -124,10 +132,11 @@ class CommandRunner:
         return {command.pid for command in self._running if command.pid is not None}
 
     def run(self, argv: list[str], *, cwd: str, env: Mapping[str, str], timeout: float,
-            limit: int = OUTPUT_LIMIT) -> Deferred:
+            limit: int = OUTPUT_LIMIT, separate: bool = False) -> Deferred:
         """Fires with a CommandResult; never errs (a command that cannot start is a
-        result with `error` set)."""
-        command = _Command(self, timeout, limit)
+        result with `error` set). `separate`: standard output is kept apart (its
+        first `limit` bytes, in `stdout`), and `output` holds standard error."""
+        command = _Command(self, timeout, limit, separate)
         if self._stopped:
             command.done.callback(CommandResult(exit_code=None, output="", duration=0.0,
                                                 error="not started: the daemon is stopping"))

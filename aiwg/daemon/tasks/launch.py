@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from aiwg import procfs
 from aiwg.core import agents
 from aiwg.core.tasks import Task
+from aiwg.daemon.tasks.git import REPOSITORY_VARIABLES
 
 #: How long the agent's resolved program and environment are reused for.
 LAUNCH_REUSE_SECONDS = 1.0
@@ -76,6 +77,9 @@ class AgentLauncher:
         """The environment of a task's processes (the agent's, with the task's own
         variables and its marker) and the values to redact from their output."""
         env = {**launch.env, procfs.TASK_MARKER: task.id}
+        if task.isolate:  # its git is its worktree's, whatever the daemon was started with
+            for name in REPOSITORY_VARIABLES:
+                env.pop(name, None)
         secrets = list(launch.secrets)
         own = task.env
         if own:

@@ -48,6 +48,7 @@ class LoopHost(Protocol):
     root: Path
     actions_dir: Path
     settings: Any
+    isolation: Any
 
     @property
     def store(self) -> Any: ...
@@ -206,7 +207,7 @@ class LoopRunner:
             self.records.begin(task.id, loop.number, loop.prompt)
         except OSError as exc:
             return self._finish(loop, TaskState.FAILED, f"cannot write the iteration's records: {exc}")
-        loop.before = await self._snapshot()
+        loop.before = await self._snapshot(task)
         if loop.stop_reason is not None:
             return self._stopped(loop)
 
@@ -229,7 +230,9 @@ class LoopRunner:
             if check.reason in STOPS:  # killed by us before it could finish: the iteration did not finish
                 self._write_record(loop, outcome="interrupted", reason=loop.stop_reason)
                 return self._stopped(loop)
-        loop.after = await self._snapshot()
+        # An isolated loop: each iteration is a commit on the task's branch.
+        task = await self.sup.isolation.checkpoint(self._task(loop), f"iteration {loop.number}")
+        loop.after = await self._snapshot(task)
         return self._iteration_done(loop, exit_code, output)
 
     async def _phase(self, loop: LoopRun, run: "AgentProcess") -> None:
@@ -241,13 +244,16 @@ class LoopRunner:
         if run.reason in STOPS and loop.stop_reason is None:
             loop.stop_reason = run.reason  # stopped by the run's own timer (overall timeout)
 
-    def _snapshot(self) -> Deferred:
+    def _snapshot(self, task: Task) -> Deferred:
+        """git's view of where the agent works: its worktree, or the project root."""
         def failed(failure: Any) -> None:
             self.log.failure("git snapshot failed", failure)
             return None
 
         env = self.sup.current_launch().env
-        return git_snapshot(self.sup.commands, str(self.sup.root), env, self._own_files).addErrback(failed)
+        worktree = self.sup.isolation.cwd(task)
+        where, own = (worktree, ()) if worktree else (str(self.sup.root), self._own_files)
+        return git_snapshot(self.sup.commands, where, env, own).addErrback(failed)
 
     def _start_agent(self, loop: LoopRun) -> "AgentProcess | Task":
         """The iteration's agent, started; or the task, failed, if it cannot be."""

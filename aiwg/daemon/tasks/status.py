@@ -54,4 +54,5 @@ def supervisor_status(sup: Any) -> dict[str, Any]:
         "agent": sup.settings.agent.program,
         "started": sup.started_count,
         "containment": sup.reaper.containment,
+        "isolation": sup.isolation.status(),
     }

@@ -2,7 +2,8 @@
 """Supervisor service and AgentProcessProtocol: runs queued tasks as agent processes.
 
 Each task runs in its own session and process group (through `setsid`), with
-stdin on /dev/null, cwd at the project root and `CLAUDECODE` removed. A
+stdin on /dev/null, cwd at the project root (an isolated task: its worktree,
+see isolation.py) and `CLAUDECODE` removed. A
 timeout, a cancel or the daemon's stop signals the whole group: SIGTERM, then
 SIGKILL after a grace period. When the agent itself exits, whatever it left
 running in its group is signalled the same way, so no orphan survives and the
@@ -13,7 +14,6 @@ exits; the record is final when its output has all been read.
 
 from __future__ import annotations
 
-import errno
 import os
 from functools import partial
 from pathlib import Path
@@ -23,20 +23,22 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
-from aiwg.core import agents
 from aiwg.core.backoff import Backoff
 from aiwg.core.config import Config
 from aiwg.core.loops import LoopSpec, prompt_problem
 from aiwg.core.outcomes import run_outcome
 from aiwg.core.tasks import Change, RunQueue, Task, TaskState, make_task_id
+from aiwg.core.workspaces import WorkspaceError
 from aiwg.core.text import utf8_safe
 from aiwg.core.timefmt import iso_utc
 from aiwg.daemon.bus import EventBus
+from aiwg.daemon.tasks.agent_starts import AgentStarts
 from aiwg.daemon.tasks.approvals import Approvals
 from aiwg.daemon.tasks.cgroups import TaskCgroups
 from aiwg.daemon.tasks.commands import CommandRunner
 from aiwg.daemon.tasks.events import task_event
 from aiwg.daemon.tasks.housekeeping import Housekeeping
+from aiwg.daemon.tasks.isolation import Isolation
 from aiwg.daemon.tasks.launch import AgentLaunch, AgentLauncher
 from aiwg.daemon.tasks.loop_runner import LoopRunner
 from aiwg.daemon.tasks.process import TRIM_AFTER_BYTES, AgentProcess, Exit, trim_heap
@@ -45,17 +47,11 @@ from aiwg.daemon.tasks.settings import SupervisorSettings
 from aiwg.daemon.tasks import status
 from aiwg.daemon.tasks.recovery import recover_running
 from aiwg.daemon.tasks.starts import CANCELLED, SPAWN, Starts
-from aiwg.daemon.tasks.spawning import has_exited, reap_exited, spawn_session_leader
+from aiwg.daemon.tasks.spawning import has_exited, spawn_session_leader
 from aiwg.daemon.tasks.store import DuplicateTask, TaskStore
 from aiwg.errors import SHUTTING_DOWN, STORE_UNWRITABLE, InvalidParams, RpcError
 
 __all__ = ["Supervisor", "SupervisorSettings"]
-
-
-#: Errors of a spawn that say the machine is out of something for now, not that
-#: the agent cannot run: too many open files (per process, system-wide), too many
-#: processes, no memory for one more.
-EXHAUSTED_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM)
 
 
 class Supervisor(Service):
@@ -105,7 +101,11 @@ class Supervisor(Service):
         self.approvals = Approvals(reactor=reactor, store=store, bus=bus, enqueue=self._enqueue,
                                    expire_seconds=lambda: self.settings.approval_expire_seconds)
         self.commands = commands or CommandRunner(reactor)
+        self.isolation = Isolation(reactor=reactor, root=project_root, environ=self.environ, store=store,
+                                   settings=lambda: self.settings.isolation, publish=bus.publish)
+        self._ready = True  # False while a crash's worktrees are collected: nothing starts
         self.loops = LoopRunner(self)
+        self.agent_starts = AgentStarts(self)
         self.housekeeping = Housekeeping(
             clock=reactor, store=store, reaper=self.reaper, actions_dir=actions_dir,
             forget_records=self.loops.records.remove,
@@ -119,7 +119,12 @@ class Supervisor(Service):
         super().startService()
         self.reaper.subreaper = self.reaper.become_subreaper()
         self._devnull = os.open(os.devnull, os.O_RDONLY)
-        recover_running(self.store, self.reaper, self.bus.publish, self.settings.agent.output, self.reactor.seconds())
+        recovered = recover_running(self.store, self.reaper, self.bus.publish, self.settings.agent.output,
+                                    self.reactor.seconds())
+        self._ready = False
+        self.isolation.recover([t for t in map(self.store.get, recovered) if t is not None]).addErrback(
+            lambda f: self.log.failure("cannot collect the worktrees of interrupted tasks", f)
+        ).addBoth(self._recovered)
         for task in self.store.in_state(TaskState.QUEUED):
             self.queue.push(task.id, task.priority, task.seq)
         for task in self.store.in_state(TaskState.AWAITING_APPROVAL):
@@ -132,6 +137,10 @@ class Supervisor(Service):
             max=self.settings.max_parallel,
         )
         self.reactor.callLater(0, self.fill)
+
+    def _recovered(self, _: Any) -> None:
+        self._ready = True
+        self.fill()
 
     def stopService(self) -> Deferred:
         """Stop taking work; TERM every running group, KILL after the grace period,
@@ -162,13 +171,14 @@ class Supervisor(Service):
                 os.close(self._devnull)
                 self._devnull = None
 
-        return DeferredList(waiting).addCallback(closed)
+        return DeferredList(waiting).addCallback(lambda _: self.isolation.settled()).addCallback(closed)
 
     def _ours(self) -> tuple[set[int], set[str], dict[str, AgentProcess]]:
         """What is this supervisor's now (for the sweep): its children's pids, the
         tasks that run or are starting, and those whose processes it waits for."""
         known = {run.transport.pid for run in self.runs.values() if run.transport is not None}
-        return known | self.commands.pids(), {*self.runs, *self.starts, *self.loops.active}, self.runs
+        known |= self.commands.pids() | self.isolation.step.git.pids()  # the daemon's own commands, git's
+        return known, {*self.runs, *self.starts, *self.loops.active}, self.runs
 
     @property
     def store(self) -> TaskStore:
@@ -192,6 +202,8 @@ class Supervisor(Service):
         resume_session: str | None = None,
         reply_to: Mapping[str, Any] | None = None,
         chain_depth: int = 0,
+        isolate: bool | None = None,
+        base: str | None = None,
     ) -> Task:
         """Queue a task now: it is in memory at once, on disk at the end of the turn
         (`submit` waits for that). `env` adds to the agent's environment for this task only; its
@@ -200,7 +212,8 @@ class Supervisor(Service):
         approval (asked for, or its source is in `approvals.require_for`) waits in
         state awaiting_approval instead, outside the queue, until approved, rejected
         or expired. A task with a `loop` runs its agent, then the loop's check, until
-        the check passes or a limit ends it (see LoopRunner)."""
+        the check passes or a limit ends it (see LoopRunner). An isolated task (`isolate`,
+        else tasks.isolation) works in a git worktree of its own, from `base`."""
         if not self._accepting:
             raise RpcError(SHUTTING_DOWN, "Supervisor is shutting down")
         prompt = utf8_safe(prompt)  # what the agent gets is what the store keeps
@@ -208,6 +221,10 @@ class Supervisor(Service):
         if problem is not None:
             raise InvalidParams(f"Invalid params: prompt: {problem}", {"param": "prompt"})
         gated = self.settings.needs_approval(source) if require_approval is None else require_approval
+        isolated = self.settings.isolation.default if isolate is None else bool(isolate)
+        if base is not None and not isolated:
+            raise InvalidParams("Invalid params: base: only an isolated task starts from a base "
+                                "(isolate it, or set tasks.isolation to worktree)", {"param": "base"})
         now = self.reactor.seconds()
         for _ in range(5):
             candidate = make_task_id(self._random(8))
@@ -230,6 +247,8 @@ class Supervisor(Service):
                     resume_session=resume_session or None,
                     reply_to=dict(reply_to) if reply_to is not None else None,
                     chain_depth=chain_depth,
+                    isolate=isolated,
+                    base=base,
                 ))
                 break
             except DuplicateTask:
@@ -284,6 +303,8 @@ class Supervisor(Service):
         if task_id in self.starts:  # its running state is being committed
             self.starts.cancel(task_id)
             return Change.made(task)
+        if self.isolation.cancel_preparing(task_id):  # its worktree is being made
+            return Change.made(task)
         if task_id in self.loops.active:
             if self.loops.cancel(task_id):
                 return Change.made(task)
@@ -315,7 +336,7 @@ class Supervisor(Service):
         starting: list[tuple[Task, Task]] = []
         launch: AgentLaunch | None = None
         free = self.settings.max_parallel - len(self.starts) - self._active_count()
-        while self._accepting and len(starting) < free:
+        while self._accepting and self._ready and len(starting) < free:
             task_id = self.queue.pop()
             if task_id is None:
                 break
@@ -327,10 +348,16 @@ class Supervisor(Service):
                 self.fail_now(task, self.missing_agent_message(), started_at=self.reactor.seconds())
                 continue
             resumed = task.loop is not None and task.started_at is not None
+            try:
+                workspace = self.isolation.initial(task) if task.isolate else None
+            except WorkspaceError as exc:
+                self.fail_now(task, str(exc), started_at=self.reactor.seconds())
+                continue
             running = task.moved(
                 TaskState.RUNNING, started_at=task.started_at if resumed else self.reactor.seconds(),
                 attempts=task.attempts + 1, exit_code=None, signal=None,  # an earlier attempt's exit is not this one's
                 error=None, output_path=task.output_path or str(self.actions_dir / f"{task.id}.log"),
+                workspace=workspace,
             )
             self.store.save(running)
             self.starts.add(task)
@@ -392,7 +419,8 @@ class Supervisor(Service):
         """Slots taken: each running plain task until its agent exits, and each loop
         from its first iteration to its end, checks and all."""
         looping = self.loops.active
-        return sum(1 for run in self.runs.values() if not run.has_exited and run.task.id not in looping) + len(looping)
+        return (sum(1 for run in self.runs.values() if not run.has_exited and run.task.id not in looping)
+                + len(looping) + len(self.isolation.preparing))
 
     def current_launch(self) -> AgentLaunch:
         return self.launcher.current()
@@ -414,92 +442,12 @@ class Supervisor(Service):
         self.bus.publish("task:failed", task_event(failed))
 
     def _spawn(self, task: Task, launch: "AgentLaunch", queued: Task | None = None) -> None:
-        if task.loop is not None:
-            self.loops.begin(task)
-            return
-        argv = agents.build_argv(self.settings.agent, task.prompt, task.agent, resume=task.resume_session)
-        env, secrets = self.task_env(task, launch)
-        try:
-            run = self.start_run(task, launch.executable, argv, env, secrets,
-                                 task.timeout_minutes or self.settings.timeout_minutes)
-            run.ended.addCallback(self._agent_ended, run)
-        except OSError as exc:
-            if exc.errno in EXHAUSTED_ERRNOS and queued is not None:
-                self._exhausted(queued, exc)
-                return
-            self.fail_now(task, f"could not start the agent: {exc}")
-            return
-        except Exception as exc:
-            self.fail_now(task, f"could not start the agent: {exc}")
-            return
-        self._exhaustion.succeeded()
-        self.exhausted = None
-        self.log.info("task {task_id} started (pid {pid})", task_id=task.id, pid=run.pgid)
-        self.bus.publish("task:started", {"taskId": task.id, "pid": run.pgid, "priority": task.priority,
-                                          "source": task.source})
-
-    def _exhausted(self, queued: Task, exc: OSError) -> None:
-        """The machine or the daemon is out of descriptors or processes: the task
-        did not start, so it waits in the queue and the start is tried again later
-        (with backoff), instead of failing what would run a moment later."""
-        delay = self._exhaustion.failed()
-        self.exhausted = (f"cannot start agents: {exc.strerror or exc} (errno {exc.errno}); "
-                          f"{len(self.queue) + 1} task(s) wait, next try in {delay:.1f} s")
-        if self._exhaustion.failures == 1:
-            self.log.error("{problem}", problem=self.exhausted)
-        self.store.save(queued)
-        self.queue.push(queued.id, queued.priority, queued.seq)
-        if self._accepting and (self._retry_fill is None or not self._retry_fill.active()):
-            self._retry_fill = self.reactor.callLater(delay, self.fill)
+        self.agent_starts.spawn(task, launch, queued)
 
     def start_run(self, task: Task, executable: str, argv: list[str], env: dict[str, str], secrets: list[str],
-                  minutes: float, *, timeout: str = "timeout", append: bool = False, copy_to: Path | None = None,
-                  offset: int = 0, counted: bool = True) -> AgentProcess:
-        """Spawn one of a task's processes in its own session, its pid recorded and
-        its timer set (`timeout`: the reason it is stopped with when that runs
-        out); raises if it cannot be spawned. It holds the task's slot until it
-        exits; once its output is all in it is forgotten, before the callbacks
-        that its starter adds to `ended` run. `counted`: a start of an agent."""
-        run = AgentProcess(task, clock=self.reactor, killer=self.reaper, publish=self.bus.publish, secrets=secrets,
-                           output_max_bytes=self.settings.output_max_bytes, kill_grace=self.settings.kill_grace,
-                           shutdown_grace=self.settings.shutdown_grace, append=append, copy_to=copy_to,
-                           offset=offset, on_write_failed=self.housekeeping.output_write_failed)
-        before = self._start_times.now()
-        procs = self.reaper.prepare_cgroup(task.id)  # the child moves itself in before it execs
-        pid = run.spawn(self._spawn_process, executable, argv, env, str(self.root), {0: self._devnull, 1: "r", 2: "r"},
-                        **({"cgroup_procs": procs} if procs else {}))
-        after = self._start_times.now()
-        if pid is not None and not run.has_exited and procs:
-            # It joins its cgroup itself; moved from outside as well when it has not
-            # yet (as a rule: the wrapper shell has only just started), which lets it
-            # find itself there and exec the agent at once.
-            self.reaper.place_in_cgroup(task.id, pid)
-        run.task = task.but(pid=pid, pgid=pid, proc_start=self._start_times.of(pid, before, after))
-        self.store.save(run.task)
-        self.runs[task.id] = run
-        if counted:
-            self.started_count += 1
-        run.exited.addCallback(self._exited, run)
-        run.ended.addCallback(self._ended, run)
-        run.deadline(minutes * 60, lambda late: self._timed_out(late, minutes, timeout))
-        return run
-
-    def _timed_out(self, run: AgentProcess, minutes: float, reason: str) -> None:
-        if run.pgid is not None and self._has_exited(run.pgid):
-            # It ended before its deadline, and the timer ran late (the daemon was
-            # paused, overloaded, or the clock jumped): its own exit stands. Reap it now.
-            reap_exited()
-            if run.has_exited or self._has_exited(run.pgid):
-                self.log.info("task {task_id}: its agent had already exited when its timeout came due; "
-                              "its own exit status stands", task_id=run.task.id)
-                return
-        what = {
-            "timeout": "task {task_id} timed out after {minutes} min",
-            "iteration-timeout": "task {task_id}: the agent's iteration timed out after {minutes} min",
-            "check-timeout": "task {task_id}: the check timed out after {minutes} min",
-        }.get(reason, "task {task_id}: stopped after {minutes} min")
-        self.log.warn(what, task_id=run.task.id, minutes=minutes)
-        run.stop(reason, self.settings.kill_grace)
+                  minutes: float, **options: Any) -> AgentProcess:
+        """One of a task's processes, started (see AgentStarts.start_run)."""
+        return self.agent_starts.start_run(task, executable, argv, env, secrets, minutes, **options)
 
     def _exited(self, exit: Exit, run: AgentProcess) -> Exit:
         """An agent process is gone: its slot is free for the next task."""
@@ -527,7 +475,15 @@ class Supervisor(Service):
         return exit
 
     def settle(self, final: Task, run: AgentProcess | None = None) -> None:
-        """Record a task's state at the end of a run, log it and announce it."""
+        """Record a task's state at the end of a run, log it and announce it; an
+        isolated task's changes are collected on its branch first."""
+        if final.workspace is not None and final.workspace.state in ("preparing", "active"):
+            self.isolation.collect(final).addCallback(self._settle, run).addErrback(
+                lambda f: self.log.failure("task {task_id}: cannot record how it ended", f, task_id=final.id))
+            return
+        self._settle(final, run)
+
+    def _settle(self, final: Task, run: AgentProcess | None = None) -> None:
         self.store.save(final)
         if final.state != TaskState.QUEUED:
             if not self.reaper.release_cgroup(final.id):
