@@ -131,10 +131,10 @@ class CommandRunner:
         """The pids of the commands in flight (the daemon's own children)."""
         return {command.pid for command in self._running if command.pid is not None}
 
-    def run(self, argv: list[str], *, cwd: str, env: Mapping[str, str], timeout: float,
+    def run(self, argv: list[str], *, cwd: str | None, env: Mapping[str, str], timeout: float,
             limit: int = OUTPUT_LIMIT, separate: bool = False) -> Deferred:
         """Fires with a CommandResult; never errs (a command that cannot start is a
-        result with `error` set). `separate`: standard output is kept apart (its
+        result with `error` set; `cwd` None: where the daemon is). `separate`: standard output is kept apart (its
         first `limit` bytes, in `stdout`), and `output` holds standard error."""
         command = _Command(self, timeout, limit, separate)
         if self._stopped:

@@ -61,10 +61,12 @@ class Git:
                   limit: int = 16 * 1024 * 1024) -> CommandResult:
         """`git args…` in `cwd`; its result when its exit status is in `ok`, else
         GitError. Standard output is `result.stdout`, standard error `result.output`."""
-        argv = ["git", *_CONFIG, *args]
+        # `-C`, and the child started where the daemon is: Twisted then starts it
+        # with posix_spawn instead of forking the whole daemon.
+        argv = ["git", "-C", cwd, *_CONFIG, *args]
         environment = {**self.env, **env} if env else self.env
         for attempt in range(LOCK_TRIES):
-            result: CommandResult = await self.runner.run(argv, cwd=cwd, env=environment, timeout=self.timeout,
+            result: CommandResult = await self.runner.run(argv, cwd=None, env=environment, timeout=self.timeout,
                                                          limit=limit, separate=True)
             if result.exit_code in ok:
                 return result

@@ -14,12 +14,12 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from twisted.internet.defer import DeferredLock
+from twisted.internet.defer import DeferredLock, FirstError, ensureDeferred, gatherResults
 from twisted.logger import Logger
 
 from aiwg.core import workspaces
 from aiwg.core.workspaces import ChangeSize, WorkspaceError, WorkspaceRecord
-from aiwg.daemon.tasks.git import Git, GitError, lock_path
+from aiwg.daemon.tasks.git import Git, GitError, failure_message, lock_path
 
 #: The identity of the collecting commits when neither tasks.commit_author nor
 #: the repository's git configuration gives one.
@@ -79,78 +79,76 @@ class GitWorkspaces:
         except WorkspaceError as exc:
             raise WorkspaceFailed(str(exc)) from None
         root = str(self.root)
-        prefix = await self._repository_prefix()
+        prefix, checked_out = await self._probe()
         path = self.path_of(task_id)
+        carried = previous is not None and previous.base is not None and await self.git.succeeds(
+            "rev-parse", "--verify", "-q", f"refs/heads/{branch}", cwd=root)
+        if not carried:
+            base_ref, base_sha = await self._base(base, checked_out)
         await self.shared.acquire()
         try:
-            if await self.git.succeeds("rev-parse", "--verify", "-q", f"refs/heads/{branch}", cwd=root):
-                # An earlier attempt's branch: carried on where it stopped.
-                base_sha = previous.base if previous and previous.base else None
-                base_ref = previous.base_ref if previous else None
-                if not _is_worktree(path):
-                    await self.remove_worktree(path)
-                    await self._git("worktree", "add", "--quiet", str(path), branch, cwd=root)
-                if base_sha is None:
-                    base_sha = await self.git.text("rev-parse", f"{branch}^{{commit}}", cwd=root)
-            else:
-                base_ref, base_sha = await self._base(base)
+            if os.path.lexists(path):  # left by a crash between its making and its record
                 await self.remove_worktree(path)
+            if carried:  # an earlier attempt's branch: carried on where it stopped
+                assert previous is not None
+                base_ref, base_sha = previous.base_ref or "", previous.base or ""
+                await self._git("worktree", "add", "--quiet", str(path), branch, cwd=root)
+            else:
                 await self._git("worktree", "add", "--quiet", "-b", branch, str(path), base_sha, cwd=root)
             self._ignore_worktrees_dir()
         finally:
             self.shared.release()
-        record = WorkspaceRecord(branch=branch, state="active", base=base_sha, base_ref=base_ref, head=base_sha,
-                                 path=str(path.relative_to(self.root)))
+        record = WorkspaceRecord(branch=branch, state="active", base=base_sha, base_ref=base_ref or None,
+                                 head=base_sha, path=str(path.relative_to(self.root)))
         return record, str(path / prefix) if prefix else str(path)
 
-    async def _repository_prefix(self) -> str:
-        """Where the project root is inside its repository ('' at its top);
-        WorkspaceFailed if it is in none."""
-        try:
-            result = await self.git.run("rev-parse", "--show-prefix", cwd=str(self.root))
-        except GitError as exc:
-            said = exc.result.output if exc.result is not None else ""
-            if "not a git repository" in said:
-                raise WorkspaceFailed(
-                    f"the project ({self.root}) is not a git repository, so the task cannot run in a worktree "
-                    "of its own: run `git init` and commit, or run it unisolated (--no-isolate, or "
-                    "tasks.isolation: none)") from None
-            raise WorkspaceFailed(str(exc)) from None
-        return result.stdout.strip()
+    async def _probe(self) -> tuple[str, str]:
+        """Where the project root is inside its repository ('' at its top) and what
+        its checkout's HEAD is (`refs/heads/…`, `HEAD` when detached, `` unborn), in
+        one git command; WorkspaceFailed if the project is in no repository."""
+        result = await self.git.run("rev-parse", "--show-prefix", "--symbolic-full-name", "HEAD",
+                                    cwd=str(self.root), ok=(0, 128))
+        lines = result.stdout.split("\n")
+        if result.exit_code == 0 and len(lines) >= 2:
+            return lines[0], lines[1]
+        if "not a git repository" in result.output:
+            raise WorkspaceFailed(
+                f"the project ({self.root}) is not a git repository, so the task cannot run in a worktree "
+                "of its own: run `git init` and commit, or run it unisolated (--no-isolate, or "
+                "tasks.isolation: none)")
+        if len(lines) >= 2 and lines[1] == "HEAD" and "unknown revision" in result.output:
+            return lines[0], ""  # no commit yet
+        raise WorkspaceFailed(failure_message(("rev-parse",), result))
 
-    async def _base(self, base: str | None) -> tuple[str, str]:
+    async def _base(self, base: str | None, checked_out: str) -> tuple[str, str]:
         """The base asked for (or the checkout's branch) and its commit."""
-        root = str(self.root)
         if base is None:
-            head = await self.git.run("symbolic-ref", "-q", "--short", "HEAD", cwd=root, ok=(0, 1))
-            if head.exit_code != 0:
-                at = await self.git.run("rev-parse", "--short", "HEAD", cwd=root, ok=(0, 128))
+            if checked_out == "HEAD":
+                at = await self.git.run("rev-parse", "--short", "HEAD", cwd=str(self.root), ok=(0, 128))
                 raise WorkspaceFailed(
                     f"the project's checkout has a detached HEAD (at {at.stdout.strip() or '?'}), so there is "
                     "no branch to start the task from: check out a branch, or name a base (--base REF)")
-            ref = head.stdout.strip()
-            if not await self.git.succeeds("rev-parse", "--verify", "-q", "HEAD", cwd=root):
+            if not checked_out:
                 raise WorkspaceFailed(
-                    f"the repository has no commit yet (HEAD, branch {ref}, is unborn), so a worktree has "
-                    "nothing to start from: make a first commit")
-        else:
-            ref = base
-        found = await self.git.run("rev-parse", "--verify", "-q", "--end-of-options", f"{ref}^{{commit}}",
-                                   cwd=root, ok=(0, 1, 128))
+                    "the repository has no commit yet (its HEAD is unborn), so a worktree has nothing to "
+                    "start from: make a first commit")
+            base = checked_out.removeprefix("refs/heads/")
+        found = await self.git.run("rev-parse", "--verify", "-q", "--end-of-options", f"{base}^{{commit}}",
+                                   cwd=str(self.root), ok=(0, 1, 128))
         if found.exit_code != 0 or not found.stdout.strip():
-            raise WorkspaceFailed(f"base {ref!r} does not name a commit in this repository")
-        return ref, found.stdout.strip()
+            raise WorkspaceFailed(f"base {base!r} does not name a commit in this repository")
+        return base, found.stdout.strip()
 
     async def remove_worktree(self, path: Path) -> None:
-        """A leftover directory where the worktree goes (a crash between its making
-        and its record): unregistered and removed."""
-        if os.path.lexists(path):
-            await self.git.run("worktree", "remove", "--force", "--force", str(path), cwd=str(self.root),
-                               ok=(0, 128))
-            if os.path.lexists(path):
-                await self.git.runner.run(["rm", "-rf", "--", str(path)], cwd=str(self.root), env=self.git.env,
-                                          timeout=self.settings.git_timeout)
-        await self.git.run("worktree", "prune", cwd=str(self.root))
+        """A worktree (or a leftover directory where one was) unregistered and removed."""
+        if not os.path.lexists(path):
+            return
+        removed = await self.git.run("worktree", "remove", "--force", "--force", str(path), cwd=str(self.root),
+                                     ok=(0, 128))
+        if removed.exit_code != 0 or os.path.lexists(path):
+            await self.git.runner.run(["rm", "-rf", "--", str(path)], cwd=None, env=self.git.env,
+                                      timeout=self.settings.git_timeout)
+            await self.git.run("worktree", "prune", cwd=str(self.root))
 
     def _ignore_worktrees_dir(self) -> None:
         """The main checkout's `git status` and `git add -A` pass the worktrees by."""
@@ -180,18 +178,25 @@ class GitWorkspaces:
         root = str(self.root)
         path = self._worktree(record)
         if path is not None:
-            head = await self._commit(path, message)
+            await self._commit(path, message, tip=False)
+            tip = f"refs/heads/{record.branch}"
+            # The tip read, the branch measured and the worktree removed at once.
+            steps = [self.git.text("rev-parse", tip, cwd=root), self._size(record.base, tip)]
             if not keep:
                 await self.shared.acquire()
-                try:
-                    await self.remove_worktree(path)
-                finally:
+                steps.append(self.remove_worktree(path))
+            try:
+                head, size, *_ = await gatherResults([ensureDeferred(step) for step in steps], consumeErrors=True)
+            except FirstError as exc:
+                exc.subFailure.raiseException()
+            finally:
+                if not keep:
                     self.shared.release()
         else:
             found = await self.git.run("rev-parse", "--verify", "-q", f"refs/heads/{record.branch}", cwd=root,
                                        ok=(0, 1, 128))
             head = found.stdout.strip() or record.head
-        size = await self._size(record.base, head)
+            size = await self._size(record.base, head)
         if final and size.empty and head == record.base and not keep:
             await self.shared.acquire()
             try:
@@ -209,18 +214,18 @@ class GitWorkspaces:
         path = self.root / record.path
         return path if _is_worktree(path) else None
 
-    async def _commit(self, path: Path, message: str) -> str:
+    async def _commit(self, path: Path, message: str, tip: bool = True) -> str:
         """Everything in the worktree (tracked and untracked, as .gitignore says)
-        committed, if anything changed; the branch's tip."""
+        committed, if anything changed; the branch's tip (if `tip`)."""
         where = str(path)
         self._stale_lock(where)
         try:
             await self.git.run("add", "-A", cwd=where)
-            staged = await self.git.run("diff", "--cached", "--quiet", cwd=where, ok=(0, 1))
-            if staged.exit_code == 1:
-                await self.git.run("commit", "-q", "--no-verify", "-m", message, cwd=where,
-                                   env=await self.identity(where))
-            return await self.git.text("rev-parse", "HEAD", cwd=where)
+            committed = await self.git.run("commit", "-q", "--no-verify", "-m", message, cwd=where, ok=(0, 1),
+                                           env=await self.identity(where))
+            if committed.exit_code == 1 and "nothing" not in committed.stdout + committed.output:
+                raise GitError(failure_message(("commit",), committed), committed)
+            return await self.git.text("rev-parse", "HEAD", cwd=where) if tip else ""
         except GitError as exc:
             raise WorkspaceFailed(f"cannot commit the task's changes in {path}: {exc}") from None
 
@@ -237,6 +242,7 @@ class GitWorkspaces:
         return env
 
     async def _size(self, base: str | None, head: str | None) -> ChangeSize:
+        """The change from `base` to `head` (a commit, or a ref)."""
         if not base or not head or base == head:
             return ChangeSize()
         result = await self.git.run("diff", "--shortstat", base, head, cwd=str(self.root))
@@ -291,7 +297,7 @@ class GitWorkspaces:
         tree is not walked on the reactor's time); None if it cannot be told."""
         if not self.worktrees_dir.is_dir():
             return 0
-        result = await self.git.runner.run(["du", "-sk", str(self.worktrees_dir)], cwd=str(self.root),
+        result = await self.git.runner.run(["du", "-sk", str(self.worktrees_dir)], cwd=None,
                                            env=self.git.env, timeout=60, separate=True)
         try:
             return int(result.stdout.split()[0]) * 1024
