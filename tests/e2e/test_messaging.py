@@ -545,3 +545,52 @@ async def test_the_bot_token_never_reaches_the_agent(project: Project, telegram:
     await eventually(lambda: any(t.startswith(f"Task {task_id}") for t in telegram_texts(telegram)))
     for text in (json.dumps(record), *telegram_texts(telegram), project.log_text()):
         assert TELEGRAM_TOKEN not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_isolated_tasks_are_reviewed_merged_and_discarded_from_a_chat(project: Project,
+                                                                            telegram: FakeTelegram) -> None:
+    """tasks.merge "approval": a completed isolated task's branch is announced with the
+    commands; /diff shows it, /approve merges it; /discard drops another one."""
+    import subprocess
+
+    identity = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
+    (project.root / "a.txt").write_text("zero\n")
+    for argv in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "start"]):
+        subprocess.run(argv, cwd=project.root, env={**project.env, **identity}, check=True, capture_output=True)
+    project.env["TELEGRAM_BOT_TOKEN"] = TELEGRAM_TOKEN
+    await start(project, telegram_config(telegram, notify={"topics": ["task:awaiting_merge", "task:merged"]}),
+                tasks={"isolation": "worktree", "merge": "approval"})
+    telegram.message("/task @write:a.txt=one", user_id=ALICE)
+    telegram.message("/task @write:a.txt=two @sleep:0.3", user_id=ALICE)
+    queued = await eventually(lambda: [re.match(r"Queued task (\S+)\.", t).group(1) for t in telegram_texts(telegram)
+                                       if t.startswith("Queued task")][:2] or None, what="two tasks queued")
+    await eventually(lambda: len([t for t in telegram_texts(telegram) if "awaits approval to merge" in t]) == 2,
+                     what="both branches announced")
+    first, second = queued if len(queued) == 2 else (queued[0], None)
+    waiting = [t for t in telegram_texts(telegram) if "awaits approval to merge" in t and first in t]
+    assert f"/approve {first}" in waiting[0] and f"/diff {first}" in waiting[0]
+    assert (await call(project, "task.get", taskId=first))["workspace"]["state"] == "awaiting_merge"
+    telegram.message(f"/diff {first}", user_id=ALICE)
+    diff = await eventually(lambda: [t for t in telegram_texts(telegram) if t.startswith(f"Task {first}, branch")])
+    assert "a.txt | 2 +-\n" in diff[0]
+    telegram.message(f"/approve {first}", user_id=ALICE)
+    await eventually(lambda: [t for t in telegram_texts(telegram) if t.startswith(f"Merged task {first} into main")],
+                     what="the merge answered")
+    assert (project.root / "a.txt").read_text() == "one\n"
+    record = await call(project, "task.get", taskId=first)
+    assert record["workspace"]["state"] == "merged" and record["state"] == "completed"
+
+    assert second is not None
+    telegram.message(f"/merge {second}", user_id=ALICE)  # both rewrote a.txt: it conflicts now
+    refused = await eventually(lambda: [t for t in telegram_texts(telegram) if "nothing was merged" in t],
+                               what="the conflict refused")
+    assert "a.txt" in refused[0] and second in refused[0]
+    telegram.message(f"/discard {second}", user_id=ALICE)
+    await eventually(lambda: f"Discarded task {second}'s branch aiwg/{second}." in telegram_texts(telegram))
+    telegram.message("/merge t-nosuchtask", user_id=ALICE)
+    await eventually(lambda: any(t.startswith("Unknown task: t-nosuchtask") for t in telegram_texts(telegram)),
+                     what="an unknown task named")
+    await eventually(lambda: any(t.startswith("Unknown task: t-nosuchtask") for t in telegram_texts(telegram)),
+                     what="an unknown task named")
+    assert (project.root / "a.txt").read_text() == "one\n"

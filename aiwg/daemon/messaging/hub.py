@@ -25,10 +25,13 @@ from twisted.logger import Logger
 from aiwg.core.agents import expand
 from aiwg.core.config import Config
 from aiwg.core.events import Event, topic_matches
-from aiwg.core.messaging import (HELP, REFUSAL, SECRET_KEYS, Inbound, Notice, allowed, at_least, excerpt, notice_for,
+from aiwg.core.messaging import (HELP, REFUSAL, SECRET_KEYS, Inbound, Notice, allowed, at_least, notice_for,
                                  parse_command, result_text, status_text, tasks_text)
 from aiwg.core.tasks import STATE_NAMES
 from aiwg.core.states import END_TOPICS
+
+#: An isolated task's branch, waiting for review or reviewed.
+REVIEW_TOPICS = ("task:awaiting_merge", "task:merged", "task:discarded")
 from aiwg.errors import RpcError
 
 PLATFORMS = ("telegram", "slack", "discord")
@@ -207,7 +210,10 @@ class MessagingService(MultiService):
                 continue
             if notice is None:
                 notice = notice_for(event.topic, event.payload, self.project)
-            skip = reply_to.get("chat") if reply_to.get("platform") == platform else None
+            # The asker gets the task's answer instead of its end notice; a branch
+            # that waits for review is news to them as well.
+            asker = reply_to.get("platform") == platform and event.topic not in REVIEW_TOPICS
+            skip = reply_to.get("chat") if asker else None
             self.notified += adapter.notify(notice, skip=skip)
 
     def _task(self, task_id: Any) -> Any:
@@ -344,7 +350,7 @@ class MessagingService(MultiService):
         try:
             if name == "diff":
                 done = isolation.diff(task_id, True).addCallback(
-                    lambda d: f"Task {task_id}, branch {d['branch']}:\n{excerpt(d['diff'], 3000) or '(no changes)'}")
+                    lambda d: f"Task {task_id}, branch {d['branch']}:\n{d['diff'][:3000].strip() or '(no changes)'}")
             elif name == "merge":
                 done = isolation.merge(task_id, None, False, by).addCallback(
                     lambda t: f"Merged task {task_id} into {t.workspace.merged_into} "
