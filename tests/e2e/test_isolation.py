@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -283,3 +284,102 @@ def test_daemon_status_shows_live_worktrees_and_their_disk_use(project: Project)
     record = ended(project, task_id)
     assert record["state"] == "cancelled" and record["workspace"]["state"] == "open"
     assert git(project, "show", f"aiwg/{task_id}:big.bin") == "x\n"
+
+
+#: What the fake agent does for each prompt of the Parallel agents guide.
+GUIDE_PROMPTS = {
+    "Rewrite the greeting in README.md to be friendlier": "@write:README.md=Hello-there,-friend! @sleep:0.5",
+    "Rewrite the greeting in README.md to be shorter": "@write:README.md=Hi @sleep:0.5",
+    "Add a second line to the greeting in README.md": "@append:README.md=Welcome @sleep:0.5",
+}
+
+
+def test_the_parallel_agents_guide_runs_as_written(project: Project) -> None:
+    """Every `$ aiwg` session of docs/parallel-agents.md, in order, in one project:
+    the lines the guide shows are printed (`...` stands for lines it leaves out),
+    and a command the guide shows failing (`aiwg: …`) exits 1."""
+    import re
+    import shlex
+
+    from tests.e2e.test_docs_examples import ROOT, sessions, shape
+
+    (project.root / "README.md").write_text("Hello\n")
+    git(project, "init", "-q", "-b", "main")
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "start")
+    project.write_config(json.dumps({"agent": {"output": "claude-json"}}))
+    project.start()
+    ids: dict[str, str] = {}
+
+    def shaped(line: str) -> str:
+        return shape(re.sub(r"\b[0-9a-f]{12}\b", "SHA", line))
+
+    guide = (ROOT / "docs" / "parallel-agents.md").read_text()
+    steps = [step for block in sessions(guide) for step in block]
+    assert len(steps) >= 8
+    for command, documented in steps:
+        for doc_id, real in ids.items():
+            command = command.replace(doc_id, real)
+        argv = shlex.split(command)
+        if argv[:3] == ["aiwg", "task", "submit"]:
+            argv[3] = GUIDE_PROMPTS[argv[3]]
+        if argv[:3] in (["aiwg", "task", "get"], ["aiwg", "task", "diff"], ["aiwg", "task", "merge"]):
+            ended(project, argv[3])
+        result = project.aiwg(*argv[1:])
+        printed = (result.stdout + result.stderr).splitlines()
+        failing = any(line.startswith("aiwg: ") for line in documented)
+        assert result.returncode == (1 if failing else 0), (command, printed)
+        for doc_line in documented:
+            for doc_id in re.findall(r"\bt-[a-z0-9]{10}\b", doc_line):
+                real = next((m for line in printed for m in re.findall(r"\bt-[a-z0-9]{10}\b", line)), None)
+                if real and doc_id not in ids:
+                    ids[doc_id] = real
+        expected = [shaped(line) for line in documented if line.strip() and line.strip() != "..."]
+        actual = [shaped(line) for line in printed if line.strip()]
+        if "..." in (line.strip() for line in documented):
+            assert all(line in actual for line in expected), (command, printed)
+        else:
+            assert sorted(actual) == sorted(expected), (command, printed)
+    assert (project.root / "README.md").read_text() == "Hello-there,-friend!\n"
+
+
+def test_auto_merge_merges_at_once_and_leaves_a_conflict_for_review(project: Project) -> None:
+    repository(project, merge="auto")
+    project.start()
+    first = submit(project, "@write:shared.txt=first @sleep:0.5")
+    second = submit(project, "@write:shared.txt=second @sleep:1")
+    one, two = ended(project, first), ended(project, second)
+    assert one["workspace"]["state"] == "merged" and one["workspace"]["mergedInto"] == "main"
+    assert (project.root / "shared.txt").read_text() == "first\n"
+    assert two["state"] == "completed" and two["workspace"]["state"] == "open"
+    assert "not merged automatically" in two["workspace"]["note"] and "shared.txt" in two["workspace"]["note"]
+    assert "conflicts" in two["workspace"]["note"]
+
+
+def test_a_stop_collects_running_tasks_and_a_watched_worktree_fires_nothing(project: Project) -> None:
+    """A graceful stop commits what a running isolated task had done and removes its
+    worktree; the agent's edits in its worktree never reach the file watcher."""
+    repository(project)
+    config = json.loads(project.paths.config_file.read_text())
+    config["watch"] = {"enabled": True, "debounce_ms": 50, "ignore": [".git/"]}  # as the guide advises
+    config["rules"] = [{"id": "any-change", "trigger": {"type": "file_change", "pattern": "**"},
+                        "action": {"type": "submit_task", "prompt": "a file changed", "isolate": False}}]
+    project.write_config(json.dumps(config))
+    project.start()
+    task_id = submit(project, "@write:shared.txt=halfway @append:more.txt=x @sleep:60")
+    wait_for(lambda: (project.root / ".aiwg" / "worktrees" / task_id / "more.txt").exists(), timeout=20)
+
+    def fires() -> int:
+        status = json.loads(project.aiwg("automation", "status", "--json", check=True).stdout)
+        return int([r for r in status["rules"] if r["id"] == "any-change"][0]["fireCount"])
+    time.sleep(0.5)  # ten times the debounce: the agent's writes would have fired by now
+    assert fires() == 0
+    (project.root / "notes.txt").write_text("a person's edit\n")  # the watcher does see the project
+    wait_for(lambda: fires() == 1, timeout=10)
+    project.aiwg("daemon", "stop", "--timeout", "30", check=True)
+    assert worktrees(project) == [str(project.root)]
+    assert git(project, "show", f"aiwg/{task_id}:more.txt") == "x\n"
+    assert "(failed)" in git(project, "log", "-1", "--format=%s", f"aiwg/{task_id}")
+    project.start()
+    final = ended(project, task_id)
+    assert final["state"] == "failed" and final["workspace"]["state"] == "open"

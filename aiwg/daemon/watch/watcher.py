@@ -41,6 +41,7 @@ from twisted.logger import Logger
 
 from aiwg import procfs
 from aiwg.core.config import Config
+from aiwg.core.globs import IgnoreSet
 from aiwg.core.timefmt import iso_utc
 from aiwg.core.watching import ChangeSet, Stamp, WatchEntry, WatchPlan, plan_from_config, snapshot_diff
 from aiwg.daemon.debounce import Debouncer
@@ -169,7 +170,7 @@ class FileWatcher(Service):
                 "file watcher started ({backend}{pruned}) on {paths}; ignoring {ignore}",
                 backend=self.backend, pruned=", ignored trees not watched" if self.pruned else "",
                 paths=", ".join(e.path or "." for e in entries) or "nothing",
-                ignore=", ".join(self._section.get("ignore") or []) or "only .aiwg/daemon/",
+                ignore=", ".join([*(self._section.get("ignore") or []), *IgnoreSet.ALWAYS]),
             )
 
         def failed(failure: Any) -> None:
