@@ -31,6 +31,7 @@ class Heartbeat(Service):
         interval: float,
         heartbeat: Callable[[], dict[str, Any]],
         state: Callable[[], dict[str, Any]],
+        beat: Callable[[], None] | None = None,
     ) -> None:
         self._reactor = reactor
         self._heartbeat_file = heartbeat_file
@@ -38,6 +39,7 @@ class Heartbeat(Service):
         self.interval = interval
         self._heartbeat = heartbeat
         self._state = state
+        self._beat = beat  # what else is done at each beat (the self-repair's backstop)
         self._loop: LoopingCall | None = None
         self.writes = 0
         self.last_error: str | None = None
@@ -61,16 +63,24 @@ class Heartbeat(Service):
 
     def _tick(self) -> None:
         # LoopingCall stops for good on the first exception: never let one out.
+        if self._beat is not None:
+            try:
+                self._beat()
+            except Exception:
+                self.log.failure("heartbeat: the checks of the beat failed")
         try:
-            self.write()
+            # Renamed into place, so a reader never sees half a file; not synced:
+            # the next beat replaces it anyway, and a sync is a wait on the disk
+            # that would wake an idle daemon several times a beat.
+            self.write(sync=False)
             self.last_error = None
         except Exception as exc:
             self.last_error = f"cannot write {self._state_file.parent}: {exc}"
             self.log.failure("heartbeat write failed")
 
-    def write(self) -> None:
-        write_json_atomic(self._heartbeat_file, self._heartbeat())
-        write_json_atomic(self._state_file, self._state())
+    def write(self, sync: bool = True) -> None:
+        write_json_atomic(self._heartbeat_file, self._heartbeat(), sync=sync)
+        write_json_atomic(self._state_file, self._state(), sync=sync)
         self.writes += 1
 
     def abort_start(self) -> None:

@@ -7,17 +7,12 @@ import os
 from typing import Any, Callable
 
 from twisted.application.service import Service
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from aiwg import instance
 from aiwg.errors import AlreadyRunning
 from aiwg.daemon.statefile import write_atomic
 from aiwg.paths import ProjectPaths
-
-#: How often the daemon checks that its lock file and pid file are still there.
-CHECK_INTERVAL_SECONDS = 2.0
-
 
 class InstanceLock(Service):
     """First to start, last to stop: nothing else may touch the project's
@@ -26,8 +21,8 @@ class InstanceLock(Service):
     An flock guards only the file it is on, and `.lock` can be deleted while
     the daemon runs: so the daemon also locks the project directory itself,
     which is what keeps a second daemon out, and puts back its lock and pid
-    files within CHECK_INTERVAL_SECONDS of their removal, for the readers of
-    `.lock` and `daemon.pid`."""
+    files when they are removed (`check`, run by SelfRepair), for the readers
+    of `.lock` and `daemon.pid`."""
 
     name = "lock"
     log = Logger()
@@ -39,7 +34,7 @@ class InstanceLock(Service):
         self._on_project_gone = on_project_gone
         self._fd: int | None = None
         self._project_fd: int | None = None
-        self._check: LoopingCall | None = None
+        self.gone = False  # the project directory was deleted: nothing more to put back
         self.problem: str | None = None
 
     def privilegedStartService(self) -> None:
@@ -57,18 +52,8 @@ class InstanceLock(Service):
         self._write_pid_file()
         super().privilegedStartService()
 
-    def startService(self) -> None:
-        super().startService()
-        if self._reactor is not None:
-            self._check = LoopingCall(self.check)
-            self._check.clock = self._reactor
-            self._check.start(CHECK_INTERVAL_SECONDS, now=False)
-
     def stopService(self) -> None:
         super().stopService()
-        if self._check is not None and self._check.running:
-            self._check.stop()
-        self._check = None
         self.release()
 
     def abort_start(self) -> None:
@@ -79,14 +64,13 @@ class InstanceLock(Service):
 
     def check(self) -> None:
         """Put back a deleted lock file (locked again) or pid file."""
-        if self._fd is None:
+        if self._fd is None or self.gone:
             return
         if self._project_fd is not None and not instance.same_directory(self._project_fd, self._paths):
             # Deleted (and maybe made again): putting files back would plant them
             # in a new project, beside a daemon of its own. This one is done.
             self._report(f"project directory {self._paths.root} was deleted while the daemon ran; stopping")
-            if self._check is not None and self._check.running:
-                self._check.stop()
+            self.gone = True
             if self._on_project_gone is not None:
                 self._on_project_gone()
             return

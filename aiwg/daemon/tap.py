@@ -76,6 +76,7 @@ def makeService(options: Options) -> Any:
     from aiwg.daemon.heartbeat import Heartbeat
     from aiwg.daemon.ipc.server import IpcFactory, IpcServer
     from aiwg.daemon.lock import InstanceLock
+    from aiwg.daemon.selfrepair import SelfRepair
     from aiwg.daemon.messaging.hub import MessagingService
     from aiwg.daemon.ipc.methods import build_method_table
     from aiwg.daemon.root import DaemonService
@@ -121,6 +122,7 @@ def makeService(options: Options) -> Any:
         interval=config.daemon.heartbeat_interval_seconds,
         heartbeat=lambda: root.heartbeat_record(),
         state=lambda: root.state_record(),
+        beat=lambda: repair.beat(),
     )
     root = DaemonService(
         reactor=reactor,
@@ -162,12 +164,23 @@ def makeService(options: Options) -> Any:
     EventLog(bus=bus, directory=paths.events_dir, settings=config.daemon.events).setServiceParent(root)
     store.setServiceParent(root)  # closes after the final state write, which reads it
     heartbeat.setServiceParent(root)
-    IpcServer(
+    ipc = IpcServer(
         reactor=reactor,
         socket_path=socket_path,
         pointer_file=None if socket_path == paths.default_socket else paths.socket_pointer,
         factory=IpcFactory(methods, config.daemon.ipc.max_line_bytes, clock=reactor.seconds),
-    ).setServiceParent(root)
+    )
+    ipc.setServiceParent(root)
+    # Puts back the lock, pid file and socket when they are deleted (inotify, else each heartbeat).
+    repair = SelfRepair(
+        reactor=reactor,
+        directories=list(dict.fromkeys([paths.daemon_dir, paths.aiwg_dir, paths.root, socket_path.parent])),
+        files=[paths.lock_file, paths.pid_file, socket_path]
+        + ([] if socket_path == paths.default_socket else [paths.socket_pointer]),
+        checks=[lock.check, ipc.check_socket],  # the lock's first: it notices a deleted project
+        gone=lambda: lock.gone,
+    )
+    repair.setServiceParent(root)
     # Stops after the supervisor: the outcomes of the tasks a stop ends are still notified.
     messaging.setServiceParent(root)
     supervisor.setServiceParent(root)  # stops before IPC: clients watch the drain

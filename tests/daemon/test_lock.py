@@ -1,5 +1,6 @@
 """InstanceLock: a deleted lock file or pid file is put back while the daemon
-runs, so that the next start still sees the project taken."""
+runs (by its check, which SelfRepair runs when they are deleted), so that the
+next start still sees the project taken."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from aiwg import instance
-from aiwg.daemon.lock import CHECK_INTERVAL_SECONDS, InstanceLock
+from aiwg.daemon.lock import InstanceLock
 from aiwg.errors import AlreadyRunning
 from aiwg.paths import ProjectPaths
 
@@ -41,7 +42,7 @@ def test_a_deleted_lock_file_is_created_and_locked_again(started) -> None:
     paths, clock, lock = started
     paths.lock_file.unlink()
     assert instance.holder(paths) == 0  # still held (the project directory), pid not known
-    clock.advance(CHECK_INTERVAL_SECONDS)
+    lock.check()
     assert instance.holder(paths) == os.getpid()
     with pytest.raises(AlreadyRunning):
         instance.acquire(paths, patience=0)
@@ -51,7 +52,7 @@ def test_a_deleted_lock_file_is_created_and_locked_again(started) -> None:
 def test_a_deleted_pid_file_is_written_again(started) -> None:
     paths, clock, lock = started
     paths.pid_file.unlink()
-    clock.advance(CHECK_INTERVAL_SECONDS)
+    lock.check()
     assert instance.read_pid_file(paths) == os.getpid()
 
 
@@ -62,7 +63,7 @@ def test_a_whole_deleted_daemon_dir_comes_back(started) -> None:
     for directory in (paths.actions_dir, paths.events_dir):
         directory.rmdir()
     paths.daemon_dir.rmdir()
-    clock.advance(CHECK_INTERVAL_SECONDS)
+    lock.check()
     assert instance.holder(paths) == os.getpid()
     assert instance.read_pid_file(paths) == os.getpid()
 
@@ -74,13 +75,13 @@ def test_a_lock_file_taken_by_someone_else_is_a_health_issue(started) -> None:
     try:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.write(other, b"4242\n")
-        clock.advance(CHECK_INTERVAL_SECONDS)
+        lock.check()
         [issue] = lock.health_issues()
         assert str(paths.lock_file) in issue and "pid 4242" in issue
-        clock.advance(CHECK_INTERVAL_SECONDS)  # said once, not every check
+        lock.check()  # said once, not every check
         assert lock.health_issues() == [issue]
         fcntl.flock(other, fcntl.LOCK_UN)
-        clock.advance(CHECK_INTERVAL_SECONDS)  # freed: ours again
+        lock.check()  # freed: ours again
         assert lock.health_issues() == []
         assert instance.holder(paths) == os.getpid()
     finally:
@@ -91,11 +92,11 @@ def test_a_problem_clears_once_the_files_are_back(started) -> None:
     paths, clock, lock = started
     paths.pid_file.unlink()
     paths.pid_file.mkdir()  # in the way of the pid file
-    clock.advance(CHECK_INTERVAL_SECONDS)
+    lock.check()
     [issue] = lock.health_issues()
     assert str(paths.pid_file) in issue
     paths.pid_file.rmdir()
-    clock.advance(CHECK_INTERVAL_SECONDS)
+    lock.check()
     assert lock.health_issues() == []
     assert instance.read_pid_file(paths) == os.getpid()
 
@@ -124,11 +125,12 @@ def test_a_deleted_project_directory_stops_the_daemon_and_plants_nothing(tmp_pat
 
         shutil.rmtree(root)
         root.mkdir()  # a new project of the same name
-        clock.advance(CHECK_INTERVAL_SECONDS)
+        lock.check()
         assert gone == [True]
         assert list(root.iterdir()) == []  # no .aiwg put back into someone else's directory
         assert "deleted" in lock.health_issues()[0]
-        clock.advance(10 * CHECK_INTERVAL_SECONDS)
+        for _ in range(10):
+            lock.check()
         assert gone == [True]  # said once
     finally:
         lock.stopService()

@@ -22,7 +22,6 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import UNIXServerEndpoint
-from twisted.internet.task import LoopingCall
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -348,10 +347,6 @@ class IpcFactory(ServerFactory):
         self.max_line_bytes = value  # open connections read it from here
 
 
-#: How often the daemon checks that its socket file is still there.
-SOCKET_CHECK_SECONDS = 2.0
-
-
 class IpcServer(Service):
     """The listening socket: bound synchronously at start, so that when
     `aiwg daemon start` returns, `ping` already answers. (A plain Service that
@@ -371,7 +366,6 @@ class IpcServer(Service):
         self.socket_path = socket_path
         self._pointer_file = pointer_file
         self._reactor = reactor
-        self._check: LoopingCall | None = None
         self.problem: str | None = None
         self.rebinds = 0
         self.endpoint = UNIXServerEndpoint(OwnedSocketListener(reactor), str(socket_path), backlog=128, mode=0o600)
@@ -400,10 +394,7 @@ class IpcServer(Service):
     def startService(self) -> None:
         if self.port is None:
             self.privilegedStartService()
-        Service.startService(self)
-        self._check = LoopingCall(self.check_socket)
-        self._check.clock = self._reactor
-        self._check.start(SOCKET_CHECK_SECONDS, now=False)
+        Service.startService(self)  # a deleted socket is bound again by check_socket (SelfRepair)
 
     def _port(self) -> OwnedSocketPort | None:
         return self.port if isinstance(self.port, OwnedSocketPort) else None
@@ -486,9 +477,6 @@ class IpcServer(Service):
         return status
 
     def stopService(self) -> Deferred:
-        if self._check is not None and self._check.running:
-            self._check.stop()
-        self._check = None
         Service.stopService(self)
         port, self.port = self.port, None
         d = maybeDeferred(port.stopListening) if port is not None else succeed(None)

@@ -51,6 +51,7 @@ class ChatService(Service):
         self._turn_of: dict[str, str] = {}  # running turn's task id → conversation id
         self._subscription: Any = None
         self._expiry: LoopingCall | None = None
+        self._save_call: Any = None
         self.turns = 0
 
     @staticmethod
@@ -66,18 +67,32 @@ class ChatService(Service):
         Service.startService(self)
         self._restore()
         self._subscription = self._bus.subscribe(list(END_TOPICS), self._ended)
-        self._expiry = LoopingCall(self._tick)
-        self._expiry.clock = self._reactor
-        self._expiry.start(SAVE_INTERVAL, now=False)
-        self._expired_at = self._reactor.seconds()
+        self._watch_expiry()
 
-    def _tick(self) -> None:
-        now = self._reactor.seconds()
-        if now - self._expired_at >= EXPIRY_INTERVAL or now < self._expired_at:
-            self._expired_at = now
-            self.expire()
+    def _changed(self) -> None:
+        """Saved a few seconds after a change, once for a burst of them; an idle
+        service (no change, no conversation) sets no timer at all."""
+        self._dirty = True
+        if self.running and (self._save_call is None or not self._save_call.active()):
+            self._save_call = self._reactor.callLater(SAVE_INTERVAL, self._save_due)
+        self._watch_expiry()
+
+    def _save_due(self) -> None:
+        self._save_call = None
         if self._dirty:
             self.save()
+
+    def _watch_expiry(self) -> None:
+        """Idle conversations are looked for every EXPIRY_INTERVAL while there are any."""
+        if self.running and len(self.chats) and (self._expiry is None or not self._expiry.running):
+            self._expiry = LoopingCall(self._tick)
+            self._expiry.clock = self._reactor
+            self._expiry.start(EXPIRY_INTERVAL, now=False)
+
+    def _tick(self) -> None:
+        self.expire()
+        if not len(self.chats) and self._expiry is not None and self._expiry.running:
+            self._expiry.stop()
 
     def _restore(self) -> None:
         if self._state_file is None:
@@ -107,6 +122,9 @@ class ChatService(Service):
             self._subscription = None
         if self._expiry is not None and self._expiry.running:
             self._expiry.stop()
+        if self._save_call is not None and self._save_call.active():
+            self._save_call.cancel()
+        self._save_call = None
         if self._dirty:
             self.save()
 
@@ -140,7 +158,7 @@ class ChatService(Service):
         )
         self.chats.ask(chat, message, task.id, now)
         self._turn_of[task.id] = conversation_id
-        self._dirty = True
+        self._changed()
         self.turns += 1
         return task
 
@@ -156,10 +174,10 @@ class ChatService(Service):
         answer = task.result if task.result is not None else (task.output_tail or "")
         self.chats.answered(conversation_id, task_id, answer if task.state.value == "completed" else (task.error or ""),
                             task.state.value, self._reactor.seconds(), session_id=task.session_id)
-        self._dirty = True
+        self._changed()
 
     def reset(self, conversation: str) -> bool:
-        self._dirty = True
+        self._changed()
         for task_id, owner in list(self._turn_of.items()):
             if owner == conversation:
                 del self._turn_of[task_id]
@@ -178,7 +196,7 @@ class ChatService(Service):
     def expire(self) -> list[str]:
         gone = self.chats.expire(self._reactor.seconds())
         if gone:
-            self._dirty = True
+            self._changed()
             self.log.info("chat: {count} idle conversation(s) expired", count=len(gone))
         return gone
 

@@ -126,6 +126,7 @@ class AgentStarts:
         sup.runs[task.id] = run
         if counted:
             sup.started_count += 1
+        sup.housekeeping.busy()
         run.exited.addCallback(sup._exited, run)
         run.ended.addCallback(sup._ended, run)
         run.deadline(minutes * 60, lambda late: self._timed_out(late, minutes, timeout))

@@ -1,8 +1,9 @@
 # tests: tests/daemon/test_housekeeping.py, tests/e2e/test_tasks.py, tests/e2e/test_full_disk.py
 """What keeps tasks from leaving things behind while they come and go: the sweep
 for processes that outlived their task (soon after each end, and every few
-seconds), finished tasks pruned beyond retention with their output files, and
-the health of the output directory once a write to it has failed."""
+seconds while tasks run and until nothing of theirs is left: an idle daemon
+does not wake for it), finished tasks pruned beyond retention with their output
+files, and the health of the output directory once a write to it has failed."""
 
 from __future__ import annotations
 
@@ -37,31 +38,50 @@ class Housekeeping:
         self._forget_records = forget_records
         self._retention = retention
         self._ours = ours
-        self._loop: LoopingCall | None = None
-        self._ticks = 0
+        self._loop: LoopingCall | None = None  # prunes
+        self._sweeps: LoopingCall | None = None  # sweeps, while tasks run or leftovers remain
         self._sweep_call: Any = None
         self.output_problem: str | None = None  # task output that could not be written, while it lasts
 
     def start(self) -> None:
         self.prune()
-        self._loop = LoopingCall(self._tick)
+        self._loop = LoopingCall(self._prune_tick)
         self._loop.clock = self._clock
-        self._loop.start(SWEEP_INTERVAL_SECONDS, now=False)
+        self._loop.start(PRUNE_INTERVAL_SECONDS, now=False)
+        self.sweep_orphans()  # what a crash left may still be around: swept until it is not
+        if self._reaper.watching:
+            self.busy()
+
+    def busy(self) -> None:
+        """A task's process has started: sweep every few seconds until nothing of
+        any task is left."""
+        if self._sweeps is None or not self._sweeps.running:
+            self._sweeps = LoopingCall(self._sweep_tick)
+            self._sweeps.clock = self._clock
+            self._sweeps.start(SWEEP_INTERVAL_SECONDS, now=False)
 
     def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in (self._loop, self._sweeps):
+            if loop is not None and loop.running:
+                loop.stop()
         if self._sweep_call is not None and self._sweep_call.active():
             self._sweep_call.cancel()
         self._sweep_call = None
 
-    def _tick(self) -> None:
-        """Every few seconds: sweep orphans; every few minutes: prune old tasks."""
+    def _prune_tick(self) -> None:
+        try:
+            self.prune()
+        except Exception:
+            self.log.failure("task housekeeping failed")
+
+    def _sweep_tick(self) -> None:
+        """Sweep; once no task runs and no adopted process is left to watch, the
+        next task's start resumes the sweeps."""
         try:
             self.sweep_orphans()
-            self._ticks += 1
-            if self._ticks % int(PRUNE_INTERVAL_SECONDS / SWEEP_INTERVAL_SECONDS) == 0:
-                self.prune()
+            _, running, _ = self._ours()
+            if not running and not self._reaper.watching and self._sweeps is not None and self._sweeps.running:
+                self._sweeps.stop()
         except Exception:
             self.log.failure("task housekeeping failed")
 

@@ -137,6 +137,11 @@ class Reaper:
         return True
 
 
+    @property
+    def watching(self) -> bool:
+        """Whether adopted processes are still being watched (their tasks run)."""
+        return bool(self._adopted)
+
     def sweep(self, known: set[int], running: set[str], live: Container[str]) -> int:
         """Kill adopted processes that belong to a task that has ended, and reap
         the ones that have died. Cheap: reads our own children list only.
