@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from aiwg.cli.text import bridge_line  # noqa: F401 (status.py and this module's status)
 from aiwg.cli.render import Context, emit_json, json_option, project_option
 from aiwg.client import DaemonClient
 from aiwg.errors import EXIT_FAILURE
@@ -16,16 +17,6 @@ pass_context = click.make_pass_decorator(Context, ensure=True)
 
 PLATFORMS = ("telegram", "slack", "discord")
 COUNTERS = ("sent", "received", "refused", "failed", "rate_limited", "dropped", "reconnects", "outbox")
-
-
-def bridge_line(info: dict[str, Any]) -> str:
-    """`connected (2-way, as @bot)`, `reconnecting (… ; next attempt in 4.0s)`."""
-    words = [info.get("mode", "")] if info.get("mode") else []
-    if info.get("detail"):
-        words.append(str(info["detail"]))
-    if info.get("nextAttemptIn") is not None:
-        words.append(f"next attempt in {info['nextAttemptIn']}s")
-    return info["state"] + (f" ({'; '.join(words)})" if words else "")
 
 
 @click.group()

@@ -11,7 +11,11 @@ from typing import Any, Callable
 
 import click
 
+from aiwg.cli.text import duration, json_text, kv_lines
 from aiwg.paths import ProjectPaths, project_dir_problem
+
+__all__ = ["Context", "duration", "emit_error", "emit_json", "fail", "json_option", "kv_lines", "project_option",
+           "user_name"]
 
 
 @dataclass
@@ -66,7 +70,7 @@ def project_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=False, default=str))
+    click.echo(json_text(value))
 
 
 #: Set when --json was given anywhere on the command line, so errors are JSON too.
@@ -84,25 +88,6 @@ def fail(message: str, code: int) -> None:
 def emit_error(message: str, code: int) -> None:
     """A failure as --json promises it to scripts, on stdout."""
     click.echo(json.dumps({"error": message, "exit_code": code}))
-
-
-def duration(seconds: float) -> str:
-    seconds = int(seconds)
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [f"{days}d"] if days else []
-    if hours or days:
-        parts.append(f"{hours}h")
-    if minutes or hours or days:
-        parts.append(f"{minutes}m")
-    parts.append(f"{secs}s")
-    return " ".join(parts)
-
-
-def kv_lines(rows: list[tuple[str, Any]], indent: int = 2) -> str:
-    width = max((len(k) for k, _ in rows), default=0)
-    return "\n".join(f"{' ' * indent}{k + ':':<{width + 1}} {v}" for k, v in rows)
 
 
 def user_name() -> str:

@@ -4,10 +4,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs the CLI start-up time
+    from typing import Any
 
-from aiwg.cli.messaging import bridge_line
-from aiwg.cli.render import duration, kv_lines
+from aiwg.cli.text import bridge_line, duration, kv_lines
 
 
 def status_text(result: dict[str, Any]) -> str:

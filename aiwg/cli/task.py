@@ -6,24 +6,20 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from datetime import datetime, timezone
 from typing import Any
 
 import click
 
-from aiwg.cli import branches
-from aiwg.cli.render import Context, duration, emit_json, fail, json_option, project_option, user_name
+from aiwg.cli import branches, views
+from aiwg.cli.render import Context, emit_json, fail, json_option, project_option, user_name
 from aiwg.client import DaemonClient
 from aiwg.cli.following import follow_all, follow_task, json_line, task_call, unknown_task_or_raise
 from aiwg.errors import EXIT_FAILURE, RpcError
-from aiwg.core import workspaces
 from aiwg.core.states import END_TOPICS
 
 pass_context = click.make_pass_decorator(Context, ensure=True)
-
-STATES = ("awaiting_approval", "queued", "running", "completed", "failed", "cancelled", "timeout", "rejected")
-#: Exit status of `task get --follow` and `task submit --wait` for each final state.
+STATES = views.STATES
 
 
 @click.group()
@@ -120,25 +116,10 @@ def list_tasks(ctx: Context, state: str | None, source: str | None, limit: int, 
     if ctx.as_json:
         emit_json(tasks)
         return
-    if not tasks:
-        click.echo("No tasks found" + (f" (there are {total}; --offset {offset} is past them)" if total else ""))
-        return
-    now = time.time()
-    rows = [("ID", "STATE", "PRI", "SOURCE", "AGE", "DURATION", "PROMPT")]
-    for t in tasks:
-        created = _epoch(t["createdAt"])
-        age = duration(now - created) if created else "-"
-        took = duration(t["duration"] / 1000) if t.get("duration") is not None else "-"
-        prompt = " ".join(t["prompt"].split())
-        rows.append((t["id"], t["state"], str(t["priority"]), t["source"], age, took,
-                     prompt if len(prompt) <= 50 else prompt[:49] + "…"))
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:6])) + "  " + row[6])
-    shown_to = offset + len(tasks)
-    if offset or shown_to < total:
-        more = f"; next: --offset {shown_to}" if shown_to < total else ""
-        click.echo(f"{offset + 1}–{shown_to} of {total}{more} (or --limit)", err=True)
+    lines, footer = views.task_list(tasks, total or 0, offset)
+    click.echo("\n".join(lines))
+    if footer:
+        click.echo(footer, err=True)
 
 
 @task.command()
@@ -174,93 +155,7 @@ def get(ctx: Context, task_id: str, follow: bool) -> None:
     if ctx.as_json:
         emit_json(record)
         return
-    rows = [
-        ("id", record["id"]), ("state", record["state"]), ("priority", record["priority"]),
-        ("source", record["source"]), ("created", record["createdAt"]),
-        ("started", record["startedAt"] or "-"), ("finished", record["completedAt"] or "-"),
-        ("duration", duration(record["duration"] / 1000) if record["duration"] is not None else "-"),
-        ("exit code", record["exitCode"] if record["exitCode"] is not None else "-"),
-        ("attempts", record["attempts"]),
-        ("output", f"{record['outputPath']} ({record['outputBytes']} bytes)"),
-    ]
-    if record.get("timeoutMinutes"):
-        rows.append(("timeout", f"{record['timeoutMinutes']:g} min"))
-    if record.get("costUsd") is not None:
-        rows.append(("cost", f"${record['costUsd']:.4f}"))
-    if record.get("sessionId"):
-        rows.append(("session", record["sessionId"]))
-    if record.get("error"):
-        rows.append(("error", record["error"]))
-    if record.get("workspace"):
-        rows.append(("workspace", workspaces.summary(workspaces.WorkspaceRecord.from_json(record["workspace"]))))
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        click.echo(f"{key + ':':<{width + 1}} {value}")
-    click.echo(f"{'prompt:':<{width + 1}} {record['prompt']}")
-    loop = (record.get("metadata") or {}).get("loop")
-    if isinstance(loop, dict):
-        click.echo(f"{'loop:':<{width + 1}} until `{loop.get('until')}` passes, at most "
-                   f"{loop.get('maxIterations')} iteration(s)"
-                   + (f", budget ${loop['budget']:g}" if loop.get("budget") else ""))
-        _iterations_table(record.get("iterations") or [])
-    if record.get("result"):
-        click.echo("result:")
-        click.echo(record["result"])
-    elif record.get("output"):
-        click.echo("output (tail):")
-        click.echo(record["output"].rstrip("\n"))
-
-
-def _iterations_table(iterations: list[dict[str, Any]]) -> None:
-    """One line per finished iteration: how the agent and the check did, what it cost."""
-    if not iterations:
-        click.echo("iterations: none finished yet")
-        return
-    rows = [("#", "AGENT", "CHECK", "COST", "TOTAL", "TIME", "HEAD", "CHANGED", "OUTCOME")]
-    for it in iterations:
-        agent = it.get("agent") or {}
-        check = it.get("check") or {}
-        after = ((it.get("git") or {}).get("after") or {})
-        rows.append((
-            str(it.get("iteration", "?")),
-            _agent_cell(agent),
-            _check_cell(check),
-            f"${it['costUsd']:.4f}" if it.get("costUsd") is not None else "-",
-            f"${it['totalCostUsd']:.4f}" if it.get("totalCostUsd") is not None else "-",
-            duration(it.get("duration") or 0),
-            (after.get("head") or "-")[:8] if after else "-",
-            str(len(after.get("status") or [])) if after else "-",
-            it.get("outcome") or "-",
-        ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    click.echo("iterations:")
-    for row in rows:
-        click.echo("  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
-
-
-def _agent_cell(agent: dict[str, Any]) -> str:
-    if not agent:
-        return "-"
-    error = agent.get("error")
-    if not error:
-        return "ok"
-    if "timed out" in error:
-        return "timeout"
-    if agent.get("signal") is not None:
-        return f"signal({agent['signal']})"
-    return f"fail({agent.get('exitCode')})"
-
-
-def _check_cell(check: dict[str, Any]) -> str:
-    if not check:
-        return "-"
-    if check.get("exitCode") == 0:
-        return "pass"
-    if check.get("timedOut"):
-        return "timeout"
-    if check.get("exitCode") is not None:
-        return f"fail({check['exitCode']})"
-    return "error"
+    click.echo(views.task_record(record))
 
 
 @task.command()
@@ -404,12 +299,7 @@ def stats(ctx: Context) -> None:
     if ctx.as_json:
         emit_json(result)
         return
-    keys = ("total", *STATES, "finishing")
-    width = max(len(k) for k in keys) + 1
-    digits = max(len(str(result.get(k, 0))) for k in keys)
-    for key in keys:
-        if key in result or key != "finishing":
-            click.echo(f"{key + ':':<{width}} {result.get(key, 0):>{digits}}")
+    click.echo(views.task_stats(result))
 
 
 @task.command()
@@ -441,15 +331,6 @@ def export(ctx: Context, output: str | None) -> None:
         click.echo(f"exported {len(tasks)} task(s) to {output}", err=True)
     else:
         click.echo(text, nl=False)
-
-
-def _epoch(iso: str | None) -> float | None:
-    if not iso:
-        return None
-    try:
-        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 task.add_command(branches.diff)

@@ -16,6 +16,8 @@ from pathlib import PurePosixPath
 
 from attrs import frozen
 
+from aiwg.core.workspace_text import summary_text
+
 #: Where worktrees live, relative to the project root; never watched, never a
 #: project change until merged.
 WORKTREES_DIR = ".aiwg/worktrees"
@@ -141,21 +143,7 @@ class WorkspaceRecord:
 
 def summary(record: WorkspaceRecord) -> str:
     """One line for a person: where the work is and how big it is."""
-    size = record.size
-    if record.state == "empty":
-        return "no changes (no commit; the branch was removed)"
-    change = (f"{size.files} file{'s' if size.files != 1 else ''} changed, "
-              f"+{size.insertions} -{size.deletions}")
-    where = {
-        "preparing": f"branch {record.branch} (its worktree is being prepared)",
-        "active": f"branch {record.branch} (the agent works in {record.path})",
-        "open": f"branch {record.branch}",
-        "kept": f"branch {record.branch}, worktree kept at {record.path}",
-        "awaiting_merge": f"branch {record.branch}, awaiting approval to merge",
-        "merged": f"merged into {record.merged_into} ({(record.merge_commit or '')[:12]})",
-        "discarded": f"branch {record.branch} discarded",
-    }[record.state]
-    return f"{where}: {change}" if record.state not in ("preparing", "discarded") else where
+    return summary_text(record.to_json())
 
 
 def worktree_branches(porcelain: str) -> dict[str, str]:
