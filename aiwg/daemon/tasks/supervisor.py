@@ -204,6 +204,7 @@ class Supervisor(Service):
         chain_depth: int = 0,
         isolate: bool | None = None,
         base: str | None = None,
+        start: bool = True,
     ) -> Task:
         """Queue a task now: it is in memory at once, on disk at the end of the turn
         (`submit` waits for that). `env` adds to the agent's environment for this task only; its
@@ -263,15 +264,21 @@ class Supervisor(Service):
             })
             self.log.info("task {task_id} awaits approval (source {source})", task_id=task.id, source=task.source)
             return self.store.get(task.id) or task
-        self._enqueue(task)
+        self._enqueue(task, start)
         return self.store.get(task.id) or task
 
     def submit(self, prompt: str, **options: Any) -> Deferred:
         """Queue a task (as `add` does); fires with it once its record is durable.
         One that cannot be written is withdrawn, never to run, and the Deferred
         fails with -32012: a client told so may retry without running it twice."""
-        task = self.add(prompt, **options)
-        return self.store.when_durable().addCallbacks(lambda _: task, self._not_durable, errbackArgs=(task,))
+        task = self.add(prompt, start=False, **options)
+        # The answer waits for the commit that a start shares: it goes out first, the
+        # spawn (a few milliseconds) follows in the same turn.
+        durable = self.store.when_durable().addCallbacks(lambda _: self.store.get(task.id) or task,
+                                                         self._not_durable, errbackArgs=(task,))
+        if task.state == TaskState.QUEUED:
+            self.fill()
+        return durable
 
     def _not_durable(self, failure: Any, task: Task) -> Task:
         why = str(failure.value)
@@ -280,7 +287,7 @@ class Supervisor(Service):
         raise RpcError(STORE_UNWRITABLE, "the task could not be written to the task store, so it was not "
                        f"submitted: {why}", {"reason": why})
 
-    def _enqueue(self, task: Task) -> None:
+    def _enqueue(self, task: Task, start: bool = True) -> None:
         """Into the run queue, announced, and started if a slot is free."""
         self.queue.push(task.id, task.priority, task.seq)
         self.bus.publish(
@@ -288,7 +295,8 @@ class Supervisor(Service):
             {"taskId": task.id, "priority": task.priority, "prompt": task.prompt[:80],
              "source": task.source, "queueSize": len(self.queue)},
         )
-        self.fill()
+        if start:
+            self.fill()
 
     def cancel(self, task_id: str) -> Change:
         """Cancel a queued (never starts) or running (group killed) task."""
