@@ -106,7 +106,7 @@ def status() -> dict[str, Any]:
 
 #: The hooks the daemon process uses (twistd-runner is the CLI's, checked there;
 #: session-spawn is declared in aiwg/daemon/tasks/spawning.py, twistd-runner in launcher.py).
-DAEMON_HOOKS = ("c-json-encoder", "line-buffer", "transport-queue", "session-spawn")
+DAEMON_HOOKS = ("c-json-encoder", "transport-queue", "session-spawn")
 
 
 def check(names: tuple[str, ...] = DAEMON_HOOKS) -> list[str]:
@@ -161,38 +161,6 @@ def compact_dumps() -> Callable[[Any], str]:
     """Compact, ASCII-only JSON without NaN: the C encoder built once (JSONEncoder.encode
     rebuilds it on every call: about 0.5 µs of a 16 µs round trip), or the public encoder."""
     return _c_dumps() if C_JSON_ENCODER.works() else _public_dumps()
-
-
-# -- Twisted: what a LineReceiver holds of an unfinished line ------------------------
-
-@hook("line-buffer", "twisted", "LineReceiver._buffer")
-def LINE_BUFFER() -> None:
-    from twisted.protocols.basic import LineReceiver
-
-    class Probe(LineReceiver):
-        delimiter = b"\n"
-
-        def lineReceived(self, line: bytes) -> None:
-            self.lines.append(line)
-
-    probe = Probe()
-    probe.lines = []
-    probe.dataReceived(b"ab\ncd")
-    expect(probe.lines == [b"ab"], f"lines {probe.lines!r} from b'ab\\ncd'")
-    expect(probe._buffer == b"cd", f"_buffer is {getattr(probe, '_buffer', None)!r} after b'ab\\ncd', not b'cd'")
-    probe._buffer = b""
-    probe.dataReceived(b"ef\n")
-    expect(probe.lines == [b"ab", b"ef"], f"clearing _buffer did not drop b'cd': lines {probe.lines!r}")
-
-
-def unfinished_line(protocol: Any) -> bytes | None:
-    """The bytes of a message not yet ended by its newline, or None when that cannot
-    be known (then LineReceiver's own limit, one byte later, still applies)."""
-    return protocol._buffer if LINE_BUFFER.works() else None
-
-
-def drop_unfinished_line(protocol: Any) -> None:
-    protocol._buffer = b""
 
 
 # -- Twisted: how much a socket transport still has to send ------------------------

@@ -88,19 +88,6 @@ def test_c_json_encoder_that_changed_its_arguments(monkeypatch: pytest.MonkeyPat
     assert_names(compat.C_JSON_ENCODER.problem, "c-json-encoder", "python")
 
 
-def test_line_buffer_renamed(monkeypatch: pytest.MonkeyPatch) -> None:
-    from twisted.protocols import basic
-
-    monkeypatch.setattr(basic, "LineReceiver", renamed(basic.LineReceiver, "_buffer", "_unparsed"))
-    assert_names(compat.LINE_BUFFER.problem, "line-buffer", "twisted")
-
-    class Protocol(basic.LineReceiver):
-        def lineReceived(self, line: bytes) -> None:
-            pass
-
-    assert compat.unfinished_line(Protocol()) is None  # the caller falls back to LineReceiver's own limit
-
-
 def test_transport_queue_renamed(monkeypatch: pytest.MonkeyPatch) -> None:
     from twisted.internet import abstract
 
@@ -205,11 +192,10 @@ def test_twistd_runner_that_no_longer_formats_through_the_override(monkeypatch: 
 
 
 def test_an_operator_can_turn_a_hook_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(compat.DISABLE_ENV, "line-buffer, c-json-encoder")
-    assert compat.LINE_BUFFER.problem == "line-buffer: turned off by AIWG_COMPAT_DISABLE"
+    monkeypatch.setenv(compat.DISABLE_ENV, "transport-queue, c-json-encoder")
+    assert compat.TRANSPORT_QUEUE.problem == "transport-queue: turned off by AIWG_COMPAT_DISABLE"
     assert compat.C_JSON_ENCODER.problem is not None
-    assert compat.TRANSPORT_QUEUE.problem is None
-    assert compat.status()["line-buffer"].endswith("AIWG_COMPAT_DISABLE")
+    assert compat.status()["transport-queue"].endswith("AIWG_COMPAT_DISABLE")
 
 
 # -- the real daemon, through the fallbacks ------------------------------------------
@@ -248,7 +234,7 @@ def test_the_daemon_starts_and_serves_with_every_hook_turned_off(project: Projec
     assert set(fallbacks) == set(compat.DAEMON_HOOKS)
     assert all(verdict.endswith("turned off by AIWG_COMPAT_DISABLE") for verdict in fallbacks.values())
     assert status["health"] == "degraded"
-    assert sum("dependency hook not in use" in issue for issue in status["health_issues"]) == 4
+    assert sum("dependency hook not in use" in issue for issue in status["health_issues"]) == len(compat.DAEMON_HOOKS)
     stopped = project.aiwg("daemon", "stop", check=True)
     assert stopped.returncode == 0
 
@@ -262,7 +248,7 @@ def test_the_daemon_starts_and_serves_with_hooks_really_removed(project: Project
     project.aiwg("daemon", "start", check=True)
     status = run_a_task_and_read_status(project)
     fallbacks = status["subsystems"]["compat"]
-    assert fallbacks["transport-queue"] == "in use" and fallbacks["line-buffer"] == "in use"
+    assert fallbacks["transport-queue"] == "in use"
     assert fallbacks["c-json-encoder"].startswith("c-json-encoder: json.encoder.c_make_encoder of python ")
     assert fallbacks["session-spawn"].startswith("session-spawn: ")
     assert "does not lead its own process group" in fallbacks["session-spawn"]

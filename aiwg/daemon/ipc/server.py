@@ -22,10 +22,9 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import UNIXServerEndpoint
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
 from zope.interface import implementer
 from twisted.python.failure import Failure
 
@@ -95,11 +94,13 @@ def _error(code: int, message: str, req_id: Any, data: Any = None) -> dict[str, 
 _ID_TYPES = frozenset({str, int, float, type(None)})
 
 
-class JsonRpcProtocol(LineReceiver):
-    """One client connection."""
+class JsonRpcProtocol(Protocol):
+    """One client connection. Its own framing (a message a line): the bytes of an
+    unfinished message are its own to measure, so one that grows past the limit
+    is answered at once, and a read holding many messages costs one split."""
 
-    delimiter = b"\n"
     log = Logger()
+    _buffer = b""
 
     def __init__(self, factory: "IpcFactory") -> None:
         self.factory = factory
@@ -124,27 +125,31 @@ class JsonRpcProtocol(LineReceiver):
 
     # -- framing -----------------------------------------------------------
 
-    @property
-    def MAX_LENGTH(self) -> int:  # type: ignore[override]
-        """LineReceiver's limit: the factory's (changed by a reload), plus room for
-        a CRLF's \r, which lineReceived checks for."""
-        return self.factory.max_line_bytes + 1
-
     def dataReceived(self, data: bytes) -> None:
-        why = LineReceiver.dataReceived(self, data)
-        # The byte of room for a \r: an unfinished message past the limit that does
-        # not end in one can only be too long, whatever comes next.
-        buffered = compat.unfinished_line(self)
-        if buffered is not None and len(buffered) > self.factory.max_line_bytes and not buffered.endswith(b"\r") \
-                and self.connected and not self.transport.disconnecting:
-            compat.drop_unfinished_line(self)
-            self.lineLengthExceeded(buffered)
-        return why
+        if self._buffer:
+            data = self._buffer + data
+            self._buffer = b""
+        if b"\n" in data:
+            *lines, rest = data.split(b"\n")
+            for line in lines:
+                if self.transport.disconnecting:
+                    return  # closed by an earlier message (one too long): the rest is not read
+                self.lineReceived(line)
+        else:
+            rest = data
+        # Room for a CRLF's \r: an unfinished message past the limit that does not
+        # end in one can only be too long, whatever comes next.
+        if len(rest) > self.factory.max_line_bytes and not (len(rest) == self.factory.max_line_bytes + 1
+                                                            and rest.endswith(b"\r")):
+            if not self.transport.disconnecting:
+                self.lineLengthExceeded(rest)
+            return
+        self._buffer = rest
 
     def lineReceived(self, line: bytes) -> None:
         if line.endswith(b"\r"):
             line = line[:-1]
-        elif len(line) > self.factory.max_line_bytes:  # the \r's byte of room, used by a message
+        if len(line) > self.factory.max_line_bytes:
             self.lineLengthExceeded(line)
             return
         if not line or line.isspace():
