@@ -202,8 +202,3 @@ def queued_output(transport: Any) -> int | None:
     if not TRANSPORT_QUEUE.works():
         return None
     return len(getattr(transport, "dataBuffer", b"")) + getattr(transport, "_tempDataLen", 0)
-
-
-def nothing_queued(transport: Any) -> bool:
-    """May bytes go to the socket now without overtaking queued ones?"""
-    return TRANSPORT_QUEUE.works() and not transport.dataBuffer and not transport._tempDataBuffer

@@ -281,7 +281,7 @@ class JsonRpcProtocol(Protocol):
         transport = self.transport
         if transport is None or getattr(transport, "disconnected", False):
             return
-        pending = compat.queued_output(transport)
+        queued = pending = compat.queued_output(transport)
         if pending is None:
             backlog = self.backlog
             if backlog is not None and backlog.paused:
@@ -300,7 +300,7 @@ class JsonRpcProtocol(Protocol):
         sock = getattr(transport, "socket", None)
         if (
             sock is not None
-            and compat.nothing_queued(transport)
+            and queued == 0  # read through the transport-queue hook: nothing would be overtaken
             and not transport.disconnecting
             and transport.producer is None
         ):
