@@ -25,6 +25,14 @@ from aiwg.daemon.tasks.worktrees import WorkspaceFailed
 #: the agent cannot run: too many open files (per process, system-wide), too many
 #: processes, no memory for one more.
 EXHAUSTED_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM)
+#: How long after its start an agent's process is checked to be in its task's
+#: cgroup (it joins by itself; this is the fallback for when it could not).
+CGROUP_CHECK_SECONDS = 0.2
+
+
+def _joined_or_placed(reaper: Any, run: AgentProcess, task_id: str, pid: int) -> None:
+    if not run.has_exited:
+        reaper.place_in_cgroup(task_id, pid)
 
 
 class AgentStarts:
@@ -117,10 +125,10 @@ class AgentStarts:
                         **({"cgroup_procs": procs} if procs else {}))
         after = sup._start_times.now()
         if pid is not None and not run.has_exited and procs:
-            # It joins its cgroup itself; moved from outside as well when it has not
-            # yet (as a rule: the wrapper shell has only just started), which lets it
-            # find itself there and exec the agent at once.
-            sup.reaper.place_in_cgroup(task.id, pid)
+            # It joins its cgroup itself before it execs the agent. Moving it from
+            # outside as well cost the reactor a cgroup migration per task; looked
+            # at a moment later instead, it is moved only if it has not joined.
+            sup.reactor.callLater(CGROUP_CHECK_SECONDS, _joined_or_placed, sup.reaper, run, task.id, pid)
         run.task = task.but(pid=pid, pgid=pid, proc_start=sup._start_times.of(pid, before, after))
         sup.store.save(run.task)
         sup.runs[task.id] = run
