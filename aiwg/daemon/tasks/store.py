@@ -31,6 +31,8 @@ from aiwg.paths import file_identity
 
 #: States a task ends in: only these are ever deleted.
 _FINISHED = ("completed", "failed", "cancelled", "timeout", "rejected")
+#: Tasks kept in memory after their last write is durable (see TaskStore._recent).
+RECENT_TASKS = 256
 
 __all__ = ["SCHEMA_VERSION", "DuplicateTask", "StoreError", "StoreService", "TaskStore", "open_store"]
 
@@ -90,6 +92,10 @@ class TaskStore:
         self._next_seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM tasks").fetchone()[0]) + 1
         self._counts = self._counts_on_disk()
         self._read_states: dict[str, str] = {}
+        #: The latest version of the tasks written most recently, once durable (the
+        #: oldest are dropped first): a running task is read and saved again and
+        #: again (started, its pid, its exit, its end), and this spares the reads.
+        self._recent: dict[str, Task] = {}
         self.commits = 0
         self.failed_flushes = 0
         self.last_error = ""
@@ -261,10 +267,15 @@ class TaskStore:
         if error is None:
             self.commits += 1
             self.failed_flushes = 0
+            recent = self._recent
             for task_id in ids:
                 last = self._unsaved.get(task_id)
                 if last is not None and last.batch == number:
                     del self._unsaved[task_id]
+                    recent.pop(task_id, None)
+                    recent[task_id] = last.task  # every write passes through _unsaved: this is the disk's
+            while len(recent) > RECENT_TASKS:
+                del recent[next(iter(recent))]
         else:
             self.failed_flushes += 1
             self.last_error = str(error)
@@ -314,6 +325,9 @@ class TaskStore:
         state = self._read_states.pop(task_id, None)
         if state is not None:
             return state
+        recent = self._recent.get(task_id)
+        if recent is not None:
+            return recent.state.value
         row = self._reader.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return row[0] if row else None
 
@@ -327,6 +341,9 @@ class TaskStore:
         last = self._unsaved.get(task_id)
         if last is not None:
             return last.task
+        recent = self._recent.get(task_id)
+        if recent is not None:
+            return recent
         row = self._reader.execute(SELECT_ONE, (task_id,)).fetchone()
         if row is None:
             return None
@@ -436,6 +453,7 @@ class TaskStore:
             for task_id, _, state in unique:
                 self._counts[state] -= 1
                 self._read_states.pop(task_id, None)
+                self._recent.pop(task_id, None)
         return [(i, path) for i, path, _ in unique]
 
     # -- AIWG tasks.json ---------------------------------------------------
