@@ -32,6 +32,7 @@ class Heartbeat(Service):
         heartbeat: Callable[[], dict[str, Any]],
         state: Callable[[], dict[str, Any]],
         beat: Callable[[], None] | None = None,
+        writer: Any = None,
     ) -> None:
         self._reactor = reactor
         self._heartbeat_file = heartbeat_file
@@ -40,6 +41,7 @@ class Heartbeat(Service):
         self._heartbeat = heartbeat
         self._state = state
         self._beat = beat  # what else is done at each beat (the self-repair's backstop)
+        self._writer = writer  # a BackgroundWriter for the periodic writes; None: written here
         self._loop: LoopingCall | None = None
         self.writes = 0
         self.last_error: str | None = None
@@ -70,8 +72,14 @@ class Heartbeat(Service):
                 self.log.failure("heartbeat: the checks of the beat failed")
         try:
             # Renamed into place, so a reader never sees half a file; not synced:
-            # the next beat replaces it anyway, and a sync is a wait on the disk
-            # that would wake an idle daemon several times a beat.
+            # the next beat replaces it anyway, and a sync is a wait on the disk.
+            # With a writer, the files are written on its thread: the reactor
+            # gathers the state and goes back to sleep.
+            if self._writer is not None:
+                self.last_error = self._writer.error
+                self._writer.write([(self._heartbeat_file, self._heartbeat()), (self._state_file, self._state())])
+                self.writes += 1
+                return
             self.write(sync=False)
             self.last_error = None
         except Exception as exc:
@@ -94,6 +102,8 @@ class Heartbeat(Service):
     def stopService(self) -> None:
         super().stopService()
         self._cancel_timers()
+        if self._writer is not None:
+            self._writer.close()  # what it has queued lands before the final write
         try:
             self.write()
         except Exception:

@@ -50,3 +50,45 @@ def read_json(path: Path, owner: str, log: Any) -> Any:
     except (OSError, ValueError) as exc:
         log.warn("{owner}: ignoring unreadable {path}: {error}", owner=owner, path=str(path), error=str(exc))
         return None
+
+
+class BackgroundWriter:
+    """Writes JSON files (atomically, not synced) on a thread of its own, so that
+    the file system's waits (a rename may wait for the journal) are not the
+    reactor's: the heartbeat of an idle daemon then wakes its reactor once a
+    beat. Fire and forget: nothing calls back into the reactor; `error` says
+    what the last batch could not write, until one succeeds."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self._jobs: Any = queue.SimpleQueue()
+        self._thread: Any = None  # started by the first write: in the daemon's process, after any fork
+        self.error: str | None = None
+
+    def write(self, files: list[tuple[Path, Any]]) -> None:
+        if self._thread is None:
+            import threading
+
+            self._thread = threading.Thread(target=self._run, name="aiwg-state-writer", daemon=True)
+            self._thread.start()
+        self._jobs.put(files)
+
+    def _run(self) -> None:
+        while True:
+            files = self._jobs.get()
+            if files is None:
+                return
+            try:
+                for path, value in files:
+                    write_json_atomic(path, value, sync=False)
+                self.error = None
+            except Exception as exc:
+                self.error = f"cannot write {files[0][0].parent}: {exc}"
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then stop."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join(timeout)
+            self._thread = None

@@ -77,6 +77,7 @@ def makeService(options: Options) -> Any:
     from aiwg.daemon.ipc.server import IpcFactory, IpcServer
     from aiwg.daemon.lock import InstanceLock
     from aiwg.daemon.selfrepair import SelfRepair
+    from aiwg.daemon.statefile import BackgroundWriter
     from aiwg.daemon.messaging.hub import MessagingService
     from aiwg.daemon.ipc.methods import build_method_table
     from aiwg.daemon.root import DaemonService
@@ -123,6 +124,7 @@ def makeService(options: Options) -> Any:
         heartbeat=lambda: root.heartbeat_record(),
         state=lambda: root.state_record(),
         beat=lambda: repair.beat(),
+        writer=BackgroundWriter(),
     )
     root = DaemonService(
         reactor=reactor,

@@ -91,3 +91,37 @@ def test_atomic_write_leaves_no_temp_file(tmp_path: Path) -> None:
     write_atomic(target, b"two")
     assert target.read_bytes() == b"two"
     assert os.listdir(tmp_path) == ["f"]
+
+
+def test_with_a_writer_the_periodic_writes_leave_the_reactor_and_errors_still_show(tmp_path: Path) -> None:
+    from aiwg.daemon.statefile import BackgroundWriter
+
+    clock = Clock()
+    writer = BackgroundWriter()
+    calls: list[float] = []
+    service = Heartbeat(
+        reactor=clock, heartbeat_file=tmp_path / "heartbeat", state_file=tmp_path / "state.json", interval=30,
+        heartbeat=lambda: {"timestamp": clock.seconds()},
+        state=lambda: calls.append(clock.seconds()) or {"now": clock.seconds()}, writer=writer,
+    )
+    service.startService()  # the first write is the reactor's own: a failure fails the start
+    clock.advance(30)
+    writer.close()  # what is queued is written
+    assert json.loads((tmp_path / "state.json").read_text())["now"] == 30
+    (tmp_path / "state.json").unlink()
+    (tmp_path / "state.json").mkdir()  # cannot be replaced by a file
+    (tmp_path / "state.json" / "keep").write_text("")
+    clock.advance(30)
+    writer.close()
+    clock.advance(30)  # the next beat reports what the last one could not write
+    writer.close()
+    assert service.health_issues() and "cannot write" in service.health_issues()[0]
+    (tmp_path / "state.json" / "keep").unlink()
+    (tmp_path / "state.json").rmdir()
+    clock.advance(30)
+    writer.close()
+    clock.advance(30)
+    assert service.health_issues() == []
+    service.stopService()
+    assert json.loads((tmp_path / "state.json").read_text())["now"] == 150
+    assert calls == [0, 30, 60, 90, 120, 150, 150]
