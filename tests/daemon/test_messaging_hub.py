@@ -88,6 +88,13 @@ class Store:
         return self.put(evolve(self.tasks[task_id], state=state, **changes))
 
 
+class NoIsolatedTasks:
+    """The supervisor's isolation: here no task's branch ever awaits its merge."""
+
+    def awaiting_merge(self, task_id: str) -> None:
+        return None
+
+
 class Supervisor:
     def __init__(self, store: Store, clock: Clock) -> None:
         self.store = store
@@ -98,6 +105,7 @@ class Supervisor:
         self.rejections: list[tuple[str, str, str | None]] = []
         self.new_state = TaskState.QUEUED
         self.refuse_with: Exception | None = None
+        self.isolation = NoIsolatedTasks()
 
     def add(self, task_id: str, state: TaskState, prompt: str = "a prompt", **fields: Any) -> Task:
         return self.store.put(Task(id=task_id, prompt=prompt, state=state, seq=len(self.store.tasks) + 1,

@@ -51,15 +51,13 @@ class BranchMethods(Namespace):
     def merge_on_approval(self, task_id: str, by: str) -> Any:
         """tasks.merge "approval": approving a completed task that awaits its merge
         merges it; None if the task does not await one."""
-        task = self._supervisor.store.get(task_id)
-        if task is None or task.workspace is None or task.workspace.state != "awaiting_merge":
+        if self._supervisor.isolation.awaiting_merge(task_id) is None:
             return None
         return self._supervisor.isolation.merge(task_id, None, False, by).addCallback(
             lambda done: {"approved": True, "state": done.state.value, **_merged(done)})
 
     def keep_on_rejection(self, task_id: str, by: str) -> Any:
-        task = self._supervisor.store.get(task_id)
-        if task is None or task.workspace is None or task.workspace.state != "awaiting_merge":
+        if self._supervisor.isolation.awaiting_merge(task_id) is None:
             return None
         kept = self._supervisor.isolation.keep(task_id, by)
         return {"rejected": True, "state": kept.state.value, "workspace": record_json(kept)["workspace"]}

@@ -324,8 +324,8 @@ class MessagingService(MultiService):
             return f"Usage: /{name} <task id>" + (" [reason]" if name == "reject" else "") + " (see /tasks awaiting_approval)."
         by = f"{message.platform}:{message.user}" + (f" ({message.user_name})" if message.user_name else "")
         supervisor = self.supervisor()
-        task = supervisor.store.get(task_id)
-        if task is not None and task.workspace is not None and task.workspace.state == "awaiting_merge":
+        task = supervisor.isolation.awaiting_merge(task_id)
+        if task is not None:
             if name == "approve":
                 return self._branch(message, "merge", task_id)
             supervisor.isolation.keep(task_id, by)

@@ -40,6 +40,8 @@ class Isolation:
         self.preparing: dict[str, bool] = {}  # task id → cancelled while its workspace was made
         self._pending: set[Deferred] = set()
         self.disk_bytes: int | None = 0
+        self._disk_changed = False  # a worktree was made or removed since the last measure
+        self._measuring = False
         self.problem: str | None = None
 
     @property
@@ -90,7 +92,7 @@ class Isolation:
         current = self.store.get(task.id) or task
         ready = current.but(workspace=record)
         self.store.save(ready)
-        self._measure()
+        self._disk_changed = True
         if cancelled:
             raise Cancelled(ready)
         return ready
@@ -134,7 +136,7 @@ class Isolation:
             self.log.error("task {task_id}: its changes could not be collected: {error}", task_id=final.id,
                            error=str(exc))
             record = record.but(state="kept", note=f"not collected: {exc}")
-        self._measure()
+        self._disk_changed = True
         final = final.but(workspace=record)
         if final.state == TaskState.COMPLETED and record.state == "open":
             final = await self._after_completion(final)
@@ -174,8 +176,7 @@ class Isolation:
             if not task.isolate:
                 continue
             if task.workspace is None:
-                task = task.but(workspace=WorkspaceRecord(branch=workspaces.workspace_for(
-                    task.id, self.settings.branch_prefix).branch))
+                task = task.but(workspace=self.initial(task))
             record = task.workspace
             assert record is not None
             path = str(self.step.path_of(task.id).relative_to(self.step.root))
@@ -191,7 +192,7 @@ class Isolation:
             if owner is not None and owner.workspace is not None and owner.workspace.state == "kept":
                 kept.add(task_id)
         await self.step.remove_strays(kept)
-        self._measure()
+        self._disk_changed = True
 
     # -- review ------------------------------------------------------------------------
 
@@ -228,6 +229,14 @@ class Isolation:
             return done
         return self._track(merging())
 
+    def awaiting_merge(self, task_id: str) -> Task | None:
+        """The task, if it completed and its branch awaits approval to merge
+        (tasks.merge "approval"): then approving it merges, rejecting keeps."""
+        task = self.store.get(task_id)
+        if task is None or task.workspace is None or task.workspace.state != "awaiting_merge":
+            return None
+        return task
+
     def keep(self, task_id: str, by: str) -> Task:
         """A merge that awaited approval was rejected: the branch stays, for review."""
         task, record = self._reviewable(task_id, "keep")
@@ -245,7 +254,7 @@ class Isolation:
             gone = await self._refusing(self.branches.discard(task_id, record))
             done = (self.store.get(task_id) or task).but(workspace=gone)
             self.store.save(done)
-            self._measure()
+            self._disk_changed = True
             self.publish("task:discarded", {"taskId": task_id, "workspace": gone.to_json(), "by": by})
             return done
         return self._track(discarding())
@@ -260,13 +269,24 @@ class Isolation:
 
     # -- status --------------------------------------------------------------------------
 
-    def _measure(self) -> None:
+    def _measure_disk(self) -> None:
+        """Measure the worktrees' disk use (a `du`, off the reactor) once something
+        has made or removed one since the last measure: asked for by status,
+        which the heartbeat reads every beat, never per task."""
+        if not self._disk_changed or self._measuring:
+            return
+        self._disk_changed, self._measuring = False, True
+
         def measured(size: int | None) -> None:
             self.disk_bytes = size
 
-        ensureDeferred(self.step.disk_usage()).addCallbacks(measured, lambda _: None)
+        def done(_: Any) -> None:
+            self._measuring = False
+
+        ensureDeferred(self.step.disk_usage()).addCallbacks(measured, lambda _: None).addBoth(done)
 
     def status(self) -> dict[str, Any]:
+        self._measure_disk()  # the figure shown is the last one measured
         return {
             "default": "worktree" if self.settings.default else "none",
             "live": len(self.cwds) + len(self.preparing),
