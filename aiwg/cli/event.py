@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from aiwg.cli import views
 from aiwg.cli.render import Context, emit_json, fail, json_option, project_option
 from aiwg.client import DaemonClient
 from aiwg.errors import EXIT_USAGE, ConnectionClosed
@@ -50,7 +51,7 @@ def emit(ctx: Context, topic: str, payload_arg: str | None, payload: str | None)
     if ctx.as_json:
         emit_json(result)
     else:
-        click.echo(f"published {result['topic']} (#{result['seq']})")
+        click.echo(views.published(result))
 
 
 @event.command()

@@ -21,6 +21,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs the CLI start-up time
     from typing import Any
 
+from aiwg.cli import views
 from aiwg.cli.text import json_text
 from aiwg.errors import AiwgError, DaemonNotRunning, RpcError
 
@@ -31,10 +32,7 @@ _OPTIONS: dict[tuple[str, ...], dict[str, tuple[str, Any]]] = {
     ("task", "stats"): {},
     ("task", "get"): {},
     ("task", "list"): {
-        "--state": ("state", ("awaiting_approval", "queued", "running", "completed", "failed", "cancelled",
-                              "timeout", "rejected")),
-        "-s": ("state", ("awaiting_approval", "queued", "running", "completed", "failed", "cancelled",
-                         "timeout", "rejected")),
+        "--state": ("state", views.STATES), "-s": ("state", views.STATES),
         "--source": ("source", "str"), "-S": ("source", "str"),
         "--limit": ("limit", "int"), "-n": ("limit", "int"), "--offset": ("offset", "int"),
     },
@@ -178,19 +176,11 @@ def _submit_call(options: dict[str, Any], arguments: list[str]) -> Any:
         return None
     if options.get("isolate") and options.get("no_isolate"):
         return None
-    params: dict[str, Any] = {"prompt": prompt, "priority": options.get("priority", 0), "source": "cli",
-                              "retries": options.get("retries", 0)}
-    if options.get("require_approval"):
-        params["requireApproval"] = True
-    if options.get("timeout") is not None:
-        params["timeout"] = options["timeout"]
-    if options.get("agent"):
-        params["agent"] = options["agent"]
-    if options.get("isolate") or options.get("no_isolate"):
-        params["isolate"] = bool(options.get("isolate"))
-    if options.get("base"):
-        params["base"] = options["base"]
-    return [("task.submit", params)]
+    isolate = True if options.get("isolate") else False if options.get("no_isolate") else None
+    return [("task.submit", views.submit_params(
+        prompt, priority=options.get("priority", 0), retries=options.get("retries", 0),
+        require_approval=bool(options.get("require_approval")), timeout=options.get("timeout"),
+        agent=options.get("agent"), isolate=isolate, base=options.get("base")))]
 
 
 def _emit_call(options: dict[str, Any], arguments: list[str]) -> Any:
@@ -229,7 +219,6 @@ def _list(results: list[Any], options: dict[str, Any], as_json: bool) -> Any:
     tasks, count = results
     if as_json:
         return json_text(tasks)
-    from aiwg.cli import views
     lines, footer = views.task_list(tasks, count["count"], options.get("offset", 0))
     return "\n".join(lines), footer
 
@@ -237,25 +226,21 @@ def _list(results: list[Any], options: dict[str, Any], as_json: bool) -> Any:
 def _get(results: list[Any], options: dict[str, Any], as_json: bool) -> str:
     if as_json:
         return json_text(results[0])
-    from aiwg.cli import views
     return views.task_record(results[0])
 
 
 def _stats(results: list[Any], options: dict[str, Any], as_json: bool) -> str:
     if as_json:
         return json_text(results[0])
-    from aiwg.cli import views
     return views.task_stats(results[0])
 
 
 def _submitted(results: list[Any], options: dict[str, Any], as_json: bool) -> str:
-    result = results[0]
-    return json_text(result) if as_json else f"Task submitted: {result['taskId']} ({result['state']})"
+    return json_text(results[0]) if as_json else views.submitted(results[0])
 
 
 def _emitted(results: list[Any], options: dict[str, Any], as_json: bool) -> str:
-    result = results[0]
-    return json_text(result) if as_json else f"published {result['topic']} (#{result['seq']})"
+    return json_text(results[0]) if as_json else views.published(results[0])
 
 
 _PRINT = {

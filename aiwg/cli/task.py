@@ -58,7 +58,8 @@ def submit(ctx: Context, prompt: str, priority: int, timeout: float | None, agen
     """Queue PROMPT for the agent (one argument; quote it). With --until, the task
     is a loop: agent, check, agent again with what failed, until the check passes
     or a limit is hit. For a loop, --timeout limits the whole loop."""
-    params: dict[str, Any] = {"prompt": prompt, "priority": priority, "source": "cli", "retries": retries}
+    params = views.submit_params(prompt, priority=priority, retries=retries, require_approval=require_approval,
+                                 timeout=timeout, agent=agent, isolate=isolate, base=base)
     loop = {"maxIterations": max_iterations, "budget": budget, "iterationTimeout": iteration_timeout,
             "checkTimeout": check_timeout}
     loop = {k: v for k, v in loop.items() if v is not None}
@@ -71,16 +72,6 @@ def submit(ctx: Context, prompt: str, priority: int, timeout: float | None, agen
         if not until.strip():
             fail("--until: the check command is empty", 2)
         params.update(until=until, **loop)
-    if require_approval:
-        params["requireApproval"] = True
-    if timeout is not None:
-        params["timeout"] = timeout
-    if agent:
-        params["agent"] = agent
-    if isolate is not None:
-        params["isolate"] = isolate
-    if base:
-        params["base"] = base
     with DaemonClient(ctx.paths.root) as client:
         if wait:
             client.subscribe(["task:output", "task:iteration", "task:queued", "task:started", "task:approved",
@@ -92,7 +83,7 @@ def submit(ctx: Context, prompt: str, priority: int, timeout: float | None, agen
         if ctx.as_json:  # the first of the JSON Lines that --wait writes
             json_line({"type": "submitted", **result})
         else:
-            click.echo(f"Task submitted: {result['taskId']} ({result['state']})", err=wait)
+            click.echo(views.submitted(result), err=wait)
         if wait:
             sys.exit(follow_task(ctx.as_json, client, result["taskId"], subscribed=True, started_here=True,
                                  detach=detach))

@@ -1,7 +1,8 @@
 # tests: tests/e2e/test_tasks.py, tests/test_cli_fast.py
-"""How `aiwg task list`, `task get` and `task stats` print their results, as text:
-shared by the click commands and the fast path (aiwg/cli/fast.py), so both print
-the same; nothing here imports click."""
+"""What `aiwg task submit` asks for, and how `task submit`, `task list`, `task get`,
+`task stats` and `event emit` print their results: shared by the click commands
+and the fast path (aiwg/cli/fast.py), so both ask and print the same; nothing
+here imports click."""
 
 from __future__ import annotations
 
@@ -15,6 +16,31 @@ if TYPE_CHECKING:  # typing costs the CLI start-up time
 from aiwg.cli.text import duration
 
 STATES = ("awaiting_approval", "queued", "running", "completed", "failed", "cancelled", "timeout", "rejected")
+
+
+def submit_params(prompt: str, *, priority: int, retries: int, require_approval: bool, timeout: float | None,
+                  agent: str | None, isolate: bool | None, base: str | None) -> dict[str, Any]:
+    """`task.submit`'s params for the options of `aiwg task submit` (a loop's aside)."""
+    params: dict[str, Any] = {"prompt": prompt, "priority": priority, "source": "cli", "retries": retries}
+    if require_approval:
+        params["requireApproval"] = True
+    if timeout is not None:
+        params["timeout"] = timeout
+    if agent:
+        params["agent"] = agent
+    if isolate is not None:
+        params["isolate"] = isolate
+    if base:
+        params["base"] = base
+    return params
+
+
+def submitted(result: dict[str, Any]) -> str:
+    return f"Task submitted: {result['taskId']} ({result['state']})"
+
+
+def published(result: dict[str, Any]) -> str:
+    return f"published {result['topic']} (#{result['seq']})"
 
 
 def task_list(tasks: list[dict[str, Any]], total: int, offset: int) -> tuple[list[str], str | None]:
