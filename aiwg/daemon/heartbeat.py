@@ -49,6 +49,8 @@ class Heartbeat(Service):
     def startService(self) -> None:
         super().startService()
         self.write()  # synchronously: a failed first write fails the start
+        if self._writer is not None:
+            self._writer.start()
         self._arm()
 
     def _arm(self) -> None:

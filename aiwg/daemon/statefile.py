@@ -63,15 +63,20 @@ class BackgroundWriter:
         import queue
 
         self._jobs: Any = queue.SimpleQueue()
-        self._thread: Any = None  # started by the first write: in the daemon's process, after any fork
+        self._thread: Any = None  # started by start() or the first write: in the daemon's process, after any fork
         self.error: str | None = None
 
-    def write(self, files: list[tuple[Path, Any]]) -> None:
+    def start(self) -> None:
+        """Start the thread now: a thread's start makes its starter wait for it,
+        which is better done at the daemon's start than at its first beat."""
         if self._thread is None:
             import threading
 
             self._thread = threading.Thread(target=self._run, name="aiwg-state-writer", daemon=True)
             self._thread.start()
+
+    def write(self, files: list[tuple[Path, Any]]) -> None:
+        self.start()
         self._jobs.put(files)
 
     def _run(self) -> None:

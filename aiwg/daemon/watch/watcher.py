@@ -53,7 +53,7 @@ from aiwg.daemon.watch.observers import (LIMIT_ERRNOS, PROBE_TIMEOUT, TreeWatch,
 #: Seconds between scans when polling (use_polling, or after an inotify limit).
 POLL_INTERVAL = 2.0
 #: Counting kernel watches reads one /proc line per watched directory: done in a
-#: pool thread, at most this often, never on the reactor.
+#: pool thread after changes, at most this often, never on the reactor.
 WATCH_COUNT_MAX_AGE = 60.0
 #: Seconds between looks for a watch path that is missing.
 MISSING_CHECK_INTERVAL = 1.0
@@ -484,6 +484,10 @@ class FileWatcher(Service):
         self.changes_published += 1
         self.last_change = self._reactor.seconds()
         self._bus.publish("file:changed", changes.payload(), source="watch")
+        # Directories come and go with changes: the count is refreshed then, not
+        # by status, which the heartbeat asks of an idle daemon every beat.
+        if self.backend == "native" and self._observer is not None:
+            self._refresh_watch_count()
 
     # -- inotify limits ------------------------------------------------------
 
@@ -572,7 +576,6 @@ class FileWatcher(Service):
         }
         if self.backend == "native" and self._observer is not None:
             status["kernel_watches"] = self._watch_count
-            self._refresh_watch_count()
         if self.degraded or self.fallback:
             status["degraded"] = self.degraded or self.fallback
         if self.events_lost:
