@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # the watcher, the supervisor and the socket.
 OLDEST_TESTS ?= tests/core tests/daemon tests/test_compat.py tests/test_packaging.py tests/test_client.py \
 	tests/e2e/test_lifecycle.py tests/e2e/test_jsonrpc_socket.py tests/e2e/test_automation.py \
-	tests/e2e/test_tasks.py tests/e2e/test_messaging.py
+	tests/e2e/test_tasks.py tests/e2e/test_messaging.py tests/e2e/test_remote.py
 
 # The editable install links each module into build/ (setuptools' strict mode:
 # the only one that puts twisted/plugins/aiwg_plugin.py where Twisted's plugin

@@ -19,9 +19,11 @@ _SUBCOMMANDS = {
     "config": ("aiwg.cli.config", "config", "Check the configuration without starting; show it with defaults."),
     "daemon": ("aiwg.cli.daemon", "daemon", "Start, stop and inspect the project's daemon."),
     "event": ("aiwg.cli.event", "event", "Emit custom events and follow the event stream."),
+    "executors": ("aiwg.cli.worker", "executors", "Local and remote executors: brokers, workers, remote tasks."),
     "messaging": ("aiwg.cli.messaging", "messaging", "Telegram, Slack and Discord bridges: state and a test."),
     "schedule": ("aiwg.cli.schedule", "schedule", "List scheduled jobs; run one now."),
     "task": ("aiwg.cli.task", "task", "Submit, inspect and cancel agent tasks."),
+    "worker": ("aiwg.cli.worker", "worker", "Run remote tasks on this machine (a Celery worker)."),
 }
 
 

@@ -42,7 +42,7 @@ _OPTIONS: dict[tuple[str, ...], dict[str, tuple[str, Any]]] = {
         "--agent": ("agent", "str"), "--retries": ("retries", "int"),
         "--require-approval": ("require_approval", "flag"),
         "--isolate": ("isolate", "flag"), "--no-isolate": ("no_isolate", "flag"),
-        "--base": ("base", "str"),
+        "--base": ("base", "str"), "--executor": ("executor", "str"),
     },
     ("event", "emit"): {"--payload": ("payload", "str"), "-d": ("payload", "str")},
 }
@@ -180,7 +180,7 @@ def _submit_call(options: dict[str, Any], arguments: list[str]) -> Any:
     return [("task.submit", views.submit_params(
         prompt, priority=options.get("priority", 0), retries=options.get("retries", 0),
         require_approval=bool(options.get("require_approval")), timeout=options.get("timeout"),
-        agent=options.get("agent"), isolate=isolate, base=options.get("base")))]
+        agent=options.get("agent"), isolate=isolate, base=options.get("base"), executor=options.get("executor")))]
 
 
 def _emit_call(options: dict[str, Any], arguments: list[str]) -> Any:

@@ -35,7 +35,20 @@ def status_text(result: dict[str, Any]) -> str:
                     out.append(f"      {platform:<11} {bridge_line(bridge)}")
         if name == "supervisor" and isinstance(info, dict) and isinstance(info.get("isolation"), dict):
             out.append(f"      {'worktrees':<11} {_worktrees_line(info['isolation'])}")
+        if name == "supervisor" and isinstance(info, dict) and isinstance(info.get("executors"), dict):
+            for executor, item in (info["executors"].get("remote") or {}).items():
+                out.append(f"      {executor:<11} {_executor_line(item)}")
     return "\n".join(out)
+
+
+def _executor_line(item: dict[str, Any]) -> str:
+    """A remote executor: its broker, its workers, its tasks."""
+    reach = {True: "reachable", False: f"UNREACHABLE ({item.get('error')})", None: "connecting"}
+    workers = item.get("workers") or []
+    slots = sum(int(w.get("concurrency") or 0) for w in workers)
+    return (f"broker {item.get('broker')} {reach.get(item.get('reachable'), '?')}; {len(workers)} worker(s), "
+            f"{slots} slot(s); {item.get('running', 0)} running, {item.get('published', 0)} sent, "
+            f"{item.get('waiting', 0)} waiting")
 
 
 def _worktrees_line(isolation: dict[str, Any]) -> str:

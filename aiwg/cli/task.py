@@ -46,6 +46,8 @@ def task() -> None:
 @click.option("--isolate/--no-isolate", default=None, help="Run in a git worktree and on a branch of its own "
               "(default: as tasks.isolation says).")
 @click.option("--base", metavar="REF", help="Isolated: the branch, tag or commit to start from (default: HEAD).")
+@click.option("--executor", metavar="NAME", help="Where it runs: local, or a remote executor (celery) configured "
+              "under executors (default: executors.default).")
 @click.option("--wait", "-w", is_flag=True, help="Wait, streaming output, and exit with the task's status; Ctrl-C cancels the task.")
 @click.option("--detach", is_flag=True, help="With --wait: Ctrl-C stops waiting and leaves the task running.")
 @project_option
@@ -54,12 +56,12 @@ def task() -> None:
 def submit(ctx: Context, prompt: str, priority: int, timeout: float | None, agent: str | None, retries: int,
            require_approval: bool, until: str | None, max_iterations: int | None, budget: float | None,
            iteration_timeout: float | None, check_timeout: float | None, isolate: bool | None, base: str | None,
-           wait: bool, detach: bool) -> None:
+           executor: str | None, wait: bool, detach: bool) -> None:
     """Queue PROMPT for the agent (one argument; quote it). With --until, the task
     is a loop: agent, check, agent again with what failed, until the check passes
     or a limit is hit. For a loop, --timeout limits the whole loop."""
     params = views.submit_params(prompt, priority=priority, retries=retries, require_approval=require_approval,
-                                 timeout=timeout, agent=agent, isolate=isolate, base=base)
+                                 timeout=timeout, agent=agent, isolate=isolate, base=base, executor=executor)
     loop = {"maxIterations": max_iterations, "budget": budget, "iterationTimeout": iteration_timeout,
             "checkTimeout": check_timeout}
     loop = {k: v for k, v in loop.items() if v is not None}

@@ -19,7 +19,8 @@ STATES = ("awaiting_approval", "queued", "running", "completed", "failed", "canc
 
 
 def submit_params(prompt: str, *, priority: int, retries: int, require_approval: bool, timeout: float | None,
-                  agent: str | None, isolate: bool | None, base: str | None) -> dict[str, Any]:
+                  agent: str | None, isolate: bool | None, base: str | None,
+                  executor: str | None = None) -> dict[str, Any]:
     """`task.submit`'s params for the options of `aiwg task submit` (a loop's aside)."""
     params: dict[str, Any] = {"prompt": prompt, "priority": priority, "source": "cli", "retries": retries}
     if require_approval:
@@ -32,6 +33,8 @@ def submit_params(prompt: str, *, priority: int, retries: int, require_approval:
         params["isolate"] = isolate
     if base:
         params["base"] = base
+    if executor:
+        params["executor"] = executor
     return params
 
 

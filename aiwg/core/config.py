@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping
 
 from attrs import frozen
 
-from aiwg.core import strictjson, workspaces
+from aiwg.core import remote, strictjson, workspaces
 from aiwg.core.cron import cron_problem, zone_problem
 from aiwg.core.loops import LoopSpecError, spec_from_action
 from aiwg.core.events import pattern_problem
@@ -127,7 +127,7 @@ def literal_secrets(data: Mapping[str, Any]) -> list[str]:
     def literal(value: Any) -> bool:
         return isinstance(value, str) and bool(value) and "${" not in value
 
-    found = []
+    found = remote.literal_url_secrets(data.get("executors"))
     for platform, section in (data.get("messaging") or {}).items():
         if isinstance(section, Mapping):
             found += [f"messaging.{platform}.{key}" for key in SECRET_KEYS if literal(section.get(key))]
@@ -204,7 +204,7 @@ def validate(document: Any, source: str) -> Config:
     problems.extend(_semantic_problems(document))
     messaging_problems, messaging_warnings = _messaging_checks(document.get("messaging"))
     problems.extend(messaging_problems)
-    warnings.extend(messaging_warnings)
+    warnings.extend(messaging_warnings + remote.broker_warnings(document.get("executors")))
     if problems:
         named = [_name_item(document, p) for p in problems]
         raise ConfigError(source, sorted(set(named), key=named.index))
@@ -395,7 +395,7 @@ def _semantic_problems(document: Mapping[str, Any]) -> list[str]:
         if isinstance(action, Mapping) and "base" in action and not action.get("isolate", isolating):
             problems.append(f"{where}.base: only an isolated task starts from a base; add \"isolate\": true "
                             "(or set tasks.isolation to \"worktree\")")
-    return problems
+    return problems + remote.executor_problems(document.get("executors"), places)
 
 
 def _tasks_problems(tasks: Any) -> list[str]:

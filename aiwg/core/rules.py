@@ -53,6 +53,7 @@ class Rule:
     require_approval: bool = False
     isolate: bool | None = None  # None: as tasks.isolation says
     base: str | None = None
+    executor: str | None = None  # None: executors.default
     max_fires_per_minute: int | None = None
     enabled: bool = True
     description: str = ""
@@ -106,6 +107,7 @@ def rules_from_config(entries: Iterable[Mapping[str, Any]]) -> tuple[Rule, ...]:
                 require_approval=bool(action.get("require_approval", False)),
                 isolate=action.get("isolate"),
                 base=action.get("base"),
+                executor=action.get("executor"),
                 max_fires_per_minute=entry.get("max_fires_per_minute"),
                 enabled=bool(entry.get("enabled", True)),
                 description=entry.get("description", ""),

@@ -119,6 +119,10 @@ class Task:
     isolate: bool = False
     base: str | None = None
     workspace: WorkspaceRecord | None = None
+    #: The executor that runs it (None: the local one, in the daemon's machine),
+    #: and the worker a remote one ran it on.
+    executor: str | None = None
+    worker: str | None = None
 
     @property
     def terminal(self) -> bool:

@@ -121,7 +121,7 @@ def test_schema_version_and_newer_databases_are_refused(tmp_path: Path) -> None:
     store = TaskStore(tmp_path / "t.db")
     store.close()
     db = sqlite3.connect(tmp_path / "t.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.execute("PRAGMA user_version = 99")
     db.commit()

@@ -417,6 +417,8 @@ class AutomationEngine(Service):
             spec["isolate"] = rule.isolate
         if rule.base is not None:
             spec["base"] = rule.base
+        if rule.executor is not None:
+            spec["executor"] = rule.executor
         if rule.timeout_minutes is not None:
             spec["timeout"] = rule.timeout_minutes
         if rule.agent:

@@ -276,6 +276,8 @@ class TaskMethods(BranchMethods):
               "own (default: as tasks.isolation says)."),
         Param("base", "string", nullable=True, non_empty=True, description="Isolated: the branch, tag or "
               "commit to start from (default: the project's HEAD)."),
+        Param("executor", "string", nullable=True, non_empty=True, description="Where it runs: local, or a "
+              "remote executor configured under executors (celery); default: executors.default."),
         description="Queue a task for the agent; with `until`, a loop that runs until the check passes.",
     )
     def jsonrpc_submit(
@@ -283,7 +285,7 @@ class TaskMethods(BranchMethods):
         agent: str | None, metadata: dict[str, Any] | None, source: str, retries: int,
         requireApproval: bool | None, until: str | None, maxIterations: int | None,
         budget: float | None, iterationTimeout: float | None, checkTimeout: float | None,
-        isolate: bool | None, base: str | None,
+        isolate: bool | None, base: str | None, executor: str | None,
     ) -> dict[str, Any]:
         problem = source_problem(source)
         if problem:
@@ -306,7 +308,7 @@ class TaskMethods(BranchMethods):
         submitted = self._supervisor.submit(
             prompt, priority=priority, timeout_minutes=timeout, agent=agent,
             metadata=metadata, source=source, retries=retries, require_approval=requireApproval,
-            loop=loop, resume_session=resume or None, isolate=isolate, base=base,
+            loop=loop, resume_session=resume or None, isolate=isolate, base=base, executor=executor,
         )
         # Answered once the task is on disk: a submitted task is never lost.
         return submitted.addCallback(lambda task: {"taskId": task.id, "state": task.state.value,
@@ -380,6 +382,8 @@ class TaskMethods(BranchMethods):
         record = record_json(task)
         if task.loop is not None:
             record["iterations"] = self._supervisor.loops.iterations(task)
+        if task.state.value == "queued" and (waiting := self._supervisor.executors.waiting_reason(task)):
+            record["waitingFor"] = waiting
         return record
 
     @method(

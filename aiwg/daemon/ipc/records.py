@@ -48,6 +48,8 @@ def record_json(task: Task) -> dict[str, Any]:
         "isolate": task.isolate,
         "base": task.base,
         "workspace": task.workspace.to_json() if task.workspace is not None else None,
+        "executor": task.executor or "local",
+        "worker": task.worker,
     }
 
 

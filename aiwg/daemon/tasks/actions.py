@@ -32,6 +32,8 @@ class TaskActions:
             extra["isolate"] = bool(spec["isolate"])
         if spec.get("base"):
             extra["base"] = str(spec["base"])
+        if spec.get("executor"):
+            extra["executor"] = str(spec["executor"])
         return self._supervisor.add(  # type: ignore[no-any-return]
             spec["prompt"],
             priority=int(spec.get("priority", 0)),
@@ -59,7 +61,7 @@ class TaskActions:
             old.prompt, priority=old.priority, timeout_minutes=old.timeout_minutes, agent=old.agent,
             metadata={**old.metadata, "retryOf": old.id}, source=old.source, retries=old.retries,
             env=dict(old.env), loop=old.loop, resume_session=old.resume_session, reply_to=old.reply_to,
-            chain_depth=old.chain_depth, isolate=old.isolate, base=old.base,
+            chain_depth=old.chain_depth, isolate=old.isolate, base=old.base, executor=old.executor or "local",
         )
 
     def _task(self, task_id: str) -> Task | None:

@@ -31,4 +31,8 @@ def task_event(task: Task) -> dict[str, Any]:
         payload["outputTail"] = task.output_tail[-2000:]
     if task.workspace is not None:
         payload["workspace"] = task.workspace.to_json()
+    if task.executor is not None:
+        payload["executor"] = task.executor
+    if task.worker is not None:
+        payload["worker"] = task.worker
     return payload

@@ -29,7 +29,7 @@ LOCK_WAIT = 0.1
 _LOCKED = re.compile(r"Unable to create '([^']+\.lock)': File exists|cannot lock ref|\.lock': File exists")
 #: Settings for every command: no automatic gc in the middle of a task's step,
 #: no signing that would wait for a passphrase, no pager.
-_CONFIG = ("-c", "gc.auto=0", "-c", "commit.gpgsign=false", "-c", "core.pager=cat", "-c", "advice.detachedHead=false")
+GIT_SETTINGS = ("-c", "gc.auto=0", "-c", "commit.gpgsign=false", "-c", "core.pager=cat", "-c", "advice.detachedHead=false")
 
 
 class GitError(Exception):
@@ -63,7 +63,7 @@ class Git:
         GitError. Standard output is `result.stdout`, standard error `result.output`."""
         # `-C`, and the child started where the daemon is: Twisted then starts it
         # with posix_spawn instead of forking the whole daemon.
-        argv = ["git", "-C", cwd, *_CONFIG, *args]
+        argv = ["git", "-C", cwd, *GIT_SETTINGS, *args]
         environment = {**self.env, **env} if env else self.env
         for attempt in range(LOCK_TRIES):
             result: CommandResult = await self.runner.run(argv, cwd=None, env=environment, timeout=self.timeout,

@@ -139,10 +139,10 @@ class Isolation:
         self._disk_changed = True
         final = final.but(workspace=record)
         if final.state == TaskState.COMPLETED and record.state == "open":
-            final = await self._after_completion(final)
+            final = await self.after_completion(final)
         return final
 
-    async def _after_completion(self, task: Task) -> Task:
+    async def after_completion(self, task: Task) -> Task:
         """tasks.merge: "auto" merges now; "approval" waits for a person's word."""
         assert task.workspace is not None
         mode = self.settings.merge

@@ -12,7 +12,7 @@ from twisted.logger import Logger
 
 from aiwg.core import agents
 from aiwg.core.outcomes import recovery
-from aiwg.core.tasks import TaskState
+from aiwg.core.tasks import Task, TaskState
 from aiwg.daemon.tasks.events import task_event
 from aiwg.daemon.tasks.process import output_end
 
@@ -20,12 +20,17 @@ log = Logger()
 
 
 def recover_running(store: Any, reaper: Any, publish: Callable[[str, dict[str, Any]], Any], output: str,
-                    now: float) -> list[str]:
-    """Settle every task found running; their ids. `output`: the agent's output
-    format, to read the result of one whose exit was recorded."""
+                    now: float) -> tuple[list[str], list[Task]]:
+    """Settle every local task found running: their ids, and the remote tasks found
+    running (they run on without us: their executor re-attaches to them).
+    `output`: the agent's output format, to read the result of one whose exit was recorded."""
     reaper.release_leftovers()
     settled_ids = []
+    remote = []
     for task in store.in_state(TaskState.RUNNING):
+        if task.executor:
+            remote.append(task)
+            continue
         killed = reaper.kill_leftover(task)
         exited = None
         if task.loop is None and (task.exit_code is not None or task.signal is not None):
@@ -37,4 +42,4 @@ def recover_running(store: Any, reaper: Any, publish: Callable[[str, dict[str, A
                  what=what, killed="; killed its leftover process group" if killed else "")
         if settled.state in (TaskState.FAILED, TaskState.COMPLETED):
             publish(f"task:{settled.state.value}", task_event(settled))
-    return settled_ids
+    return settled_ids, remote

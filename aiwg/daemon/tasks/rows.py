@@ -17,7 +17,7 @@ from aiwg.core.text import utf8_safe
 from aiwg.core.timefmt import parse_iso
 from aiwg.core.workspaces import WorkspaceRecord
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 COLUMNS = (
     "id", "prompt", "priority", "state", "source", "agent", "created_at", "started_at",
@@ -29,6 +29,8 @@ COLUMNS = (
     "chain_depth",
     # schema 4: isolated tasks
     "isolate", "base", "workspace",
+    # schema 5: remote executors
+    "executor", "worker",
 )
 
 MIGRATIONS: dict[int, list[Any]] = {
@@ -96,6 +98,10 @@ MIGRATIONS: dict[int, list[Any]] = {
         "ALTER TABLE tasks ADD COLUMN base TEXT",
         "ALTER TABLE tasks ADD COLUMN workspace TEXT",
     ],
+    5: [  # remote executors: which ran it (NULL: the local one), and on which worker
+        "ALTER TABLE tasks ADD COLUMN executor TEXT",
+        "ALTER TABLE tasks ADD COLUMN worker TEXT",
+    ],
 }
 
 
@@ -106,8 +112,8 @@ def rollback(db: sqlite3.Connection) -> None:
         pass  # nothing was left open
 
 
-#: Rows per statement: 39 parameters each stays under SQLite's oldest limit (999).
-_ROWS_PER_STATEMENT = 25
+#: Rows per statement: 41 parameters each stays under SQLite's oldest limit (999).
+_ROWS_PER_STATEMENT = 24
 assert (len(COLUMNS) + 1) * _ROWS_PER_STATEMENT <= 999, "fewer rows per statement"
 
 
@@ -188,6 +194,7 @@ def to_row(task: Task) -> tuple[Any, ...]:
         _json(task.reply_to) if task.reply_to is not None else None, task.chain_depth,
         int(task.isolate), _text(task.base),
         _json(task.workspace.to_json()) if task.workspace is not None else None,
+        task.executor, _text(task.worker),
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from attrs import frozen
 
-from aiwg.core import agents, workspaces
+from aiwg.core import agents, remote, workspaces
 from aiwg.core.config import Config
 from aiwg.core.messaging import SECRET_KEYS
 
@@ -54,6 +54,9 @@ class SupervisorSettings:
     #: variables they name are not passed to agents, and their values are redacted.
     bridge_secrets: tuple[str, ...] = ()
     isolation: IsolationSettings = IsolationSettings()
+    #: `executors`: the executor of a task that names none, and the remote ones.
+    default_executor: str = remote.LOCAL
+    remotes: Mapping[str, remote.RemoteSettings] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> "SupervisorSettings":
@@ -70,6 +73,8 @@ class SupervisorSettings:
             approval_sources=tuple(config.data["approvals"]["require_for"]),
             approval_expire_seconds=float(config.data["approvals"]["expire_hours"]) * 3600,
             isolation=IsolationSettings.from_config(config.data["tasks"]),
+            default_executor=str(config.data["executors"].get("default", remote.LOCAL)),
+            remotes=remote.remote_settings(config.data["executors"]),
             bridge_secrets=tuple(
                 str(section[key]) for section in config.data["messaging"].values()
                 for key in SECRET_KEYS if section.get(key)

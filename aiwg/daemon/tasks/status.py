@@ -27,6 +27,12 @@ def summary(sup: Any, limit: int = 20) -> dict[str, Any]:
         t = run.task
         running.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent,
                         "startedAt": iso_utc(t.started_at or 0), "pid": t.pid})
+    for name, executor in sup.executors.remote.items():  # on workers: no local pid
+        for run in executor.runs.values():
+            t = run.task
+            running.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent,
+                            "startedAt": iso_utc(t.started_at or 0), "pid": None, "executor": name,
+                            "worker": t.worker})
     between = [i for i in sup.loops.active if i not in sup.runs]  # loops between two processes
     for task_id in [*sup.starts, *between]:  # recorded as running, spawned in a moment
         t = sup.store.get(task_id)
@@ -38,9 +44,15 @@ def summary(sup: Any, limit: int = 20) -> dict[str, Any]:
         t = sup.store.get(task_id)
         if t is not None:
             queued.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent, "priority": t.priority})
+    for executor in sup.executors.remote.values():
+        for task_id in list(executor.queue.ordered())[:limit]:
+            t = sup.store.get(task_id)
+            if t is not None:
+                queued.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent, "priority": t.priority,
+                               "executor": executor.name})
     return {
         "running": len(running),
-        "queued": len(sup.queue),
+        "queued": len(sup.queue) + sum(len(e.queue) for e in sup.executors.remote.values()),
         "maxConcurrency": sup.settings.max_parallel,
         "tasks": {"running": running, "queued": queued},
     }
@@ -55,4 +67,5 @@ def supervisor_status(sup: Any) -> dict[str, Any]:
         "started": sup.started_count,
         "containment": sup.reaper.containment,
         "isolation": sup.isolation.status(),
+        "executors": sup.executors.status(),
     }

@@ -32,6 +32,7 @@ from aiwg.core.workspaces import WorkspaceError
 from aiwg.core.text import utf8_safe
 from aiwg.core.timefmt import iso_utc
 from aiwg.daemon.bus import EventBus
+from aiwg.daemon.executors.registry import Executors
 from aiwg.daemon.tasks.agent_starts import AgentStarts
 from aiwg.daemon.tasks.approvals import Approvals
 from aiwg.daemon.tasks.cgroups import TaskCgroups
@@ -106,6 +107,7 @@ class Supervisor(Service):
         self._ready = True  # False while a crash's worktrees are collected: nothing starts
         self.loops = LoopRunner(self)
         self.agent_starts = AgentStarts(self)
+        self.executors = Executors(self)
         self.housekeeping = Housekeeping(
             clock=reactor, store=store, reaper=self.reaper, actions_dir=actions_dir,
             forget_records=self.loops.records.remove,
@@ -119,14 +121,16 @@ class Supervisor(Service):
         super().startService()
         self.reaper.subreaper = self.reaper.become_subreaper()
         self._devnull = os.open(os.devnull, os.O_RDONLY)
-        recovered = recover_running(self.store, self.reaper, self.bus.publish, self.settings.agent.output,
-                                    self.reactor.seconds())
+        recovered, remote = recover_running(self.store, self.reaper, self.bus.publish, self.settings.agent.output,
+                                            self.reactor.seconds())
         self._ready = False
         self.isolation.recover([t for t in map(self.store.get, recovered) if t is not None]).addErrback(
             lambda f: self.log.failure("cannot collect the worktrees of interrupted tasks", f)
         ).addBoth(self._recovered)
+        self.executors.start(remote)
         for task in self.store.in_state(TaskState.QUEUED):
-            self.queue.push(task.id, task.priority, task.seq)
+            if not self.executors.route(task):
+                self.queue.push(task.id, task.priority, task.seq)
         for task in self.store.in_state(TaskState.AWAITING_APPROVAL):
             self.approvals.arm(task)
         self.housekeeping.start()
@@ -141,6 +145,7 @@ class Supervisor(Service):
     def _recovered(self, _: Any) -> None:
         self._ready = True
         self.fill()
+        self.executors.dispatch()
 
     def stopService(self) -> Deferred:
         """Stop taking work; TERM every running group, KILL after the grace period,
@@ -163,6 +168,7 @@ class Supervisor(Service):
             self._retry_fill.cancel()
         self.housekeeping.stop()
         self.approvals.stop()
+        self.executors.stop()  # remote tasks run on: the next start re-attaches to them
 
         def closed(_: Any) -> None:
             self.housekeeping.sweep_orphans()
@@ -204,6 +210,7 @@ class Supervisor(Service):
         chain_depth: int = 0,
         isolate: bool | None = None,
         base: str | None = None,
+        executor: str | None = None,
         start: bool = True,
     ) -> Task:
         """Queue a task now: it is in memory at once, on disk at the end of the turn
@@ -214,7 +221,8 @@ class Supervisor(Service):
         state awaiting_approval instead, outside the queue, until approved, rejected
         or expired. A task with a `loop` runs its agent, then the loop's check, until
         the check passes or a limit ends it (see LoopRunner). An isolated task (`isolate`,
-        else tasks.isolation) works in a git worktree of its own, from `base`."""
+        else tasks.isolation) works in a git worktree of its own, from `base`. A task for a
+        remote `executor` (else executors.default) is always isolated, and never a loop."""
         if not self._accepting:
             raise RpcError(SHUTTING_DOWN, "Supervisor is shutting down")
         prompt = utf8_safe(prompt)  # what the agent gets is what the store keeps
@@ -222,7 +230,11 @@ class Supervisor(Service):
         if problem is not None:
             raise InvalidParams(f"Invalid params: prompt: {problem}", {"param": "prompt"})
         gated = self.settings.needs_approval(source) if require_approval is None else require_approval
-        isolated = self.settings.isolation.default if isolate is None else bool(isolate)
+        remote = self.executors.name_for(executor)
+        if remote is not None and loop is not None:
+            raise InvalidParams(f"Invalid params: executor: a loop runs on the local executor only, not on "
+                                f"'{remote}'", {"param": "executor"})
+        isolated = remote is not None or (self.settings.isolation.default if isolate is None else bool(isolate))
         if base is not None and not isolated:
             raise InvalidParams("Invalid params: base: only an isolated task starts from a base "
                                 "(isolate it, or set tasks.isolation to worktree)", {"param": "base"})
@@ -250,6 +262,7 @@ class Supervisor(Service):
                     chain_depth=chain_depth,
                     isolate=isolated,
                     base=base,
+                    executor=remote,
                 ))
                 break
             except DuplicateTask:
@@ -288,14 +301,17 @@ class Supervisor(Service):
                        f"submitted: {why}", {"reason": why})
 
     def _enqueue(self, task: Task, start: bool = True) -> None:
-        """Into the run queue, announced, and started if a slot is free."""
-        self.queue.push(task.id, task.priority, task.seq)
+        """Into the run queue (a remote executor's, for a remote task), announced, and
+        started if a slot is free."""
+        remote = self.executors.route(task)
+        if not remote:
+            self.queue.push(task.id, task.priority, task.seq)
         self.bus.publish(
             "task:queued",
             {"taskId": task.id, "priority": task.priority, "prompt": task.prompt[:80],
              "source": task.source, "queueSize": len(self.queue)},
         )
-        if start:
+        if start and not remote:
             self.fill()
 
     def cancel(self, task_id: str) -> Change:
@@ -306,6 +322,8 @@ class Supervisor(Service):
         if task.state == TaskState.AWAITING_APPROVAL:
             self.approvals.disarm(task_id)
             return Change.made(self._cancel_unstarted(task, "cancelled while awaiting approval"))
+        if task.executor and (change := self.executors.cancel(task)) is not None:
+            return change
         if task.state == TaskState.QUEUED and self.queue.remove(task_id):
             return Change.made(self._cancel_unstarted(task))
         if task_id in self.starts:  # its running state is being committed
@@ -505,7 +523,7 @@ class Supervisor(Service):
             TaskState.TIMEOUT: "task:timeout",
             TaskState.QUEUED: "task:queued",
         }[final.state]
-        if final.state == TaskState.QUEUED:
+        if final.state == TaskState.QUEUED and not self.executors.route(final):
             self.queue.push(final.id, final.priority, final.seq)
         if run is not None:
             code: Any = run.exit_code if run.exit_signal is None else f"signal {run.exit_signal}"
@@ -536,9 +554,10 @@ class Supervisor(Service):
                 old=old, new=self.settings.max_parallel,
             )
         self.reactor.callLater(0, self.fill)
+        self.executors.apply()
 
     def health_issues(self) -> list[str]:
-        issues = []
+        issues = self.executors.health_issues()
         if not self.agent_check()["found"]:
             issues.append(self.missing_agent_message())
         if self.exhausted is not None:
