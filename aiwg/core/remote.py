@@ -97,7 +97,7 @@ class Payload:
     task_id: str
     prompt: str
     program: str  # found on the worker's PATH
-    argv: tuple[str, ...]  # after the program
+    argv: tuple[str, ...]  # the whole command line, as the local executor runs it (argv[0]: the program)
     env: Mapping[str, str]  # templates: `${VAR}` expanded on the worker
     output_format: str
     timeout_seconds: float

@@ -142,7 +142,8 @@ class RemoteRun:
         if self.stop_reason is not None:
             return Report(worker=self.worker, reason=self.stop_reason, error="cancelled before it started")
         try:
-            self.process = subprocess.Popen([executable, *p.argv], cwd=str(work), env=env, stdin=subprocess.DEVNULL,
+            self.process = subprocess.Popen(list(p.argv), executable=executable, cwd=str(work), env=env,
+                                            stdin=subprocess.DEVNULL,
                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         except OSError as exc:
             return Report(worker=self.worker, error=f"could not start the agent: {exc}")

@@ -20,12 +20,15 @@ from typing import Any, Iterator
 
 import pytest
 
+from aiwg.core import agents
+from aiwg.core.config import validate
 from tests.conftest import Project, alive, install_fake_claude, wait_for
 from tests.e2e.test_isolation import git
 
 pytestmark = pytest.mark.e2e
 
 AIWG = str(Path(sys.executable).with_name("aiwg"))
+AGENT_SETTINGS = agents.settings_from_config(validate({"agent": {"output": "claude-json"}}, "t").data["agent"])
 REDIS = shutil.which("redis-server")
 FINISHED = ("completed", "failed", "timeout", "cancelled", "rejected")
 
@@ -160,6 +163,8 @@ def test_tasks_run_on_two_workers_and_their_branches_merge(project: Project, wor
         assert "CLAUDECODE" not in run["env"] and run["stdin"] == "/dev/null"
         # a secret the task names is resolved from the worker's own environment
         assert run["env"]["API_TOKEN"] == "worker-only-secret-value"
+        # and the command line is the local executor's
+        assert run["argv"][1:] == agents.build_argv(AGENT_SETTINGS, run["prompt"])[1:]
     for index, record in enumerate(records):
         assert record["executor"] == "celery" and record["worker"] in ("w1@test", "w2@test")
         assert record["workspace"]["state"] == "open" and record["workspace"]["filesChanged"] == 1
