@@ -100,7 +100,7 @@ class Workers:
                 proc.wait()
 
 
-def remote_project(project: Project, broker: str, **celery: Any) -> Path:
+def remote_project(project: Project, broker: str, extra: dict[str, Any] | None = None, **celery: Any) -> Path:
     """A repository, a bare git_remote beside it, and the executor configured."""
     remote = project.root.parent / "remote.git"
     subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
@@ -111,7 +111,8 @@ def remote_project(project: Project, broker: str, **celery: Any) -> Path:
     git(project, "commit", "-q", "-m", "start")
     config = {"daemon": {"kill_grace_seconds": 0.5, "shutdown_grace_seconds": 1},
               "agent": {"output": "claude-json", "env": {"API_TOKEN": "${WORKER_SECRET}"}},
-              "executors": {"celery": {"broker": "${TEST_BROKER}", "git_remote": str(remote), **celery}}}
+              "executors": {"celery": {"broker": "${TEST_BROKER}", "git_remote": str(remote), **celery}},
+              **(extra or {})}
     project.write_config(json.dumps(config))
     project.env["TEST_BROKER"] = broker
     return remote
@@ -311,3 +312,39 @@ def test_a_daemon_without_executors_imports_no_celery(daemon: Project) -> None:
 def test_an_unknown_executor_is_refused_naming_the_parameter(daemon: Project) -> None:
     out = daemon.aiwg("task", "submit", "x", "--executor", "celery")
     assert out.returncode != 0 and "executor" in out.stderr and "not configured" in out.stderr
+
+
+def test_the_worker_enforces_the_timeout_and_clears_the_group(project: Project, workers: Workers) -> None:
+    remote_project(project, workers.broker)
+    workers.start("w1")
+    project.start()
+    workers_seen(project, 1)
+    task_id = submit(project, "@grandchild @sleep:60", "--timeout", "0.05")  # 3 s
+    record = ended(project, task_id, timeout=60)
+    assert record["state"] == "timeout" and record["worker"] == "w1@test", record
+    run = workers.fakes["w1"].runs()[0]
+    grandchild = workers.fakes["w1"].grandchild_pids()[0]
+    wait_for(lambda: not alive(run["pid"]) and not alive(grandchild), timeout=10)
+
+
+def test_a_rules_action_names_the_executor(project: Project, workers: Workers) -> None:
+    rule = {"id": "on-deploy", "trigger": {"type": "event", "topic": "deploy:done"},
+            "action": {"type": "submit_task", "prompt": "@write:deployed.txt=yes check the deploy",
+                       "executor": "celery"}}
+    remote_project(project, workers.broker, extra={"rules": [rule]})
+    workers.start("w1")
+    project.start()
+    workers_seen(project, 1)
+    project.aiwg("event", "emit", "deploy:done", check=True)
+    listed = wait_for(lambda: json.loads(project.aiwg("task", "list", "--json", check=True).stdout), timeout=20)
+    record = ended(project, listed[0]["id"])
+    assert record["state"] == "completed" and record["source"] == "rule:on-deploy" and record["worker"] == "w1@test"
+    assert git(project, "show", f"{record['workspace']['branch']}:deployed.txt").strip() == "yes"
+
+
+def test_a_worker_with_an_unusable_broker_says_which_and_exits_6(tmp_path: Path) -> None:
+    done = subprocess.run([AIWG, "worker", "--broker", "amqp://guest:secret@h//", "--cache", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 6
+    assert "--broker amqp://guest:***@h//" in done.stderr and "redis://" in done.stderr
+    assert "secret" not in done.stderr
