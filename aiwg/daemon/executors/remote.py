@@ -166,9 +166,13 @@ class RemoteExecutor:
     # -- the queue -----------------------------------------------------------------
 
     def enqueue(self, task: Task) -> None:
+        """Queued; sent now if the workers were looked at a moment ago and have a
+        free slot, else once they have been (an idle executor's view is stale)."""
         self.queue.push(task.id, task.priority, task.seq)
-        self.dispatch()
-        self._wake()
+        if self._loop is not None and self._loop.running:
+            self.dispatch()
+        else:
+            self._wake()
 
     def room(self) -> int:
         slots = self.settings.max_in_flight
@@ -194,7 +198,7 @@ class RemoteExecutor:
         if not sup._accepting or not sup._ready or not self.reachable:
             return
         starting = []
-        while self.room() > len(starting) and self.queue:
+        while self.room() > 0 and self.queue:  # each start takes a slot at once (self.runs)
             task = sup.store.get(self.queue.pop() or "")
             if task is None or task.state != TaskState.QUEUED:
                 continue
@@ -248,6 +252,9 @@ class RemoteExecutor:
                                              errbackArgs=(task,))
 
     def _published(self, base: str, task: Task) -> None:
+        if task.id not in self.runs:  # cancelled while it was being sent: the worker will skip it
+            self.channel.call(self.channel.forget_refs, task.id, None)
+            return
         current = self.sup.store.get(task.id) or task
         if current.workspace is not None:
             self.sup.store.save(current.but(workspace=current.workspace.but(base=base)))
