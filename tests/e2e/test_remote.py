@@ -348,3 +348,64 @@ def test_a_worker_with_an_unusable_broker_says_which_and_exits_6(tmp_path: Path)
     assert done.returncode == 6
     assert "--broker amqp://guest:***@h//" in done.stderr and "redis://" in done.stderr
     assert "secret" not in done.stderr
+
+
+@pytest.fixture
+def tls_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A redis-server that speaks TLS only and wants a password, with a CA of our own."""
+    if REDIS is None or shutil.which("openssl") is None:
+        pytest.fail("redis-server and openssl are needed (.ci/run installs redis-server)")
+    tls = tmp_path / "tls"
+    tls.mkdir()
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tls, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=aiwg test CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")
+    (tls / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf")
+    port = free_port()
+    server = subprocess.Popen([REDIS, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+                               "--tls-cert-file", "server.crt", "--tls-key-file", "server.key",
+                               "--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no",
+                               "--requirepass", "broker-password", "--save", "", "--appendonly", "no"],
+                              cwd=tls, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_for(listening, timeout=10)
+        yield (f"rediss://:broker-password@127.0.0.1:{port}/0"
+               f"?ssl_cert_reqs=required&ssl_ca_certs={tls / 'ca.crt'}")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_a_tls_broker_with_a_password_works_and_the_password_is_never_shown(
+        project: Project, tmp_path: Path, tls_redis_url: str) -> None:
+    remote_project(project, tls_redis_url)  # the URL, password and all, through ${TEST_BROKER}
+    pool = Workers(tmp_path / "tls-workers", tls_redis_url)
+    pool.base.mkdir()
+    try:
+        pool.start("w1")
+        project.start()
+        workers_seen(project, 1)
+        record = ended(project, submit(project, "@write:tls.txt=over-tls"))
+        assert record["state"] == "completed" and record["worker"] == "w1@test"
+        assert git(project, "show", f"{record['workspace']['branch']}:tls.txt").strip() == "over-tls"
+        shown = project.aiwg("daemon", "status", "--json", check=True).stdout
+        assert "broker-password" not in shown and "rediss://:***@127.0.0.1" in shown
+        assert "broker-password" not in project.log_text()
+    finally:
+        pool.stop()
+    assert "broker-password" not in (pool.base / "w1" / "worker.log").read_text()
