@@ -88,9 +88,15 @@ class RepoCache:
         return head
 
     def remove(self, remote: str, work: Path, branch: str) -> None:
+        """The task's worktree and branch go; the copy is packed now and then (git's
+        own threshold: the daemon's settings turn automatic gc off for each command)."""
         repo = self.repository(remote)
         with self._lock(repo):
             self._remove(repo, work, branch)
+            try:
+                self.git(repo, "-c", "gc.auto=6700", "gc", "--auto", "--quiet")
+            except RepoError:
+                pass  # a copy that cannot be packed still works
 
     def _remove(self, repo: Path, work: Path, branch: str) -> None:
         try:

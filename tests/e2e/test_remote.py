@@ -182,6 +182,8 @@ def test_tasks_run_on_two_workers_and_their_branches_merge(project: Project, wor
                           capture_output=True, text=True).stdout.strip() == ""
     shown = project.aiwg("daemon", "status", check=True).stdout
     assert "celery" in shown and "reachable; 2 worker(s), 4 slot(s)" in shown, shown
+    text = project.aiwg("executors", check=True).stdout
+    assert "celery: broker redis://127.0.0.1" in text and "reachable" in text and "worker w1@test" in text, text
     listed = json.loads(project.aiwg("worker", "--broker", workers.broker, "status", "--json", check=True).stdout)
     assert sorted(w["name"] for w in listed["workers"]) == ["w1@test", "w2@test"]
     events = [json.loads(line) for path in project.paths.events_dir.glob("*.jsonl")
