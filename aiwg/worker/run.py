@@ -32,6 +32,10 @@ from aiwg.daemon.tasks.git import REPOSITORY_VARIABLES
 from aiwg.worker.repos import RepoCache, RepoError
 
 
+#: Tries, a second apart, to write a run's end while the broker is away.
+FINISH_TRIES = 60
+
+
 class RemoteRun:
     def __init__(self, payload: Payload, *, redis: Any, worker: str, repos: RepoCache, environ: Mapping[str, str],
                  running_dir: Path) -> None:
@@ -88,14 +92,24 @@ class RemoteRun:
                     pass
 
     def _finish(self, report: Report) -> Report:
+        """Say how it ended; a broker away for a moment is tried again for a while
+        (the lease thread keeps trying too), so a finished run is not taken for a
+        lost worker."""
         p, keys = self.payload, self.keys
-        pipe = self.redis.pipeline()
-        pipe.hset(keys.task(p.run), mapping={"state": "finished", "report": report.to_json()})
-        pipe.expire(keys.task(p.run), RESULT_TTL_SECONDS)
-        pipe.xadd(keys.events, {"task": p.task_id, "run": p.run, "kind": "finished", "report": report.to_json()},
-                  maxlen=EVENTS_MAXLEN, approximate=True)
-        pipe.delete(keys.lease(p.run))
-        pipe.execute()
+        for attempt in range(FINISH_TRIES):
+            pipe = self.redis.pipeline()
+            pipe.hset(keys.task(p.run), mapping={"state": "finished", "report": report.to_json()})
+            pipe.expire(keys.task(p.run), RESULT_TTL_SECONDS)
+            pipe.xadd(keys.events, {"task": p.task_id, "run": p.run, "kind": "finished", "report": report.to_json()},
+                      maxlen=EVENTS_MAXLEN, approximate=True)
+            pipe.delete(keys.lease(p.run))
+            try:
+                pipe.execute()
+                return report
+            except Exception:
+                if attempt == FINISH_TRIES - 1:
+                    raise
+                time.sleep(1.0)
         return report
 
     # -- the lease and the cancel --------------------------------------------------
