@@ -191,6 +191,38 @@ def secret_forms(secrets: Iterable[str]) -> list[bytes]:
     return sorted(forms, key=len, reverse=True)
 
 
+class StreamRedactor:
+    """Secrets taken out of an agent's output streams as they come: each stream's
+    last bytes (one fewer than the longest secret form) are held back until the
+    next read, so a secret split across two reads is still caught; `flush` gives
+    them up once the stream has ended."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.forms = secret_forms(secrets)
+        self.holdback = max((len(s) for s in self.forms), default=1) - 1
+        self._carry: dict[int, bytes] = {}
+
+    def feed(self, stream: int, data: bytes) -> bytes:
+        """What of `data` can go out now, redacted."""
+        if not self.forms:
+            return data
+        data = self.redact(self._carry.pop(stream, b"") + data)
+        if self.holdback:
+            data, self._carry[stream] = data[:-self.holdback], data[-self.holdback:]
+        return data
+
+    def flush(self, stream: int) -> bytes:
+        """What was held back of a stream that has ended, redacted."""
+        held = self._carry.pop(stream, b"")
+        return self.redact(held) if held else b""
+
+    def redact(self, data: bytes) -> bytes:
+        for secret in self.forms:
+            if secret in data:
+                data = data.replace(secret, b"[redacted]")
+        return data
+
+
 def redact(text: str, secrets: Iterable[str], mark: str = "[redacted]") -> str:
     for secret in secrets:
         if secret and secret in text:

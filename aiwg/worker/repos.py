@@ -12,19 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
 import threading
 from pathlib import Path
 from typing import Mapping
 
-from aiwg.daemon.tasks.git import GIT_SETTINGS, git_environment
+from aiwg.daemon.tasks.git import GitError, git_environment, run_blocking
 
 DEFAULT_AUTHOR = ("aiwg-daemon", "aiwg-daemon@localhost")
-GIT_TIMEOUT_SECONDS = 600.0
-
-
-class RepoError(Exception):
-    """A git step that failed; the message names the command and what git said."""
 
 
 class RepoCache:
@@ -39,17 +33,7 @@ class RepoCache:
             return self._locks.setdefault(str(repo), threading.Lock())
 
     def git(self, cwd: Path, *args: str) -> str:
-        argv = ["git", "-C", str(cwd), *GIT_SETTINGS, *args]
-        try:
-            done = subprocess.run(argv, env=self.env, stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=GIT_TIMEOUT_SECONDS, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise RepoError(f"git {' '.join(args[:2])}: {exc}") from None
-        if done.returncode != 0:
-            said = done.stderr.decode("utf-8", "replace").strip().splitlines()
-            raise RepoError(f"git {' '.join(args[:2])} failed (exit {done.returncode}): "
-                            f"{said[-1] if said else 'no message'}")
-        return done.stdout.decode("utf-8", "replace").strip()
+        return run_blocking(str(cwd), *args, env=self.env)
 
     def repository(self, remote: str) -> Path:
         """The bare copy of `remote` (made on first use)."""
@@ -95,17 +79,17 @@ class RepoCache:
             self._remove(repo, work, branch)
             try:
                 self.git(repo, "-c", "gc.auto=6700", "gc", "--auto", "--quiet")
-            except RepoError:
+            except GitError:
                 pass  # a copy that cannot be packed still works
 
     def _remove(self, repo: Path, work: Path, branch: str) -> None:
         try:
             self.git(repo, "worktree", "remove", "--force", str(work))
-        except RepoError:
+        except GitError:
             shutil.rmtree(work, ignore_errors=True)
             self.git(repo, "worktree", "prune")
         try:
             self.git(repo, "branch", "--quiet", "-D", branch)
-        except RepoError:
+        except GitError:
             pass  # never made
 

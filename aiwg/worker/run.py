@@ -24,12 +24,14 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from attrs import evolve
+
 from aiwg import procfs
 from aiwg.core import agents
 from aiwg.core.remote import (EVENTS_MAXLEN, LEASE_RENEW_SECONDS, LEASE_SECONDS, OUTPUT_CHUNK_BYTES,
                               RESULT_TTL_SECONDS, Keys, Payload, Report)
-from aiwg.daemon.tasks.git import REPOSITORY_VARIABLES
-from aiwg.worker.repos import RepoCache, RepoError
+from aiwg.daemon.tasks.git import REPOSITORY_VARIABLES, GitError
+from aiwg.worker.repos import RepoCache
 
 
 #: Tries, a second apart, to write a run's end while the broker is away.
@@ -72,15 +74,15 @@ class RemoteRun:
         try:
             try:
                 work = self.repos.checkout(p.git_remote, p.base, p.branch, p.task_id)
-            except RepoError as exc:
+            except GitError as exc:
                 return self._finish(Report(worker=self.worker, error=f"cannot check out the base commit: {exc}"))
             report = self._run_agent(work)
             if report.error is None:
                 try:
                     head = self.repos.collect(work, p.git_remote, p.base, p.branch, p.commit_message, p.author)
-                    report = Report(**{**_fields(report), "head": head})
-                except RepoError as exc:
-                    report = Report(**{**_fields(report), "error": f"cannot push the task's branch: {exc}"})
+                    report = evolve(report, head=head)
+                except GitError as exc:
+                    report = evolve(report, error=f"cannot push the task's branch: {exc}")
             return self._finish(report)
         finally:
             self._done.set()
@@ -88,7 +90,7 @@ class RemoteRun:
             if work is not None:
                 try:
                     self.repos.remove(p.git_remote, work, p.branch)
-                except RepoError:
+                except GitError:
                     pass
 
     def _finish(self, report: Report) -> Report:
@@ -149,7 +151,7 @@ class RemoteRun:
         for name in REPOSITORY_VARIABLES:
             env.pop(name, None)
         env[procfs.TASK_MARKER] = p.task_id
-        secrets = agents.secret_forms(agents.secret_values(self.environ, p.env))
+        redactor = agents.StreamRedactor(agents.secret_values(self.environ, p.env))
         executable = shutil.which(p.program, path=env.get("PATH", os.defpath))
         if executable is None:
             return Report(worker=self.worker, error=f"agent command '{p.program}' not found on the worker's PATH")
@@ -164,7 +166,7 @@ class RemoteRun:
         marker = self.running_dir / f"{p.task_id}.json"
         marker.write_text(json.dumps({"pgid": self.process.pid, "task": p.task_id}))
         try:
-            self._pump(secrets, time.monotonic() + p.timeout_seconds)
+            self._pump(redactor, time.monotonic() + p.timeout_seconds)
         finally:
             marker.unlink(missing_ok=True)
         code = self.process.returncode
@@ -172,18 +174,16 @@ class RemoteRun:
                       signal=-code if code is not None and code < 0 else None, reason=self.stop_reason,
                       output_bytes=self.sent)
 
-    def _pump(self, secrets: list[bytes], deadline: float) -> None:
+    def _pump(self, redactor: agents.StreamRedactor, deadline: float) -> None:
         """Stream its output until both pipes close, stopping it at its deadline or a
         cancel; once it has exited, what it left in its group is stopped too."""
         assert self.process is not None
         proc = self.process
-        holdback = max((len(s) for s in secrets), default=1) - 1
-        carry = {1: b"", 2: b""}
         selector = selectors.DefaultSelector()
         selector.register(proc.stdout, selectors.EVENT_READ, 1)  # type: ignore[arg-type]
         selector.register(proc.stderr, selectors.EVENT_READ, 2)  # type: ignore[arg-type]
         open_pipes = 2
-        exited_at: float | None = None
+        exited = False
         while open_pipes:
             now = time.monotonic()
             if self.stop_reason is None and now >= deadline:
@@ -191,24 +191,20 @@ class RemoteRun:
             if self._stop_at is not None and now >= self._stop_at:
                 self._signal(signal.SIGKILL)
                 self._stop_at = now + 1.0  # and again, until the pipes close
-            if exited_at is None and proc.poll() is not None:
-                exited_at = now
+            if not exited and proc.poll() is not None:
+                exited = True
                 self._signal(signal.SIGTERM)  # whatever it left behind
-                self._stop_at = min(self._stop_at or now + self.payload.kill_grace_seconds,
-                                    now + self.payload.kill_grace_seconds)
+                grace_over = now + self.payload.kill_grace_seconds
+                self._stop_at = grace_over if self._stop_at is None else min(self._stop_at, grace_over)
             for key, _ in selector.select(timeout=0.25):
                 data = os.read(key.fileobj.fileno(), OUTPUT_CHUNK_BYTES)  # type: ignore[union-attr]
                 fd = key.data
                 if not data:
                     selector.unregister(key.fileobj)
                     open_pipes -= 1
-                    data, carry[fd] = carry[fd], b""
-                    if data:
-                        self._send(fd, _redact(data, secrets))
-                    continue
-                data = _redact(carry[fd] + data, secrets)
-                if holdback:
-                    data, carry[fd] = data[:-holdback], data[-holdback:]
+                    data = redactor.flush(fd)
+                else:
+                    data = redactor.feed(fd, data)
                 if data:
                     self._send(fd, data)
         selector.close()
@@ -234,19 +230,6 @@ class RemoteRun:
                             maxlen=EVENTS_MAXLEN, approximate=True)
         except Exception:
             pass  # the broker is away: this chunk is lost to followers; the agent runs on
-
-
-def _redact(data: bytes, secrets: list[bytes]) -> bytes:
-    for secret in secrets:
-        if secret in data:
-            data = data.replace(secret, b"[redacted]")
-    return data
-
-
-def _fields(report: Report) -> dict[str, Any]:
-    from attrs import asdict
-
-    return asdict(report)
 
 
 def kill_leftovers(running_dir: Path) -> list[str]:

@@ -12,7 +12,6 @@ with no remote executor configured never imports them.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -26,14 +25,10 @@ from aiwg.core import agents
 from aiwg.core.remote import (DAEMON_GROUP, RESULT_TTL_SECONDS, TASK_NAME, WORKER_PREFIX, Keys, RemoteSettings,
                               Report)
 from aiwg.core.workspaces import ChangeSize, change_size
-from aiwg.daemon.tasks.git import GIT_SETTINGS, git_environment
+from aiwg.daemon.tasks.git import GitError, git_environment, run_blocking
 
 #: How long one read of the events stream waits for an entry.
 READ_BLOCK_MS = 1000
-
-
-class GitFailed(Exception):
-    pass
 
 
 class Channel:
@@ -44,8 +39,9 @@ class Channel:
         self.keys = Keys(namespace)
         self.root = root
         self.environ = environ
+        self._git_env = git_environment(environ)
         self._pool = ThreadPool(minthreads=0, maxthreads=1, name=f"aiwg-{settings.kind}")
-        self._redis: Any = None
+        self._clients: dict[str, Any] = {}  # "state", "broker": made on the channel's thread
         self._app: Any = None
         self._reader: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -78,18 +74,23 @@ class Channel:
     def reconnect(self) -> None:
         """New settings: the next call connects afresh (on the channel's thread)."""
         def drop() -> None:
-            self._redis = self._app = None
+            self._clients, self._app = {}, None
 
         self.call(drop)
 
-    def _client(self) -> Any:
-        if self._redis is None:
-            import redis
+    def _connect(self, which: str = "state", wait: float = 0.0) -> Any:
+        """A Redis client for the state (or the broker), with the settings' timeouts;
+        `wait`: how long one of its calls blocks on purpose (a read of the stream)."""
+        import redis
 
-            timeout = self.settings.connect_timeout
-            self._redis = redis.Redis.from_url(self.url(), socket_timeout=timeout + 5,
-                                               socket_connect_timeout=timeout)
-        return self._redis
+        timeout = self.settings.connect_timeout
+        return redis.Redis.from_url(self.url(which), socket_timeout=timeout + wait + 5, socket_connect_timeout=timeout)
+
+    def _client(self, which: str = "state") -> Any:
+        client = self._clients.get(which)
+        if client is None:
+            client = self._clients[which] = self._connect(which)
+        return client
 
     # -- calls (each runs on the channel's thread) ---------------------------------------
 
@@ -113,7 +114,7 @@ class Channel:
         """Messages waiting in the queue (kombu's Redis transport keeps them in a list
         named after the queue, with one more list per priority)."""
         try:
-            client = self._client() if self.settings.backend is None else _redis_for(self.url("broker"))
+            client = self._client("broker" if self.settings.backend else "state")
             return int(sum(client.llen(name) for name in [self.settings.queue] +
                            [f"{self.settings.queue}\x06\x16{p}" for p in (3, 6, 9)]))
         except Exception:
@@ -151,12 +152,7 @@ class Channel:
     # -- git (on the channel's thread) -----------------------------------------------
 
     def git(self, *args: str) -> str:
-        done = subprocess.run(["git", "-C", str(self.root), *GIT_SETTINGS, *args], capture_output=True,
-                              env=git_environment(self.environ), stdin=subprocess.DEVNULL, timeout=600)
-        if done.returncode != 0:
-            said = done.stderr.decode("utf-8", "replace").strip().splitlines()
-            raise GitFailed(f"git {args[0]} failed: {said[-1] if said else 'exit ' + str(done.returncode)}")
-        return done.stdout.decode("utf-8", "replace").strip()
+        return run_blocking(str(self.root), *args, env=self._git_env)
 
     def send_base(self, task_id: str, base_ref: str) -> str:
         """The base commit, pushed to git_remote where a worker fetches it; its id."""
@@ -174,7 +170,7 @@ class Channel:
         refs = [f"refs/aiwg/base/{task_id}"] + ([f"refs/heads/{branch}"] if branch else [])
         try:
             self.git("push", "--quiet", self.settings.git_remote, *[f":{ref}" for ref in refs])
-        except GitFailed:
+        except GitError:
             pass  # one was never there
 
     # -- the events stream -----------------------------------------------------------
@@ -196,9 +192,7 @@ class Channel:
         while not self._stopping.is_set():
             try:
                 if client is None:
-                    timeout = self.settings.connect_timeout
-                    client = redis.Redis.from_url(self.url(), socket_timeout=timeout + READ_BLOCK_MS / 1000 + 5,
-                                                  socket_connect_timeout=timeout)
+                    client = self._connect(wait=READ_BLOCK_MS / 1000)  # its own: it blocks in reads
                     self._ensure_group(client)
                 answer = client.xreadgroup(DAEMON_GROUP, "daemon", {self.keys.events: last}, count=500,
                                            block=READ_BLOCK_MS)
@@ -242,8 +236,3 @@ class Channel:
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
-
-def _redis_for(url: str) -> Any:
-    import redis
-
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)

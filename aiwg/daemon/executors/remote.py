@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -27,7 +28,8 @@ from aiwg.core.remote import LEASE_SECONDS, Payload, RemoteSettings, Report, run
 from aiwg.core.tasks import Change, RunQueue, Task, TaskState
 from aiwg.core.timefmt import iso_utc
 from aiwg.core.workspaces import WorkspaceRecord
-from aiwg.daemon.executors.channel import Channel, GitFailed
+from aiwg.daemon.executors.channel import Channel
+from aiwg.daemon.tasks.git import GitError
 from aiwg.daemon.tasks.process import AgentProcess
 
 #: While tasks wait or run: how often the workers are looked at and leases checked.
@@ -263,9 +265,9 @@ class RemoteExecutor:
 
     def _not_published(self, failure: Any, task: Task) -> None:
         run = self.runs.pop(task.id, None)
-        if failure.check(GitFailed):
+        if failure.check(GitError):
             error = f"cannot send the base commit to executors.{self.name}.git_remote: {failure.value}"
-            self._end(task, task.moved(TaskState.FAILED, finished_at=self.sup.reactor.seconds(), error=error), run)
+            self._end(task.moved(TaskState.FAILED, finished_at=self.sup.reactor.seconds(), error=error), run)
             return
         self._unreachable(failure)
         if run is not None:
@@ -335,9 +337,6 @@ class RemoteExecutor:
         d.addCallback(self._collected, task, report, run)
         d.addErrback(lambda f: self.log.failure("task {task_id}: cannot record how it ended", f, task_id=task_id))
 
-    async def _after(self, final: Task) -> Task:
-        return await self.sup.isolation.after_completion(final)
-
     def _collected(self, record: WorkspaceRecord, task: Task, report: Report, run: AgentProcess) -> Any:
         run.exit_code, run.exit_signal, run.reason = report.exit_code, report.signal, report.reason
         run.process_ended()
@@ -347,25 +346,18 @@ class RemoteExecutor:
             final = task.moved(TaskState.FAILED, finished_at=now, error=f"{report.error} (worker {report.worker})",
                                output_tail=final.output_tail, output_bytes=final.output_bytes)
         final = final.but(workspace=record)
-        if record.state != "open":
-            self.channel.call(self.channel.forget_refs, task.id, None)
-        else:
-            self.channel.call(self.channel.forget_refs, task.id, record.branch)
+        # The branch, once fetched, is the project's; one that could not be is left there.
+        self.channel.call(self.channel.forget_refs, task.id, record.branch if record.state == "open" else None)
         if final.state == TaskState.COMPLETED and record.state == "open":
-            from twisted.internet.defer import Deferred
-
-            return Deferred.fromCoroutine(self._after(final)).addCallback(self._end_task, run)
-        self._end_task(final, run)
+            return Deferred.fromCoroutine(self.sup.isolation.after_completion(final)).addCallback(self._end, run)
+        self._end(final, run)
         return None
 
-    def _end_task(self, final: Task, run: AgentProcess) -> None:
-        self._end(final, final, run)
-
-    def _end(self, task: Task, final: Task, run: AgentProcess | None) -> None:
-        self.runs.pop(task.id, None)
-        self._done_looks.pop(task.id, None)
-        self.claimed.discard(task.id)
-        self.ending.discard(task.id)
+    def _end(self, final: Task, run: AgentProcess | None) -> None:
+        self.runs.pop(final.id, None)
+        self._done_looks.pop(final.id, None)
+        self.claimed.discard(final.id)
+        self.ending.discard(final.id)
         if run is not None and not run.ended.called:
             run.process_ended()
         self.sup._settle(final, run)
@@ -387,7 +379,7 @@ class RemoteExecutor:
         else:
             final = task.moved(TaskState.FAILED, finished_at=now, error=error)
         self.ending.add(task_id)
-        self._end(task, final, run)
+        self._end(final, run)
 
     # -- cancel, status ------------------------------------------------------------------
 
@@ -405,7 +397,7 @@ class RemoteExecutor:
             final = task.moved(TaskState.CANCELLED, finished_at=self.sup.reactor.seconds(),
                                error="cancelled before it started")
             self.ending.add(task.id)
-            self._end(task, final, run)
+            self._end(final, run)
             self.channel.call(self.channel.forget_refs, task.id, None)
         return Change.made(task)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import time
 from typing import Any, Mapping
 
 from twisted.internet.task import deferLater
@@ -46,6 +48,27 @@ def git_environment(environ: Mapping[str, str]) -> dict[str, str]:
     env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C", GIT_ASKPASS="/bin/false", SSH_ASKPASS="/bin/false",
                GIT_EDITOR="true", GIT_MERGE_AUTOEDIT="no")
     return env
+
+
+def run_blocking(cwd: str, *args: str, env: Mapping[str, str], timeout: float = 600.0) -> str:
+    """`git args…` in `cwd`, blocking, with the same settings, environment and
+    errors as `Git.run`: for a thread of its own (a remote executor's calls, a
+    worker's task), never the reactor. Its standard output, stripped."""
+    started = time.monotonic()
+    try:
+        done = subprocess.run(["git", "-C", cwd, *GIT_SETTINGS, *args], env=dict(env), stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        result = CommandResult(None, "", time.monotonic() - started, timed_out=True,
+                               error=f"timed out after {timeout:g} s")
+    except OSError as exc:
+        error = "not found on PATH" if isinstance(exc, FileNotFoundError) else str(exc)
+        result = CommandResult(None, "", time.monotonic() - started, error=error)
+    else:
+        if done.returncode == 0:
+            return done.stdout.decode("utf-8", "replace").strip()
+        result = CommandResult(done.returncode, done.stderr.decode("utf-8", "replace"), time.monotonic() - started)
+    raise GitError(failure_message(args, result), result)
 
 
 class Git:

@@ -108,10 +108,7 @@ class AgentProcess:
         self.copied = 0
         self.output: Any = None  # opened at the first byte: a silent agent costs no file
         self.secret_texts = tuple(secrets)
-        self.secrets = agents.secret_forms(secrets)
-        # A secret split across two reads must still be caught: keep back this many bytes.
-        self.holdback = max((len(s) for s in self.secrets), default=1) - 1
-        self.carry: dict[int, bytes] = {1: b"", 2: b""}
+        self.redactor = agents.StreamRedactor(secrets)
         self.decoders = {fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in (1, 2)}
         self.transport: Any = None
         self.pgid: int | None = None
@@ -201,25 +198,16 @@ class AgentProcess:
     # -- output ------------------------------------------------------------
 
     def received(self, fd: int, data: bytes) -> None:
-        if self.secrets:
-            data = self._redact(self.carry[fd] + data)
-            if self.holdback:
-                data, self.carry[fd] = data[: -self.holdback], data[-self.holdback :]
+        data = self.redactor.feed(fd, data)
         if data:
             self._record(fd, data)
 
     def _flush_carry(self) -> None:
         """The agent is gone: what was held back for redaction goes out now."""
         for fd in (1, 2):
-            if self.carry[fd]:
-                held, self.carry[fd] = self.carry[fd], b""
-                self._record(fd, self._redact(held))
-
-    def _redact(self, data: bytes) -> bytes:
-        for secret in self.secrets:
-            if secret in data:
-                data = data.replace(secret, b"[redacted]")
-        return data
+            held = self.redactor.flush(fd)
+            if held:
+                self._record(fd, held)
 
     def _record(self, fd: int, data: bytes) -> None:
         if fd == 1:
