@@ -21,41 +21,30 @@ def stats(sup: Any) -> dict[str, int]:
 
 
 def summary(sup: Any, limit: int = 20) -> dict[str, Any]:
-    """AIWG's supervisor status: counts plus short views of running and queued tasks."""
-    running = []
-    for run in sup.runs.values():
-        t = run.task
-        running.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent,
-                        "startedAt": iso_utc(t.started_at or 0), "pid": t.pid})
-    for name, executor in sup.executors.remote.items():  # on workers: no local pid
-        for run in executor.runs.values():
-            t = run.task
-            running.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent,
-                            "startedAt": iso_utc(t.started_at or 0), "pid": None, "executor": name,
-                            "worker": t.worker})
+    """AIWG's supervisor status: counts plus short views of running and queued tasks
+    (a remote executor's say which, and on which worker they run)."""
+    remote = sup.executors.remote
+    running = [_running(run.task, run.task.pid) for run in sup.runs.values()]
+    running += [_running(run.task, None, executor=name, worker=run.task.worker)  # on workers: no local pid
+                for name, executor in remote.items() for run in executor.runs.values()]
     between = [i for i in sup.loops.active if i not in sup.runs]  # loops between two processes
-    for task_id in [*sup.starts, *between]:  # recorded as running, spawned in a moment
-        t = sup.store.get(task_id)
-        if t is not None:
-            running.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent,
-                            "startedAt": iso_utc(t.started_at or 0), "pid": None})
-    queued = []
-    for task_id in list(sup.queue.ordered())[:limit]:
-        t = sup.store.get(task_id)
-        if t is not None:
-            queued.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent, "priority": t.priority})
-    for executor in sup.executors.remote.values():
-        for task_id in list(executor.queue.ordered())[:limit]:
-            t = sup.store.get(task_id)
-            if t is not None:
-                queued.append({"id": t.id, "prompt": t.prompt[:80], "agent": t.agent, "priority": t.priority,
-                               "executor": executor.name})
+    # Recorded as running, spawned in a moment:
+    running += [_running(t, None) for t in map(sup.store.get, [*sup.starts, *between]) if t is not None]
+    queues = [(None, sup.queue), *((name, executor.queue) for name, executor in remote.items())]
+    queued = [{"id": t.id, "prompt": t.prompt[:80], "agent": t.agent, "priority": t.priority,
+               **({"executor": name} if name else {})}
+              for name, queue in queues for t in map(sup.store.get, list(queue.ordered())[:limit]) if t is not None]
     return {
         "running": len(running),
-        "queued": len(sup.queue) + sum(len(e.queue) for e in sup.executors.remote.values()),
+        "queued": sum(len(queue) for _, queue in queues),
         "maxConcurrency": sup.settings.max_parallel,
         "tasks": {"running": running, "queued": queued},
     }
+
+
+def _running(t: Any, pid: int | None, **extra: Any) -> dict[str, Any]:
+    return {"id": t.id, "prompt": t.prompt[:80], "agent": t.agent, "startedAt": iso_utc(t.started_at or 0),
+            "pid": pid, **extra}
 
 
 def supervisor_status(sup: Any) -> dict[str, Any]:
