@@ -147,6 +147,16 @@ def workers_seen(project: Project, count: int) -> None:
     wait_for(seen, timeout=30, interval=0.2)
 
 
+def with_one_worker(project: Project, workers: Workers, extra: dict[str, Any] | None = None) -> Any:
+    """The project with the executor configured, worker w1 started, the daemon
+    started and w1 seen by it; w1's process."""
+    remote_project(project, workers.broker, extra)
+    worker = workers.start("w1")
+    project.start()
+    workers_seen(project, 1)
+    return worker
+
+
 def test_tasks_run_on_two_workers_and_their_branches_merge(project: Project, workers: Workers) -> None:
     remote_project(project, workers.broker)
     workers.start("w1")
@@ -193,10 +203,7 @@ def test_tasks_run_on_two_workers_and_their_branches_merge(project: Project, wor
 
 
 def test_follow_shows_live_output_of_a_remote_task(project: Project, workers: Workers) -> None:
-    remote_project(project, workers.broker)
-    workers.start("w1")
-    project.start()
-    workers_seen(project, 1)
+    with_one_worker(project, workers)
     task_id = submit(project, "@print:3 @sleep:1.5 @stderr:to-stderr")
     follow = subprocess.Popen([AIWG, "task", "get", task_id, "--follow"], cwd=project.root, env=project.env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -208,10 +215,7 @@ def test_follow_shows_live_output_of_a_remote_task(project: Project, workers: Wo
 
 
 def test_cancel_of_a_running_remote_task_leaves_nothing_on_the_worker(project: Project, workers: Workers) -> None:
-    remote_project(project, workers.broker)
-    workers.start("w1")
-    project.start()
-    workers_seen(project, 1)
+    with_one_worker(project, workers)
     task_id = submit(project, "@grandchild @sleep:60")
     wait_for(lambda: get(project, task_id).get("worker"), timeout=30)
     fake = workers.fakes["w1"]
@@ -225,10 +229,7 @@ def test_cancel_of_a_running_remote_task_leaves_nothing_on_the_worker(project: P
 
 
 def test_a_killed_worker_fails_its_task_as_worker_lost(project: Project, workers: Workers) -> None:
-    remote_project(project, workers.broker)
-    worker = workers.start("w1")
-    project.start()
-    workers_seen(project, 1)
+    worker = with_one_worker(project, workers)
     task_id = submit(project, "@sleep:60")
     wait_for(lambda: get(project, task_id).get("worker"), timeout=30)
     agent = wait_for(lambda: workers.fakes["w1"].runs(), timeout=10)[0]["pid"]
@@ -242,10 +243,7 @@ def test_a_killed_worker_fails_its_task_as_worker_lost(project: Project, workers
 
 
 def test_a_task_with_retries_is_queued_again_when_its_worker_is_lost(project: Project, workers: Workers) -> None:
-    remote_project(project, workers.broker)
-    first = workers.start("w1")
-    project.start()
-    workers_seen(project, 1)
+    first = with_one_worker(project, workers)
     task_id = submit(project, "@write:out.txt=second-try @sleep:3", "--retries", "1")
     wait_for(lambda: get(project, task_id).get("worker") == "w1@test", timeout=30)
     os.kill(first.pid, signal.SIGKILL)
@@ -317,10 +315,7 @@ def test_an_unknown_executor_is_refused_naming_the_parameter(daemon: Project) ->
 
 
 def test_the_worker_enforces_the_timeout_and_clears_the_group(project: Project, workers: Workers) -> None:
-    remote_project(project, workers.broker)
-    workers.start("w1")
-    project.start()
-    workers_seen(project, 1)
+    with_one_worker(project, workers)
     task_id = submit(project, "@grandchild @sleep:60", "--timeout", "0.05")  # 3 s
     record = ended(project, task_id, timeout=60)
     assert record["state"] == "timeout" and record["worker"] == "w1@test", record
@@ -333,10 +328,7 @@ def test_a_rules_action_names_the_executor(project: Project, workers: Workers) -
     rule = {"id": "on-deploy", "trigger": {"type": "event", "topic": "deploy:done"},
             "action": {"type": "submit_task", "prompt": "@write:deployed.txt=yes check the deploy",
                        "executor": "celery"}}
-    remote_project(project, workers.broker, extra={"rules": [rule]})
-    workers.start("w1")
-    project.start()
-    workers_seen(project, 1)
+    with_one_worker(project, workers, extra={"rules": [rule]})
     project.aiwg("event", "emit", "deploy:done", check=True)
     listed = wait_for(lambda: json.loads(project.aiwg("task", "list", "--json", check=True).stdout), timeout=20)
     record = ended(project, listed[0]["id"])
