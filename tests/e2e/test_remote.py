@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -278,7 +277,13 @@ def test_a_daemon_killed_during_a_remote_task_reattaches_and_the_task_completes(
     wait_for(lambda: get(project, task_id).get("worker"), timeout=30)
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not alive(pid), timeout=10)
-    time.sleep(5)  # the task ends while no daemon runs
+    remote = project.root.parent / "remote.git"
+
+    def pushed() -> bool:  # the worker pushes the branch as the run ends, then reports it
+        return subprocess.run(["git", "--git-dir", str(remote), "rev-parse", "--verify", "--quiet",
+                               f"refs/heads/aiwg/{task_id}"], capture_output=True).returncode == 0
+
+    wait_for(pushed, timeout=30, interval=0.1)  # the task ends while no daemon runs
     project.start()
     record = ended(project, task_id, timeout=30)
     assert record["state"] == "completed", record
