@@ -29,6 +29,7 @@ from aiwg.core.config import Config
 from aiwg.daemon.bus import EventBus
 from aiwg.core.timefmt import iso_utc
 from aiwg.daemon.logs import OncePerEvent, RotatingFileObserver, own_log_started, stream_observer
+from aiwg.daemon.tasks.spawning import CLOEXEC_FROM
 from aiwg.errors import CONFIG_INVALID, ConfigError, RpcError
 from aiwg.paths import ProjectPaths
 
@@ -125,6 +126,9 @@ class DaemonService(MultiService):
             self.log.warn("config {source}: {warning}", source=self.config.source, warning=warning)
         for problem in compat.check():  # checked by behaviour, before anything uses them
             self.log.warn("dependency hook not in use: {problem}", problem=problem)
+        if not CLOEXEC_FROM.works():  # a slower spawn, nothing lost
+            self.log.info("{problem}: each spawn closes the daemon's descriptors one by one",
+                          problem=CLOEXEC_FROM.problem)
         raised = raise_descriptor_limit()
         if raised is not None:
             self.log.info("open-file limit raised from {soft} to {hard} (the hard limit)", soft=raised[0],

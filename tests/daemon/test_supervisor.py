@@ -381,14 +381,22 @@ _REPORT = (
 
 
 @linux_only
-@pytest.mark.parametrize("spawned", [True, False], ids=["posix_spawn", "fork"])
+@pytest.mark.parametrize("spawned,cloexec_range", [(True, True), (True, False), (False, True)],
+                         ids=["posix_spawn", "posix_spawn-closing-each-fd", "fork"])
 @pytest_twisted.ensureDeferred
 async def test_the_agent_leads_its_session_with_fds_0_to_2_and_default_signals(
-    tmp_path: Path, spawned: bool
+    tmp_path: Path, spawned: bool, cloexec_range: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from twisted.internet import reactor
     from twisted.internet.defer import Deferred
     from twisted.internet.protocol import ProcessProtocol
+
+    from aiwg.daemon.tasks import spawning
+
+    unusable = spawning.CloexecFrom()
+    unusable._checked, unusable.problem = True, "close_range(CLOSE_RANGE_CLOEXEC) unusable: (test)"
+    monkeypatch.setattr(spawning, "CLOEXEC_FROM", spawning.CLOEXEC_FROM if cloexec_range else unusable)
+    assert spawning.CLOEXEC_FROM.works() is cloexec_range  # this machine's Linux has close_range
 
     class Collect(ProcessProtocol):
         def __init__(self) -> None:
@@ -420,6 +428,42 @@ async def test_the_agent_leads_its_session_with_fds_0_to_2_and_default_signals(
     assert report["sid"] == report["pid"] == report["pgid"]
     assert report["fds"] == [0, 1, 2, 3]  # 3: the listing itself
     assert not report["ignored"] & (1 << (signal.SIGUSR2 - 1))
+
+
+@linux_only
+def test_cloexec_from_marks_descriptors_from_the_number_up_and_no_lower() -> None:
+    from aiwg.daemon.tasks.spawning import CloexecFrom
+
+    mark = CloexecFrom()
+    assert mark.works(), mark.problem
+    low, high = sorted(os.pipe())
+    try:
+        os.set_inheritable(low, True)
+        os.set_inheritable(high, True)
+        mark(high)
+        assert os.get_inheritable(low) and not os.get_inheritable(high)
+    finally:
+        os.close(low)
+        os.close(high)
+
+
+def test_cloexec_from_falls_back_when_close_range_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An old kernel or C library: the probe says why, and spawns close each descriptor."""
+    import ctypes
+
+    from aiwg.daemon.tasks.spawning import CloexecFrom
+
+    class NoCloseRange:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def __getattr__(self, name: str) -> Any:
+            raise AttributeError(f"undefined symbol: {name}")
+
+    monkeypatch.setattr(ctypes, "CDLL", NoCloseRange)
+    mark = CloexecFrom()
+    assert not mark.works()
+    assert mark.problem == "close_range(CLOSE_RANGE_CLOEXEC) unusable: undefined symbol: close_range"
 
 
 def test_has_exited_sees_an_unreaped_child_without_reaping_it() -> None:
