@@ -330,3 +330,32 @@ def test_withdrawing_the_only_write_of_a_batch_fires_its_waiters(tmp_path: Path)
     assert store.withdraw(task.id)
     assert fired == [None] and store.stats().get("queued", 0) == 0
     store.close()
+
+
+def test_queued_tasks_are_read_from_memory_when_they_start_even_behind_a_long_backlog(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backlog longer than the recent-tasks cache: each queued task is read again
+    when it starts, and that read must not be a query on the reactor; past the
+    queued-task cap the oldest fall back to the disk, with the same content."""
+    from aiwg.daemon.tasks import store as store_module
+
+    monkeypatch.setattr(store_module, "WAITING_TASKS", 400)
+    turns = Turns()
+    store = TaskStore(tmp_path / "t.db", turns)
+    for i in range(500):
+        store.insert(Task(id=f"t-q{i:03d}", prompt=f"queued {i}", state=TaskState.QUEUED))
+    turns.run()
+    for i in range(store_module.RECENT_TASKS + 50):  # ended tasks written since: the recent cache is theirs
+        store.insert(Task(id=f"t-e{i:03d}", prompt="ended", state=TaskState.COMPLETED))
+    turns.run()
+    queries: list[str] = []
+    store._reader.set_trace_callback(queries.append)
+    kept = [store.get(f"t-q{i:03d}") for i in range(100, 500)]
+    assert queries == [] and [t.prompt for t in kept] == [f"queued {i}" for i in range(100, 500)]
+    evicted = store.get("t-q000")  # beyond the cap: read from the disk
+    assert len(queries) == 1 and evicted is not None and evicted.prompt == "queued 0"
+    store.save(kept[0].moved(TaskState.RUNNING, pid=7))
+    turns.run()
+    assert store.get("t-q100").state == TaskState.RUNNING  # the latest write, not the cached queued one
+    assert "t-q100" not in store._waiting
+    store.close()

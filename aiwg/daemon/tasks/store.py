@@ -33,6 +33,8 @@ from aiwg.paths import file_identity
 _FINISHED = ("completed", "failed", "cancelled", "timeout", "rejected")
 #: Tasks kept in memory after their last write is durable (see TaskStore._recent).
 RECENT_TASKS = 256
+#: Queued tasks kept in memory likewise (see TaskStore._waiting).
+WAITING_TASKS = 4096
 
 __all__ = ["SCHEMA_VERSION", "DuplicateTask", "StoreError", "StoreService", "TaskStore", "open_store"]
 
@@ -96,6 +98,10 @@ class TaskStore:
         #: oldest are dropped first): a running task is read and saved again and
         #: again (started, its pid, its exit, its end), and this spares the reads.
         self._recent: dict[str, Task] = {}
+        #: The same for queued tasks, kept apart and more of them: each will be
+        #: read again when it starts, which in a backlog of more than
+        #: RECENT_TASKS tasks would otherwise be a query on the reactor each.
+        self._waiting: dict[str, Task] = {}
         self.commits = 0
         self.failed_flushes = 0
         self.last_error = ""
@@ -267,15 +273,19 @@ class TaskStore:
         if error is None:
             self.commits += 1
             self.failed_flushes = 0
-            recent = self._recent
+            recent, waiting, queued = self._recent, self._waiting, TaskState.QUEUED
             for task_id in ids:
                 last = self._unsaved.get(task_id)
                 if last is not None and last.batch == number:
                     del self._unsaved[task_id]
                     recent.pop(task_id, None)
-                    recent[task_id] = last.task  # every write passes through _unsaved: this is the disk's
+                    waiting.pop(task_id, None)
+                    # Every write passes through _unsaved: this is the disk's version.
+                    (waiting if last.task.state is queued else recent)[task_id] = last.task
             while len(recent) > RECENT_TASKS:
                 del recent[next(iter(recent))]
+            while len(waiting) > WAITING_TASKS:
+                del waiting[next(iter(waiting))]
         else:
             self.failed_flushes += 1
             self.last_error = str(error)
@@ -325,7 +335,7 @@ class TaskStore:
         state = self._read_states.pop(task_id, None)
         if state is not None:
             return state
-        recent = self._recent.get(task_id)
+        recent = self._recent.get(task_id) or self._waiting.get(task_id)
         if recent is not None:
             return recent.state.value
         row = self._reader.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -341,7 +351,7 @@ class TaskStore:
         last = self._unsaved.get(task_id)
         if last is not None:
             return last.task
-        recent = self._recent.get(task_id)
+        recent = self._recent.get(task_id) or self._waiting.get(task_id)
         if recent is not None:
             return recent
         row = self._reader.execute(SELECT_ONE, (task_id,)).fetchone()
@@ -454,6 +464,7 @@ class TaskStore:
                 self._counts[state] -= 1
                 self._read_states.pop(task_id, None)
                 self._recent.pop(task_id, None)
+                self._waiting.pop(task_id, None)
         return [(i, path) for i, path, _ in unique]
 
     # -- AIWG tasks.json ---------------------------------------------------
