@@ -1,6 +1,6 @@
 """Task-queue benchmarks, each printed beside a floor measured in the same run.
 
-    .venv/bin/python bench/tasks.py [--quick] [--json]
+    .venv/bin/python bench/tasks.py [--quick] [--json] [--containment auto|process-group] [--throughput-only]
 
 1. task.submit latency (p50/p99) and submits/s, beside ping on the same connection.
 2. submit→spawn latency, beside a bare Twisted spawnProcess of the same command.
@@ -17,8 +17,10 @@
 5. The first open of a store of 100,000 tasks written by the previous release (schema 2),
    which migrates it, beside opening the migrated store.
 
-Targets (from the project's issue): throughput ≥ 0.7× the spawn floor; list/stats p99
-< 10 ms with 100k tasks; restart with 100k < 2 s; RSS with 100k stored < 80 MB.
+Targets (from the project's issues): daemon CPU per task, all threads, ≤ 1.0 ms (the
+earlier throughput target of 0.7× the spawn floor was withdrawn for it: on two CPUs the
+floor itself keeps 1.7 of them busy; the ratio is still printed); list/stats p99 < 10 ms
+with 100k tasks; restart with 100k < 2 s; RSS with 100k stored < 80 MB.
 Only Unix sockets and local processes are used.
 """
 
@@ -170,19 +172,22 @@ def _twisted_spawn_latency(count: int, stamp_file: Path) -> list[float]:
     return [float(x) for x in out[2:]]
 
 
-def bench_throughput(count: int, rounds: int) -> dict:
+def bench_throughput(count: int, rounds: int, containment: str = "auto") -> dict:
     """Submit → durable queued → running committed → spawn → exit → final state
     committed, for `count` tasks; the floor spawns the same command as often. In
     `rounds` daemon/floor pairs (order alternating), reported as medians, the ratio
     as the median of the rounds' ratios: the VM's speed drifts between runs."""
-    daemon = Daemon({"daemon": {"max_parallel_actions": CONCURRENCY, "retention": {"max_tasks": 0, "max_age_days": 0}},
+    daemon = Daemon({"daemon": {"max_parallel_actions": CONCURRENCY, "retention": {"max_tasks": 0, "max_age_days": 0},
+                                "process_containment": containment},
                      "agent": {"command": ["/bin/true", "{prompt}"], "output": "text"}}, env=AGENT_ENV)
     try:
         daemon.start()
         rates, floors, submit_phases, done = [], [], [], 0
-        cpu: dict[str, list[float]] = {"floor_machine": [], "daemon_machine": [], "reactor": [], "others": []}
+        cpu: dict[str, list[float]] = {"floor_machine": [], "daemon_machine": [], "reactor": [], "others": [],
+                                       "all_threads": []}
         with daemon.client(timeout=120) as client:
             client.call("ping")
+            in_use = client.call("daemon.status")["subsystems"]["supervisor"]["containment"]
             for r in range(rounds):
                 for side in ("daemon", "floor") if r % 2 == 0 else ("floor", "daemon"):
                     if side == "floor":
@@ -206,8 +211,9 @@ def bench_throughput(count: int, rounds: int) -> dict:
                     used = {k: v - threads_before.get(k, 0.0) for k, v in thread_cpu_seconds(daemon.pid).items()}
                     cpu["reactor"].append(1000 * sum(v for k, v in used.items() if k.endswith(f"/{daemon.pid}")) / count)
                     cpu["others"].append(1000 * sum(v for k, v in used.items() if not k.endswith(f"/{daemon.pid}")) / count)
+                    cpu["all_threads"].append(1000 * sum(used.values()) / count)
         ratios = [d / f for d, f in zip(rates, floors)]
-        return {"tasks": count, "rounds": rounds,
+        return {"tasks": count, "rounds": rounds, "containment": in_use,
                 "daemon_tasks_per_s": statistics.median(rates), "floor_spawns_per_s": statistics.median(floors),
                 "ratio": statistics.median(ratios), "submit_phase_s": statistics.median(submit_phases),
                 "cpu_ms_per_task": {k: statistics.median(v) for k, v in cpu.items()},
@@ -326,12 +332,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller counts")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    parser.add_argument("--containment", choices=("auto", "process-group"), default="auto",
+                        help="daemon.process_containment for the throughput part (default: auto, the daemon's "
+                             "default: task cgroups where the daemon may make them)")
+    parser.add_argument("--throughput-only", action="store_true", help="only part 3 (throughput and CPU per task)")
     args = parser.parse_args()
     n_submit, n_spawn, n_tasks, n_rounds, n_store = (300, 50, 200, 1, 20000) if args.quick else (2000, 200, 1000, 5, 100000)
+    if args.throughput_only:
+        t = bench_throughput(n_tasks, n_rounds, args.containment)
+        if args.json:
+            print(json.dumps({"throughput": t}, indent=2))
+            return
+        for label, value, floor, target in _throughput_rows(t):
+            print(f"{label:48} {value:34} {floor:18} {target}")
+        return
     results = {
         "submit": bench_submit(n_submit),
         "spawn_latency": bench_spawn_latency(n_spawn),
-        "throughput": bench_throughput(n_tasks, n_rounds),
+        "throughput": bench_throughput(n_tasks, n_rounds, args.containment),
         "large_store": bench_large_store(n_store),
         "upgrade": bench_upgrade(n_store),
     }
@@ -340,19 +358,13 @@ def main() -> None:
         return
     s, l, t, b = results["submit"], results["spawn_latency"], results["throughput"], results["large_store"]
     u = results["upgrade"]
-    c = t["cpu_ms_per_task"]
     rows = [
         ("task.submit p50 / p99 (ms)", f"{s['submit_p50_ms']:.2f} / {s['submit_p99_ms']:.2f}",
          f"ping {s['ping_p50_ms']:.2f} / {s['ping_p99_ms']:.2f}", ""),
         ("submits/s (one connection)", f"{s['submits_per_s']:.0f}", f"pings/s ~{1000 / s['ping_p50_ms']:.0f}", ""),
         ("submit→spawn p50 / p99 (ms)", f"{l['submit_to_spawn_p50_ms']:.2f} / {l['submit_to_spawn_p99_ms']:.2f}",
          f"spawnProcess {l['floor_spawn_p50_ms']:.2f} / {l['floor_spawn_p99_ms']:.2f}", ""),
-        (f"end-to-end {t['tasks']} tasks (tasks/s, median of {t['rounds']})", f"{t['daemon_tasks_per_s']:.0f}",
-         f"/bin/true {t['floor_spawns_per_s']:.0f}/s", _verdict(t["ratio"] >= 0.7, f"ratio {t['ratio']:.2f} ≥ 0.7")),
-        ("  all submits answered after (s)", f"{t['submit_phase_s']:.3f} of {t['elapsed_s']:.3f}", "", ""),
-        ("  ratio per round", " ".join(f"{r:.2f}" for r in t["per_round"]["ratio"]), "", ""),
-        ("  machine CPU per task (ms)", f"{c['daemon_machine']:.2f}", f"{c['floor_machine']:.2f}", ""),
-        ("  daemon threads per task (ms)", f"reactor {c['reactor']:.2f}, others {c['others']:.2f}", "", ""),
+        *_throughput_rows(t),
         (f"task.list p50 / p99 ({b['stored']} stored, ms)", f"{b['list_p50_ms']:.2f} / {b['list_p99_ms']:.2f}",
          f"ping p99 {b['ping_p99_ms']:.2f}", _verdict(b["list_p99_ms"] < 10, "p99 < 10 ms")),
         (f"task.stats p50 / p99 ({b['stored']} stored, ms)", f"{b['stats_p50_ms']:.2f} / {b['stats_p99_ms']:.2f}",
@@ -367,6 +379,21 @@ def main() -> None:
     print(f"{'measure':<{width[0]}}  {'daemon':<{width[1]}}  {'floor':<{width[2]}}  target")
     for row in rows:
         print("  ".join(cell.ljust(width[i]) for i, cell in enumerate(row)))
+
+
+def _throughput_rows(t: dict) -> list[tuple[str, str, str, str]]:
+    c = t["cpu_ms_per_task"]
+    return [
+        (f"end-to-end {t['tasks']} tasks (tasks/s, median of {t['rounds']})", f"{t['daemon_tasks_per_s']:.0f}",
+         f"/bin/true {t['floor_spawns_per_s']:.0f}/s", f"ratio {t['ratio']:.2f} (information)"),
+        ("  all submits answered after (s)", f"{t['submit_phase_s']:.3f} of {t['elapsed_s']:.3f}", "", ""),
+        ("  ratio per round", " ".join(f"{r:.2f}" for r in t["per_round"]["ratio"]), "", ""),
+        ("  machine CPU per task (ms)", f"{c['daemon_machine']:.2f}", f"{c['floor_machine']:.2f}", ""),
+        ("  daemon threads per task (ms)", f"reactor {c['reactor']:.2f}, others {c['others']:.2f}", "", ""),
+        ("  daemon CPU per task, all threads (ms)", f"{c['all_threads']:.2f}", "",
+         _verdict(c["all_threads"] <= 1.0, "≤ 1.0 ms")),
+        ("  containment", t["containment"].split(":")[0], "", ""),
+    ]
 
 
 def _verdict(ok: bool, text: str) -> str:
