@@ -61,6 +61,13 @@ def cpu_ticks_with_children(pid: int) -> int:
     return sum(int(x) for x in fields[11:15])
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process: every thread, those that have exited too
+    (unlike a sum over /proc/PID/task), its children not."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def schedstat_ns(pid: int) -> int:
     """CPU time of the process's live threads in ns (finer than clock ticks)."""
     total = 0

@@ -20,6 +20,8 @@
 
 #define MAX_FDS 4096
 #define LINE_MAX_BYTES 65536
+#define ID_MAX_BYTES 64  /* a longer id is answered as null: a measuring stick, not a server */
+#define REPLY_MAX_BYTES (64 + ID_MAX_BYTES)
 
 static const char *socket_path;
 static char *pending[MAX_FDS];  /* an unfinished line per connection, or NULL */
@@ -41,7 +43,7 @@ static size_t answer(const char *line, size_t len, char *out) {
         while (start < end && *start == ' ') start++;
         const char *stop = start;
         while (stop < end && *stop != ',' && *stop != '}') stop++;
-        if (stop > start) {
+        if (stop > start && (size_t)(stop - start) <= ID_MAX_BYTES) {
             id = start;
             id_len = (size_t)(stop - start);
         }
@@ -113,12 +115,12 @@ int main(int argc, char **argv) {
             size_t total = have + (size_t)got, start = 0, written = 0;
             for (size_t k = 0; k < total; k++) {
                 if (in[k] != '\n') continue;
-                if (k > start) written += answer(in + start, k - start, out + written);
-                start = k + 1;
-                if (written > LINE_MAX_BYTES) {  /* flush before out can overflow */
+                if (written + REPLY_MAX_BYTES > sizeof out) {  /* flush before out can overflow */
                     send(fd, out, written, MSG_NOSIGNAL);
                     written = 0;
                 }
+                if (k > start) written += answer(in + start, k - start, out + written);
+                start = k + 1;
             }
             if (written) send(fd, out, written, MSG_NOSIGNAL);  /* a measuring stick, not a
                 server: what a full socket does not take is dropped */
@@ -127,7 +129,12 @@ int main(int argc, char **argv) {
                 drop(epoll_fd, fd);
                 continue;
             }
-            pending[fd] = realloc(pending[fd], rest ? rest : 1);
+            char *kept = realloc(pending[fd], rest ? rest : 1);
+            if (kept == NULL) {
+                drop(epoll_fd, fd);
+                continue;
+            }
+            pending[fd] = kept;
             memcpy(pending[fd], in + start, rest);
             pending_len[fd] = rest;
         }

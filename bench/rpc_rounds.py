@@ -61,7 +61,12 @@ def build_ceiling(work: Path) -> Path | None:
     if compiler is None:
         return None
     binary = work / "noop_server"
-    subprocess.run([compiler, "-O2", "-o", str(binary), str(ROOT / "bench" / "noop_server.c")], check=True)
+    built = subprocess.run([compiler, "-O2", "-o", str(binary), str(ROOT / "bench" / "noop_server.c")],
+                           capture_output=True, text=True)
+    if built.returncode != 0:
+        print(f"the ceiling (bench/noop_server.c) did not build with {compiler}; measuring without it:\n"
+              f"{built.stderr.strip()}", file=sys.stderr)
+        return None
     return binary
 
 
@@ -98,6 +103,13 @@ def write_profiles(work: Path, harness_path: Path, ceiling: Path | None,
     return targets
 
 
+def summary_of(found: list[dict], what: str) -> dict:
+    for record in found:
+        if "summary" in record:
+            return record
+    raise RuntimeError(f"the harness printed no summary line for {what}")
+
+
 def measure_round(harness_path: Path, targets: dict[str, str], duration: float) -> dict[str, dict[str, float]]:
     measured: dict[str, dict[str, float]] = {}
     for name, target in targets.items():
@@ -105,10 +117,10 @@ def measure_round(harness_path: Path, targets: dict[str, str], duration: float) 
         for conns in (10, 100):
             found, busy = harness(harness_path, "conc", "-t", target, "--conns", str(conns), "--reps", "1",
                                   "--duration", str(duration))
-            row[f"conc{conns}"] = next(r["calls_per_s"] for r in found if "summary" in r)
+            row[f"conc{conns}"] = summary_of(found, f"conc --conns {conns} on {name}")["calls_per_s"]
             row[f"client{conns}"] = busy
         found, _ = harness(harness_path, "ping", "-t", target, "--reps", "1")
-        row["ping_p50"] = next(r["p50_us"] for r in found if "summary" in r)
+        row["ping_p50"] = summary_of(found, f"ping on {name}")["p50_us"]
         measured[name] = row
     return measured
 
@@ -147,9 +159,16 @@ def report(result: dict[str, dict], rounds: int) -> None:
         print("no C compiler here: the ceiling (bench/noop_server.c) was not measured")
 
 
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=positive, default=3)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--harness", type=Path, default=ROOT.parent / "shared" / "bench" / "rpcbench.py")
     parser.add_argument("--aiwg-node", type=Path, default=None, metavar="DIR")

@@ -41,7 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import CLK_TCK, BenchDaemon, clean_env, machine_jiffies, pct, rss_mib, thread_cpu_seconds  # noqa: E402
+from common import (CLK_TCK, BenchDaemon, clean_env, machine_jiffies, pct, process_cpu_seconds,  # noqa: E402
+                    rss_mib, thread_cpu_seconds)
 
 CONCURRENCY = 3
 #: The environment of the spawning benches' daemons, and so of their agents, and of
@@ -197,6 +198,7 @@ def bench_throughput(count: int, rounds: int, containment: str = "auto") -> dict
                         continue
                     busy_before = machine_jiffies()[0]
                     threads_before = thread_cpu_seconds(daemon.pid)
+                    process_before = process_cpu_seconds(daemon.pid)
                     started = time.perf_counter()
                     # Pipelined, as a script submitting a batch would: each reply still
                     # waits for its task to be on disk, but many share one commit.
@@ -211,7 +213,7 @@ def bench_throughput(count: int, rounds: int, containment: str = "auto") -> dict
                     used = {k: v - threads_before.get(k, 0.0) for k, v in thread_cpu_seconds(daemon.pid).items()}
                     cpu["reactor"].append(1000 * sum(v for k, v in used.items() if k.endswith(f"/{daemon.pid}")) / count)
                     cpu["others"].append(1000 * sum(v for k, v in used.items() if not k.endswith(f"/{daemon.pid}")) / count)
-                    cpu["all_threads"].append(1000 * sum(used.values()) / count)
+                    cpu["all_threads"].append(1000 * (process_cpu_seconds(daemon.pid) - process_before) / count)
         ratios = [d / f for d, f in zip(rates, floors)]
         return {"tasks": count, "rounds": rounds, "containment": in_use,
                 "daemon_tasks_per_s": statistics.median(rates), "floor_spawns_per_s": statistics.median(floors),
