@@ -57,6 +57,8 @@ class Hook:
         return self._verdict
 
     def works(self) -> bool:
+        if self._checked:  # the common case, on every reply: no property call
+            return self._verdict is None
         return self.problem is None
 
     def _run_check(self) -> str | None:

@@ -129,6 +129,10 @@ class JsonRpcProtocol(Protocol):
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
+        elif data.find(b"\n") == len(data) - 1:  # one whole message, the usual read: no split
+            if not self.transport.disconnecting:
+                self.lineReceived(data[:-1])
+            return
         if b"\n" in data:
             *lines, rest = data.split(b"\n")
             for line in lines:
