@@ -335,11 +335,15 @@ class TaskStore:
         state = self._read_states.pop(task_id, None)
         if state is not None:
             return state
-        recent = self._recent.get(task_id) or self._waiting.get(task_id)
+        recent = self._durable(task_id)
         if recent is not None:
             return recent.state.value
         row = self._reader.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return row[0] if row else None
+
+    def _durable(self, task_id: str) -> Task | None:
+        """The task as it is on disk, if it is one of those kept in memory."""
+        return self._recent.get(task_id) or self._waiting.get(task_id)
 
     def _counts_on_disk(self) -> dict[str, int]:
         counts = dict(self._db.execute("SELECT state, count FROM task_counts").fetchall())
@@ -351,7 +355,7 @@ class TaskStore:
         last = self._unsaved.get(task_id)
         if last is not None:
             return last.task
-        recent = self._recent.get(task_id) or self._waiting.get(task_id)
+        recent = self._durable(task_id)
         if recent is not None:
             return recent
         row = self._reader.execute(SELECT_ONE, (task_id,)).fetchone()
