@@ -55,17 +55,21 @@ def machine_jiffies() -> tuple[int, int]:
     return total - idle, total
 
 
+def _cpu_ticks(stat_text: str) -> list[int]:
+    """utime, stime, cutime, cstime of a /proc stat line (its fields after the name,
+    which may hold spaces and parentheses)."""
+    return [int(x) for x in stat_text.rsplit(")", 1)[1].split()[11:15]]
+
+
 def cpu_ticks_with_children(pid: int) -> int:
     """utime + stime + cutime + cstime: the process and the children it has reaped."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(x) for x in fields[11:15])
+    return sum(_cpu_ticks(Path(f"/proc/{pid}/stat").read_text()))
 
 
 def process_cpu_seconds(pid: int) -> float:
     """utime + stime of the whole process: every thread, those that have exited too
     (unlike a sum over /proc/PID/task), its children not."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return sum(_cpu_ticks(Path(f"/proc/{pid}/stat").read_text())[:2]) / CLK_TCK
 
 
 def schedstat_ns(pid: int) -> int:
@@ -89,8 +93,7 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
         except OSError:
             continue
         name = text[text.index("(") + 1:text.rindex(")")]
-        fields = text.rsplit(")", 1)[1].split()
-        times[f"{name}/{stat.parent.name}"] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        times[f"{name}/{stat.parent.name}"] = sum(_cpu_ticks(text)[:2]) / CLK_TCK
     return times
 
 
