@@ -63,7 +63,7 @@ class CloexecFrom:
             try:
                 self._probe()
             except Exception as exc:  # any failure: fall back to per-descriptor closes
-                self._call, self.problem = None, f"close_range(CLOSE_RANGE_CLOEXEC) unusable: {exc}"
+                self.problem = f"close_range(CLOSE_RANGE_CLOEXEC) unusable: {exc}"  # _call stays unset
         return self.problem is None
 
     def _probe(self) -> None:
