@@ -345,8 +345,7 @@ def main() -> None:
         if args.json:
             print(json.dumps({"throughput": t}, indent=2))
             return
-        for label, value, floor, target in _throughput_rows(t):
-            print(f"{label:48} {value:34} {floor:18} {target}")
+        _print_table(_throughput_rows(t))
         return
     results = {
         "submit": bench_submit(n_submit),
@@ -377,6 +376,10 @@ def main() -> None:
         ("RSS idle / with store (MB)", f"{b['rss_idle_mb']:.1f} / {b['rss_with_store_mb']:.1f}", "",
          _verdict(b["rss_with_store_mb"] < 80, "< 80 MB")),
     ]
+    _print_table(rows)
+
+
+def _print_table(rows: list[tuple[str, str, str, str]]) -> None:
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     print(f"{'measure':<{width[0]}}  {'daemon':<{width[1]}}  {'floor':<{width[2]}}  target")
     for row in rows:
